@@ -1,0 +1,218 @@
+"""Dense CLIP embeddings per patch: MaskCLIP's modified last block (and ClearCLIP / SCLIP variants).
+
+ViT (MaskCLIP): blocks 1..L-1 run unchanged. In the last block q and k do not touch the features: the
+value path is ``v -> out_proj -> + residual -> + MLP(ln_2) -> ln_post -> proj``. The last block's keys are
+returned too, for key smoothing.
+
+ClearCLIP (Lan et al., ECCV 2024): last block with q-q self attention, no residual, no FFN.
+SCLIP (Wang et al., ECCV 2024): last block with correlative self attention softmax(qq^T) + softmax(kk^T),
+residual and FFN kept.
+
+ModifiedResNet (MaskCLIP): the attention pool is skipped; features are ``c_proj(v_proj(layer4))`` applied
+as 1x1 convolutions; keys are ``k_proj(layer4)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
+
+AttentionMode = Literal["maskclip", "clearclip", "sclip"]
+ATTENTION_MODES: tuple[str, ...] = ("maskclip", "clearclip", "sclip")
+
+
+def _visual(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "visual", model)
+
+
+def _dtype(visual: torch.nn.Module) -> torch.dtype:
+    return visual.conv1.weight.dtype
+
+
+def resized_positional_embedding(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:
+    """Positional embedding [1 + gh*gw, W] for a patch grid; the patch part resized bicubically."""
+    pos = visual.positional_embedding
+    native = tuple(int(g) for g in visual.grid_size)
+    if tuple(grid) == native:
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    width = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, native[0], native[1], width).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _vit_embed(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch + class tokens with positional embeddings and ln_pre -> [B, 1 + gh*gw, W] (batch first)."""
+    x = visual.conv1(pixels.to(_dtype(visual)))
+    B, W, gh, gw = x.shape
+    x = x.reshape(B, W, gh * gw).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, W).expand(B, 1, W)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resized_positional_embedding(visual, (gh, gw)).to(x.dtype)
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x), (gh, gw)
+
+
+def _run_blocks(visual: VisionTransformer, x: torch.Tensor, blocks) -> torch.Tensor:
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in blocks:
+        x = blk(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def _qkv(block: torch.nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    attn = block.attn
+    return F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+
+def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    B, L, W = t.shape
+    return t.reshape(B, L, num_heads, W // num_heads).transpose(1, 2)  # [B, heads, L, head_dim]
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    B, H, L, d = t.shape
+    return t.transpose(1, 2).reshape(B, L, H * d)
+
+
+def _self_self_attention(q: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """softmax(q q^T / sqrt(d)) v per head."""
+    return _merge_heads(
+        F.scaled_dot_product_attention(_heads(q, num_heads), _heads(q, num_heads), _heads(v, num_heads))
+    )
+
+
+def _last_block(block: torch.nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modified last block -> (tokens, keys), both [B, L, W]."""
+    q, k, v = _qkv(block, block.ln_1(x))
+    heads = block.attn.num_heads
+    if mode == "maskclip":
+        x = x + block.ls_1(block.attn.out_proj(v))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    elif mode == "clearclip":
+        x = block.ls_1(block.attn.out_proj(_self_self_attention(q, v, heads)))
+    elif mode == "sclip":
+        qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+        scale = qh.shape[-1] ** -0.5
+        weights = torch.softmax(qh @ qh.transpose(-1, -2) * scale, dim=-1) + torch.softmax(
+            kh @ kh.transpose(-1, -2) * scale, dim=-1
+        )
+        x = x + block.ls_1(block.attn.out_proj(_merge_heads(weights @ vh)))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    else:
+        raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
+    return x, k
+
+
+def _to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, gh*gw, C] -> [B, C, gh, gw]."""
+    B, _, C = tokens.shape
+    return tokens.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()
+
+
+def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, grid = _vit_embed(visual, pixels)
+    blocks = visual.transformer.resblocks
+    x = _run_blocks(visual, x, blocks[:-1])
+    x, keys = _last_block(blocks[-1], x, mode)
+    x = visual.ln_post(x)
+    if visual.proj is not None:
+        x = x @ visual.proj
+    return _to_grid(x[:, 1:], grid), _to_grid(keys[:, 1:], grid)
+
+
+def _conv1x1(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
+
+
+def _resnet_trunk(visual: ModifiedResNet, pixels: torch.Tensor) -> torch.Tensor:
+    x = visual.stem(pixels.to(_dtype(visual)))
+    return visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+
+
+def _resnet_dense(visual: ModifiedResNet, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if mode != "maskclip":
+        raise ValueError(f"attention mode {mode!r} is defined for ViT encoders only; ResNets use 'maskclip'")
+    x = _resnet_trunk(visual, pixels)
+    pool = visual.attnpool
+    features = _conv1x1(_conv1x1(x, pool.v_proj), pool.c_proj)
+    return features, _conv1x1(x, pool.k_proj)
+
+
+def dense_features(
+    model: torch.nn.Module, pixels: torch.Tensor, mode: AttentionMode = "maskclip"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch CLIP embeddings and last-block keys.
+
+    ``model`` is an open_clip CLIP model (or its ``.visual``); ``pixels`` a normalised float tensor
+    [B, 3, H, W] with H, W multiples of the patch size (ViT) or 32 (ResNet). Returns ``features``
+    [B, D, h, w] (projected to the joint space, not normalised) and ``keys`` [B, C, h, w].
+    """
+    visual = _visual(model)
+    if isinstance(visual, VisionTransformer):
+        return _vit_dense(visual, pixels, mode)
+    if isinstance(visual, ModifiedResNet):
+        return _resnet_dense(visual, pixels, mode)
+    raise TypeError(f"unsupported image encoder {type(visual).__name__}")
+
+
+def _resized_attnpool_positions(pool: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    pos = pool.positional_embedding
+    side = int(round((pos.shape[0] - 1) ** 0.5))
+    if grid == (side, side):
+        return pos
+    patch = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)], dim=0)
+
+
+def image_embedding(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Standard CLIP image embedding (all blocks with their normal attention, then pooling) at any size.
+
+    At the model's native size this is ``model.encode_image``; elsewhere positional embeddings are resized
+    the same way as for dense features. It is the "bare encoder forward" the labeler is measured against.
+    """
+    visual = _visual(model)
+    if isinstance(visual, VisionTransformer):
+        x, _ = _vit_embed(visual, pixels)
+        x = _run_blocks(visual, x, visual.transformer.resblocks)
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+    if isinstance(visual, ModifiedResNet):
+        x = _resnet_trunk(visual, pixels)
+        pool = visual.attnpool
+        B, C, h, w = x.shape
+        tokens = x.reshape(B, C, h * w).permute(2, 0, 1)
+        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        tokens = tokens + _resized_attnpool_positions(pool, (h, w))[:, None, :].to(tokens.dtype)
+        out, _ = F.multi_head_attention_forward(
+            query=tokens[:1],
+            key=tokens,
+            value=tokens,
+            embed_dim_to_check=C,
+            num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight,
+            k_proj_weight=pool.k_proj.weight,
+            v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight,
+            out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=False,
+            need_weights=False,
+        )
+        return out[0]
+    raise TypeError(f"unsupported image encoder {type(visual).__name__}")

@@ -1,0 +1,401 @@
+"""The Parquet dataset at an output URL: schemas, the part-file writer and the readers.
+
+Layout (see docs/ARCHITECTURE.md)::
+
+    OUTPUT/images/part-*.parquet        one row per labeled / rejected / failed image, per labeling
+    OUTPUT/annotations/part-*.parquet   one row per (image, class) region
+    OUTPUT/categories/part-*.parquet    id, name, synonyms
+
+Files are only ever added (never edited), each written whole. A batch writes its annotations part before
+its images part, so the images row is the commit record: readers only show annotations whose
+``labeling_id`` belongs to a *current* images row (the newest row of an image under a config). Orphans of a
+crash between the two writes and superseded labelings are thereby invisible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from .annotations import annotations_to_label_map, image_id_from_sha256
+from .storage import atomic_write_bytes, join_url, resolve
+
+STATUSES = ("labeled", "rejected", "failed")
+LABELERS = ("maskclip", "student")
+# Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
+DONE_STATUSES = ("labeled", "rejected")
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64()),  # null only for failed rows whose bytes could not be read
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),  # null only for failed rows whose bytes could not be read
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # labeled | rejected | failed
+        pa.field("reason", pa.string()),  # rejection / failure reason code and detail
+        pa.field("notes", pa.string()),  # e.g. decode conversions ("CMYK converted to RGB")
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("labeling_id", pa.string(), nullable=False),
+        pa.field("labeler", pa.string(), nullable=False),  # maskclip | student
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("flow_run_id", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("source_version", pa.string()),  # SourceFile.version when labeled, for change detection
+    ]
+)
+
+SEGMENTATION_TYPE = pa.struct([pa.field("counts", pa.string()), pa.field("size", pa.list_(pa.int32()))])
+
+ANNOTATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("labeling_id", pa.string(), nullable=False),
+        pa.field("category_id", pa.int32(), nullable=False),
+        pa.field("segmentation", SEGMENTATION_TYPE, nullable=False),
+        pa.field("area", pa.int64(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float64()), nullable=False),
+        pa.field("iscrowd", pa.int8(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("source", pa.string()),
+        pa.field("round", pa.int32()),
+    ]
+)
+
+CATEGORIES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("synonyms", pa.list_(pa.string())),
+    ]
+)
+
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
+# Small batches keep known_sha256's memory flat however large the dataset.
+_SCAN_BATCH_ROWS = 64 * 1024
+
+
+def utc_now() -> dt.datetime:
+    """``created_at`` for a new row."""
+    return dt.datetime.now(dt.UTC)
+
+
+class LabelStore:
+    """Reads and appends the Parquet dataset at ``url`` (a local path or an fsspec URL such as s3://...)."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = resolve(url, self.storage_options)
+        self.root = self.root.rstrip("/") or self.root
+        # pyarrow's own local filesystem is faster; anything else goes through the fsspec instance.
+        if isinstance(self.fs, LocalFileSystem):
+            self._arrow_fs: pafs.FileSystem = pafs.LocalFileSystem()
+        else:
+            self._arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+    def __repr__(self) -> str:
+        return f"LabelStore({self.url!r})"
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def ensure_categories(self, classes: Sequence[tuple[str, Sequence[str]] | str]) -> dict[str, int]:
+        """Category ids of ``classes`` (name, synonyms), registering new names.
+
+        Existing names keep their id; new names get ``max + 1`` onwards in the order given. A part file is
+        written only when something is new. Call it from one process (the parent flow) before fanning out:
+        two writers registering different new names at once could hand out the same id.
+        """
+        items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
+        ids = {c["name"]: c["id"] for c in self.categories()}
+        next_id = max(ids.values(), default=0) + 1
+        new_rows = []
+        for name, synonyms in items:
+            if name not in ids:
+                ids[name] = next_id
+                new_rows.append({"id": next_id, "name": name, "synonyms": list(synonyms)})
+                next_id += 1
+        if new_rows:
+            # Named after the content: a repeated identical registration rewrites the same file.
+            digest = hashlib.sha256(json.dumps(new_rows, sort_keys=True).encode()).hexdigest()[:16]
+            table = pa.Table.from_pylist(new_rows, schema=CATEGORIES_SCHEMA)
+            atomic_write_bytes(self._part_url("categories", digest), _parquet_bytes(table), self.storage_options)
+        return {name: ids[name] for name, _ in items}
+
+    def write_batch(
+        self,
+        images_rows: Sequence[Mapping[str, Any]],
+        annotation_rows: Sequence[Mapping[str, Any]],
+        *,
+        part_name: str,
+    ) -> dict[str, str | None]:
+        """Append a batch: ``annotations/part-<part_name>.parquet``, then ``images/part-<part_name>.parquet``.
+
+        The images part goes last because it commits the annotations (see module doc). Rows are validated
+        first; ``created_at`` defaults to now. Writing the same batch again under the same part name
+        replaces the file with the same content, so task retries are harmless. Returns the URLs written.
+        """
+        if not _PART_NAME.fullmatch(part_name):
+            raise ValueError(f"part name {part_name!r}: use letters, digits, '.', '_', '=', '-' (no '/')")
+        if not images_rows:
+            if annotation_rows:
+                raise ValueError("annotations without images rows would never become visible")
+            return {"annotations": None, "images": None}
+        images = [_image_row(r) for r in images_rows]
+        annotations = [_annotation_row(r) for r in annotation_rows]
+        _check_annotations_committed_by(annotations, images)
+        written: dict[str, str | None] = {"annotations": None, "images": None}
+        if annotations:
+            url = self._part_url("annotations", part_name)
+            table = pa.Table.from_pylist(annotations, schema=ANNOTATIONS_SCHEMA)
+            atomic_write_bytes(url, _parquet_bytes(table), self.storage_options)
+            written["annotations"] = url
+        url = self._part_url("images", part_name)
+        atomic_write_bytes(
+            url, _parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options
+        )
+        written["images"] = url
+        return written
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def known_sha256(self, config_hash: str) -> set[str]:
+        """SHA-256 of images already labeled or rejected under ``config_hash`` (they need no work).
+
+        Streams three columns in record batches, so memory stays flat in the dataset size (the set itself
+        aside). Any such row counts, even if a newer labeling of the image failed.
+        """
+        dataset = self._dataset("images", IMAGES_SCHEMA)
+        if dataset is None:
+            return set()
+        scanner = dataset.scanner(
+            columns=["sha256", "status", "config_hash"],
+            filter=(pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES)),
+            batch_size=_SCAN_BATCH_ROWS,
+            batch_readahead=2,
+            fragment_readahead=2,
+        )
+        known: set[str] = set()
+        for batch in scanner.to_batches():
+            known.update(v for v in batch.column("sha256").to_pylist() if v is not None)
+        return known
+
+    def images(self, config_hash: str | None = None, statuses: Collection[str] | None = None) -> pa.Table:
+        """Current images rows: the newest ``created_at`` per (sha256, config_hash), sorted by uri.
+
+        ``statuses`` filters after picking the current row, so an image whose newest labeling failed does not
+        show its older labeled row. Failed rows without a sha256 are keyed by uri.
+        """
+        dataset = self._dataset("images", IMAGES_SCHEMA)
+        if dataset is None:
+            return IMAGES_SCHEMA.empty_table()
+        table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
+        table = _current_rows(table)
+        if statuses is not None:
+            table = table.filter(pc.is_in(table["status"], value_set=pa.array(list(statuses), pa.string())))
+        return table
+
+    def annotations(
+        self,
+        image_ids: Collection[int] | None = None,
+        *,
+        config_hash: str | None = None,
+        statuses: Collection[str] = ("labeled",),
+    ) -> pa.Table:
+        """Annotations of the current labelings (with ``statuses``), sorted by image_id, category_id.
+
+        Annotations whose labeling has no current images row (crash orphans, superseded labelings) are left
+        out; duplicates of one id (a batch written twice under two part names) appear once.
+        """
+        current = self.images(config_hash=config_hash, statuses=statuses)
+        if image_ids is not None:
+            current = current.filter(pc.is_in(current["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
+        return self.annotations_for_labelings(current["labeling_id"], image_ids)
+
+    def categories(self) -> list[dict[str, Any]]:
+        """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
+        dataset = self._dataset("categories", CATEGORIES_SCHEMA)
+        if dataset is None:
+            return []
+        best: dict[str, dict[str, Any]] = {}
+        for row in dataset.to_table().to_pylist():
+            if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
+                best[row["name"]] = {**row, "synonyms": list(row["synonyms"] or [])}
+        return sorted(best.values(), key=lambda c: c["id"])
+
+    def iter_label_maps(
+        self,
+        *,
+        config_hash: str | None = None,
+        image_ids: Collection[int] | None = None,
+        category_to_index: Mapping[int, int] | None = None,
+        statuses: Collection[str] = ("labeled",),
+    ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        """(images row, uint8 label map) for each current labeling, in ``images()`` order.
+
+        ``category_to_index`` maps category ids to label values; by default the position of the category in
+        ``categories()`` (ids in order), which is the class index when the categories were registered in the
+        labeler's class order on a fresh store.
+        """
+        if category_to_index is None:
+            category_to_index = {c["id"]: i for i, c in enumerate(self.categories())}
+        current = self.images(config_hash=config_hash, statuses=statuses)
+        if image_ids is not None:
+            current = current.filter(pc.is_in(current["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
+        anns = self.annotations_for_labelings(current["labeling_id"], image_ids).select(
+            ["labeling_id", "id", "category_id", "segmentation"]
+        )
+        by_labeling: dict[str, list[dict[str, Any]]] = {}
+        for ann in anns.to_pylist():
+            by_labeling.setdefault(ann["labeling_id"], []).append(ann)
+        for row in current.to_pylist():
+            if row["height"] is None or row["width"] is None:
+                continue  # failed before decoding: there is no image to paint
+            label_map = annotations_to_label_map(
+                by_labeling.get(row["labeling_id"], []), row["height"], row["width"], category_to_index
+            )
+            yield row, label_map
+
+    def annotations_for_labelings(
+        self,
+        labeling_ids: pa.ChunkedArray | pa.Array | Sequence[str],
+        image_ids: Iterable[int] | None = None,
+    ) -> pa.Table:
+        """Annotations of exactly these labelings (e.g. ``images()["labeling_id"]``), deduplicated by id.
+
+        Callers that already hold an images table use this to read one consistent snapshot.
+        """
+        if not isinstance(labeling_ids, pa.Array | pa.ChunkedArray):
+            labeling_ids = pa.array(list(labeling_ids), pa.string())
+        dataset = self._dataset("annotations", ANNOTATIONS_SCHEMA)
+        if dataset is None or len(labeling_ids) == 0:
+            return ANNOTATIONS_SCHEMA.empty_table()
+        wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
+        if image_ids is not None:  # lets Parquet statistics skip row groups
+            wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
+        table = dataset.to_table(filter=wanted)
+        table = table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
+        return _drop_repeats(table, ["id"])
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _part_url(self, table: str, part_name: str) -> str:
+        return join_url(self.url, table, f"part-{part_name}.parquet")
+
+    def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
+        """The dataset of one table, or None when nothing was written yet."""
+        path = f"{self.root}/{table}"
+        self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
+        try:
+            # Default ignore_prefixes skip "_tmp-..." and dotfiles; the fixed schema lets older files with
+            # fewer columns read as nulls.
+            return ds.dataset(path, schema=schema, format="parquet", filesystem=self._arrow_fs)
+        except FileNotFoundError:
+            return None
+
+
+# --- row validation -------------------------------------------------------------------------------------
+
+
+def _image_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(row, IMAGES_SCHEMA, "images")
+    out = {name: row.get(name) for name in IMAGES_SCHEMA.names}
+    if out["created_at"] is None:
+        out["created_at"] = utc_now()
+    _check_required(out, IMAGES_SCHEMA, "images")
+    if out["status"] not in STATUSES:
+        raise ValueError(f"images row {out['uri']}: status {out['status']!r} not in {STATUSES}")
+    if out["labeler"] not in LABELERS:
+        raise ValueError(f"images row {out['uri']}: labeler {out['labeler']!r} not in {LABELERS}")
+    if out["status"] != "failed" and (out["sha256"] is None or out["image_id"] is None):
+        raise ValueError(f"images row {out['uri']}: a {out['status']} row needs sha256 and image_id")
+    if out["sha256"] is not None and out["image_id"] is not None:
+        if image_id_from_sha256(out["sha256"]) != out["image_id"]:
+            raise ValueError(f"images row {out['uri']}: image_id does not derive from sha256")
+    if out["status"] == "labeled" and (out["width"] is None or out["height"] is None):
+        raise ValueError(f"images row {out['uri']}: a labeled row needs width and height")
+    return out
+
+
+def _annotation_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(row, ANNOTATIONS_SCHEMA, "annotations")
+    out = {name: row.get(name) for name in ANNOTATIONS_SCHEMA.names}
+    _check_required(out, ANNOTATIONS_SCHEMA, "annotations")
+    return out
+
+
+def _check_keys(row: Mapping[str, Any], schema: pa.Schema, table: str) -> None:
+    unknown = set(row) - set(schema.names)
+    if unknown:
+        raise ValueError(f"{table} row has unknown fields {sorted(unknown)}")
+
+
+def _check_required(row: Mapping[str, Any], schema: pa.Schema, table: str) -> None:
+    missing = [f.name for f in schema if not f.nullable and row.get(f.name) is None]
+    if missing:
+        raise ValueError(f"{table} row is missing required fields {missing}")
+
+
+def _check_annotations_committed_by(annotations: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    """Each annotation needs a labeled images row in the same batch, or it would stay invisible forever."""
+    labeled = {r["labeling_id"]: r["image_id"] for r in images if r["status"] == "labeled"}
+    for ann in annotations:
+        if ann["labeling_id"] not in labeled:
+            raise ValueError(f"annotation {ann['id']}: labeling {ann['labeling_id']!r} has no labeled images row")
+        if labeled[ann["labeling_id"]] != ann["image_id"]:
+            raise ValueError(f"annotation {ann['id']}: image_id differs from its images row")
+
+
+# --- table helpers --------------------------------------------------------------------------------------
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _current_rows(table: pa.Table) -> pa.Table:
+    """Newest row per (sha256 or uri, config_hash); ties broken by labeling_id for determinism."""
+    if table.num_rows == 0:
+        return table
+    key = pc.coalesce(table["sha256"], table["uri"])
+    work = table.append_column("_key", key)
+    work = work.sort_by(
+        [
+            ("_key", "ascending"),
+            ("config_hash", "ascending"),
+            ("created_at", "descending"),
+            ("labeling_id", "descending"),
+        ]
+    )
+    current = _drop_repeats(work, ["_key", "config_hash"]).drop_columns(["_key"])
+    return current.sort_by([("uri", "ascending"), ("config_hash", "ascending")])
+
+
+def _drop_repeats(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """Keep the first row of each run of equal ``keys`` in an already sorted table."""
+    n = table.num_rows
+    if n <= 1:
+        return table
+    same = None
+    for name in keys:
+        col = table[name].combine_chunks()
+        eq = pc.fill_null(pc.equal(col.slice(1), col.slice(0, n - 1)), False)
+        same = eq if same is None else pc.and_(same, eq)
+    first = pa.concat_arrays([pa.array([True]), pc.invert(same)])
+    return table.filter(first)
