@@ -1,0 +1,121 @@
+"""Cost of the MaskCLIP labeler against a bare forward of the same encoder over the same windows.
+
+    .venv/bin/python benchmarks/bench_dense.py [--limit N] [--model ViT-B-16] [--device cpu]
+
+Labels the COCO sample's val images with random weights (the cost is that of real weights) and prints
+JSON: images/s, peak RSS and ``ratio`` = labeler time / bare-forward time, both measured batch by batch
+side by side in this one run. The bare forward is the standard CLIP image encoder (all blocks with their
+normal attention, then pooling) on exactly the windows the labeler cuts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskclip_core.clip_loader import load_clip  # noqa: E402
+from maskclip_core.dense import image_embedding  # noqa: E402
+from maskclip_core.images import decode_image  # noqa: E402
+from maskclip_core.inference import InferenceConfig  # noqa: E402
+from maskclip_core.labeler import MaskCLIPLabeler  # noqa: E402
+from maskclip_core.vocabulary import Vocabulary  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
+VOC = (
+    "aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, "
+    "person, potted plant, sheep, sofa, train, tv monitor"
+)
+
+
+def bare_windows(labeler: MaskCLIPLabeler, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """The exact padded windows the labeler's predictor feeds its encoder."""
+    predictor = labeler.predictor
+    windows = []
+    for i, image in enumerate(images):
+        pixels = predictor._prepare(image)
+        for win in predictor._windows(i, pixels.shape[1], pixels.shape[2]):
+            y0, y1, x0, x1 = win.box
+            crop = pixels[:, y0:y1, x0:x1]
+            ph, pw = win.grid[0] * predictor.stride, win.grid[1] * predictor.stride
+            windows.append(F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1])))
+    return windows
+
+
+@torch.inference_mode()
+def bare_forward(labeler: MaskCLIPLabeler, windows: list[torch.Tensor]) -> None:
+    size = labeler.inference.window_batch
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    for w in windows:
+        by_shape.setdefault(tuple(w.shape), []).append(w)
+    for group in by_shape.values():
+        for start in range(0, len(group), size):
+            image_embedding(labeler.bundle.model, torch.stack(group[start : start + size]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
+    args = parser.parse_args()
+    if not args.images.is_dir():
+        sys.exit(f"no images at {args.images} (the shared COCO sample must sit beside the repo)")
+
+    paths = sorted(args.images.glob("*.jpg"))[: args.limit]
+    images = [decode_image(p.read_bytes()).rgb for p in paths]
+    bundle = load_clip(args.model, "none", device=args.device)
+    labeler = MaskCLIPLabeler(bundle, Vocabulary.parse(VOC), InferenceConfig())
+    labeler.label([images[0]])  # warm-up: allocator, kernels
+
+    t_label = t_bare = 0.0
+    n_windows = 0
+    for start in range(0, len(images), args.batch):
+        batch = images[start : start + args.batch]
+        windows = bare_windows(labeler, batch)
+        n_windows += len(windows)
+        t0 = time.perf_counter()
+        labeler.label(batch)
+        t1 = time.perf_counter()
+        bare_forward(labeler, windows)
+        t2 = time.perf_counter()
+        t_label += t1 - t0
+        t_bare += t2 - t1
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_dense",
+                "model": args.model,
+                "device": str(bundle.device),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+                "images": len(images),
+                "windows": n_windows,
+                "classes": len(labeler.class_names),
+                "labeler_seconds": round(t_label, 2),
+                "bare_forward_seconds": round(t_bare, 2),
+                "images_per_second": round(len(images) / t_label, 3),
+                "ratio_labeler_to_bare_forward": round(t_label / t_bare, 3),
+                "target_ratio": 1.15,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
