@@ -9,12 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-DEMO_IMAGES = {  # scikit-image's bundled photos, with a vocabulary that fits them
-    "astronaut.png": "person; astronaut, flag, rocket, sky, building",
-    "chelsea.png": "cat, table, wall",
-    "coffee.png": "cup; coffee cup, table, saucer; plate, spoon",
-    "rocket.jpg": "rocket, sky, tree, building",
-}
+DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")  # scikit-image's bundled photos
 DEMO_CLASSES = "person; astronaut, cat, cup; coffee cup, rocket, sky, tree, building, table, flag, wall"
 
 RANDOM_WEIGHTS_BANNER = """
