@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
 from .inference import DensePredictor, InferenceConfig
 from .prompts import MASKCLIP_TEMPLATES, SINGLE_TEMPLATE
-from .text_classifier import TextClassifierCache
+from .text_classifier import TextClassifierCache, default_cache_dir
 from .types import SegmentationResult
 from .vocabulary import Vocabulary
 
@@ -109,7 +109,7 @@ class MaskCLIPLabeler:
         }
 
 
-_DEFAULT_TEXT_CACHE = TextClassifierCache()
+_DEFAULT_TEXT_CACHE = TextClassifierCache(default_cache_dir())
 _LABELERS: dict[str, MaskCLIPLabeler] = {}
 _LABELERS_LOCK = threading.Lock()
 

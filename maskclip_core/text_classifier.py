@@ -102,6 +102,14 @@ def template_ensemble(bundle: ClipBundle, query: Sequence[str], templates: Seque
     return F.normalize(emb.mean(dim=1), dim=-1)
 
 
+def default_cache_dir() -> Path | None:
+    """``$MASKCLIP_CACHE_DIR`` (empty: no disk cache), else ``$XDG_CACHE_HOME/maskclip`` or ~/.cache/maskclip."""
+    configured = os.environ.get("MASKCLIP_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maskclip"
+
+
 class TextClassifierCache:
     """Classifiers per (weights, vocabulary, templates), in memory and optionally on disk.
 
@@ -151,10 +159,13 @@ class TextClassifierCache:
         path = self._path(key)
         if path is None or path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"_tmp-{os.getpid()}-{path.name}")
-        torch.save({"embeddings": classifier.embeddings, "query_to_class": classifier.query_to_class}, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"_tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+            torch.save({"embeddings": classifier.embeddings, "query_to_class": classifier.query_to_class}, tmp)
+            os.replace(tmp, path)  # atomic: concurrent workers never read a half-written entry
+        except OSError:  # a read-only or full cache directory only costs speed
+            pass
 
 
 def build_text_classifier(

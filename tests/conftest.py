@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+# Hermetic runs: no telemetry, no model-hub retries, text-classifier disk cache in a throwaway directory.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MASKCLIP_CACHE_DIR", tempfile.mkdtemp(prefix="maskclip-test-cache-"))
 
 _FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
