@@ -30,6 +30,7 @@ def build_coco_dict(
     image_ids: Collection[int] | None = None,
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
+    annotation_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """A COCO instances dict of the current labeled images and their annotations.
 
@@ -37,6 +38,7 @@ def build_coco_dict(
     ``(images, annotations, categories)``, of which the ``labeled`` rows are used. ``file_name`` is the
     uri relative to ``file_name_root`` when it lies below it, else the uri's base name; ``coco_url`` is
     the full uri. One image labeled under several configs would appear twice: pass ``config_hash`` then.
+    ``annotation_ids`` keeps only those annotations (exports filtered by class or score).
     """
     if isinstance(source, LabelStore):
         images = source.images(config_hash=config_hash, statuses=["labeled"])
@@ -52,6 +54,9 @@ def build_coco_dict(
         if image_ids is not None:
             images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
         annotations = annotations.filter(pc.is_in(annotations["labeling_id"], value_set=images["labeling_id"]))
+    if annotation_ids is not None:
+        wanted = pa.array(list(annotation_ids), pa.int64())
+        annotations = annotations.filter(pc.is_in(annotations["id"], value_set=wanted))
 
     ids = images["image_id"].to_pylist()
     if len(set(ids)) != len(ids):
@@ -70,7 +75,7 @@ def build_coco_dict(
         "images": [
             {
                 "id": row["image_id"],
-                "file_name": _file_name(row["uri"], file_name_root),
+                "file_name": relative_file_name(row["uri"], file_name_root),
                 "width": row["width"],
                 "height": row["height"],
                 "coco_url": row["uri"],
@@ -91,13 +96,19 @@ def export_coco(
     image_ids: Collection[int] | None = None,
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
+    annotation_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Write ``build_coco_dict(store, ...)`` as JSON to ``destination_url`` (atomically); return counts.
 
     ``storage_options`` default to the store's.
     """
     coco = build_coco_dict(
-        store, config_hash=config_hash, image_ids=image_ids, file_name_root=file_name_root, info=info
+        store,
+        config_hash=config_hash,
+        image_ids=image_ids,
+        file_name_root=file_name_root,
+        info=info,
+        annotation_ids=annotation_ids,
     )
     data = json.dumps(coco, separators=(",", ":")).encode("utf-8")
     options = store.storage_options if storage_options is None else storage_options
@@ -175,7 +186,8 @@ def load_coco_annotations(
     )
 
 
-def _file_name(uri: str, root: str | None) -> str:
+def relative_file_name(uri: str, root: str | None) -> str:
+    """``uri`` relative to the folder ``root`` when it lies below it, else its base name."""
     if root is not None:
         prefix = root.rstrip("/") + "/"
         if uri.startswith(prefix):

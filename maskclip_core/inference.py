@@ -141,7 +141,13 @@ class DensePredictor:
 
     # -- steps ---------------------------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
-        x = to_tensor(image).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            # Ship uint8 (4x fewer bytes than float) from pinned memory, asynchronously, convert on the GPU.
+            array = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+            raw = torch.from_numpy(array).pin_memory().to(self.device, non_blocking=True)
+            x = raw.permute(2, 0, 1).float().div_(255.0)
+        else:
+            x = to_tensor(image)
         size = resized_shape(x.shape[1], x.shape[2], self.config.short_side, self.config.max_long_side)
         if size != tuple(x.shape[1:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]

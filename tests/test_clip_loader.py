@@ -9,7 +9,11 @@ import torch
 
 from maskclip_core.clip_loader import WeightsUnavailableError, load_clip, weights_identity
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # scoped to each test: a module-level switch would leak into other test modules
+        yield
 
 
 def test_random_weights_are_reproducible_and_leave_the_global_rng_alone():

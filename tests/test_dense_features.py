@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from maskclip_core.clip_loader import load_clip
 from maskclip_core.dense import dense_features, image_embedding
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # scoped to each test: a module-level switch would leak into other test modules
+        yield
 
 
 @pytest.fixture(scope="module", params=["maskclip-tiny-ViT", "ViT-B-16"])

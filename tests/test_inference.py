@@ -15,7 +15,11 @@ from maskclip_core.refine import key_smoothing, prompt_denoising_keep
 from maskclip_core.text_classifier import TextClassifier, build_text_classifier
 from maskclip_core.vocabulary import Vocabulary
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # scoped to each test: a module-level switch would leak into other test modules
+        yield
 
 
 @pytest.fixture(scope="module")

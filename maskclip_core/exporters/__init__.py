@@ -11,7 +11,13 @@ from .records import (
     lowest_scored,
     resolve_classes,
 )
-from .reviews import evaluate_against_reviewed, import_coco_reviews, pseudo_label_maps, read_reviews
+from .reviews import (
+    evaluate_against_reviewed,
+    import_coco_reviews,
+    pseudo_label_maps,
+    read_reviews,
+    score_label_maps,
+)
 
 __all__ = [
     "ExportImage",
@@ -34,4 +40,5 @@ __all__ = [
     "pseudo_label_maps",
     "read_reviews",
     "resolve_classes",
+    "score_label_maps",
 ]

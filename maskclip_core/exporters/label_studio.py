@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -148,13 +148,22 @@ def export_label_studio(
 ) -> dict[str, str]:
     """Write ``tasks.json`` and ``config.xml`` under the ``dest`` folder URL; returns their URLs.
 
-    ``options`` as for ``label_studio_task``; ``storage_options`` go to fsspec.
+    ``options`` as for ``label_studio_task``; ``storage_options`` go to fsspec. Tasks are written one at a
+    time, so ``images`` may be a stream from a large store.
     """
-    tasks = label_studio_tasks(images, categories, **options)
+    check_categories(categories)
     mode = options.get("mode", "brush")
     base = dest.rstrip("/")
+
+    def write_tasks(f: IO[bytes]) -> None:
+        f.write(b"[")
+        for i, image in enumerate(images):
+            f.write(b"," if i else b"")
+            f.write(json.dumps(label_studio_task(image, categories, **options)).encode())
+        f.write(b"]")
+
     return {
-        "tasks": write_atomic(f"{base}/tasks.json", json.dumps(tasks).encode(), storage_options),
+        "tasks": write_atomic(f"{base}/tasks.json", write_tasks, storage_options),
         "config": write_atomic(f"{base}/config.xml", labeling_config(categories, mode).encode(), storage_options),
     }
 

@@ -7,7 +7,7 @@ contiguous class indices for ``maskclip_core.evaluation``.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,19 @@ def evaluate_against_reviewed(
     Reviewed images without a pseudo map are skipped and listed under ``missing``.
     """
     targets = reviewed if isinstance(reviewed, Mapping) else {r.image_id: r.label_map for r in reviewed}
+    missing = [image_id for image_id in targets if image_id not in pseudo]
+    pairs = ((i, pseudo[i], target) for i, target in targets.items() if i in pseudo)
+    return {**score_label_maps(pairs, categories), "missing": missing}
+
+
+def score_label_maps(
+    pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], categories: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Metrics over ``(image_id, pseudo, reviewed)`` category-id label maps, consumed one pair at a time.
+
+    Streaming keeps memory at one image pair, so callers can paint maps lazily from a large store.
+    Returns ``evaluation.SegmentationMetrics.summary()`` plus ``images`` (pairs scored).
+    """
     ids = [int(c["id"]) for c in categories]
     if any(not 0 <= i < IGNORE_INDEX for i in ids):
         raise ValueError(f"category ids must lie in 0..{IGNORE_INDEX - 1} to appear in uint8 label maps: {ids}")
@@ -135,14 +148,16 @@ def evaluate_against_reviewed(
             raise ValueError(f"{side} label map of image {image_id} holds unknown category ids {bad}")
         return out
 
-    pairs, missing = [], []
-    for image_id, target in targets.items():
-        if image_id not in pseudo:
-            missing.append(image_id)
-            continue
-        pairs.append((to_index(pseudo[image_id], image_id, "pseudo"), to_index(target, image_id, "reviewed")))
-    metrics = evaluate(pairs, len(ids), [str(c["name"]) for c in categories], IGNORE_INDEX)
-    return {**metrics.summary(), "images": len(pairs), "missing": missing}
+    scored = 0
+
+    def indexed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal scored
+        for image_id, pred, target in pairs:
+            scored += 1
+            yield to_index(pred, image_id, "pseudo"), to_index(target, image_id, "reviewed")
+
+    metrics = evaluate(indexed(), len(ids), [str(c["name"]) for c in categories], IGNORE_INDEX)
+    return {**metrics.summary(), "images": scored}
 
 
 def _image_linker(images: Iterable[ExportImage] | None) -> Callable[[Mapping[str, Any]], tuple[int, str] | None]:
