@@ -1,0 +1,199 @@
+"""Labeling speed of MaskCLIP+ students against the MaskCLIP teacher, and the cost of a training step.
+
+    .venv/bin/python benchmarks/bench_student.py [--limit N] [--variants light,resnet50] [--device cpu]
+
+Labels the COCO sample's val images (random weights everywhere: the cost is that of trained ones) with
+the teacher (ViT-B/16, the project's MaskCLIPLabeler: short side 448, 448 windows at stride 224) and with
+each student at the same resolution (short side 448), and prints JSON: images/s per labeler, each
+student's speed-up over the teacher, and one training iteration (crop 512, batch 4) per student: seconds
+and peak memory (CUDA: max allocated; CPU: peak RSS of a fresh process, and its growth during the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskclip_core.images import decode_image  # noqa: E402
+from maskclip_core.student import (  # noqa: E402
+    AugmentConfig,
+    ClassVocabulary,
+    StudentConfig,
+    StudentLabeler,
+    build_student,
+    make_batch,
+)
+
+IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
+VOC = (
+    "aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, "
+    "person, potted plant, sheep, sofa, train, tv monitor"
+)
+EMBED_DIM = 512  # ViT-B/16's joint embedding dimension
+VARIANTS = {
+    name: StudentConfig(
+        embed_dim=EMBED_DIM,
+        backbone=backbone,
+        output_stride=stride,
+        head=head,
+        head_channels=channels,
+        backbone_weights="none",
+    )
+    for name, backbone, stride, head, channels in [
+        ("light", "mobilenet_v3_large", 16, "deeplabv3", 256),
+        ("resnet18", "resnet18", 16, "deeplabv3", 256),
+        ("resnet50", "resnet50", 8, "deeplabv3", 256),
+        ("resnet101_v2", "resnet101", 8, "deeplabv2", 512),  # MaskCLIP+'s own student
+    ]
+}
+
+
+def _student(variant: str, device: str) -> torch.nn.Module:
+    names = tuple(c.strip() for c in VOC.split(","))
+    torch.manual_seed(0)
+    text = torch.randn(len(names), EMBED_DIM)
+    return build_student(VARIANTS[variant], text, ClassVocabulary(names)).to(device)
+
+
+def _throughput(label, images: list[np.ndarray], batch: int) -> dict:
+    label(images[:2])  # warm-up: allocator, kernels
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        label(images[i : i + batch])
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "images_per_second": round(len(images) / seconds, 3)}
+
+
+def _teacher(device: str):
+    from maskclip_core.clip_loader import load_clip
+    from maskclip_core.inference import InferenceConfig
+    from maskclip_core.labeler import MaskCLIPLabeler
+    from maskclip_core.prompts import SINGLE_TEMPLATE
+    from maskclip_core.text_classifier import TextClassifierCache
+    from maskclip_core.vocabulary import Vocabulary
+
+    bundle = load_clip("ViT-B-16", "none", device=device)
+    # One template: the text classifier is built once before timing, so this only shortens the run.
+    cache = TextClassifierCache(tempfile.mkdtemp(prefix="bench-student-text-"))
+    return MaskCLIPLabeler(
+        bundle, Vocabulary.parse(VOC), InferenceConfig(), templates=SINGLE_TEMPLATE, text_cache=cache
+    )
+
+
+def train_step_worker(variant: str, device: str, crop: int, batch: int) -> dict:
+    """One SGD iteration after a warm-up one; run in a fresh process so that peak RSS is this step's."""
+    model = _student(variant, device).train()
+    rng = np.random.default_rng(0)
+    samples = [
+        (rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), rng.integers(0, 20, (480, 640), dtype=np.uint8))
+        for _ in range(batch)
+    ]
+    aug = AugmentConfig(crop_size=crop)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step(i: int) -> None:
+        images, labels = make_batch(samples, aug, batch, seed=0, stream=0, step=i)
+        logits = model(images.to(device))
+        loss = torch.nn.functional.cross_entropy(logits, labels.to(device), ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(0)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step(1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    out = {"seconds": round(time.perf_counter() - start, 2)}
+    if device.startswith("cuda"):
+        out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = round(rss, 1)
+    out["peak_rss_mb_before_timed_step"] = round(rss_before, 1)
+    return out
+
+
+def _train_step(variant: str, device: str, crop: int, batch: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--train-step-worker", variant, "--device", device]
+    cmd += ["--crop", str(crop), "--train-batch", str(batch), "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--variants", default="light,resnet50", help=f"comma separated, of {list(VARIANTS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-teacher", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--train-step-worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.train_step_worker:
+        print(json.dumps(train_step_worker(args.train_step_worker, args.device, args.crop, args.train_batch)))
+        return
+    if not args.images.is_dir():
+        sys.exit(f"no images at {args.images} (the shared COCO sample must sit beside the repo)")
+    paths = sorted(args.images.glob("*.jpg"))[: args.limit]
+    images = [decode_image(p.read_bytes()).rgb for p in paths]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+
+    labeling: dict[str, dict] = {}
+    if not args.skip_teacher:
+        labeling["teacher_vit_b16"] = _throughput(_teacher(args.device).label, images, args.batch)
+    for variant in variants:
+        labeler = StudentLabeler(_student(variant, args.device), short_side=448, batch_size=8, device=args.device)
+        labeling[f"student_{variant}"] = _throughput(labeler.label, images, args.batch)
+        del labeler
+    if "teacher_vit_b16" in labeling:
+        teacher_ips = labeling["teacher_vit_b16"]["images_per_second"]
+        for variant in variants:
+            entry = labeling[f"student_{variant}"]
+            entry["speedup_over_teacher"] = round(entry["images_per_second"] / teacher_ips, 2)
+
+    training = {}
+    if not args.skip_train:
+        for variant in variants:
+            training[variant] = _train_step(variant, args.device, args.crop, args.train_batch, args.threads)
+
+    result = {
+        "benchmark": "bench_student",
+        "device": args.device,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads",
+        "images": len(images),
+        "short_side": 448,
+        "classes": len(VOC.split(",")),
+        "variants": {v: VARIANTS[v].to_dict() for v in variants},
+        "labeling": labeling,
+        "train_iteration": {"crop": args.crop, "batch": args.train_batch, **training},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

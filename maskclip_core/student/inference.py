@@ -1,0 +1,59 @@
+"""Dense prediction with a student: resize, batch, upsample logits to the original size, softmax."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..types import SegmentationResult
+from .model import StudentNet
+from .preprocess import image_to_tensor, normalize, resize_image, short_side_size
+
+
+def _batches(sizes: list[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:
+    # Only images of the same network input size share a batch: no padding, so no image sees another's
+    # padding (batch size alone can still change convolution rounding, at the 1e-6 level).
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, size in enumerate(sizes):
+        groups[size].append(i)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            yield members[start : start + batch_size]
+
+
+def _result(logits: torch.Tensor, size: tuple[int, int], class_names: tuple[str, ...]) -> SegmentationResult:
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    probs = up.softmax(dim=0)
+    confidence, labels = probs.max(dim=0)
+    return SegmentationResult(
+        labels=labels.cpu().numpy().astype(np.int64),
+        confidence=confidence.cpu().numpy().astype(np.float32),
+        class_scores=probs.amax(dim=(1, 2)).cpu().numpy().astype(np.float32),
+        dropped=np.zeros(len(class_names), dtype=bool),
+        class_names=class_names,
+    )
+
+
+def predict(
+    model: StudentNet,
+    images: Sequence[np.ndarray],
+    short_side: int | None = 448,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[SegmentationResult]:
+    """Label RGB uint8 images at their original size (the model is put in eval mode and left there)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    sizes = [short_side_size(im.shape[0], im.shape[1], short_side) for im in images]
+    results: list[SegmentationResult | None] = [None] * len(images)
+    with torch.inference_mode():
+        for batch in _batches(sizes, batch_size):
+            pixels = torch.stack([resize_image(image_to_tensor(images[i]).to(device), sizes[i]) for i in batch])
+            logits = model(normalize(pixels), upsample=False)
+            for row, i in enumerate(batch):
+                results[i] = _result(logits[row], images[i].shape[:2], model.class_names)
+    return results  # type: ignore[return-value]

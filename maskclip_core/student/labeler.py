@@ -1,0 +1,83 @@
+"""A trained student as a ``Labeler`` (same contract as the MaskCLIP teacher)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..types import SegmentationResult
+from .checkpoint import StudentCheckpoint, load_checkpoint
+from .classifier import ClassVocabulary
+from .inference import predict
+from .model import StudentNet
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class StudentLabeler:
+    """Labels images with a student network.
+
+    Images are resized so their short side is ``short_side`` (448, as the teacher), ImageNet-normalised,
+    labeled in batches of same-size images and the logits upsampled to the original size. ``confidence``
+    is the softmax max, ``class_scores`` the per-class max probability; the student drops no classes.
+    """
+
+    def __init__(
+        self,
+        model: StudentNet,
+        short_side: int | None = 448,
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        checkpoint: StudentCheckpoint | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = model.to(self.device).eval()
+        self.short_side = short_side
+        self.batch_size = batch_size
+        self._checkpoint = checkpoint
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        url: str,
+        device: torch.device | str | None = None,
+        storage_options: dict | None = None,
+        short_side: int | None = 448,
+        batch_size: int = 8,
+    ) -> StudentLabeler:
+        """Load a weights file URL or a checkpoint directory URL (its newest round)."""
+        checkpoint = load_checkpoint(url, storage_options)
+        return cls(checkpoint.build(), short_side, batch_size, device, checkpoint)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.model.class_names
+
+    def set_vocabulary(self, embeddings: torch.Tensor, vocabulary: ClassVocabulary) -> None:
+        """Label with other (renamed, reordered, added) classes; no retraining needed."""
+        self.model.set_vocabulary(embeddings.to(self.device), vocabulary)
+
+    def label(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
+        return predict(self.model, images, self.short_side, self.batch_size, self.device)
+
+    def config(self) -> dict[str, Any]:
+        embeddings = self.model.classifier.embeddings.detach().cpu().contiguous().numpy()
+        ck = self._checkpoint
+        return {
+            "labeler": "maskclip-student",
+            "checkpoint": None if ck is None else ck.url,
+            "checkpoint_sha256": None if ck is None else ck.sha256,
+            "round": None if ck is None else ck.round,
+            "iteration": None if ck is None else ck.iteration,
+            "model": self.model.config.to_dict(),
+            "vocabulary": self.model.vocabulary.to_dict(),
+            # The classifier can be swapped after loading, so it is identified by its own content.
+            "text_embeddings_sha256": hashlib.sha256(embeddings.tobytes()).hexdigest(),
+            "short_side": self.short_side,
+        }
