@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_review import register
 
     register(sub)  # export / import / evaluate
+    from flows.cli_train import register as register_train
+
+    register_train(sub)  # train
 
     p = sub.add_parser("demo", help="label scikit-image's sample photos (default: ViT-B/16 OpenAI weights)")
     p.add_argument("--out", default="demo-out")

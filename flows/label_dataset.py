@@ -5,7 +5,8 @@ wrapper). One run:
 
 1. loads the labeler once here to learn its ``config()`` (weights identity included) and classes, and hashes
    them with the filter thresholds into the config hash that defines "already labeled";
-2. registers the categories once (``LabelStore.ensure_categories``) before fanning out;
+2. registers the categories once (``LabelStore.ensure_categories``) before fanning out, and writes the
+   labeling record ``labelings/<config hash>.json`` (labeler, filter, classes: what later stages rebuild);
 3. reads the compact index of (uri, source_version) pairs already done under the config (4 Parquet columns);
 4. streams the listing, skipping known files without reading them, and submits batches of URIs to the task
    runner with a bounded number in flight (memory stays flat however many files there are);
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.digests import source_digest
 from maskclip_core.filtering import FilterConfig
 from maskclip_core.images import DEFAULT_MAX_PIXELS
+from maskclip_core.labelings import labeling_record
 from maskclip_core.pipeline import (
     LabelerSpec,
     LabelingPlan,
@@ -54,6 +56,7 @@ from tasks.labeling import (
     load_known_sources,
     publish_summary,
     with_retries,
+    write_labeling_record,
     write_run_report,
 )
 
@@ -290,6 +293,8 @@ def label_dataset(
 
     storage_task = {"retries": options.retries, "delay_s": options.retry_delay_seconds}
     ids = with_retries(ensure_categories, **storage_task)(output, options.output_storage_options, categories)
+    record = labeling_record(config_hash, labeler, lab.config(), filters, categories, max_pixels=options.max_pixels)
+    with_retries(write_labeling_record, **storage_task)(output, options.output_storage_options, record)
     plan = LabelingPlan(
         run_id=run_id,
         config_hash=config_hash,

@@ -15,6 +15,8 @@ import numpy as np
 DIGEST_BYTES = 16
 _DTYPE = np.dtype(f"S{DIGEST_BYTES}")
 _SEPARATOR = "\x1f"  # cannot appear in URIs or version tokens
+_PREFIX_BITS = 24  # the bucket of a digest is read from its first 3 bytes
+_MAX_BUCKET_BITS = 24  # at most 16 Mi buckets (128 MB of offsets): beyond ~128 M digests buckets grow
 
 
 def source_digest(uri: str, version: str) -> bytes:
@@ -28,19 +30,36 @@ def sha256_digest(hex_digest: str) -> bytes:
 
 
 class DigestSet:
-    """An immutable set of 16-byte digests: a sorted, deduplicated numpy array searched by bisection.
+    """An immutable set of 16-byte digests: a sorted, deduplicated array with a bucket table.
 
-    Build it with :class:`DigestSetBuilder` (streaming) or :meth:`from_iterable`.
+    The digests are uniformly distributed, so their leading bits index a table of bucket starts (about 4 to 8
+    digests per bucket, ~1 byte per digest) and a lookup is one slice search of the bucket's ~100 bytes:
+    constant time (about a microsecond) however large the set, no Python object per entry. Build it with
+    :class:`DigestSetBuilder` (streaming) or :meth:`from_iterable`.
     """
 
-    __slots__ = ("_sorted",)
+    __slots__ = ("_blob", "_sorted", "_starts", "_shift")
 
     def __init__(self, digests: np.ndarray | None = None) -> None:
         if digests is None:
             digests = np.empty(0, dtype=_DTYPE)
         if digests.dtype != _DTYPE:
             raise TypeError(f"expected dtype {_DTYPE}, got {digests.dtype}")
-        self._sorted = np.unique(digests)  # sorts and deduplicates
+        self._set_sorted(np.unique(digests).tobytes())  # sorts and deduplicates
+
+    def _set_sorted(self, blob: bytes) -> None:
+        self._blob = blob  # the sorted digests back to back: lookups search it without numpy's per-call cost
+        self._sorted = np.frombuffer(blob, dtype=_DTYPE)  # a view, no copy
+        n = self._sorted.size
+        bits = min(_MAX_BUCKET_BITS, max(0, n.bit_length() - 3))
+        self._shift = _PREFIX_BITS - bits
+        head = np.frombuffer(blob, dtype=np.uint8).reshape(n, DIGEST_BYTES)[:, :3].astype(np.uint32)
+        prefixes = ((head[:, 0] << 16) | (head[:, 1] << 8) | head[:, 2]) >> self._shift
+        starts = np.searchsorted(prefixes, np.arange((1 << bits) + 1, dtype=np.uint32)).astype(np.int64)
+        self._starts = memoryview(starts * DIGEST_BYTES)  # byte offsets; indexing gives plain ints
+
+    def __reduce__(self) -> tuple:
+        return (_digest_set_from_sorted, (self._blob,))
 
     @classmethod
     def from_iterable(cls, digests: Iterable[bytes]) -> DigestSet:
@@ -52,13 +71,17 @@ class DigestSet:
         return int(self._sorted.size)
 
     def __contains__(self, digest: object) -> bool:
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES or not self._sorted.size:
+        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
             return False
-        key = np.array(digest, dtype=_DTYPE)
-        i = int(np.searchsorted(self._sorted, key))
-        # numpy's S dtype compares with trailing NULs stripped on both sides; with equal-length digests
-        # that is still exact equality.
-        return i < self._sorted.size and self._sorted[i] == key
+        bucket = int.from_bytes(digest[:3], "big") >> self._shift
+        lo, hi = self._starts[bucket], self._starts[bucket + 1]
+        blob = self._blob
+        i = blob.find(digest, lo, hi)
+        while i >= 0:
+            if (i - lo) % DIGEST_BYTES == 0:  # a match straddling two digests does not count
+                return True
+            i = blob.find(digest, i + 1, hi)
+        return False
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +89,13 @@ class DigestSet:
 
     def __repr__(self) -> str:
         return f"DigestSet({len(self)} digests, {self.nbytes} bytes)"
+
+
+def _digest_set_from_sorted(blob: bytes) -> DigestSet:
+    """Unpickle: the sorted digests as they were (the bucket table is rebuilt, not shipped)."""
+    out = DigestSet.__new__(DigestSet)
+    out._set_sorted(blob)
+    return out
 
 
 class DigestSetBuilder:
@@ -86,6 +116,14 @@ class DigestSetBuilder:
     def extend(self, digests: Iterable[bytes]) -> None:
         for digest in digests:
             self.add(digest)
+
+    def add_array(self, digests: np.ndarray) -> None:
+        """Add a whole ``S16`` array at once (e.g. parsed column-wise from Parquet)."""
+        if digests.dtype != _DTYPE:
+            raise TypeError(f"expected dtype {_DTYPE}, got {digests.dtype}")
+        if digests.size:
+            self._flush()
+            self._chunks.append(digests.copy())  # build() deduplicates; a per-chunk sort would double the work
 
     def _flush(self) -> None:
         if self._pending:

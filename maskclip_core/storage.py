@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,12 +67,22 @@ def iter_source_files(
     glob: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[SourceFile]:
-    """Stream the files under ``url``, one directory listing at a time, in a deterministic order.
+    """Stream the files under ``url`` in a deterministic order, holding one directory's names at most.
 
     Files come sorted by name within a directory, then subdirectories in sorted order (depth first).
     ``extensions`` filters case-insensitively (``None``: every file). ``glob`` matches the path relative to
     ``url`` with fsspec glob rules (``*`` within one segment, ``**`` across segments). Names starting with
     ``_`` or ``.`` are skipped, directories included. ``url`` may also name a single file.
+
+    Memory stays flat however many files there are:
+
+    - local folders: one directory's sorted path names at a time (no info dict per file), each file stat'ed
+      as it is yielded; only regular files are listed; a symlinked file has its target's size and mtime, a
+      symlinked directory is not followed;
+    - S3 (s3fs): one page of ``list_objects_v2`` (1,000 keys) at a time, in the store's key order (sorted on
+      S3 and the usual compatible stores), without filling s3fs's listing cache, so a long-lived process
+      neither keeps the whole tree nor sees a stale subdirectory on its next run;
+    - other filesystems: ``fs.walk``, one directory listing at a time.
     """
     fs, root = resolve(url, storage_options)
     root = root.rstrip("/") or root
@@ -84,6 +95,101 @@ def iter_source_files(
         return pattern is None or pattern.match(rel) is not None
 
     fs.invalidate_cache(root)  # a long-lived s3fs instance may hold a stale listing
+    if isinstance(fs, LocalFileSystem):
+        entries = _local_files(fs, root)
+    elif _is_plain_s3(fs):
+        entries = _s3_files(fs, root)
+    else:
+        entries = _walk_files(fs, root)
+    for path, size, version in entries:
+        rel = root.rsplit("/", 1)[-1] if path == root else path[len(root) :].lstrip("/")
+        if wanted(rel):
+            yield SourceFile(uri=to_uri(fs, path), size=size, version=version)
+
+
+# Each lister yields (path without protocol, size, version) for the visible files under ``root``, or for
+# ``root`` itself when it is a file.
+
+
+def _local_files(fs: LocalFileSystem, root: str) -> Iterator[tuple[str, int, str]]:
+    st = os.stat(root)  # FileNotFoundError for a missing source
+    if not stat.S_ISDIR(st.st_mode):
+        yield root, st.st_size, _mtime_version(st)
+        return
+    yield from _local_directory(fs, root)
+
+
+def _local_directory(fs: LocalFileSystem, directory: str) -> Iterator[tuple[str, int, str]]:
+    paths = sorted(fs.ls(directory, detail=False))  # names only: an info dict per file would cost ~1 KB
+    prefix = len(directory.rstrip("/")) + 1
+    subdirs = []
+    for path in paths:
+        if is_hidden(path[prefix:]):
+            continue
+        try:
+            st = os.stat(path)  # follows a symlink: its version is that of the content it points to
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # deleted since the directory was read, or a dangling link
+        if stat.S_ISDIR(st.st_mode):
+            if not os.path.islink(path):  # a linked directory could make a cycle
+                subdirs.append(path)
+        elif stat.S_ISREG(st.st_mode):  # not FIFOs, sockets or devices: reading them could block
+            yield path, st.st_size, _mtime_version(st)
+    del paths
+    for sub in subdirs:
+        yield from _local_directory(fs, sub)
+
+
+def _mtime_version(st: os.stat_result) -> str:
+    return _version({"mtime": st.st_mtime})  # the token fsspec's local info gives: mtime:<float seconds>
+
+
+def _is_plain_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    """An s3fs filesystem listed page by page here (a version-aware one goes through ``walk``)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - s3fs is a dependency
+        return False
+    return isinstance(fs, S3FileSystem) and not getattr(fs, "version_aware", False)
+
+
+def _s3_files(fs: Any, root: str) -> Iterator[tuple[str, int, str]]:
+    bucket, key, _ = fs.split_path(root)
+    listed = [False]
+    yield from _s3_directory(fs, bucket, key.strip("/"), listed)
+    if not listed[0]:  # nothing under ``root/``: a single object, or missing (FileNotFoundError)
+        info = fs.info(root)
+        if info["type"] != "directory":
+            yield root, int(info.get("size") or 0), _version(info)
+
+
+def _s3_directory(fs: Any, bucket: str, key: str, listed: list[bool]) -> Iterator[tuple[str, int, str]]:
+    """The objects directly under ``key/`` as they arrive, page by page; then each subdirectory in turn."""
+    prefix = f"{key}/" if key else ""
+    request = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", **getattr(fs, "req_kw", {})}
+    subdirs: list[str] = []
+    while True:
+        page = fs.call_s3("list_objects_v2", **request)  # s3fs's retries and error translation
+        for common in page.get("CommonPrefixes", []):
+            listed[0] = True
+            name = common["Prefix"][len(prefix) :].rstrip("/")
+            if name and not is_hidden(name):
+                subdirs.append(common["Prefix"].rstrip("/"))
+        for obj in page.get("Contents", []):
+            listed[0] = True
+            name = obj["Key"][len(prefix) :]
+            if not name or name.endswith("/") or is_hidden(name):  # directory markers, hidden files
+                continue
+            yield f"{bucket}/{obj['Key']}", int(obj.get("Size") or 0), _version(obj)
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            break
+        request["ContinuationToken"] = token
+    for sub in sorted(subdirs):
+        yield from _s3_directory(fs, bucket, sub, listed)
+
+
+def _walk_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, int, str]]:
     # walk() lists one directory per step and lets a top-down caller prune and reorder ``dirs`` in place.
     for dirpath, dirs, files in fs.walk(root, detail=True, on_error="raise"):
         keep = sorted(d for d in dirs if not is_hidden(d))
@@ -92,16 +198,13 @@ def iter_source_files(
         dirs.update((d, infos[d]) for d in keep)
         for name in sorted(files):
             info = files[name]
-            if name == "":  # ``url`` is itself a file
-                rel = root.rsplit("/", 1)[-1]
+            if name == "":  # ``root`` is itself a file
                 path = root
+            elif is_hidden(name):
+                continue
             else:
-                if is_hidden(name):
-                    continue
                 path = f"{dirpath.rstrip('/')}/{name}"
-                rel = path[len(root) :].lstrip("/")
-            if wanted(rel):
-                yield SourceFile(uri=to_uri(fs, path), size=int(info.get("size") or 0), version=_version(info))
+            yield path, int(info.get("size") or 0), _version(info)
 
 
 def _version(info: Mapping[str, Any]) -> str:

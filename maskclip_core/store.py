@@ -19,7 +19,9 @@ import hashlib
 import io
 import json
 import re
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,8 +33,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .annotations import annotations_to_label_map, image_id_from_sha256
-from .digests import DigestSet, DigestSetBuilder, sha256_digest, source_digest
-from .storage import atomic_write_bytes, join_url, resolve
+from .digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
+from .storage import atomic_write_bytes, is_hidden, join_url, resolve
 
 STATUSES = ("labeled", "rejected", "failed")
 LABELERS = ("maskclip", "student")
@@ -88,6 +90,11 @@ CATEGORIES_SCHEMA = pa.schema(
 _PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 # Small batches keep known_sha256's memory flat however large the dataset.
 _SCAN_BATCH_ROWS = 64 * 1024
+# The known-image index reads small part files (the flow's one per batch: KBs) this many at once, within this
+# many bytes in flight; larger (compacted) parts are streamed in record batches, one part at a time.
+_SCAN_THREADS = 4
+_SCAN_WINDOW_BYTES = 32 * 1024 * 1024
+_SCAN_SMALL_PART_BYTES = 1024 * 1024
 
 
 def utc_now() -> dt.datetime:
@@ -198,11 +205,12 @@ class LabelStore:
     def known_sha256_digests(self, config_hash: str) -> DigestSet:
         """Like :meth:`known_sha256`, as a compact :class:`DigestSet` of 16-byte digest prefixes.
 
-        Same three columns, streamed; ~16 bytes per known image instead of a set of hex strings.
+        Same three columns, streamed; ~16 bytes per known image instead of a set of hex strings. The hex is
+        parsed column-wise with numpy, not one Python string per row.
         """
         builder = DigestSetBuilder()
         for batch in self._scan_done(config_hash, ["sha256"]):
-            builder.extend(sha256_digest(v) for v in batch.column("sha256").to_pylist() if v is not None)
+            builder.add_array(_hex_prefix_digests(batch.column("sha256")))
         return builder.build()
 
     def known_sources(self, config_hash: str) -> DigestSet:
@@ -221,18 +229,78 @@ class LabelStore:
         return builder.build()
 
     def _scan_done(self, config_hash: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-        """Record batches of ``columns`` of the rows with a done status under ``config_hash``."""
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
+        """Record batches of ``columns`` of the rows with a done status under ``config_hash``.
+
+        Part file by part file, never one pyarrow dataset over all of them: a dataset keeps state for each
+        fragment it scanned (~50 KB, measured), and the flow writes one images part per batch, so a million
+        images in batches of 16 (62,500 parts) would cost GBs. Small parts are read whole by a few threads at
+        once within a byte budget (object-store latency overlaps); large (compacted) parts are streamed in
+        record batches, one part at a time. Memory is bounded by the budget, not by the table.
+        """
+        parts = self._part_files("images")
+        if not parts:
             return
-        scanner = dataset.scanner(
-            columns=[*columns, "status", "config_hash"],
-            filter=(pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES)),
-            batch_size=_SCAN_BATCH_ROWS,
-            batch_readahead=2,
-            fragment_readahead=2,
-        )
-        yield from scanner.to_batches()
+        read_columns = [*columns, "status", "config_hash"]
+        wanted = (pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES))
+        parquet = ds.ParquetFileFormat()
+
+        def fragment(path: str) -> ds.Fragment:
+            return parquet.make_fragment(path, filesystem=self._arrow_fs)
+
+        def read_whole(path: str) -> pa.Table:
+            # The table schema makes older parts with fewer columns read as nulls.
+            return fragment(path).to_table(schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False)
+
+        pool = ThreadPoolExecutor(max_workers=_SCAN_THREADS, thread_name_prefix="maskclip-scan")
+        window: deque[tuple[Future[pa.Table], int]] = deque()
+        window_bytes = 0
+        try:
+            for path, size in parts:
+                if size > _SCAN_SMALL_PART_BYTES:
+                    while window:
+                        yield from window.popleft()[0].result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+                    window_bytes = 0
+                    scanner = ds.Scanner.from_fragment(
+                        fragment(path),
+                        schema=IMAGES_SCHEMA,
+                        columns=read_columns,
+                        filter=wanted,
+                        batch_size=_SCAN_BATCH_ROWS,
+                        batch_readahead=2,
+                    )
+                    yield from scanner.to_batches()
+                    continue
+                while window and (len(window) >= 2 * _SCAN_THREADS or window_bytes + size > _SCAN_WINDOW_BYTES):
+                    future, done_size = window.popleft()
+                    window_bytes -= done_size
+                    yield from future.result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+                window.append((pool.submit(read_whole, path), size))
+                window_bytes += size
+            while window:
+                yield from window.popleft()[0].result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _part_files(self, table: str) -> list[tuple[str, int]]:
+        """(path, size) of the visible files of one table, sorted; names starting with ``_`` or ``.`` (in the
+        file name or a folder under the table) are skipped, as pyarrow's dataset discovery does."""
+        path = f"{self.root}/{table}"
+        self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
+        try:
+            infos = self._arrow_fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        except FileNotFoundError:
+            return []
+        finally:
+            self.fs.invalidate_cache(path)  # and a long-lived process need not keep this listing
+        parts = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(path) :].lstrip("/")
+            if any(is_hidden(segment) for segment in rel.split("/")):
+                continue
+            parts.append((info.path, int(info.size or 0)))
+        return sorted(parts)
 
     def images(self, config_hash: str | None = None, statuses: Collection[str] | None = None) -> pa.Table:
         """Current images rows: the newest ``created_at`` per (sha256, config_hash), sorted by uri.
@@ -401,6 +469,38 @@ def _check_annotations_committed_by(annotations: list[dict[str, Any]], images: l
 
 
 # --- table helpers --------------------------------------------------------------------------------------
+
+_HEX_NIBBLES = np.full(256, 255, dtype=np.uint8)
+_HEX_NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX_NIBBLES[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hex_prefix_digests(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """:func:`~maskclip_core.digests.sha256_digest` of each non-null hex string, as an ``S16`` array.
+
+    Vectorised (no Python object per row); a column with a value that is not at least 32 hex digits takes
+    the per-value path, which raises as :func:`sha256_digest` does.
+    """
+    values = pc.drop_null(values)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = len(values)
+    width = 2 * DIGEST_BYTES
+    if n == 0:
+        return np.empty(0, dtype=f"S{DIGEST_BYTES}")
+    head = pc.utf8_slice_codeunits(values, 0, width)
+    if pc.min(pc.binary_length(head)).as_py() == width:
+        fixed = head.cast(pa.binary(width))
+        chars = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)[fixed.offset * width : (fixed.offset + n) * width]
+        nibbles = _HEX_NIBBLES[chars].reshape(n, width)
+        if not (nibbles == 255).any():
+            digests = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+            return np.ascontiguousarray(digests).view(f"S{DIGEST_BYTES}").reshape(n)
+    digests = [sha256_digest(v) for v in values.to_pylist()]
+    short = next((v for v, d in zip(values.to_pylist(), digests, strict=True) if len(d) != DIGEST_BYTES), None)
+    if short is not None:
+        raise ValueError(f"sha256 {short!r} is not a hex SHA-256")
+    return np.array(digests, dtype=f"S{DIGEST_BYTES}")
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -29,6 +29,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import Task, exponential_backoff
 
+from maskclip_core import labelings
 from maskclip_core.digests import DigestSet
 from maskclip_core.pipeline import (
     BatchOutcome,
@@ -123,6 +124,12 @@ def ensure_categories(
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
     return LabelStore(output, storage_options).ensure_categories(list(classes))
+
+
+@task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)
+def write_labeling_record(output: str, storage_options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    """``labelings/<config hash>.json``: which labeler, filter and classes the config hash stands for."""
+    return labelings.write_labeling_record(output, record, storage_options)
 
 
 @task(name="load-known-sources", cache_policy=NO_CACHE, persist_result=False)

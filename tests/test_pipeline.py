@@ -391,3 +391,34 @@ def test_run_summary_tables_and_markdown() -> None:
     assert rows["rejected: too_many_pixels"]["images"] == 1 and rows["class: red"]["mean_confidence"] == 0.9
     md = summary.markdown()
     assert "FAILED" in md and "batch 1 (4 images): OSError: 503 SlowDown" in md and "(out/t.jpg)" in md
+
+
+def test_digest_set_matches_a_python_set() -> None:
+    """Bucketed lookups: every size from empty to many digests per bucket, crafted prefixes, no straddling hits."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    crafted = [bytes(16), bytes(15) + b"\x01", b"\xff" * 16, b"\xff" * 15 + b"\x00", b"\x00\x00\x00" + b"\x07" * 13]
+    for n in (0, 1, 2, 9, 1000, 50_000):
+        digests = [bytes(d) for d in rng.integers(0, 256, (n, 16), dtype=np.uint8)] + crafted
+        index = DigestSet.from_iterable(digests)
+        assert len(index) == len(set(digests)) and index.nbytes == 16 * len(index)
+        assert all(d in index for d in digests)
+        blob = b"".join(sorted(set(digests)))
+        straddling = [blob[i : i + 16] for i in range(8, min(len(blob) - 16, 16_000), 16)]
+        misses = [bytes(d) for d in rng.integers(0, 256, (2000, 16), dtype=np.uint8)]
+        known = set(digests)
+        assert all((d in index) == (d in known) for d in straddling + misses)
+        copy = pickle.loads(pickle.dumps(index))
+        assert len(copy) == len(index) and all(d in copy for d in digests[:100])
+
+
+def test_digest_set_builder_takes_arrays() -> None:
+    digests = [source_digest(f"s3://b/{i}.jpg", "etag:1") for i in range(100)]
+    builder = DigestSetBuilder()
+    builder.extend(digests[:10])
+    builder.add_array(np.array(digests[5:], dtype="S16"))
+    index = builder.build()
+    assert len(index) == 100 and all(d in index for d in digests)
+    with pytest.raises(TypeError):
+        builder.add_array(np.zeros(3, dtype=np.int64))

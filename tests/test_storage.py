@@ -246,3 +246,68 @@ def test_s3_overwrite_and_listing_sees_new_objects(s3_server) -> None:
     assert [f.uri.rsplit("/", 1)[-1] for f in files] == ["a.jpg", "b.jpg"]
     assert files[0].version != first.version and files[0].size == 4
     assert read_bytes(files[0].uri, opts) == b"two!"
+
+
+def test_s3_listing_pages_through_a_directory_without_the_listing_cache(
+    s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page by page (2 keys a page here), directory markers skipped, nothing left in s3fs's dircache, and a
+    file another client adds to a subdirectory is seen by the next listing of the same process."""
+    import s3fs
+
+    root = s3_server.fresh_url("photos")
+    opts = s3_server.storage_options
+    for rel, data in TREE.items():
+        atomic_write_bytes(join_url(root, rel), data, opts)
+    for marker in ("sub/", "empty/"):  # zero-byte "folder" objects some tools create
+        atomic_write_bytes(join_url(root, marker) + "/", b"", opts)
+    pages: list[str] = []
+    real_call = s3fs.S3FileSystem.call_s3
+
+    def small_pages(self, method, *args, **kwargs):
+        if method == "list_objects_v2":
+            pages.append(kwargs["Prefix"])
+            kwargs["MaxKeys"] = 2
+        return real_call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", small_pages)
+    files = list(iter_source_files(root, storage_options=opts))
+    assert [f.uri for f in files] == [join_url(root, r) for r in VISIBLE_IMAGES]
+    assert len(pages) > 5 and pages.count(pages[0]) >= 2  # the root took several pages
+    fs, path = resolve(root, opts)
+    bucket = path.split("/", 1)[0]
+    assert not [key for key in fs.dircache if key.split("/", 1)[0] == bucket]
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    other.pipe_file(resolve(join_url(root, "sub", "deeper", "new.png"), opts)[1], b"new")
+    files = list(iter_source_files(root, storage_options=opts))
+    assert join_url(root, "sub/deeper/new.png") in [f.uri for f in files]
+
+
+def test_s3_single_object_and_missing_prefix(s3_server) -> None:
+    root = s3_server.fresh_url("photos")
+    opts = s3_server.storage_options
+    atomic_write_bytes(join_url(root, "a.jpg"), b"abc", opts)
+    (single,) = iter_source_files(join_url(root, "a.jpg"), storage_options=opts)
+    assert single.uri == join_url(root, "a.jpg") and single.size == 3
+    assert single.version == f"etag:{hashlib.md5(b'abc').hexdigest()}"
+    with pytest.raises(FileNotFoundError):
+        list(iter_source_files(join_url(root, "nope"), storage_options=opts))
+    with pytest.raises(FileNotFoundError):
+        list(iter_source_files("s3://no-such-bucket-for-maskclip/x", storage_options=opts))
+
+
+def test_local_listing_links_and_special_files(tmp_path: Path) -> None:
+    """A symlinked file is listed with its target's size and mtime; a symlinked folder is not followed
+    (no cycles); FIFOs are not listed (reading one would block)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.jpg").write_bytes(b"aaa")
+    os.utime(real / "a.jpg", (1_000_000, 1_000_000))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "link.jpg").symlink_to(real / "a.jpg")
+    (tmp_path / "src" / "loop").symlink_to(tmp_path / "src")
+    (tmp_path / "src" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(tmp_path / "src" / "pipe.jpg")
+    files = list(iter_source_files(str(tmp_path / "src")))
+    assert [f.uri for f in files] == [str(tmp_path / "src" / "link.jpg")]
+    assert files[0].size == 3 and files[0].version == "mtime:1000000.0"

@@ -381,3 +381,61 @@ def test_known_sha256_reads_three_columns_in_batches(
     (kwargs,) = seen
     assert sorted(kwargs["columns"]) == ["config_hash", "sha256", "status"]
     assert kwargs["batch_size"] <= 100_000
+
+
+def test_known_sha256_digests_match_the_hex_set(local_store: LabelStore) -> None:
+    """The column-wise hex parsing gives exactly ``sha256_digest`` of each done row (upper case included)."""
+    from maskclip_core.digests import sha256_digest
+
+    rows = []
+    for i in range(300):
+        row, _ = labeling(f"img{i}", f"l{i}", status=("labeled", "rejected", "failed")[i % 3])
+        if i % 7 == 0:
+            row["sha256"] = row["sha256"].upper()
+            row["image_id"] = image_id_from_sha256(row["sha256"])
+        rows.append(row)
+    local_store.write_batch(rows, [], part_name="p1")
+    expected = {sha256_digest(r["sha256"]) for r in rows if r["status"] != "failed"}
+    index = local_store.known_sha256_digests("cfg")
+    assert len(index) == len(expected) == 200
+    assert all(d in index for d in expected)
+    assert sha256_digest(sha("img2")) not in index  # failed: retried
+    assert len(local_store.known_sha256_digests("other")) == 0
+
+
+def test_known_sha256_digests_reject_a_malformed_sha256(local_store: LabelStore) -> None:
+    row, _ = labeling("img", "l1")
+    table = pa.Table.from_pylist([{**row, "sha256": "abcd", "image_id": 1}], schema=IMAGES_SCHEMA)
+    os.makedirs(os.path.join(local_store.url, "images"))
+    pq.write_table(table, os.path.join(local_store.url, "images", "part-x.parquet"))
+    with pytest.raises(ValueError, match="not a hex SHA-256"):
+        local_store.known_sha256_digests("cfg")
+
+
+@pytest.mark.parametrize("small_part_bytes", [0, 1 << 40])  # every part streamed / every part read whole
+def test_known_indexes_read_parts_whole_or_streamed(
+    local_store: LabelStore, monkeypatch: pytest.MonkeyPatch, small_part_bytes: int
+) -> None:
+    from maskclip_core.digests import sha256_digest, source_digest
+
+    monkeypatch.setattr(store_module, "_SCAN_SMALL_PART_BYTES", small_part_bytes)
+    monkeypatch.setattr(store_module, "_SCAN_WINDOW_BYTES", 1)  # a window of one part at a time
+    expected_sources, expected_shas = set(), set()
+    for p in range(5):
+        rows = []
+        for i in range(50):
+            status = ("labeled", "rejected", "failed")[i % 3]
+            row, _ = labeling(f"{p}-{i}", f"l{p}-{i}", status=status, source_version=f"v{i}")
+            rows.append(row)
+            if status != "failed":
+                expected_sources.add(source_digest(row["uri"], f"v{i}"))
+                expected_shas.add(sha256_digest(row["sha256"]))
+        local_store.write_batch(rows, [], part_name=f"p{p}")
+    old, _ = labeling("old", "l-old")  # a part written before source_version existed
+    table = pa.Table.from_pylist([old], schema=IMAGES_SCHEMA).drop_columns(["source_version"])
+    pq.write_table(table, os.path.join(local_store.url, "images", "part-old.parquet"))
+    expected_shas.add(sha256_digest(old["sha256"]))
+    sources = local_store.known_sources("cfg")
+    shas = local_store.known_sha256_digests("cfg")
+    assert len(sources) == len(expected_sources) and all(d in sources for d in expected_sources)
+    assert len(shas) == len(expected_shas) and all(d in shas for d in expected_shas)

@@ -5,7 +5,7 @@ from .augment import AugmentConfig, augment
 from .backbones import BACKBONES, BackboneWeightsUnavailable, build_backbone
 from .checkpoint import StudentCheckpoint, load_checkpoint, read_latest, save_weights
 from .classifier import ClassVocabulary, TextClassifier
-from .data import LabeledPool, Sample, SampleSource, make_batch
+from .data import ConcatSource, LabeledPool, Sample, SampleSource, make_batch
 from .inference import predict
 from .labeler import StudentLabeler
 from .model import StudentConfig, StudentNet, build_student
@@ -25,6 +25,7 @@ __all__ = [
     "AugmentConfig",
     "BackboneWeightsUnavailable",
     "ClassVocabulary",
+    "ConcatSource",
     "LabeledPool",
     "RoundEnd",
     "Sample",

@@ -7,6 +7,7 @@ augmentation has its own seed, so resuming at step N needs no saved data-loader 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -55,6 +56,42 @@ class LabeledPool(Sequence[Sample]):
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         return Sample(self.images[index], self.labels[index])
+
+
+class CompressedLabels(Sequence[np.ndarray]):
+    """uint8 label maps held zlib-compressed (label maps shrink 20-100x), decompressed on access: the
+    relabelled pool of a large dataset stays small in memory."""
+
+    def __init__(self) -> None:
+        self._maps: list[tuple[bytes, tuple[int, int]]] = []
+
+    def append(self, labels: np.ndarray) -> None:
+        data = zlib.compress(np.ascontiguousarray(labels, dtype=np.uint8).tobytes(), 1)
+        self._maps.append((data, (int(labels.shape[0]), int(labels.shape[1]))))
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        data, shape = self._maps[index]
+        return np.frombuffer(bytearray(zlib.decompress(data)), dtype=np.uint8).reshape(shape)
+
+
+class ConcatSource(Sequence[Sample]):
+    """Several sample sources one after the other (e.g. a relabelled pool and human-reviewed samples)."""
+
+    def __init__(self, *sources: SampleSource | Sequence[Sample]) -> None:
+        self.sources = [s for s in sources if len(s)]
+        self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return as_sample(self.sources[part][index - int(self._starts[part])])
 
 
 def batch_indices(num_samples: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:

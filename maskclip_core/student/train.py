@@ -24,7 +24,7 @@ from ..types import IGNORE_INDEX, SegmentationResult
 from . import checkpoint as ckpt
 from .augment import AugmentConfig
 from .classifier import ClassVocabulary
-from .data import LabeledPool, SampleSource, as_sample, make_batch
+from .data import CompressedLabels, ConcatSource, LabeledPool, SampleSource, as_sample, make_batch
 from .inference import predict
 from .model import StudentConfig, StudentNet, build_student
 
@@ -122,7 +122,8 @@ def relabel(
     model: StudentNet, pool: Sequence[np.ndarray], label_filter: LabelFilter, config: TrainConfig
 ) -> LabeledPool:
     """Label the pool with the student and filter the predictions into uint8 maps (255 = ignore)."""
-    labels = []
+    labels = CompressedLabels()
+    kept = 0
     step = max(1, config.inference_batch_size)
     for start in range(0, len(pool), step):
         images = [pool[i] for i in range(start, min(start + step, len(pool)))]
@@ -131,7 +132,7 @@ def relabel(
             if lab.dtype != np.uint8 or lab.shape != image.shape[:2]:
                 raise ValueError(f"label_filter must return uint8 {image.shape[:2]}, got {lab.dtype} {lab.shape}")
             labels.append(lab)
-    kept = sum(int((lab != IGNORE_INDEX).sum()) for lab in labels)
+            kept += int((lab != IGNORE_INDEX).sum())
     if kept == 0:
         log.warning("the label filter ignored every pixel of the unlabeled pool; this round learns nothing")
     return LabeledPool(pool, labels)
@@ -204,13 +205,16 @@ def train_student(
     resume: bool = True,
     device: torch.device | str | None = None,
     on_round_end: Callable[[RoundEnd], None] | None = None,
+    clean: SampleSource | Sequence[Any] | None = None,
 ) -> TrainResult:
     """Train a student (pseudo-label phase, then ``config.rounds`` self-training rounds).
 
     ``samples``: (image, uint8 pseudo-label map) items from the teacher. ``unlabeled``: images relabelled
     by the student each round (default: the images of ``samples``). ``text_embeddings`` [Q, D] with
     ``vocabulary`` mapping queries to classes. With ``checkpoint_url`` every round is checkpointed there
-    and, when ``resume``, a run continues after the newest checkpointed round.
+    and, when ``resume``, a run continues after the newest checkpointed round. ``clean``: samples with
+    trusted (human-reviewed) labels, trained on in every self-training round beside the relabelled pool
+    (round 0 trains on ``samples``, which should hold them already; leave their images out of ``unlabeled``).
     """
     if config.batch_size < 2:
         raise ValueError("batch_size must be at least 2: BatchNorm (ASPP's image pooling) needs 2 values")
@@ -253,7 +257,12 @@ def train_student(
     weights_url = None if latest is None else ckpt.resolve_checkpoint(checkpoint_url, storage_options)
     for r in range(first_round, len(ends)):
         start = 0 if r == 0 else ends[r - 1]
-        source = samples if r == 0 else relabel(model, pool, label_filter, config)  # type: ignore[arg-type]
+        if r == 0:
+            source: Any = samples
+        else:
+            source = relabel(model, pool, label_filter, config)  # type: ignore[arg-type]
+            if clean is not None and len(clean):
+                source = ConcatSource(source, clean)
         _train_steps(model, optimizer, source, config, r, start, ends[r], device)
         iteration = ends[r]
         record = None

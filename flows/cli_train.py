@@ -1,0 +1,299 @@
+"""``maskclip train``: train a MaskCLIP+ student on an output dataset (the train-student flow, run in-process).
+
+``register(subparsers)`` adds the subcommand to the ``maskclip`` parser; heavy imports happen when it runs.
+``main`` is a ``maskclip`` with only this subcommand (``python -m flows.cli_train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+BACKBONES = ("mobilenet_v3_large", "resnet18", "resnet50", "resnet101")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``maskclip`` subcommands."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a MaskCLIP+ student on the pseudo-labels of an output dataset (the train-student flow)",
+        description="Runs the train-student Prefect flow here (ephemeral Prefect unless PREFECT_API_URL is set): "
+        "teacher pseudo-labels for the first tenth of the iterations, then self-training rounds. Checkpoints go "
+        "to OUTPUT/checkpoints/<run>/; running the same command again resumes the run. With --ground-truth the "
+        "teacher and every round are scored (OUTPUT/metrics/) and the table is printed.",
+    )
+    p.add_argument("--from", dest="output", required=True, metavar="OUTPUT", help="output URL of a labeling run")
+    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec options, output")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--config-hash", help="teacher labeling to train on (needed when the dataset holds several)")
+    g.add_argument("--no-reviewed", action="store_true", help="ignore human-reviewed labels (default: use them)")
+    g.add_argument("--pool-rejected", action="store_true", help="self-training also relabels rejected images")
+    g.add_argument("--image-cache-mb", type=int, default=None, help="decoded images kept in memory (default 512)")
+    g.add_argument("--image-storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec, images")
+
+    g = p.add_argument_group("text embeddings (default: the teacher's CLIP, from the labeling record)")
+    g.add_argument("--clip-model", help="open_clip model name, e.g. ViT-B-16")
+    g.add_argument("--clip-pretrained", help="open_clip tag, a local checkpoint path, or 'none' (default openai)")
+    g.add_argument("--clip-seed", type=int, default=None, help="seed of random CLIP weights")
+    g.add_argument("--templates", choices=["maskclip", "single"], default=None, help="prompt templates")
+
+    g = p.add_argument_group("student")
+    g.add_argument("--backbone", choices=BACKBONES, default=None, help="default resnet101 (MaskCLIP+'s)")
+    g.add_argument("--backbone-weights", default=None, help="imagenet (default), none, or a state dict path / URL")
+    g.add_argument("--output-stride", type=int, choices=[8, 16], default=None, help="default 8")
+    g.add_argument("--head", choices=["deeplabv3", "deeplabv2"], default=None, help="default deeplabv3")
+    g.add_argument("--head-channels", type=int, default=None, help="default 256")
+    g.add_argument("--temperature", type=float, default=None, help="logit scale of the cosine (default 50)")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--iterations", type=int, default=None, help="all rounds together (default 8000)")
+    g.add_argument("--rounds", type=int, default=None, help="self-training rounds after the pseudo-labels (2)")
+    g.add_argument("--pseudo-fraction", type=float, default=None, help="share on pseudo-labels (0.1)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per iteration (4)")
+    g.add_argument("--lr", type=float, default=None, help="initial learning rate (0.01)")
+    g.add_argument("--crop-size", type=int, default=None, help="training crop (512)")
+    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"), help="(0.5 2.0)")
+    g.add_argument("--base-short-side", type=_int_or_none, default=None, help="scales relative to this (512; none)")
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
+    g.add_argument("--relabel-short-side", type=_int_or_none, default=None, help="pool relabeling size (512; none)")
+    g.add_argument("--eval-short-side", type=_int_or_none, default=None, help="evaluation size (512; none)")
+    g.add_argument("--seed", type=int, default=None, help="training seed (0)")
+
+    g = p.add_argument_group("confidence filter of the self-training rounds (default: the labeling's)")
+    g.add_argument("--min-confidence", type=float, default=None)
+    g.add_argument("--min-region-area", type=int, default=None)
+    g.add_argument("--min-region-confidence", type=float, default=None)
+    g.add_argument("--min-labeled-fraction", type=float, default=None)
+    g.add_argument("--per-class", type=_json_object, default=None, help='JSON: \'{"cat": {"min_confidence": 0.7}}\'')
+
+    g = p.add_argument_group("ground truth (scores the teacher and every round)")
+    g.add_argument("--ground-truth", metavar="URL", help="COCO instances JSON, or a folder of PNG masks")
+    g.add_argument("--gt-class-map", metavar="URL", help="masks: JSON / TSV from mask values to class names")
+    g.add_argument("--gt-root", metavar="URL", help="image URIs relative to this are the COCO file_name / mask path")
+    g.add_argument("--gt-match", choices=["auto", "image_id", "file_name"], default="auto", help="COCO image matching")
+    g.add_argument("--gt-alias", action="append", default=[], metavar="GT=CLASS", help="ground-truth name -> class")
+    g.add_argument("--gt-storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec options")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--run-name", help="checkpoint folder name (default: derived from the settings and the data)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    g.add_argument("--stop-after-round", type=int, default=None, help="stop once this round is checkpointed")
+    g.add_argument("--retries", type=int, default=None, help="retries of a failed training (each resumes)")
+    g.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
+    g.add_argument("--verbose", action="store_true", help="show Prefect's logs (default: warnings only)")
+    p.set_defaults(func=_cmd_train)
+
+
+def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The train-student flow's parameters from ``maskclip train`` arguments."""
+    from maskclip_core.filtering import FilterConfig
+    from maskclip_core.ground_truth import GroundTruthSpec
+    from maskclip_core.training import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+
+    clip = None
+    if args.clip_model:
+        clip = ClipSpec(
+            **_given(args, {"clip_model": "model", "clip_pretrained": "pretrained", "clip_seed": "seed"}),
+            **_given(args, {"templates": "templates"}),
+        )
+    elif args.clip_pretrained is not None or args.clip_seed is not None or args.templates is not None:
+        raise ValueError("--clip-pretrained, --clip-seed and --templates need --clip-model")
+    student = StudentSpec(
+        **_given(
+            args,
+            {
+                "backbone": "backbone",
+                "backbone_weights": "backbone_weights",
+                "output_stride": "output_stride",
+                "head": "head",
+                "head_channels": "head_channels",
+                "temperature": "temperature",
+            },
+        )
+    )
+    schedule = _given(
+        args,
+        {
+            "iterations": "iterations",
+            "rounds": "rounds",
+            "pseudo_fraction": "pseudo_fraction",
+            "batch_size": "batch_size",
+            "lr": "lr",
+            "crop_size": "crop_size",
+            "seed": "seed",
+        },
+    )
+    if args.scale_range is not None:
+        schedule["scale_range"] = tuple(args.scale_range)
+    for name in ("base_short_side", "relabel_short_side", "eval_short_side"):
+        value = getattr(args, name)
+        if value is not None:
+            schedule[name] = None if value == "none" else value
+    if args.no_flip:
+        schedule["flip"] = False
+    if args.no_photometric:
+        schedule["photometric"] = False
+    filter_fields = _given(
+        args,
+        {
+            "min_confidence": "min_confidence",
+            "min_region_area": "min_region_area",
+            "min_region_confidence": "min_region_confidence",
+            "min_labeled_fraction": "min_labeled_fraction",
+            "per_class": "per_class",
+        },
+    )
+    data = _given(args, {"config_hash": "config_hash", "image_cache_mb": "image_cache_mb"})
+    data.update(use_reviewed=not args.no_reviewed, pool_rejected=args.pool_rejected)
+    if args.image_storage_options is not None:
+        data["image_storage_options"] = args.image_storage_options
+    ground_truth = None
+    if args.ground_truth:
+        aliases = {}
+        for item in args.gt_alias:
+            gt_name, sep, class_name = item.partition("=")
+            if not sep or not gt_name.strip() or not class_name.strip():
+                raise ValueError(f"--gt-alias {item!r}: expected GT_NAME=CLASS")
+            aliases[gt_name.strip()] = class_name.strip()
+        ground_truth = GroundTruthSpec(
+            url=args.ground_truth,
+            class_map=args.gt_class_map,
+            root=args.gt_root,
+            match=args.gt_match,
+            class_aliases=aliases,
+            storage_options=args.gt_storage_options or {},
+        )
+    elif args.gt_class_map or args.gt_root or args.gt_alias:
+        raise ValueError("--gt-class-map, --gt-root and --gt-alias need --ground-truth")
+    options = _given(
+        args, {"run_name": "run_name", "device": "device", "stop_after_round": "stop_after_round", "retries": "retries"}
+    )
+    if args.storage_options is not None:
+        options["storage_options"] = args.storage_options
+    return {
+        "output": args.output,
+        "ground_truth": ground_truth,
+        "clip": clip,
+        "student": student,
+        "schedule": ScheduleSpec(**schedule),
+        "filters": FilterConfig(**filter_fields) if filter_fields else None,
+        "data": DataSpec(**data),
+        "options": TrainOptions(**options),
+    }
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from pydantic import ValidationError
+
+    try:
+        params = train_parameters(args)
+    except ValidationError as exc:  # one line per problem, without pydantic's input dump
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems.replace("Value error, ", "")) from None
+
+    from rich.console import Console
+
+    from flows.train_student import train_student
+    from maskclip_core.clip_loader import WeightsUnavailableError
+    from maskclip_core.student import BackboneWeightsUnavailable
+
+    console = Console(stderr=True)
+    try:
+        result = train_student(**params)
+    except (WeightsUnavailableError, BackboneWeightsUnavailable) as exc:  # offline: the message names the fix
+        print(f"maskclip: error: {exc}", file=sys.stderr)
+        return 2
+    print_result(result, console)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def print_result(result: dict[str, Any], console: Any) -> None:
+    """The run and its metrics table (one row per model and round, one column per class IoU)."""
+    from rich.table import Table
+
+    status = f"round {result['round']} of {result['rounds']}"
+    if result["stopped"]:
+        status += " (stopped: run the same command again to continue)"
+    elif result["resumed_from_round"] is not None:
+        status += f" (resumed after round {result['resumed_from_round']})"
+    console.print(f"run [bold]{result['run']}[/bold]: {status}")
+    console.print(f"checkpoint: {result['checkpoint']}")
+    rows = result["metrics_table"]
+    if not rows:
+        console.print("no metrics (give --ground-truth to score the teacher and every round)")
+        return
+    table = Table(title=f"mIoU and per-class IoU ({len(result['classes'])} classes)", show_header=True)
+    columns = [c for c in rows[0] if c != "run"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``maskclip`` with only ``train`` (``flows.cli`` adds it to the full command with ``register``)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    parser = argparse.ArgumentParser(prog="maskclip", description="Train a MaskCLIP+ student")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # errors users can fix: a message, not a traceback
+        from maskclip_core.clip_loader import WeightsUnavailableError
+        from maskclip_core.student import BackboneWeightsUnavailable
+
+        if isinstance(exc, ValueError | FileNotFoundError | WeightsUnavailableError | BackboneWeightsUnavailable):
+            print(f"maskclip: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest) is not None}
+
+
+def _int_or_none(text: str) -> int | str:
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

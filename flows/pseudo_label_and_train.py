@@ -1,0 +1,154 @@
+"""The ``pseudo-label-and-train`` flow: MaskCLIP+ end to end, as subflows of the project's flows.
+
+1. **label** the images under ``source`` with the MaskCLIP teacher (the ``label-dataset`` flow; incremental);
+2. **filter**: the labeling flow's confidence filter (``filters``) decides what the student learns from;
+3. **train** a MaskCLIP+ student on those labels (the ``train-student`` flow: pseudo-label phase, then
+   self-training rounds filtered the same way; checkpoints under ``OUTPUT/checkpoints/<run>/``);
+4. **relabel** the images with the trained student (``label-dataset`` with ``labeler="student"``), into the
+   same output or a separate one (``relabel.output``); its annotations carry ``source=student`` and the round;
+5. **export** the student's labels as COCO (the ``export-annotations`` flow).
+
+Each step is idempotent, so a failed or stopped run is simply started again: labeled images are skipped,
+training resumes from its newest checkpoint, relabeling skips what the same checkpoint labeled already.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.export_annotations import export_annotations
+from flows.label_dataset import RunOptions, label_dataset
+from flows.train_student import train_student
+from maskclip_core.exporters.store_export import ExportParameters
+from maskclip_core.filtering import FilterConfig
+from maskclip_core.ground_truth import GroundTruthSpec
+from maskclip_core.pipeline import LabelerSpec
+from maskclip_core.storage import join_url
+from maskclip_core.training import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+
+
+class TrainingStep(BaseModel):
+    """The train-student subflow's parameters (the data's labeling and storage come from the pipeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clip: ClipSpec | None = Field(None, description="CLIP of the text embeddings; default: the teacher's")
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    ground_truth: GroundTruthSpec | None = Field(None, description="Human masks to score the teacher and student")
+    options: TrainOptions = Field(default_factory=TrainOptions)
+
+
+class RelabelStep(BaseModel):
+    """Labeling the images again with the trained student."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    output: str | None = Field(None, description="Parquet dataset URL for the student's labels; default: the same")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
+    force: bool = Field(False, description="Relabel images the same checkpoint labeled already")
+
+
+class ExportStep(BaseModel):
+    """COCO export of the student's labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    destination: str | None = Field(None, description="COCO JSON URL; default: <output>/exports/<run>-coco.json")
+    file_name_root: str | None = Field(None, description="Image file names relative to this (default: common folder)")
+
+
+@flow(
+    name="pseudo-label-and-train",
+    description="Teacher pseudo-labels -> confidence filter -> MaskCLIP+ student -> student labels -> COCO.",
+    validate_parameters=True,
+)
+def pseudo_label_and_train(
+    source: str,
+    output: str,
+    labeler: LabelerSpec,
+    filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
+    options: RunOptions = RunOptions(),  # noqa: B008
+    training: TrainingStep = TrainingStep(),  # noqa: B008
+    relabel: RelabelStep = RelabelStep(),  # noqa: B008
+    export: ExportStep = ExportStep(),  # noqa: B008
+) -> dict[str, Any]:
+    """Label ``source`` into ``output`` with the teacher, train a student on it, relabel, export COCO.
+
+    Args:
+        source: fsspec URL of the images.
+        output: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
+        labeler: the teacher (``labeler="maskclip"`` with its ``LabelerConfig``).
+        filters: the confidence filter of the teacher's labels, the self-training rounds and the relabeling.
+        options: how the labeling runs are carried out (batches, parallelism, retries, storage options).
+        training: the student, its schedule, data options, ground truth, run options.
+        relabel: whether and where the student labels the images.
+        export: whether and where the student's labels are exported as COCO.
+    """
+    logger = get_run_logger()
+    if labeler.labeler != "maskclip":
+        raise ValueError("the pipeline's labeler is the teacher: labeler='maskclip' with its config")
+    teacher = label_dataset(source, output, labeler, filters, options)
+    logger.info(
+        "teacher: %d labeled, %d rejected (config %s)", teacher["labeled"], teacher["rejected"], teacher["config_hash"]
+    )
+
+    data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher["config_hash"]})
+    if not data.image_storage_options and options.source_storage_options:
+        data = data.model_copy(update={"image_storage_options": options.source_storage_options})
+    train_options = training.options
+    if not train_options.storage_options and options.output_storage_options:
+        train_options = train_options.model_copy(update={"storage_options": options.output_storage_options})
+    clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
+    trained = train_student(
+        output,
+        ground_truth=training.ground_truth,
+        clip=clip,
+        student=training.student,
+        schedule=training.schedule,
+        filters=filters,
+        data=data,
+        options=train_options,
+    )
+    result: dict[str, Any] = {"teacher": teacher, "training": trained, "relabel": None, "export": None}
+    if not trained["complete"]:
+        logger.warning(
+            "training run %s stopped after round %s: run the pipeline again to finish", trained["run"], trained["round"]
+        )
+        return result
+    if not relabel.enabled:
+        return result
+
+    relabel_output = relabel.output or output
+    student_spec = LabelerSpec(
+        labeler="student",
+        checkpoint=trained["checkpoint"],
+        checkpoint_storage_options=train_options.storage_options,
+        device=relabel.device,
+    )
+    relabeled = label_dataset(source, relabel_output, student_spec, filters, options, relabel.force)
+    result["relabel"] = relabeled
+    if export.enabled:
+        destination = export.destination or join_url(relabel_output, "exports", f"{trained['run']}-coco.json")
+        params = ExportParameters(
+            format="coco",
+            output=relabel_output,
+            destination=destination,
+            config_hash=relabeled["config_hash"],
+            file_name_root=export.file_name_root,
+        )
+        result["export"] = export_annotations(params, options.output_storage_options or None)
+    return result
+
+
+if __name__ == "__main__":  # e.g. python -m flows.pseudo_label_and_train '{"source": ..., "output": ..., ...}'
+    import json
+    import sys
+
+    print(json.dumps(pseudo_label_and_train(**json.loads(sys.argv[1])), indent=2, default=str))
