@@ -1,7 +1,7 @@
 """The label-dataset flow end to end against the bare labeler, and its peak memory against the image count.
 
     .venv/bin/python benchmarks/bench_flow.py [--limit N] [--model ViT-B-16] [--batch-size 8]
-        [--sources local,s3] [--memory-sizes 100,1000] [--skip-throughput] [--skip-memory]
+        [--sources local,s3,dask] [--dask-workers 2] [--memory-sizes 100,1000] [--skip-throughput] [--skip-memory]
 
 Throughput: the COCO sample's val images (``../shared/data/coco-sample/val/images``) are copied to a local
 folder and to a moto S3 server started here (its own process); in one process, with one model load,
@@ -10,6 +10,8 @@ folder and to a moto S3 server started here (its own process); in one process, w
 - ``flow_local`` / ``flow_s3``: the label-dataset flow from the folder / the bucket to a dataset in a
   temporary folder / the bucket (listing, reads, SHA-256, decoding, labeling, filtering, RLE encoding,
   Parquet parts, thumbnails, artifacts, Prefect task orchestration);
+- ``flow_local_dask``: the same from the folder, with the batches on a local Dask cluster of
+  ``--dask-workers`` worker processes (prefect-dask) instead of the default thread pool;
 
 with random weights (``pretrained="none"``: the cost is that of real weights) and the default inference
 settings. ``ratio`` = flow wall time / bare labeling time (target <= 1.2).
@@ -144,6 +146,10 @@ def throughput(args: argparse.Namespace) -> dict:
         runs: dict[str, tuple[str, str, RunOptions]] = {}
         if "local" in args.sources:
             runs["flow_local"] = (str(src), str(Path(tmp) / "out"), options)
+        if "dask" in args.sources:
+            # Same folder, batches on a local Dask cluster of worker processes (each loads the model once).
+            dask_options = options.model_copy(update={"workers": args.dask_workers})
+            runs["flow_local_dask"] = (str(src), str(Path(tmp) / "out-dask"), dask_options)
         moto = None
         if "s3" in args.sources:
             moto, endpoint = start_moto()
@@ -281,7 +287,8 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--sources", default="local,s3", help="flow runs: local, s3 or both")
+    parser.add_argument("--sources", default="local,s3", help="flow runs, comma separated: local, s3, dask")
+    parser.add_argument("--dask-workers", type=int, default=2, help="worker processes of the dask run")
     parser.add_argument("--memory-sizes", default="100,1000")
     parser.add_argument("--memory-batch-size", type=int, default=16)
     parser.add_argument("--skip-throughput", action="store_true")

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flows.cli_args import add_filter_options, filter_fields, given, json_object
+
 DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")  # scikit-image's bundled photos
 DEMO_CLASSES = "person; astronaut, cat, cup; coffee cup, rocket, sky, tree, building, table, flag, wall"
 
@@ -95,16 +97,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_segment(args)
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
-
-
 def _add_label_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--source", required=True, help="images: a folder, s3://bucket/prefix, any fsspec URL")
@@ -112,19 +104,12 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--glob", default=None, help="only paths (relative to --source) matching this, e.g. '**/*.jpg'")
     g.add_argument("--extensions", default=None, help="comma-separated extensions (default: common image types)")
     g.add_argument("--force", action="store_true", help="relabel images already labeled under this configuration")
-    g.add_argument("--source-storage-options", type=_json_object, default=None, help="fsspec options (JSON)")
-    g.add_argument("--output-storage-options", type=_json_object, default=None, help="fsspec options (JSON)")
+    g.add_argument("--source-storage-options", type=json_object, default=None, help="fsspec options (JSON)")
+    g.add_argument("--output-storage-options", type=json_object, default=None, help="fsspec options (JSON)")
     g = p.add_argument_group("labeler choice")
     g.add_argument("--labeler", choices=["maskclip", "student"], default="maskclip")
     g.add_argument("--checkpoint", default=None, help="student weights / checkpoint directory URL (--labeler student)")
-    g = p.add_argument_group("confidence filter")
-    g.add_argument("--min-confidence", type=float, default=None, help="pixels below become ignore (default 0.5)")
-    g.add_argument("--min-region-area", type=int, default=None, help="smaller regions become ignore (default 64)")
-    g.add_argument("--min-region-confidence", type=float, default=None, help="weaker classes are dropped (0.6)")
-    g.add_argument("--min-labeled-fraction", type=float, default=None, help="images below are rejected (0.05)")
-    g.add_argument(
-        "--per-class", type=_json_object, default=None, help='overrides, JSON: \'{"cat": {"min_confidence": 0.7}}\''
-    )
+    add_filter_options(p)
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=None, help="images per batch task (default 16)")
     g.add_argument("--concurrency", type=int, default=None, help="batches at once in the thread pool (default 2)")
@@ -139,10 +124,6 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verbose", action="store_true", help="show Prefect's logs (default: warnings only)")
 
 
-def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
-    return {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest) is not None}
-
-
 def label_parameters(args: argparse.Namespace) -> dict:
     """The label-dataset flow's parameters from ``maskclip label`` arguments."""
     from flows.label_dataset import RunOptions
@@ -155,19 +136,8 @@ def label_parameters(args: argparse.Namespace) -> dict:
         spec = LabelerSpec(labeler="maskclip", config=labeler_config_from_args(args), device=args.device)
     else:
         spec = LabelerSpec(labeler="student", checkpoint=args.checkpoint, device=args.device)
-    filters = FilterConfig(
-        **_given(
-            args,
-            {
-                "min_confidence": "min_confidence",
-                "min_region_area": "min_region_area",
-                "min_region_confidence": "min_region_confidence",
-                "min_labeled_fraction": "min_labeled_fraction",
-                "per_class": "per_class",
-            },
-        )
-    )
-    options = _given(
+    filters = FilterConfig(**filter_fields(args))
+    options = given(
         args,
         {
             "glob": "glob",

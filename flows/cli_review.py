@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from flows.cli_args import comma_ints, comma_strings, json_object
+
 EXPORT_FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
 IMPORT_FORMATS = ("label-studio", "coco")
 
@@ -30,13 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="destination", required=True, metavar="URL", help="file (coco, cvat-*) or folder")
     g = p.add_argument_group("selection")
     g.add_argument("--config-hash", help="labeler config to export (needed when the store holds several)")
-    g.add_argument("--classes", type=_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
+    g.add_argument("--classes", type=comma_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
     g.add_argument("--min-score", type=float, help="only annotations scoring at least this")
     g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
-    g.add_argument("--status", dest="statuses", type=_strings, action="extend", help="labeled (default), rejected")
-    g.add_argument("--round", dest="rounds", type=_ints, action="extend", help="only these self-training rounds")
-    g.add_argument("--source", dest="sources", type=_strings, action="extend", help="only these labelers' labels")
-    g.add_argument("--image-ids", type=_ints, action="extend", help="only these image ids, comma-separated")
+    g.add_argument("--status", dest="statuses", type=comma_strings, action="extend", help="labeled (default), rejected")
+    g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
+    g.add_argument("--source", dest="sources", type=comma_strings, action="extend", help="only these labelers' labels")
+    g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
     g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
     g = p.add_argument_group("format options")
     g.add_argument("--polygons", action="store_true", help="polygons instead of masks (label-studio, cvat-coco)")
@@ -163,32 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-options",
-        type=_json_object,
+        type=json_object,
         default=None,
         metavar="JSON",
         help='fsspec options, e.g. \'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'',
     )
-
-
-def _strings(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _strings(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def _num(value: float) -> str:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from flows.cli_args import add_filter_options, filter_fields, given, json_object
+
 BACKBONES = ("mobilenet_v3_large", "resnet18", "resnet50", "resnet101")
 
 
@@ -28,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "teacher and every round are scored (OUTPUT/metrics/) and the table is printed.",
     )
     p.add_argument("--from", dest="output", required=True, metavar="OUTPUT", help="output URL of a labeling run")
-    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec options, output")
+    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON", help="fsspec options, output")
 
     g = p.add_argument_group("data")
     g.add_argument("--config-hash", help="teacher labeling to train on (needed when the dataset holds several)")
     g.add_argument("--no-reviewed", action="store_true", help="ignore human-reviewed labels (default: use them)")
     g.add_argument("--pool-rejected", action="store_true", help="self-training also relabels rejected images")
     g.add_argument("--image-cache-mb", type=int, default=None, help="decoded images kept in memory (default 512)")
-    g.add_argument("--image-storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec, images")
+    g.add_argument("--image-storage-options", type=json_object, default=None, metavar="JSON", help="fsspec, images")
 
     g = p.add_argument_group("text embeddings (default: the teacher's CLIP, from the labeling record)")
     g.add_argument("--clip-model", help="open_clip model name, e.g. ViT-B-16")
@@ -66,12 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-short-side", type=_int_or_none, default=None, help="evaluation size (512; none)")
     g.add_argument("--seed", type=int, default=None, help="training seed (0)")
 
-    g = p.add_argument_group("confidence filter of the self-training rounds (default: the labeling's)")
-    g.add_argument("--min-confidence", type=float, default=None)
-    g.add_argument("--min-region-area", type=int, default=None)
-    g.add_argument("--min-region-confidence", type=float, default=None)
-    g.add_argument("--min-labeled-fraction", type=float, default=None)
-    g.add_argument("--per-class", type=_json_object, default=None, help='JSON: \'{"cat": {"min_confidence": 0.7}}\'')
+    add_filter_options(p, "confidence filter of the self-training rounds (default: the labeling's)")
 
     g = p.add_argument_group("ground truth (scores the teacher and every round)")
     g.add_argument("--ground-truth", metavar="URL", help="COCO instances JSON, or a folder of PNG masks")
@@ -79,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--gt-root", metavar="URL", help="image URIs relative to this are the COCO file_name / mask path")
     g.add_argument("--gt-match", choices=["auto", "image_id", "file_name"], default="auto", help="COCO image matching")
     g.add_argument("--gt-alias", action="append", default=[], metavar="GT=CLASS", help="ground-truth name -> class")
-    g.add_argument("--gt-storage-options", type=_json_object, default=None, metavar="JSON", help="fsspec options")
+    g.add_argument("--gt-storage-options", type=json_object, default=None, metavar="JSON", help="fsspec options")
 
     g = p.add_argument_group("run")
     g.add_argument("--run-name", help="checkpoint folder name (default: derived from the settings and the data)")
@@ -100,13 +97,13 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     clip = None
     if args.clip_model:
         clip = ClipSpec(
-            **_given(args, {"clip_model": "model", "clip_pretrained": "pretrained", "clip_seed": "seed"}),
-            **_given(args, {"templates": "templates"}),
+            **given(args, {"clip_model": "model", "clip_pretrained": "pretrained", "clip_seed": "seed"}),
+            **given(args, {"templates": "templates"}),
         )
     elif args.clip_pretrained is not None or args.clip_seed is not None or args.templates is not None:
         raise ValueError("--clip-pretrained, --clip-seed and --templates need --clip-model")
     student = StudentSpec(
-        **_given(
+        **given(
             args,
             {
                 "backbone": "backbone",
@@ -118,7 +115,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
             },
         )
     )
-    schedule = _given(
+    schedule = given(
         args,
         {
             "iterations": "iterations",
@@ -140,17 +137,8 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
         schedule["flip"] = False
     if args.no_photometric:
         schedule["photometric"] = False
-    filter_fields = _given(
-        args,
-        {
-            "min_confidence": "min_confidence",
-            "min_region_area": "min_region_area",
-            "min_region_confidence": "min_region_confidence",
-            "min_labeled_fraction": "min_labeled_fraction",
-            "per_class": "per_class",
-        },
-    )
-    data = _given(args, {"config_hash": "config_hash", "image_cache_mb": "image_cache_mb"})
+    filter_overrides = filter_fields(args)
+    data = given(args, {"config_hash": "config_hash", "image_cache_mb": "image_cache_mb"})
     data.update(use_reviewed=not args.no_reviewed, pool_rejected=args.pool_rejected)
     if args.image_storage_options is not None:
         data["image_storage_options"] = args.image_storage_options
@@ -172,7 +160,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
         )
     elif args.gt_class_map or args.gt_root or args.gt_alias:
         raise ValueError("--gt-class-map, --gt-root and --gt-alias need --ground-truth")
-    options = _given(
+    options = given(
         args, {"run_name": "run_name", "device": "device", "stop_after_round": "stop_after_round", "retries": "retries"}
     )
     if args.storage_options is not None:
@@ -183,7 +171,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "clip": clip,
         "student": student,
         "schedule": ScheduleSpec(**schedule),
-        "filters": FilterConfig(**filter_fields) if filter_fields else None,
+        "filters": FilterConfig(**filter_overrides) if filter_overrides else None,
         "data": DataSpec(**data),
         "options": TrainOptions(**options),
     }
@@ -264,10 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -------------------------------------------------------------------------------------------- helpers
 
 
-def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
-    return {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest) is not None}
-
-
 def _int_or_none(text: str) -> int | str:
     if text.strip().lower() == "none":
         return "none"
@@ -275,16 +259,6 @@ def _int_or_none(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def _cell(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -13,6 +12,7 @@ import fsspec
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from coco_sample import load_sample, require_sample
 from datumaro.components.annotation import AnnotationType
 from PIL import Image
 from pycocotools.coco import COCO
@@ -22,54 +22,10 @@ from maskclip_core.exporters.cvat import uncompressed_rle
 from maskclip_core.exporters.polygons import polygons_to_mask
 from maskclip_core.exporters.records import annotation_mask, category_masks
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-sample"
-
-
-def load_sample(n: int = 10) -> tuple[list[dict], list[ExportImage]]:
-    """First n coco-sample train images as store records: one compressed-RLE region per (image, class)."""
-    doc = json.loads((SAMPLE / "train" / "annotations.json").read_text())
-    categories = [{"id": c["id"], "name": c["name"], "synonyms": []} for c in doc["categories"]]
-    images = []
-    for info in sorted(doc["images"], key=lambda i: i["id"])[:n]:
-        path = SAMPLE / "train" / "images" / info["file_name"]
-        masks: dict[int, np.ndarray] = {}
-        for a in doc["annotations"]:
-            if a["image_id"] == info["id"]:
-                masks[a["category_id"]] = masks.get(a["category_id"], False) | mask_utils.decode(a["segmentation"])
-        anns = []
-        for cid, m in masks.items():
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            seg = {"counts": rle["counts"].decode(), "size": rle["size"]}
-            anns.append(
-                {
-                    "id": info["id"] * 1000 + cid,
-                    "image_id": info["id"],
-                    "category_id": cid,
-                    "segmentation": seg,
-                    "area": int(m.sum()),
-                    "iscrowd": 0,
-                    "score": 0.5,
-                    "source": "teacher",
-                    "round": 0,
-                }
-            )
-        images.append(
-            ExportImage(
-                image_id=info["id"],
-                uri=str(path),
-                width=info["width"],
-                height=info["height"],
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                annotations=anns,
-            )
-        )
-    return categories, images
-
 
 @pytest.fixture(scope="module")
 def sample():
-    if not (SAMPLE / "train" / "annotations.json").exists():
-        pytest.skip("coco-sample data absent")
+    require_sample()
     return load_sample()
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import fsspec
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
+from coco_sample import SAMPLE, load_sample, require_sample
 from label_studio_sdk.converter import brush
 
 from maskclip_core.exporters import (
@@ -30,57 +29,11 @@ from maskclip_core.exporters import (
 from maskclip_core.exporters.label_studio import image_url
 from maskclip_core.exporters.records import category_masks
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-sample"
-
-
-def load_sample(n: int = 10) -> tuple[list[dict], list[ExportImage]]:
-    """First n coco-sample train images as store records: one compressed-RLE region per (image, class)."""
-    doc = json.loads((SAMPLE / "train" / "annotations.json").read_text())
-    categories = [{"id": c["id"], "name": c["name"], "synonyms": []} for c in doc["categories"]]
-    rng = np.random.default_rng(0)
-    images = []
-    for info in sorted(doc["images"], key=lambda i: i["id"])[:n]:
-        path = SAMPLE / "train" / "images" / info["file_name"]
-        masks: dict[int, np.ndarray] = {}
-        for a in doc["annotations"]:
-            if a["image_id"] == info["id"]:
-                m = mask_utils.decode(a["segmentation"]).astype(bool)
-                masks[a["category_id"]] = masks.get(a["category_id"], False) | m
-        anns = []
-        for cid, m in masks.items():
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            anns.append(
-                {
-                    "id": info["id"] * 1000 + cid,
-                    "image_id": info["id"],
-                    "category_id": cid,
-                    "segmentation": {"counts": rle["counts"].decode(), "size": rle["size"]},
-                    "area": int(m.sum()),
-                    "bbox": mask_utils.toBbox(rle).tolist(),
-                    "iscrowd": 0,
-                    "score": float(rng.uniform(0.3, 1.0)),
-                    "source": "teacher" if cid % 2 else "student",
-                    "round": int(cid % 3),
-                }
-            )
-        images.append(
-            ExportImage(
-                image_id=info["id"],
-                uri=str(path),
-                width=info["width"],
-                height=info["height"],
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                annotations=anns,
-            )
-        )
-    return categories, images
-
 
 @pytest.fixture(scope="module")
 def sample():
-    if not (SAMPLE / "train" / "annotations.json").exists():
-        pytest.skip("coco-sample data absent")
-    return load_sample()
+    require_sample()
+    return load_sample(varied=True)
 
 
 def as_label_studio_export(tasks: list[dict], source: str = "predictions") -> list[dict]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
+from coco_sample import SAMPLE, load_sample, require_sample
 
 from maskclip_core.exporters import (
     ExportImage,
@@ -24,55 +23,12 @@ from maskclip_core.exporters import (
 from maskclip_core.exporters.label_studio_rle import encode_mask
 from maskclip_core.exporters.polygons import mask_to_polygons
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-sample"
 CATS = [{"id": 3, "name": "cat", "synonyms": ["kitty"]}, {"id": 7, "name": "grass", "synonyms": ["lawn"]}]
-
-
-def load_sample(n: int = 10) -> tuple[list[dict], list[ExportImage]]:
-    """First n coco-sample train images as store records: one compressed-RLE region per (image, class)."""
-    doc = json.loads((SAMPLE / "train" / "annotations.json").read_text())
-    categories = [{"id": c["id"], "name": c["name"], "synonyms": []} for c in doc["categories"]]
-    images = []
-    for info in sorted(doc["images"], key=lambda i: i["id"])[:n]:
-        masks: dict[int, np.ndarray] = {}
-        for a in doc["annotations"]:
-            if a["image_id"] == info["id"]:
-                masks[a["category_id"]] = masks.get(a["category_id"], False) | mask_utils.decode(a["segmentation"])
-        anns = []
-        for cid, m in masks.items():
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            seg = {"counts": rle["counts"].decode(), "size": rle["size"]}
-            anns.append(
-                {
-                    "id": info["id"] * 1000 + cid,
-                    "image_id": info["id"],
-                    "category_id": cid,
-                    "segmentation": seg,
-                    "area": int(m.sum()),
-                    "iscrowd": 0,
-                    "score": 0.5,
-                    "source": "teacher",
-                    "round": 0,
-                }
-            )
-        uri = str(SAMPLE / "train" / "images" / info["file_name"])
-        images.append(
-            ExportImage(
-                image_id=info["id"],
-                uri=uri,
-                width=info["width"],
-                height=info["height"],
-                sha256=f"sha-{info['id']}",
-                annotations=anns,
-            )
-        )
-    return categories, images
 
 
 @pytest.fixture(scope="module")
 def sample():
-    if not (SAMPLE / "train" / "annotations.json").exists():
-        pytest.skip("coco-sample data absent")
+    require_sample()
     return load_sample()
 
 
