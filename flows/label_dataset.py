@@ -51,6 +51,7 @@ from maskclip_core.storage import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_sou
 from tasks.labeling import (
     BatchSetup,
     ProgressArtifact,
+    compact_index,
     ensure_categories,
     label_batch,
     load_known_sources,
@@ -410,6 +411,11 @@ def label_dataset(
         while in_flight:
             collect_one()
 
+    if summary.labeled or summary.rejected:
+        try:
+            with_retries(compact_index, **storage_task)(output, options.output_storage_options)
+        except Exception as e:  # noqa: BLE001 - only the next run's index load is slower
+            logger.warning("images index not compacted: %s", e)
     summary.finish()
     try:
         summary.report_urls = with_retries(write_run_report, **storage_task)(

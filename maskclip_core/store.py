@@ -184,21 +184,11 @@ class LabelStore:
     def known_sha256(self, config_hash: str) -> set[str]:
         """SHA-256 of images already labeled or rejected under ``config_hash`` (they need no work).
 
-        Streams three columns in record batches, so memory stays flat in the dataset size (the set itself
-        aside). Any such row counts, even if a newer labeling of the image failed.
+        Streams three columns part by part, so memory stays flat in the dataset size (the set itself aside).
+        Any such row counts, even if a newer labeling of the image failed.
         """
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
-            return set()
-        scanner = dataset.scanner(
-            columns=["sha256", "status", "config_hash"],
-            filter=(pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES)),
-            batch_size=_SCAN_BATCH_ROWS,
-            batch_readahead=2,
-            fragment_readahead=2,
-        )
         known: set[str] = set()
-        for batch in scanner.to_batches():
+        for batch in self._scan_done(config_hash, ["sha256"]):
             known.update(v for v in batch.column("sha256").to_pylist() if v is not None)
         return known
 
@@ -280,6 +270,51 @@ class LabelStore:
                 yield from window.popleft()[0].result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def compact_images(self, *, min_parts: int = 64, max_rows: int = 250_000) -> dict[str, int]:
+        """Merge small images part files into a few large ones; returns counts of parts merged and written.
+
+        The incremental index is read per part file, and a run writes one images part per batch, so a
+        million images in batches of 16 are 62,500 files whose per-file cost (an object-store round trip)
+        dominates. Merging changes no row: the merged part is written whole first (named after its members,
+        so a retry after a crash rewrites the same file), then its members are deleted. A reader in between
+        sees rows twice, which every reader tolerates (the current row of an image is picked per sha256 and
+        config; index sets ignore repeats). Annotations parts are left alone: a labeling's annotations stay
+        in the one part its batch wrote, which the exporters rely on.
+        """
+        small = [path for path, size in self._part_files("images") if size <= _SCAN_SMALL_PART_BYTES]
+        if len(small) < min_parts:
+            return {"merged_parts": 0, "written_parts": 0}
+        merged = written = 0
+        group: list[str] = []
+        tables: list[pa.Table] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal merged, written, rows
+            if len(group) > 1:
+                name = "compact-" + hashlib.sha256("\n".join(group).encode()).hexdigest()[:24]
+                atomic_write_bytes(
+                    self._part_url("images", name), _parquet_bytes(pa.concat_tables(tables)), self.storage_options
+                )
+                self.fs.rm(list(group))
+                merged += len(group)
+                written += 1
+            group.clear()
+            tables.clear()
+            rows = 0
+
+        parquet = ds.ParquetFileFormat()
+        for path in small:
+            # The table schema makes older parts with fewer columns read as nulls.
+            table = parquet.make_fragment(path, filesystem=self._arrow_fs).to_table(schema=IMAGES_SCHEMA)
+            if rows + table.num_rows > max_rows and group:
+                flush()
+            group.append(path)
+            tables.append(table)
+            rows += table.num_rows
+        flush()
+        return {"merged_parts": merged, "written_parts": written}
 
     def _part_files(self, table: str) -> list[tuple[str, int]]:
         """(path, size) of the visible files of one table, sorted; names starting with ``_`` or ``.`` (in the

@@ -142,6 +142,15 @@ def load_known_sources(output: str, storage_options: Mapping[str, Any], config_h
     return known
 
 
+@task(name="compact-index", cache_policy=NO_CACHE, persist_result=False)
+def compact_index(output: str, storage_options: Mapping[str, Any]) -> dict[str, int]:
+    """Merge the run's many small images parts so the next run's index load reads few files."""
+    counts = LabelStore(output, storage_options).compact_images()
+    if counts["merged_parts"]:
+        get_run_logger().info("merged %(merged_parts)d images parts into %(written_parts)d", counts)
+    return counts
+
+
 @task(name="write-run-report", cache_policy=NO_CACHE, persist_result=False)
 def write_run_report(
     output: str, storage_options: Mapping[str, Any], run_id: str, summary_json: str, markdown: str

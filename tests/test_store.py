@@ -151,9 +151,7 @@ def test_write_and_read_back(store: LabelStore) -> None:
     images = store.images()
     assert images.schema == IMAGES_SCHEMA
     assert images["uri"].to_pylist() == sorted(r["uri"] for r in [*rows, rej, fail])
-    assert store.images(statuses=["rejected"])["reason"].to_pylist() == [
-        "low_labeled_fraction: 0.010 < 0.050"
-    ]
+    assert store.images(statuses=["rejected"])["reason"].to_pylist() == ["low_labeled_fraction: 0.010 < 0.050"]
     assert store.known_sha256("cfg") == {sha(n) for n in [*maps, "dark"]}
     assert store.known_sha256("other") == set()
 
@@ -177,9 +175,7 @@ def test_created_at_defaults_to_now(local_store: LabelStore) -> None:
     assert before - dt.timedelta(seconds=1) <= created <= dt.datetime.now(dt.UTC)
 
 
-def test_crash_between_parts_leaves_annotations_invisible(
-    store: LabelStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_between_parts_leaves_annotations_invisible(store: LabelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     lab = label_map(7)
     row, anns = labeling("img", "L1", labels=lab)
     real_write = store_module.atomic_write_bytes
@@ -348,9 +344,7 @@ def test_older_parts_without_new_columns_still_read(local_store: LabelStore) -> 
     assert images["source_version"].to_pylist() == [None] and images["uri"].to_pylist() == ["/data/img.jpg"]
 
 
-def test_known_sha256_reads_three_columns_in_batches(
-    local_store: LabelStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_known_sha256_reads_three_columns_in_batches(local_store: LabelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     n_parts, per_part = 4, 10_000
     for p in range(n_parts):
         rows = []
@@ -439,3 +433,48 @@ def test_known_indexes_read_parts_whole_or_streamed(
     shas = local_store.known_sha256_digests("cfg")
     assert len(sources) == len(expected_sources) and all(d in sources for d in expected_sources)
     assert len(shas) == len(expected_shas) and all(d in shas for d in expected_shas)
+
+
+# --- compaction of the images index ---------------------------------------------------------------------
+
+
+def _snapshot(st: LabelStore) -> tuple:
+    images = st.images().sort_by("uri").to_pylist()
+    maps = {uri: (m.shape, m.tobytes()) for uri, m in maps_by_uri(st).items()}
+    return images, maps, st.known_sha256("cfg"), len(st.known_sources("cfg"))
+
+
+def test_compaction_merges_small_images_parts_and_changes_no_reader(store: LabelStore) -> None:
+    for i in range(12):  # 12 batches of 2 images, one relabeled later (its newest row must stay current)
+        rows, anns = [], []
+        for j in range(2):
+            r, a = labeling(f"img{i}-{j}", f"L{i}-{j}", labels=label_map(i * 10 + j), source_version=f"v{i}")
+            rows.append(r)
+            anns += a
+        store.write_batch(rows, anns, part_name=f"b{i:02d}")
+    newer, newer_anns = labeling("img0-0", "L-new", labels=label_map(99), created_at=T0 + dt.timedelta(days=1))
+    store.write_batch([newer], newer_anns, part_name="relabel")
+    before = _snapshot(store)
+    assert len(store._part_files("images")) == 13
+
+    assert store.compact_images(min_parts=20) == {"merged_parts": 0, "written_parts": 0}  # below the threshold
+    counts = store.compact_images(min_parts=5, max_rows=10)
+    assert counts["merged_parts"] == 13 and counts["written_parts"] == 3  # 10 + 10 + 5 rows: at most 10 per part
+    assert len(store._part_files("images")) == 3
+    assert _snapshot(store) == before
+    np.testing.assert_array_equal(maps_by_uri(store)["/data/img0-0.jpg"], label_map(99))
+
+
+def test_compaction_interrupted_before_deleting_its_members_is_harmless(local_store: LabelStore, monkeypatch) -> None:
+    for i in range(6):
+        row, anns = labeling(f"img{i}", f"L{i}", labels=label_map(i), source_version="v")
+        local_store.write_batch([row], anns, part_name=f"b{i}")
+    before = _snapshot(local_store)
+    monkeypatch.setattr(local_store.fs, "rm", lambda paths: None)  # crash after the merged part, before deletes
+    local_store.compact_images(min_parts=2)
+    assert len(local_store._part_files("images")) == 7  # every row is now there twice
+    assert _snapshot(local_store) == before
+    monkeypatch.undo()
+    assert local_store.compact_images(min_parts=2) == {"merged_parts": 7, "written_parts": 1}
+    assert len(local_store._part_files("images")) == 1
+    assert _snapshot(local_store) == before
