@@ -14,6 +14,8 @@ as 1x1 convolutions; keys are ``k_proj(layer4)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -27,6 +29,20 @@ ATTENTION_MODES: tuple[str, ...] = ("maskclip", "clearclip", "sclip")
 
 def _visual(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "visual", model)
+
+
+@contextmanager
+def inference_semantics(module: torch.nn.Module) -> Iterator[None]:
+    """Evaluate ``module`` as in inference (BatchNorm running statistics, no dropout), then restore each
+    submodule's own mode. ``open_clip.create_model`` returns models in training mode, where a ResNet's
+    BatchNorm would normalise with the statistics of the batch at hand instead of the learned ones."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _dtype(visual: torch.nn.Module) -> torch.dtype:
@@ -154,13 +170,15 @@ def dense_features(
 
     ``model`` is an open_clip CLIP model (or its ``.visual``); ``pixels`` a normalised float tensor
     [B, 3, H, W] with H, W multiples of the patch size (ViT) or 32 (ResNet). Returns ``features``
-    [B, D, h, w] (projected to the joint space, not normalised) and ``keys`` [B, C, h, w].
+    [B, D, h, w] (projected to the joint space, not normalised) and ``keys`` [B, C, h, w]. The encoder is
+    evaluated with inference semantics whatever its mode (see :func:`inference_semantics`).
     """
     visual = _visual(model)
-    if isinstance(visual, VisionTransformer):
-        return _vit_dense(visual, pixels, mode)
-    if isinstance(visual, ModifiedResNet):
-        return _resnet_dense(visual, pixels, mode)
+    with inference_semantics(visual):
+        if isinstance(visual, VisionTransformer):
+            return _vit_dense(visual, pixels, mode)
+        if isinstance(visual, ModifiedResNet):
+            return _resnet_dense(visual, pixels, mode)
     raise TypeError(f"unsupported image encoder {type(visual).__name__}")
 
 
@@ -181,6 +199,11 @@ def image_embedding(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tenso
     the same way as for dense features. It is the "bare encoder forward" the labeler is measured against.
     """
     visual = _visual(model)
+    with inference_semantics(visual):
+        return _image_embedding(visual, pixels)
+
+
+def _image_embedding(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     if isinstance(visual, VisionTransformer):
         x, _ = _vit_embed(visual, pixels)
         x = _run_blocks(visual, x, visual.transformer.resblocks)

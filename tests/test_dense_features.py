@@ -248,3 +248,17 @@ def test_resnet_dense_features_equal_per_location_value_path(rn50, size):
     assert got_f.shape == (1, 1024, size[0] // 32, size[1] // 32)
     torch.testing.assert_close(got_f, feats, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_k, keys, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_left_in_training_mode_gets_inference_semantics_and_keeps_its_mode():
+    import open_clip
+
+    model = open_clip.create_model("maskclip-tiny-RN")  # open_clip returns models in training mode
+    assert model.training
+    pixels = torch.randn(2, 3, 96, 128)
+    features, keys = dense_features(model, pixels)
+    assert model.training and model.visual.bn1.training  # each module's own mode restored
+    model.eval()
+    ref_features, ref_keys = dense_features(model, pixels)  # BatchNorm with running statistics
+    torch.testing.assert_close(features, ref_features)
+    torch.testing.assert_close(keys, ref_keys)
