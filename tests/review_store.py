@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,23 @@ def label_map(built: Built, image_id: int) -> np.ndarray:
     for cid, mask in built.masks[image_id].items():
         out[mask] = cid
     return out
+
+
+def run(capsys: Any, *argv: str) -> dict:
+    """Run ``maskclip export|import|evaluate ...``, expect success, return the printed JSON summary."""
+    from flows.cli_review import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def fails(capsys: Any, *argv: str) -> str:
+    """Run ``maskclip ...``, expect a user error (exit 2), return stderr."""
+    from flows.cli_review import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    return capsys.readouterr().err

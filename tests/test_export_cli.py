@@ -17,9 +17,8 @@ from datumaro.components.annotation import AnnotationType
 from label_studio_sdk.converter import brush
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from review_store import CONFIG, NAMES, Built, build_store
+from review_store import CONFIG, NAMES, Built, build_store, fails, run
 
-from flows.cli_review import main
 from maskclip_core.coco import build_coco_dict
 from maskclip_core.exporters.from_store import common_root, iter_export_images, source_root
 from maskclip_core.exporters.polygons import polygons_to_mask
@@ -29,22 +28,6 @@ from maskclip_core.exporters.polygons import polygons_to_mask
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("export")
     return build_store(str(root / "out"), root / "src")
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> dict:
-    """Run ``maskclip ...``, expect success, return the printed JSON summary."""
-    capsys.readouterr()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    return json.loads(out)
-
-
-def fails(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """Run ``maskclip ...``, expect a user error (exit 2), return stderr."""
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    return capsys.readouterr().err
 
 
 def export(built: Built, fmt: str, dest: Path | str, *extra: str) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 from PIL import Image
-from review_store import Built, H, W, build_store, label_map
+from review_store import Built, H, W, build_store, fails, label_map, run
 
 from flows.cli_review import format_report, main
 from maskclip_core.annotations import encode_annotations, image_id_from_sha256
@@ -28,20 +28,6 @@ from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 # The reviewer's edit on a/img.png: the top-left 16 x 12 block of the dog half (192 px) is really cat.
 BLOCK = (slice(0, 16), slice(24, 36))
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> dict:
-    capsys.readouterr()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    return json.loads(out)
-
-
-def fails(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    return capsys.readouterr().err
 
 
 def brush_result(name: str, mask: np.ndarray, rid: str) -> dict:
