@@ -59,9 +59,31 @@ def bare_forward(labeler: MaskCLIPLabeler, windows: list[torch.Tensor]) -> None:
     by_shape: dict[tuple, list[torch.Tensor]] = {}
     for w in windows:
         by_shape.setdefault(tuple(w.shape), []).append(w)
+    device = labeler.bundle.device
+    # The same precision as the labeler's encoder (fp16 autocast on CUDA), and a sync: CUDA is asynchronous.
+    half = device.type == "cuda" and labeler.inference.half_precision
     for group in by_shape.values():
         for start in range(0, len(group), size):
-            image_embedding(labeler.bundle.model, torch.stack(group[start : start + size]))
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=half):
+                image_embedding(labeler.bundle.model, torch.stack(group[start : start + size]))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_profile(labeler: MaskCLIPLabeler, images: list[np.ndarray], batch: int, path: Path) -> None:
+    """Operator and step (``maskclip.*`` ranges) times of a few labeler calls, CPU and CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = labeler.bundle.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        for start in range(0, len(images), batch):
+            labeler.label(images[start : start + batch])
+    averages = prof.key_averages()
+    tables = [f"# {len(images)} images, sorted by CPU time\n", averages.table(sort_by="cpu_time_total", row_limit=40)]
+    if cuda:
+        tables += ["\n# sorted by device time\n", averages.table(sort_by="self_device_time_total", row_limit=30)]
+    path.write_text("".join(tables))
 
 
 def main() -> None:
@@ -72,6 +94,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
     parser.add_argument("--window-batch", type=int, default=8, help="windows per encoder forward")
+    parser.add_argument("--profile", type=Path, default=None, help="also write a torch.profiler table here")
     args = parser.parse_args()
     if not args.images.is_dir():
         sys.exit(f"no images at {args.images} (the shared COCO sample must sit beside the repo)")
@@ -97,6 +120,9 @@ def main() -> None:
             else:
                 bare_forward(labeler, windows)
                 t_bare += time.perf_counter() - t0
+
+    if args.profile is not None:
+        write_profile(labeler, images[: 2 * args.batch], args.batch, args.profile)
 
     print(
         json.dumps(

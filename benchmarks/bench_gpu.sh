@@ -4,6 +4,7 @@
 #   benchmarks/bench_gpu.sh                    # the COCO sample beside the repo (../shared/data/coco-sample)
 #   IMAGES=/data/photos benchmarks/bench_gpu.sh  # any folder of .jpg files
 #   WINDOW_BATCH=32 BATCH=16 benchmarks/bench_gpu.sh
+#   PY=python3 benchmarks/bench_gpu.sh         # an interpreter that already has the dependencies (offline GPU box)
 #
 # Random weights everywhere (the cost is that of trained weights), fp16 autocast for the encoder on CUDA.
 set -euo pipefail
@@ -13,8 +14,10 @@ BATCH=${BATCH:-8}
 WINDOW_BATCH=${WINDOW_BATCH:-16}
 LIMIT=${LIMIT:-100}
 
-make install >/dev/null
-PY=.venv/bin/python
+if [[ -z "${PY:-}" ]]; then
+    make install >/dev/null
+    PY=.venv/bin/python
+fi
 $PY - <<'PY'
 import sys, torch
 if not torch.cuda.is_available():

@@ -7,6 +7,11 @@ the teacher (ViT-B/16, the project's MaskCLIPLabeler: short side 448, 448 window
 each student at the same resolution (short side 448), and prints JSON: images/s per labeler, each
 student's speed-up over the teacher, and one training iteration (crop 512, batch 4) per student: seconds
 and peak memory (CUDA: max allocated; CPU: peak RSS of a fresh process, and its growth during the step).
+
+On CUDA each labeler makes two passes over the images (``--passes``): the first ("cold") includes cuDNN's
+setup for every input shape it has not met, the second ("warm") is the steady state of a long run.
+Students run in fp32 there, as ``StudentLabeler`` does by default (``--student-precision fp16|both``);
+the teacher's encoder uses fp16 autocast.
 """
 
 from __future__ import annotations
@@ -69,13 +74,21 @@ def _student(variant: str, device: str) -> torch.nn.Module:
     return build_student(VARIANTS[variant], text, ClassVocabulary(names)).to(device)
 
 
-def _throughput(label, images: list[np.ndarray], batch: int) -> dict:
+def _throughput(label, images: list[np.ndarray], batch: int, passes: int) -> dict:
+    """Images/s of the first pass (cold: on CUDA it includes cuDNN's setup for each new input shape) and,
+    with ``passes`` > 1, of the last one (warm: a long labeling run, every shape met before)."""
     label(images[:2])  # warm-up: allocator, kernels
-    start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        label(images[i : i + batch])
-    seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "images_per_second": round(len(images) / seconds, 3)}
+    out: dict = {}
+    for p in range(passes):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            label(images[i : i + batch])
+        seconds = time.perf_counter() - start
+        prefix = "" if p == 0 else "warm_"
+        if p in (0, passes - 1):
+            out[f"{prefix}seconds"] = round(seconds, 2)
+            out[f"{prefix}images_per_second"] = round(len(images) / seconds, 3)
+    return out
 
 
 def _teacher(device: str):
@@ -149,6 +162,10 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-teacher", action="store_true")
+    parser.add_argument("--passes", type=int, default=None, help="passes over the images (default: 2 on CUDA)")
+    parser.add_argument(
+        "--student-precision", choices=["fp16", "fp32", "both"], default="fp32", help="students on CUDA"
+    )
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--train-step-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -163,18 +180,29 @@ def main() -> None:
     images = [decode_image(p.read_bytes()).rgb for p in paths]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
+    passes = args.passes or (2 if args.device.startswith("cuda") else 1)
+    precisions = {"fp16": [True], "fp32": [False], "both": [True, False]}[args.student_precision]
+    if not args.device.startswith("cuda"):
+        precisions = [False]  # autocast applies on CUDA only
+
     labeling: dict[str, dict] = {}
     if not args.skip_teacher:
-        labeling["teacher_vit_b16"] = _throughput(_teacher(args.device).label, images, args.batch)
+        labeling["teacher_vit_b16"] = _throughput(_teacher(args.device).label, images, args.batch, passes)
     for variant in variants:
-        labeler = StudentLabeler(_student(variant, args.device), short_side=448, batch_size=8, device=args.device)
-        labeling[f"student_{variant}"] = _throughput(labeler.label, images, args.batch)
-        del labeler
+        for half in precisions:
+            model = _student(variant, args.device)
+            labeler = StudentLabeler(model, short_side=448, batch_size=8, device=args.device, half_precision=half)
+            name = f"student_{variant}" + ("_fp16" if half else "")
+            labeling[name] = _throughput(labeler.label, images, args.batch, passes)
+            del labeler, model
     if "teacher_vit_b16" in labeling:
-        teacher_ips = labeling["teacher_vit_b16"]["images_per_second"]
-        for variant in variants:
-            entry = labeling[f"student_{variant}"]
-            entry["speedup_over_teacher"] = round(entry["images_per_second"] / teacher_ips, 2)
+        teacher = labeling["teacher_vit_b16"]
+        for name, entry in labeling.items():
+            if name.startswith("student_"):
+                for prefix in ("", "warm_"):
+                    if f"{prefix}images_per_second" in entry:
+                        speedup = entry[f"{prefix}images_per_second"] / teacher[f"{prefix}images_per_second"]
+                        entry[f"{prefix}speedup_over_teacher"] = round(speedup, 2)
 
     training = {}
     if not args.skip_train:

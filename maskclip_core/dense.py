@@ -14,6 +14,7 @@ as 1x1 convolutions; keys are ``k_proj(layer4)``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -49,12 +50,35 @@ def _dtype(visual: torch.nn.Module) -> torch.dtype:
     return visual.conv1.weight.dtype
 
 
+# Resized positional embeddings per encoder, reused while no gradient is recorded: PyTorch's bicubic CUDA
+# kernel loops over the 768+ channels in each thread, ~6 ms per resize on an H200 (as much as a window batch
+# of the other work); the key holds the parameter's storage and version, so changed weights miss.
+_POS_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+_POS_CACHE_SIZE = 32
+
+
 def resized_positional_embedding(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:
     """Positional embedding [1 + gh*gw, W] for a patch grid; the patch part resized bicubically."""
     pos = visual.positional_embedding
     native = tuple(int(g) for g in visual.grid_size)
-    if tuple(grid) == native:
+    grid = (int(grid[0]), int(grid[1]))
+    if grid == native:
         return pos
+    if torch.is_grad_enabled():
+        return _resize_positional_embedding(pos, native, grid)
+    cache = _POS_CACHE.setdefault(visual, {})
+    # Inference tensors (a model built under inference_mode) keep no version counter.
+    version = None if pos.is_inference() else pos._version
+    key = (grid, pos.device, pos.dtype, pos.data_ptr(), version)
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= _POS_CACHE_SIZE:
+            cache.clear()
+        hit = cache[key] = _resize_positional_embedding(pos, native, grid)
+    return hit
+
+
+def _resize_positional_embedding(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     cls_pos, patch_pos = pos[:1], pos[1:]
     width = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, native[0], native[1], width).permute(0, 3, 1, 2)

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -26,6 +26,12 @@ class TextClassifier:
     embeddings: torch.Tensor
     query_to_class: torch.Tensor  # [Q] long
     class_names: tuple[str, ...]
+    # Decided once here: checked per call it would be a host-device sync stalling the GPU pipeline.
+    one_query_per_class: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        q = self.query_to_class.cpu()
+        self.one_query_per_class = len(q) == self.num_classes and bool((q == torch.arange(len(q))).all())
 
     @property
     def num_classes(self) -> int:
@@ -45,9 +51,7 @@ class TextClassifier:
         """
         feats = F.normalize(features.float(), dim=1)
         sims = torch.einsum("bdhw,qd->bqhw", feats, self.embeddings.float())
-        if sims.shape[1] == self.num_classes and bool(
-            (self.query_to_class == torch.arange(self.num_classes, device=self.query_to_class.device)).all()
-        ):
+        if self.one_query_per_class:
             return sims
         B, _, h, w = sims.shape
         out = sims.new_full((B, self.num_classes, h, w), float("-inf"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from maskclip_core.clip_loader import load_clip
-from maskclip_core.dense import dense_features, image_embedding
+from maskclip_core.dense import dense_features, image_embedding, resized_positional_embedding
 
 
 @pytest.fixture(autouse=True)
@@ -262,3 +262,28 @@ def test_a_model_left_in_training_mode_gets_inference_semantics_and_keeps_its_mo
     ref_features, ref_keys = dense_features(model, pixels)  # BatchNorm with running statistics
     torch.testing.assert_close(features, ref_features)
     torch.testing.assert_close(keys, ref_keys)
+
+
+def test_resized_positional_embeddings_are_reused_only_without_gradients(tiny_vit):
+    visual = tiny_vit.visual
+    grid, patch = (5, 7), visual.patch_size[0]
+    with torch.enable_grad():  # gradients recorded (the autouse no_grad is lifted): computed on every call
+        fresh = resized_positional_embedding(visual, grid)
+        assert fresh.requires_grad and resized_positional_embedding(visual, grid) is not fresh
+    pixels = torch.randn(1, 3, grid[0] * patch, grid[1] * patch)
+    with torch.inference_mode():
+        cached = resized_positional_embedding(visual, grid)
+        assert resized_positional_embedding(visual, grid) is cached
+        torch.testing.assert_close(cached, fresh.detach())
+        features, _ = dense_features(tiny_vit, pixels)
+    torch.testing.assert_close(features, dense_features(tiny_vit, pixels)[0])
+    pos = visual.positional_embedding
+    with torch.no_grad():
+        pos.add_(1.0)  # changed weights miss the cache (bicubic weights sum to 1: everything moves by 1)
+    try:
+        with torch.inference_mode():
+            moved = resized_positional_embedding(visual, grid)
+            torch.testing.assert_close(moved, cached + 1.0)
+    finally:
+        with torch.no_grad():
+            pos.sub_(1.0)

@@ -22,6 +22,7 @@ from maskclip_core.student import (
     build_backbone,
     build_student,
 )
+from maskclip_core.student.preprocess import network_size
 
 K, D = 4, 16
 NAMES = ("cat", "dog", "grass", "sky")
@@ -267,6 +268,14 @@ def test_unknown_backbone_and_stride() -> None:
 # --- the student as a Labeler ------------------------------------------------------------------------
 
 
+def test_network_size_scales_the_short_side_and_rounds_to_the_multiple() -> None:
+    assert network_size(480, 640, 448) == (448, 608)  # 597.3 -> 608
+    assert network_size(640, 427, 448) == (672, 448)  # 671.4 -> 672
+    assert network_size(480, 640, 448, None) == (448, 597)
+    assert network_size(30, 41, None) == (30, 41)  # no resizing, no rounding
+    assert network_size(1000, 20, 16) == (800, 32)  # never below one multiple
+
+
 def test_student_labeler_contract() -> None:
     labeler = StudentLabeler(student(seed=2), short_side=64, batch_size=2, device="cpu")
     seen_sizes = []
@@ -277,8 +286,9 @@ def test_student_labeler_contract() -> None:
     results = labeler.label(images)
 
     assert labeler.class_names == NAMES
-    # Short side resized to 64; same-size images share batches of at most 2.
-    assert sorted(seen_sizes) == sorted([(2, 3, 64, 90), (1, 3, 64, 90), (1, 3, 90, 64), (1, 3, 64, 80)])
+    # Short side resized to 64, sides rounded to multiples of 32 (41 * 64 / 33 = 79.5 -> 80 -> 64);
+    # same-size images share batches of at most 2.
+    assert sorted(seen_sizes) == sorted([(2, 3, 64, 96), (1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 64)])
     for image, res in zip(images, results, strict=True):
         assert res.size == image.shape[:2]
         assert res.labels.dtype == np.int64 and res.labels.min() >= 0 and res.labels.max() < K
@@ -293,6 +303,12 @@ def test_student_labeler_contract() -> None:
     alone = labeler.label([images[2]])[0]
     np.testing.assert_array_equal(alone.labels, results[2].labels)
     np.testing.assert_allclose(alone.confidence, results[2].confidence, atol=1e-5)
+    # size_multiple=None: the exact short-side size.
+    seen_sizes.clear()
+    exact = StudentLabeler(labeler.model, short_side=64, batch_size=2, device="cpu", size_multiple=None)
+    assert [r.size for r in exact.label(images)] == sizes
+    assert sorted(seen_sizes) == sorted([(2, 3, 64, 90), (1, 3, 64, 90), (1, 3, 90, 64), (1, 3, 64, 80)])
+    assert exact.config()["size_multiple"] is None
 
     cfg = labeler.config()
     json.dumps(cfg)

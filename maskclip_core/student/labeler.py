@@ -23,9 +23,11 @@ def _default_device() -> torch.device:
 class StudentLabeler:
     """Labels images with a student network.
 
-    Images are resized so their short side is ``short_side`` (448, as the teacher), ImageNet-normalised,
-    labeled in batches of same-size images and the logits upsampled to the original size. ``confidence``
-    is the softmax max, ``class_scores`` the per-class max probability; the student drops no classes.
+    Images are resized so their short side is ``short_side`` (448, as the teacher) and each side a multiple
+    of ``size_multiple`` (see :func:`~maskclip_core.student.preprocess.network_size`), ImageNet-normalised,
+    labeled in batches of same-size images (fp16 autocast on CUDA only if ``half_precision``) and the logits
+    upsampled to the original size. ``confidence`` is the softmax max, ``class_scores`` the per-class max
+    probability; the student drops no classes.
     """
 
     def __init__(
@@ -35,11 +37,16 @@ class StudentLabeler:
         batch_size: int = 8,
         device: torch.device | str | None = None,
         checkpoint: StudentCheckpoint | None = None,
+        *,
+        size_multiple: int | None = 32,
+        half_precision: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
         self.short_side = short_side
         self.batch_size = batch_size
+        self.size_multiple = size_multiple
+        self.half_precision = half_precision
         self._checkpoint = checkpoint
 
     @classmethod
@@ -50,10 +57,12 @@ class StudentLabeler:
         storage_options: dict | None = None,
         short_side: int | None = 448,
         batch_size: int = 8,
+        **options: Any,
     ) -> StudentLabeler:
-        """Load a weights file URL or a checkpoint directory URL (its newest round)."""
+        """Load a weights file URL or a checkpoint directory URL (its newest round); ``options``:
+        ``size_multiple``, ``half_precision``."""
         checkpoint = load_checkpoint(url, storage_options)
-        return cls(checkpoint.build(), short_side, batch_size, device, checkpoint)
+        return cls(checkpoint.build(), short_side, batch_size, device, checkpoint, **options)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -64,7 +73,15 @@ class StudentLabeler:
         self.model.set_vocabulary(embeddings.to(self.device), vocabulary)
 
     def label(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
-        return predict(self.model, images, self.short_side, self.batch_size, self.device)
+        return predict(
+            self.model,
+            images,
+            self.short_side,
+            self.batch_size,
+            self.device,
+            size_multiple=self.size_multiple,
+            half_precision=self.half_precision,
+        )
 
     def config(self) -> dict[str, Any]:
         embeddings = self.model.classifier.embeddings.detach().cpu().contiguous().numpy()
@@ -80,4 +97,5 @@ class StudentLabeler:
             # The classifier can be swapped after loading, so it is identified by its own content.
             "text_embeddings_sha256": hashlib.sha256(embeddings.tobytes()).hexdigest(),
             "short_side": self.short_side,
+            "size_multiple": self.size_multiple,
         }
