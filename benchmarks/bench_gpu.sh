@@ -27,4 +27,4 @@ PY
 $PY benchmarks/bench_dense.py --device cuda --images "$IMAGES" --limit "$LIMIT" --batch "$BATCH" \
     --window-batch "$WINDOW_BATCH"
 $PY benchmarks/bench_student.py --device cuda --images "$IMAGES" --limit "$LIMIT" --batch "$BATCH" \
-    --variants light,resnet18,resnet50,resnet101_v2
+    --variants light,resnet18,resnet50,resnet101_v2 --student-precision both

@@ -49,6 +49,7 @@ VOC = (
     "person, potted plant, sheep, sofa, train, tv monitor"
 )
 EMBED_DIM = 512  # ViT-B/16's joint embedding dimension
+SHORT_SIDE = 448  # teacher and students label at the same resolution
 VARIANTS = {
     name: StudentConfig(
         embed_dim=EMBED_DIM,
@@ -103,7 +104,11 @@ def _teacher(device: str):
     # One template: the text classifier is built once before timing, so this only shortens the run.
     cache = TextClassifierCache(tempfile.mkdtemp(prefix="bench-student-text-"))
     return MaskCLIPLabeler(
-        bundle, Vocabulary.parse(VOC), InferenceConfig(), templates=SINGLE_TEMPLATE, text_cache=cache
+        bundle,
+        Vocabulary.parse(VOC),
+        InferenceConfig(short_side=SHORT_SIDE),
+        templates=SINGLE_TEMPLATE,
+        text_cache=cache,
     )
 
 
@@ -187,13 +192,20 @@ def main() -> None:
 
     labeling: dict[str, dict] = {}
     if not args.skip_teacher:
-        labeling["teacher_vit_b16"] = _throughput(_teacher(args.device).label, images, args.batch, passes)
+        teacher_precision = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
+        labeling["teacher_vit_b16"] = {
+            "precision": teacher_precision,
+            **_throughput(_teacher(args.device).label, images, args.batch, passes),
+        }
     for variant in variants:
         for half in precisions:
             model = _student(variant, args.device)
-            labeler = StudentLabeler(model, short_side=448, batch_size=8, device=args.device, half_precision=half)
+            labeler = StudentLabeler(
+                model, short_side=SHORT_SIDE, batch_size=8, device=args.device, half_precision=half
+            )
             name = f"student_{variant}" + ("_fp16" if half else "")
-            labeling[name] = _throughput(labeler.label, images, args.batch, passes)
+            precision = "fp16 autocast" if half else "fp32"
+            labeling[name] = {"precision": precision, **_throughput(labeler.label, images, args.batch, passes)}
             del labeler, model
     if "teacher_vit_b16" in labeling:
         teacher = labeling["teacher_vit_b16"]
@@ -214,7 +226,7 @@ def main() -> None:
         "device": args.device,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads",
         "images": len(images),
-        "short_side": 448,
+        "short_side": SHORT_SIDE,
         "classes": len(VOC.split(",")),
         "variants": {v: VARIANTS[v].to_dict() for v in variants},
         "labeling": labeling,

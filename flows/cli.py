@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.cli_args import add_filter_options, filter_fields, given, json_object
+from flows.cli_args import add_filter_options, filter_fields, given, json_object, readable_validation_errors
 
 DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")  # scikit-image's bundled photos
 DEMO_CLASSES = "person; astronaut, cat, cup; coffee cup, rocket, sky, tree, building, table, flag, wall"
@@ -22,9 +22,11 @@ RANDOM_WEIGHTS_BANNER = """
 """
 
 
-def _add_labeler_options(p: argparse.ArgumentParser) -> None:
+def _add_labeler_options(p: argparse.ArgumentParser, classes_required: bool = True) -> None:
     g = p.add_argument_group("labeler")
-    g.add_argument("--classes", required=True, help='comma-separated classes, synonyms after ";": "cat, grass; lawn"')
+    g.add_argument(
+        "--classes", required=classes_required, help='comma-separated classes, synonyms after ";": "cat, grass; lawn"'
+    )
     g.add_argument("--background", default=None, help="comma-separated background queries (optional)")
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name (ViT-B-16, ViT-L-14, RN50, ...)")
     g.add_argument(
@@ -136,7 +138,8 @@ def label_parameters(args: argparse.Namespace) -> dict:
         spec = LabelerSpec(labeler="maskclip", config=labeler_config_from_args(args), device=args.device)
     else:
         spec = LabelerSpec(labeler="student", checkpoint=args.checkpoint, device=args.device)
-    filters = FilterConfig(**filter_fields(args))
+    with readable_validation_errors():
+        filters = FilterConfig(**filter_fields(args))
     options = given(
         args,
         {
@@ -156,12 +159,14 @@ def label_parameters(args: argparse.Namespace) -> dict:
     )
     if args.extensions is not None:
         options["extensions"] = [e.strip() for e in args.extensions.split(",") if e.strip()]
+    with readable_validation_errors():
+        run_options = RunOptions(**options)
     return {
         "source": args.source,
         "output": args.output,
         "labeler": spec,
         "filters": filters,
-        "options": RunOptions(**options),
+        "options": run_options,
         "force": args.force,
     }
 
@@ -266,11 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Images already labeled under the same configuration are skipped unless --force.",
     )
     _add_label_options(p)
-    _add_labeler_options(p)
+    _add_labeler_options(p, classes_required=False)  # a student brings its own classes
     p.set_defaults(func=_cmd_label)
-    for action in p._actions:  # a student brings its own classes
-        if action.dest == "classes":
-            action.required = False
 
     from flows.cli_review import register
 
@@ -281,11 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="label scikit-image's sample photos (default: ViT-B/16 OpenAI weights)")
     p.add_argument("--out", default="demo-out")
-    _add_labeler_options(p)
+    _add_labeler_options(p, classes_required=False)  # the demo brings its own vocabulary
     p.set_defaults(func=_cmd_demo)
-    for action in p._actions:  # the demo brings its own vocabulary
-        if action.dest == "classes":
-            action.required = False
     return parser
 
 
@@ -298,8 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
         from maskclip_core.clip_loader import WeightsUnavailableError
         from maskclip_core.pipeline import StudentUnavailableError
+        from maskclip_core.student import BackboneWeightsUnavailable
 
-        if isinstance(exc, WeightsUnavailableError | StudentUnavailableError | ValueError | FileNotFoundError):
+        user_errors = WeightsUnavailableError | BackboneWeightsUnavailable | StudentUnavailableError
+        if isinstance(exc, user_errors | ValueError | FileNotFoundError):
             print(f"maskclip: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -58,3 +60,16 @@ def add_filter_options(parser: argparse.ArgumentParser, title: str = "confidence
 def filter_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The FilterConfig fields given on the command line."""
     return given(args, FILTER_OPTIONS)
+
+
+@contextmanager
+def readable_validation_errors() -> Iterator[None]:
+    """pydantic's ValidationError as a ValueError with one short clause per problem (no input dump), which
+    ``maskclip`` prints as a one-line error."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems.replace("Value error, ", "")) from None

@@ -10,10 +10,9 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from flows.cli_args import comma_ints, comma_strings, json_object
+from flows.cli_args import comma_ints, comma_strings, given, json_object, readable_validation_errors
 
 EXPORT_FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
 IMPORT_FORMATS = ("label-studio", "coco")
@@ -77,33 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from maskclip_core.exporters.store_export import ExportParameters, export_store
 
-    fields: dict[str, Any] = {
-        "format": args.format,
-        "output": args.output,
-        "destination": args.destination,
-        "config_hash": args.config_hash,
-        "classes": args.classes,
-        "min_score": args.min_score,
-        "max_score": args.max_score,
-        "statuses": args.statuses or ["labeled"],
-        "rounds": args.rounds,
-        "sources": args.sources,
-        "image_ids": args.image_ids,
-        "lowest": args.lowest,
-        "polygons": args.polygons,
-        "polygon_tolerance": args.polygon_tolerance,
-        "document_root": args.document_root,
-        "model_version": args.model_version,
-        "include_images": args.include_images,
-        "file_name_root": args.file_name_root,
-    }
-    from pydantic import ValidationError
-
-    try:
+    # Every option is named after its ExportParameters field; unset ones keep the model's defaults.
+    fields = given(args, {name: name for name in ExportParameters.model_fields})
+    with readable_validation_errors():
         params = ExportParameters(**fields)
-    except ValidationError as exc:  # one line per problem, without pydantic's input dump
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(problems.replace("Value error, ", "")) from None
     summary = export_store(params, args.storage_options)
     print(json.dumps(summary, indent=2))
     if summary["images"] == 0:
@@ -147,18 +123,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``maskclip`` with only these subcommands (``flows.cli`` adds them to the full command with ``register``)."""
-    parser = argparse.ArgumentParser(prog="maskclip", description="Round trip through labeling tools")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:  # errors users can fix: a message, not a traceback
-        print(f"maskclip: error: {exc}", file=sys.stderr)
-        return 2
-
-
 # -------------------------------------------------------------------------------------------- helpers
 
 
@@ -185,7 +149,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,11 +10,9 @@ import argparse
 import json
 import math
 import os
-import sys
-from collections.abc import Sequence
 from typing import Any
 
-from flows.cli_args import add_filter_options, filter_fields, given, json_object
+from flows.cli_args import add_filter_options, filter_fields, given, json_object, readable_validation_errors
 
 BACKBONES = ("mobilenet_v3_large", "resnet18", "resnet50", "resnet101")
 
@@ -180,27 +178,15 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_train(args: argparse.Namespace) -> int:
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from pydantic import ValidationError
-
-    try:
+    with readable_validation_errors():
         params = train_parameters(args)
-    except ValidationError as exc:  # one line per problem, without pydantic's input dump
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(problems.replace("Value error, ", "")) from None
 
     from rich.console import Console
 
     from flows.train_student import train_student
-    from maskclip_core.clip_loader import WeightsUnavailableError
-    from maskclip_core.student import BackboneWeightsUnavailable
 
-    console = Console(stderr=True)
-    try:
-        result = train_student(**params)
-    except (WeightsUnavailableError, BackboneWeightsUnavailable) as exc:  # offline: the message names the fix
-        print(f"maskclip: error: {exc}", file=sys.stderr)
-        return 2
-    print_result(result, console)
+    result = train_student(**params)  # offline weights errors name their fix; flows.cli.main prints them
+    print_result(result, Console(stderr=True))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0
@@ -230,25 +216,6 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``maskclip`` with only ``train`` (``flows.cli`` adds it to the full command with ``register``)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    parser = argparse.ArgumentParser(prog="maskclip", description="Train a MaskCLIP+ student")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except Exception as exc:  # errors users can fix: a message, not a traceback
-        from maskclip_core.clip_loader import WeightsUnavailableError
-        from maskclip_core.student import BackboneWeightsUnavailable
-
-        if isinstance(exc, ValueError | FileNotFoundError | WeightsUnavailableError | BackboneWeightsUnavailable):
-            print(f"maskclip: error: {exc}", file=sys.stderr)
-            return 2
-        raise
-
-
 # -------------------------------------------------------------------------------------------- helpers
 
 
@@ -267,7 +234,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,6 +19,8 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry storage hiccups only; a bad selection or option fails the same way every time."""
     try:
         state.result()
+    except FileNotFoundError:  # a missing image or store stays missing
+        return False
     except OSError:
         return True
     except Exception:

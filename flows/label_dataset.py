@@ -42,7 +42,7 @@ from maskclip_core.pipeline import (
     LabelingPlan,
     SourceItem,
     labeler_categories,
-    labeler_identity,
+    labeler_round,
     labeling_config_hash,
     load_labeler,
 )
@@ -284,8 +284,9 @@ def label_dataset(
     # The labeler is loaded here only for its config and classes; with a thread pool the batches reuse this
     # very instance (per-process cache), with Dask each worker process loads its own.
     lab = load_labeler(labeler, device="cpu" if options.uses_dask else None)
-    source_tag, round_ = labeler_identity(lab, labeler.labeler)
-    config_hash = labeling_config_hash(lab.config(), filters, max_pixels=options.max_pixels)
+    round_ = labeler_round(lab, labeler.labeler)
+    lab_config = lab.config()  # a student's hashes its text embeddings: once
+    config_hash = labeling_config_hash(lab_config, filters, max_pixels=options.max_pixels)
     categories = labeler_categories(lab)
     class_names = tuple(name for name, _ in categories)
     logger.info(
@@ -294,7 +295,7 @@ def label_dataset(
 
     storage_task = {"retries": options.retries, "delay_s": options.retry_delay_seconds}
     ids = with_retries(ensure_categories, **storage_task)(output, options.output_storage_options, categories)
-    record = labeling_record(config_hash, labeler, lab.config(), filters, categories, max_pixels=options.max_pixels)
+    record = labeling_record(config_hash, labeler, lab_config, filters, categories, max_pixels=options.max_pixels)
     with_retries(write_labeling_record, **storage_task)(output, options.output_storage_options, record)
     plan = LabelingPlan(
         run_id=run_id,
@@ -303,7 +304,6 @@ def label_dataset(
         category_ids=tuple(ids[name] for name in class_names),
         filters=filters,
         labeler_kind=labeler.labeler,
-        source=source_tag,
         round=round_,
         max_pixels=options.max_pixels,
     )
@@ -417,18 +417,19 @@ def label_dataset(
         except Exception as e:  # noqa: BLE001 - only the next run's index load is slower
             logger.warning("images index not compacted: %s", e)
     summary.finish()
+    markdown = summary.markdown()
     try:
         summary.report_urls = with_retries(write_run_report, **storage_task)(
             output,
             options.output_storage_options,
             run_id,
             json.dumps(summary.to_dict(), indent=2),
-            summary.markdown(),
+            markdown,
         )
     except Exception as e:  # noqa: BLE001 - the labels are written; the report is a convenience
         logger.warning("run report could not be written: %s", e)
     report_progress(force_update=True)
-    publish_summary(summary)
+    publish_summary(summary, markdown)
     result = summary.to_dict()
     _notify("end", summary)
     logger.info(

@@ -30,7 +30,6 @@ def build_coco_dict(
     image_ids: Collection[int] | None = None,
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
-    annotation_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """A COCO instances dict of the current labeled images and their annotations.
 
@@ -38,7 +37,6 @@ def build_coco_dict(
     ``(images, annotations, categories)``, of which the ``labeled`` rows are used. ``file_name`` is the
     uri relative to ``file_name_root`` when it lies below it, else the uri's base name; ``coco_url`` is
     the full uri. One image labeled under several configs would appear twice: pass ``config_hash`` then.
-    ``annotation_ids`` keeps only those annotations (exports filtered by class or score).
     """
     if isinstance(source, LabelStore):
         images = source.images(config_hash=config_hash, statuses=["labeled"])
@@ -54,13 +52,30 @@ def build_coco_dict(
         if image_ids is not None:
             images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
         annotations = annotations.filter(pc.is_in(annotations["labeling_id"], value_set=images["labeling_id"]))
-    if annotation_ids is not None:
-        wanted = pa.array(list(annotation_ids), pa.int64())
-        annotations = annotations.filter(pc.is_in(annotations["id"], value_set=wanted))
 
     ids = images["image_id"].to_pylist()
     if len(set(ids)) != len(ids):
         raise ValueError("an image has several current labelings (one per config): pass config_hash")
+    return coco_dict(
+        [
+            coco_image(
+                row["image_id"], row["uri"], relative_file_name(row["uri"], file_name_root), row["width"], row["height"]
+            )
+            for row in images.select(["image_id", "uri", "width", "height"]).to_pylist()
+        ],
+        [coco_annotation(a) for a in annotations.to_pylist()],
+        categories,
+        info,
+    )
+
+
+def coco_dict(
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    categories: Sequence[Mapping[str, Any]],
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The COCO instances dict around :func:`coco_image` and :func:`coco_annotation` entries."""
     now = dt.datetime.now(dt.UTC)
     return {
         "info": {
@@ -72,18 +87,28 @@ def build_coco_dict(
             **dict(info or {}),
         },
         "licenses": [],
-        "images": [
-            {
-                "id": row["image_id"],
-                "file_name": relative_file_name(row["uri"], file_name_root),
-                "width": row["width"],
-                "height": row["height"],
-                "coco_url": row["uri"],
-            }
-            for row in images.select(["image_id", "uri", "width", "height"]).to_pylist()
-        ],
-        "annotations": [_coco_annotation(a) for a in annotations.to_pylist()],
+        "images": images,
+        "annotations": annotations,
         "categories": [{"id": c["id"], "name": c["name"], "supercategory": ""} for c in categories],
+    }
+
+
+def coco_image(image_id: int, uri: str, file_name: str, width: int, height: int) -> dict[str, Any]:
+    """A COCO image entry; ``coco_url`` is the full uri."""
+    return {"id": image_id, "file_name": file_name, "width": width, "height": height, "coco_url": uri}
+
+
+def write_coco(
+    coco: Mapping[str, Any], destination_url: str, storage_options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Write a COCO dict as compact JSON (atomically); return its counts."""
+    data = json.dumps(coco, separators=(",", ":")).encode("utf-8")
+    atomic_write_bytes(destination_url, data, storage_options)
+    return {
+        "url": destination_url,
+        "images": len(coco["images"]),
+        "annotations": len(coco["annotations"]),
+        "categories": len(coco["categories"]),
     }
 
 
@@ -96,7 +121,6 @@ def export_coco(
     image_ids: Collection[int] | None = None,
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
-    annotation_ids: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Write ``build_coco_dict(store, ...)`` as JSON to ``destination_url`` (atomically); return counts.
 
@@ -108,17 +132,8 @@ def export_coco(
         image_ids=image_ids,
         file_name_root=file_name_root,
         info=info,
-        annotation_ids=annotation_ids,
     )
-    data = json.dumps(coco, separators=(",", ":")).encode("utf-8")
-    options = store.storage_options if storage_options is None else storage_options
-    atomic_write_bytes(destination_url, data, options)
-    return {
-        "url": destination_url,
-        "images": len(coco["images"]),
-        "annotations": len(coco["annotations"]),
-        "categories": len(coco["categories"]),
-    }
+    return write_coco(coco, destination_url, store.storage_options if storage_options is None else storage_options)
 
 
 @dataclass
@@ -195,7 +210,8 @@ def relative_file_name(uri: str, root: str | None) -> str:
     return posixpath.basename(uri.rstrip("/"))
 
 
-def _coco_annotation(row: Mapping[str, Any]) -> dict[str, Any]:
+def coco_annotation(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A COCO annotation entry from an annotations row (compressed RLE)."""
     seg = row["segmentation"]
     return {
         "id": row["id"],

@@ -9,7 +9,6 @@ starting with ``_`` or ``.`` and keep the newest row per (run, model, round).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,9 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from .exporters.from_store import arrow_filesystem
+from .parquet_io import open_dataset, parquet_bytes
 from .storage import atomic_write_bytes, join_url, resolve
 
 MODELS = ("teacher", "student")
@@ -96,9 +94,7 @@ def write_metrics(
     run, model, round_ = keys.pop()
     url = join_url(output_url, "metrics", f"part-{part_name(run, model, round_)}.parquet")
     table = pa.Table.from_pylist([_as_arrow_row(r) for r in rows], schema=METRICS_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(url, buf.getvalue(), storage_options)
+    atomic_write_bytes(url, parquet_bytes(table), storage_options)
     return url
 
 
@@ -107,11 +103,8 @@ def read_metrics(
 ) -> list[dict[str, Any]]:
     """The newest row per (run, model, round), ``per_class_iou`` as a dict; teacher first, then rounds."""
     fs, root = resolve(output_url, storage_options)
-    path = f"{root.rstrip('/')}/metrics"
-    fs.invalidate_cache(path)
-    try:
-        dataset = ds.dataset(path, schema=METRICS_SCHEMA, format="parquet", filesystem=arrow_filesystem(fs))
-    except FileNotFoundError:
+    dataset = open_dataset(fs, f"{root.rstrip('/')}/metrics", METRICS_SCHEMA)
+    if dataset is None:
         return []
     table = dataset.to_table(filter=None if run is None else ds.field("run") == run)
     newest: dict[tuple[str, str, int | None], dict[str, Any]] = {}

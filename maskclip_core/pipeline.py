@@ -126,15 +126,15 @@ def _student_class() -> Any:
     return StudentLabeler
 
 
-def labeler_identity(labeler: Labeler, kind: Literal["maskclip", "student"]) -> tuple[str, int]:
-    """(``source``, ``round``) recorded on rows: ``maskclip`` / 0 for the teacher, ``student`` and the round
-    of its checkpoint (``labeler.round``, else ``labeler.config()["round"]``) for a student."""
+def labeler_round(labeler: Labeler, kind: Literal["maskclip", "student"]) -> int:
+    """The ``round`` recorded on rows (their ``source`` is ``kind``): 0 for the teacher, the round of its
+    checkpoint (``labeler.round``, else ``labeler.config()["round"]``) for a student."""
     if kind == "maskclip":
-        return "maskclip", 0
+        return 0
     value = getattr(labeler, "round", None)
     if value is None:
         value = labeler.config().get("round")
-    return "student", int(value or 0)
+    return int(value or 0)
 
 
 def labeler_categories(labeler: Labeler) -> list[tuple[str, list[str]]]:
@@ -235,8 +235,7 @@ class LabelingPlan:
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]  # by class index
     filters: FilterConfig
-    labeler_kind: Literal["maskclip", "student"] = "maskclip"
-    source: str = "maskclip"  # annotation ``source``
+    labeler_kind: Literal["maskclip", "student"] = "maskclip"  # also the annotations' ``source``
     round: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_label_pixels: int = DEFAULT_MAX_LABEL_PIXELS
@@ -441,7 +440,7 @@ def _finish(
         category_ids=plan.category_ids,
         image_id=row["image_id"],
         labeling_id=row["labeling_id"],
-        source=plan.source,
+        source=plan.labeler_kind,
         round=plan.round,
     )
     rows.append(row)

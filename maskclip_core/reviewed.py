@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -22,15 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from .annotations import annotations_to_label_map
-from .exporters.from_store import arrow_filesystem, iter_export_images, known_images
+from .exporters.from_store import iter_export_images, known_images
 from .exporters.label_studio import import_label_studio
 from .exporters.records import ExportImage, ReviewedImage, label_map_from_annotations
 from .exporters.reviews import import_coco_reviews, score_label_maps
+from .parquet_io import open_dataset, parquet_bytes
 from .storage import atomic_write_bytes, join_url, read_bytes, resolve
 from .store import SEGMENTATION_TYPE, LabelStore
 from .types import IGNORE_INDEX
@@ -118,9 +116,7 @@ def import_reviews(
     url = None
     if rows:
         url = join_url(output_url, "reviewed", f"part-{import_id}.parquet")
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=REVIEWED_SCHEMA), buf, compression="zstd")
-        atomic_write_bytes(url, buf.getvalue(), storage_options)
+        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(rows, schema=REVIEWED_SCHEMA)), storage_options)
     return {
         "import_id": import_id,
         "format": fmt,
@@ -135,11 +131,8 @@ def import_reviews(
 def read_reviewed(output_url: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
     """Current review rows (newest import per image), sorted by image_id, category_id."""
     fs, root = resolve(output_url, storage_options)
-    path = f"{root.rstrip('/')}/reviewed"
-    fs.invalidate_cache(path)  # s3fs caches listings; another import may have added a part
-    try:
-        dataset = ds.dataset(path, schema=REVIEWED_SCHEMA, format="parquet", filesystem=arrow_filesystem(fs))
-    except FileNotFoundError:
+    dataset = open_dataset(fs, f"{root.rstrip('/')}/reviewed", REVIEWED_SCHEMA)
+    if dataset is None:
         return REVIEWED_SCHEMA.empty_table()
     table = dataset.to_table()
     if table.num_rows == 0:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import re
 from collections import deque
@@ -29,11 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from .annotations import annotations_to_label_map, image_id_from_sha256
 from .digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
+from .parquet_io import arrow_filesystem, open_dataset, parquet_bytes
 from .storage import atomic_write_bytes, is_hidden, join_url, resolve
 
 STATUSES = ("labeled", "rejected", "failed")
@@ -110,11 +108,7 @@ class LabelStore:
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = resolve(url, self.storage_options)
         self.root = self.root.rstrip("/") or self.root
-        # pyarrow's own local filesystem is faster; anything else goes through the fsspec instance.
-        if isinstance(self.fs, LocalFileSystem):
-            self._arrow_fs: pafs.FileSystem = pafs.LocalFileSystem()
-        else:
-            self._arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        self._arrow_fs = arrow_filesystem(self.fs)
 
     def __repr__(self) -> str:
         return f"LabelStore({self.url!r})"
@@ -141,7 +135,7 @@ class LabelStore:
             # Named after the content: a repeated identical registration rewrites the same file.
             digest = hashlib.sha256(json.dumps(new_rows, sort_keys=True).encode()).hexdigest()[:16]
             table = pa.Table.from_pylist(new_rows, schema=CATEGORIES_SCHEMA)
-            atomic_write_bytes(self._part_url("categories", digest), _parquet_bytes(table), self.storage_options)
+            atomic_write_bytes(self._part_url("categories", digest), parquet_bytes(table), self.storage_options)
         return {name: ids[name] for name, _ in items}
 
     def write_batch(
@@ -170,12 +164,10 @@ class LabelStore:
         if annotations:
             url = self._part_url("annotations", part_name)
             table = pa.Table.from_pylist(annotations, schema=ANNOTATIONS_SCHEMA)
-            atomic_write_bytes(url, _parquet_bytes(table), self.storage_options)
+            atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
             written["annotations"] = url
         url = self._part_url("images", part_name)
-        atomic_write_bytes(
-            url, _parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options
-        )
+        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options)
         written["images"] = url
         return written
 
@@ -295,7 +287,7 @@ class LabelStore:
             if len(group) > 1:
                 name = "compact-" + hashlib.sha256("\n".join(group).encode()).hexdigest()[:24]
                 atomic_write_bytes(
-                    self._part_url("images", name), _parquet_bytes(pa.concat_tables(tables)), self.storage_options
+                    self._part_url("images", name), parquet_bytes(pa.concat_tables(tables)), self.storage_options
                 )
                 self.fs.rm(list(group))
                 merged += len(group)
@@ -441,14 +433,7 @@ class LabelStore:
 
     def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
         """The dataset of one table, or None when nothing was written yet."""
-        path = f"{self.root}/{table}"
-        self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
-        try:
-            # Default ignore_prefixes skip "_tmp-..." and dotfiles; the fixed schema lets older files with
-            # fewer columns read as nulls.
-            return ds.dataset(path, schema=schema, format="parquet", filesystem=self._arrow_fs)
-        except FileNotFoundError:
-            return None
+        return open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
 
 
 # --- row validation -------------------------------------------------------------------------------------
@@ -536,12 +521,6 @@ def _hex_prefix_digests(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if short is not None:
         raise ValueError(f"sha256 {short!r} is not a hex SHA-256")
     return np.array(digests, dtype=f"S{DIGEST_BYTES}")
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 def _current_rows(table: pa.Table) -> pa.Table:

@@ -553,10 +553,12 @@ def run_training(
         resumed_from = None if latest is None else int(latest["round"])
         latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
         return _outcome(plan, latest, resumed_from=resumed_from, counts=data.counts, stopped=True)
-    if truth is not None:  # rounds of an earlier, interrupted run too (their rows are rewritten as they were)
+    if truth is not None and result.resumed_from_round is not None:
+        # on_round_end wrote this run's rounds; those of the earlier, interrupted run are rewritten as they were
         for record in result.metrics:
-            weights = join_url(plan.checkpoint_url, f"{ckpt.round_name(int(record['round']))}.safetensors")
-            write_metrics(plan.output, [student_row(record, weights)], plan.storage_options)
+            if int(record["round"]) <= result.resumed_from_round:
+                weights = ckpt.weights_url(plan.checkpoint_url, int(record["round"]))
+                write_metrics(plan.output, [student_row(record, weights)], plan.storage_options)
     latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
     return _outcome(plan, latest, resumed_from=result.resumed_from_round, counts=data.counts)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .images import DEFAULT_MAX_PIXELS, decode_image
 from .reviewed import read_reviewed, reviewed_label_maps
 from .storage import read_bytes, sha256_hex
 from .store import LabelStore
-from .student.data import Sample
+from .student.data import Sample, compress_labels, decompress_labels
 from .types import IGNORE_INDEX
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -141,14 +140,6 @@ class LazyImages(Sequence[np.ndarray]):
         if isinstance(index, slice):
             return [self.reader.read(ref) for ref in self.refs[index]]
         return self.reader.read(self.refs[index])
-
-
-def compress_labels(label_map: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(label_map, dtype=np.uint8).tobytes(), 1)
-
-
-def decompress_labels(data: bytes, height: int, width: int) -> np.ndarray:
-    return np.frombuffer(bytearray(zlib.decompress(data)), dtype=np.uint8).reshape(height, width)
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,16 @@ def _wait_for_bucket(server: SeaweedServer, proc: Any, timeout: float) -> None:
             last = e
             time.sleep(0.5)
     pytest.fail(f"SeaweedFS S3 gateway not ready after {timeout:.0f} s: {last}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    with 2 cores shared by other jobs, OpenMP barriers spin and 2 threads run slower. Module-scoped, so it is
+    in place before the module's own training fixtures."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -68,12 +68,16 @@ def test_coco_reads_back_with_pycocotools(built, tmp_path, capsys):
         assert ann["score"] == pytest.approx(built.scores[ann["image_id"]][ann["category_id"]])
         seen += 1
     assert seen == 5
-    # the same writer as the labeling side's COCO export: equal content, dates aside
+    # the same entries as the labeling side's COCO export: equal content, dates and order aside
     same = build_coco_dict(built.store, file_name_root=source_root(built.store))
     doc = json.loads(dest.read_text())
-    assert (doc["images"], doc["annotations"], doc["categories"]) == (
-        same["images"],
-        same["annotations"],
+
+    def by_id(entries: list[dict]) -> list[dict]:
+        return sorted(entries, key=lambda e: e["id"])
+
+    assert (by_id(doc["images"]), by_id(doc["annotations"]), doc["categories"]) == (
+        by_id(same["images"]),
+        by_id(same["annotations"]),
         same["categories"],
     )
 
@@ -293,7 +297,7 @@ def test_common_root():
 
 def test_export_flow_writes_files_and_a_summary_artifact(built, tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.export_annotations import ARTIFACT_KEY, export_annotations
     from maskclip_core.exporters.store_export import ExportParameters
@@ -301,12 +305,16 @@ def test_export_flow_writes_files_and_a_summary_artifact(built, tmp_path, prefec
     params = ExportParameters(
         format="cvat-coco", output=built.store.url, destination=str(tmp_path / "c.zip"), classes=["dog"]
     )
-    summary = export_annotations(params)
+    state = export_annotations(params, return_state=True)
+    summary = state.result()
     assert summary["images"] == 2 and summary["annotations_per_class"] == {"dog": 2}
     assert zipfile.ZipFile(tmp_path / "c.zip").namelist()[0] == "annotations/instances_default.json"
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])), limit=1
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
         )
     assert artifact.type == "markdown"
     assert "| dog | 2 |" in artifact.data and f"`{tmp_path / 'c.zip'}`" in artifact.data

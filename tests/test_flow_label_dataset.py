@@ -24,27 +24,18 @@ import pyarrow.dataset as ds
 import pytest
 from bad_inputs import write_bad_input_corpus
 from PIL import Image, ImageOps
+from tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 import maskclip_core.pipeline as pipeline_module
 from flows.label_dataset import LabelingIncomplete, RunOptions, label_dataset
 from maskclip_core.annotations import segmentation_to_mask
 from maskclip_core.filtering import FilterConfig, filter_labels
-from maskclip_core.inference import InferenceConfig
-from maskclip_core.labeler import LabelerConfig
 from maskclip_core.pipeline import LabelerSpec, StudentUnavailableError, load_labeler
 from maskclip_core.storage import sha256_hex
 from maskclip_core.store import LabelStore
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-TINY = LabelerConfig(
-    model="maskclip-tiny-ViT",
-    pretrained="none",
-    classes="red, green, blue",
-    inference=InferenceConfig(short_side=64, crop=64, stride=32),
-)
-SPEC = LabelerSpec.maskclip(TINY, device="cpu")
-KEEP_ALL = FilterConfig(min_confidence=0.0, min_region_area=0, min_region_confidence=0.0, min_labeled_fraction=0.0)
 FAST = RunOptions(batch_size=3, retries=1, retry_delay_seconds=0.01, thumbnails=2)
 
 
@@ -62,10 +53,7 @@ def images(n: int, seed: int = 0) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n):
-        rgb = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-        rgb[:20, :28] = (230, 20, 20)
-        rgb[20:, 28:] = (20, 20, 230)
-        out[f"img_{seed}_{i:03d}.png"] = png(rgb)
+        out[f"img_{seed}_{i:03d}.png"] = png(block_image(rng))
     return out
 
 
@@ -77,7 +65,7 @@ def write_folder(folder: Path, files: dict[str, bytes]) -> None:
 
 def run(source: str, output: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """Run the flow; return (final state, summary dict) whether it completed or failed."""
-    params: dict[str, Any] = {"labeler": SPEC, "filters": KEEP_ALL, "options": FAST, **kwargs}
+    params: dict[str, Any] = {"labeler": TINY_SPEC, "filters": KEEP_ALL, "options": FAST, **kwargs}
     state = label_dataset(source, output, return_state=True, **params)
     if state.is_completed():
         return state, state.result()
@@ -112,7 +100,7 @@ def expected_label_map(data: bytes, filters: FilterConfig = KEEP_ALL) -> np.ndar
     """What the labels must be: the tiny model on the displayed pixels, then the filter."""
     with Image.open(io.BytesIO(data)) as im:
         rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    [result] = load_labeler(SPEC).label([rgb])
+    [result] = load_labeler(TINY_SPEC).label([rgb])
     return filter_labels(result, filters).labels
 
 
@@ -314,7 +302,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
     write_folder(src, files)
     options = FAST.model_copy(update={"batch_size": 2, "concurrency": 1, "max_in_flight": 1})
     params = {
-        "labeler": SPEC.model_dump(mode="json"),
+        "labeler": TINY_SPEC.model_dump(mode="json"),
         "filters": KEEP_ALL.model_dump(mode="json"),
         "options": options.model_dump(mode="json"),
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +17,23 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from tiny_labeler import KEEP_ALL, TINY_SPEC, H, W, block_image
 
 from flows.label_dataset import RunOptions
 from flows.pseudo_label_and_train import ExportStep, RelabelStep, TrainingStep, pseudo_label_and_train
 from flows.train_student import train_student
 from maskclip_core.evaluation import SegmentationMetrics
-from maskclip_core.filtering import FilterConfig, filter_labels
+from maskclip_core.filtering import filter_labels
 from maskclip_core.ground_truth import GroundTruthSpec, restrict_summary
-from maskclip_core.inference import InferenceConfig
-from maskclip_core.labeler import LabelerConfig
 from maskclip_core.labelings import read_labeling_record
 from maskclip_core.metrics_store import read_metrics
-from maskclip_core.pipeline import LabelerSpec
 from maskclip_core.store import LabelStore
 from maskclip_core.student import StudentLabeler, load_checkpoint, predict, read_latest
 from maskclip_core.training import ScheduleSpec, StudentSpec, TrainOptions
 from maskclip_core.types import IGNORE_INDEX
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
 
-TINY = LabelerConfig(
-    model="maskclip-tiny-ViT",
-    pretrained="none",
-    classes="red, green, blue",
-    inference=InferenceConfig(short_side=64, crop=64, stride=32),
-)
-TEACHER = LabelerSpec.maskclip(TINY, device="cpu")
-KEEP_ALL = FilterConfig(min_confidence=0.0, min_region_area=0, min_region_confidence=0.0, min_labeled_fraction=0.0)
 FAST = RunOptions(batch_size=4, retries=0, thumbnails=0)
 STUDENT = StudentSpec(
     backbone="mobilenet_v3_large", output_stride=16, head_channels=16, temperature=5.0, backbone_weights="none"
@@ -63,15 +52,6 @@ SCHEDULE = ScheduleSpec(
     inference_batch_size=4,
     log_every=0,
 )
-H, W = 40, 56
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -79,10 +59,7 @@ def write_images(folder: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-        rgb[:20, :28] = (230, 20, 20)
-        rgb[20:, 28:] = (20, 20, 230)
-        Image.fromarray(rgb).save(folder / f"img_{i:03d}.png")
+        Image.fromarray(block_image(rng)).save(folder / f"img_{i:03d}.png")
 
 
 def planted_truth() -> np.ndarray:
@@ -126,7 +103,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = pseudo_label_and_train(
         str(src),
         out,
-        TEACHER,
+        TINY_SPEC,
         KEEP_ALL,
         FAST,
         TrainingStep(student=STUDENT, schedule=SCHEDULE, options=TrainOptions(device="cpu")),
@@ -202,15 +179,16 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
     so = s3_server.storage_options
     options = FAST.model_copy(update={"source_storage_options": so, "output_storage_options": so})
     out = f"s3://{bucket}/dataset"
-    result = pseudo_label_and_train(
-        f"s3://{bucket}/photos",
-        out,
-        TEACHER,
-        KEEP_ALL,
-        options,
-        TrainingStep(student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")),
-        RelabelStep(device="cpu"),
-    )
+
+    def run(*export: ExportStep) -> dict[str, Any]:
+        training = TrainingStep(
+            student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")
+        )
+        return pseudo_label_and_train(
+            f"s3://{bucket}/photos", out, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"), *export
+        )
+
+    result = run()
     trained = result["training"]
     assert trained["complete"] and trained["checkpoint"].startswith(f"s3://{bucket}/dataset/checkpoints/")
     assert fs.exists(trained["checkpoint"]) and read_latest(trained["checkpoint_dir"], so)["round"] == 1
@@ -231,16 +209,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
     assert {im["id"] for im in coco["images"]} == student_ids
     assert {a["id"] for a in coco["annotations"]} == set(store.annotations(config_hash=student_hash)["id"].to_pylist())
     # Everything done: a second run skips the labeled images and finds the training finished.
-    again = pseudo_label_and_train(
-        f"s3://{bucket}/photos",
-        out,
-        TEACHER,
-        KEEP_ALL,
-        options,
-        TrainingStep(student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")),
-        RelabelStep(device="cpu"),
-        ExportStep(enabled=False),
-    )
+    again = run(ExportStep(enabled=False))
     assert again["teacher"]["labeled"] == 0 and again["training"]["run"] == trained["run"]
     assert again["training"]["resumed_from_round"] == 1 and again["relabel"]["labeled"] == 0
 
@@ -337,9 +306,8 @@ def test_metrics_of_teacher_and_rounds_in_the_table_and_the_artifact(pipeline: d
     assert rows[2]["checkpoint"] == result["checkpoint"]
 
     # Independent scores: "Red" and "blue" are named by the ground truth (green is not, sky is no class).
-    target = np.full((H, W), IGNORE_INDEX, np.uint8)
-    target[:20, :28] = 0
-    target[20:, 28:] = 2
+    target = planted_truth()
+    target[target == 3] = IGNORE_INDEX
     store = LabelStore(out)
     pseudo = {Path(r["uri"]).name: m for r, m in store.iter_label_maps(config_hash=result["config_hash"])}
     teacher = SegmentationMetrics(3, ("red", "green", "blue"))
@@ -378,13 +346,12 @@ def test_cli_train_prints_the_metrics_table(
 ) -> None:
     import argparse
 
-    from flows import cli, cli_train
+    from flows import cli
 
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "train" not in sub.choices:  # until flows/cli.py registers it itself
-        cli_train.register(sub)
+    assert "train" in sub.choices  # registered by flows/cli.py itself
     truth = write_mask_ground_truth(tmp_path, ["img_000.png", "img_001.png"])
     argv = ["train", "--from", pipeline["out"], "--backbone", "mobilenet_v3_large", "--backbone-weights", "none"]
     argv += ["--output-stride", "16", "--head-channels", "16", "--temperature", "5", "--iterations", "4"]
@@ -401,7 +368,7 @@ def test_cli_train_prints_the_metrics_table(
         ("student", 1),
     ]
     assert "mIoU and per-class IoU" in captured.err and "IoU red" in captured.err and "teacher" in captured.err
-    assert cli_train.main(["train", "--from", str(tmp_path / "nothing"), "--device", "cpu"]) == 2  # a message
+    assert cli.main(["train", "--from", str(tmp_path / "nothing"), "--device", "cpu"]) == 2  # a message
     assert "maskclip: error:" in capsys.readouterr().err
 
 

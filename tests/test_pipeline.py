@@ -11,12 +11,11 @@ import pytest
 from bad_inputs import corpus_bytes
 from PIL import Image
 from pydantic import ValidationError
+from tiny_labeler import KEEP_ALL, TINY
 
 from maskclip_core.annotations import annotations_to_label_map
 from maskclip_core.digests import DigestSet, DigestSetBuilder, sha256_digest, source_digest
 from maskclip_core.filtering import FilterConfig, filter_labels
-from maskclip_core.inference import InferenceConfig
-from maskclip_core.labeler import LabelerConfig
 from maskclip_core.pipeline import (
     LabelerSpec,
     LabelingPlan,
@@ -24,7 +23,7 @@ from maskclip_core.pipeline import (
     StudentUnavailableError,
     label_and_write_batch,
     labeler_categories,
-    labeler_identity,
+    labeler_round,
     labeling_config_hash,
     load_labeler,
     process_batch,
@@ -36,13 +35,6 @@ from maskclip_core.store import LabelStore
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 CLASSES = ("red", "green", "blue")
-KEEP_ALL = FilterConfig(min_confidence=0.0, min_region_area=0, min_region_confidence=0.0, min_labeled_fraction=0.0)
-TINY = LabelerConfig(
-    model="maskclip-tiny-ViT",
-    pretrained="none",
-    classes="red, green, blue",
-    inference=InferenceConfig(short_side=64, crop=64, stride=32),
-)
 
 
 class ColorLabeler:
@@ -291,7 +283,7 @@ def test_config_hash_tracks_what_changes_labels() -> None:
 def test_labeler_is_loaded_once_per_process() -> None:
     spec = LabelerSpec.maskclip(TINY, device="cpu")
     assert load_labeler(spec) is load_labeler(LabelerSpec.model_validate(spec.model_dump()))
-    assert labeler_identity(load_labeler(spec), "maskclip") == ("maskclip", 0)
+    assert labeler_round(load_labeler(spec), "maskclip") == 0
     assert labeler_categories(load_labeler(spec)) == [("red", []), ("green", []), ("blue", [])]
 
 
@@ -308,18 +300,18 @@ def test_student_missing_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
         load_labeler(LabelerSpec.student("file:///nowhere/student.safetensors"))
 
 
-def test_student_source_and_round_come_from_the_labeler() -> None:
+def test_student_round_comes_from_the_labeler_and_rows_carry_source_and_round() -> None:
     class FakeStudent:
         class_names = CLASSES
 
         def config(self) -> dict:
             return {"labeler": "maskclip-student", "round": 2}
 
-    assert labeler_identity(FakeStudent(), "student") == ("student", 2)
+    assert labeler_round(FakeStudent(), "student") == 2
     rows = process_batch(
         [SourceItem("m://a.jpg")],
         ColorLabeler(),
-        plan(labeler_kind="student", source="student", round=2),
+        plan(labeler_kind="student", round=2),
         read={"m://a.jpg": jpeg(solid(16, 16, 0))}.__getitem__,
     )
     assert rows.images_rows[0]["labeler"] == "student" and rows.images_rows[0]["round"] == 2

@@ -15,11 +15,13 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+from coco_sample import SAMPLE
 from label_studio_sdk.converter import brush
 from PIL import Image
 from review_store import Built, H, W, build_store, fails, label_map, run
 
-from flows.cli_review import format_report, main
+from flows.cli import main
+from flows.cli_review import format_report
 from maskclip_core.annotations import encode_annotations, image_id_from_sha256
 from maskclip_core.filtering import FilterConfig, filter_labels
 from maskclip_core.reviewed import read_reviewed, reviewed_label_maps
@@ -269,9 +271,6 @@ def test_report_table_marks_classes_without_pixels():
         "unicorn  -",
         "mIoU 0.500   pixel accuracy 0.750   images 1 of 2 reviewed (1 missing)",
     ]
-
-
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-sample"
 
 
 def test_real_photos_through_cvat_and_back(tmp_path, capsys):

@@ -8,7 +8,6 @@ import json
 import os
 import urllib.error
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import fsspec
@@ -38,13 +37,7 @@ D = 8
 NAMES = ("road", "car", "tree")
 VOCAB = ClassVocabulary(NAMES, (0, 1, 1, 2))  # "car" has two queries (synonyms)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def text() -> torch.Tensor:

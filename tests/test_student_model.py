@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import urllib.error
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,13 +26,7 @@ from maskclip_core.student.preprocess import network_size
 K, D = 4, 16
 NAMES = ("cat", "dog", "grass", "sky")
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def embeddings(k: int = K, seed: int = 0) -> torch.Tensor:

@@ -4,8 +4,6 @@ Also: augmentation, deterministic batches, the schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -36,14 +34,7 @@ from maskclip_core.student import (
 from maskclip_core.student.data import batch_indices
 from maskclip_core.types import IGNORE_INDEX
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # One intra-op thread: with 2 cores shared by other jobs, OpenMP barriers spin and 2 threads run slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

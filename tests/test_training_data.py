@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from coco_sample import SAMPLE
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -36,7 +37,8 @@ from maskclip_core.vocabulary import Vocabulary
 H, W = 24, 32
 CLASSES = ("cat", "dog", "grass")  # the teacher's classes, in its order
 CONFIG = "cfg-teacher"
-COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-sample"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_png(path: Path, seed: int) -> tuple[bytes, np.ndarray]:
@@ -152,14 +154,6 @@ class Dataset:
         b = np.full((H, W), IGNORE_INDEX, np.uint8)
         b[: H // 2] = 1
         return {"b.png": b, "c.png": np.full((H, W), 2, np.uint8)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -286,10 +280,10 @@ def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_pa
 
     given = plan_training(dataset.output, clip=ClipSpec(model="maskclip-tiny-ViT", pretrained="none"), student=student)
     assert given.class_names == ("other", *CLASSES)
+    store = LabelStore(dataset.output)
+    row = store.images(config_hash=CONFIG, statuses=["labeled"]).to_pylist()[0]
+    store.write_batch([{**row, "config_hash": "cfg-2", "labeling_id": "lab-2"}], [], part_name="second")
     with pytest.raises(ValueError, match="choose one with config_hash"):
-        store = LabelStore(dataset.output)
-        row = store.images(config_hash=CONFIG, statuses=["labeled"]).to_pylist()[0]
-        store.write_batch([{**row, "config_hash": "cfg-2", "labeling_id": "lab-2"}], [], part_name="second")
         plan_training(dataset.output, clip=ClipSpec(), student=student)
     assert plan_training(dataset.output, clip=ClipSpec(), student=student, data=DataSpec(config_hash="cfg-2")).run
 
@@ -411,10 +405,10 @@ def test_restricted_miou_counts_only_classes_the_ground_truth_names() -> None:
     assert out["per_class_iou"] == {"cat": 0.8, "dog": None} and out["miou"] == pytest.approx(0.8)
 
 
-@pytest.mark.skipif(not COCO_SAMPLE.exists(), reason="coco-sample not available")
+@pytest.mark.skipif(not SAMPLE.exists(), reason="coco-sample not available")
 def test_coco_sample_annotations_equal_its_masks() -> None:
     """Real human masks two ways: annotations.json and masks-coco/ + categories.tsv give the same targets."""
-    val = COCO_SAMPLE / "val"
+    val = SAMPLE / "val"
     names = sorted(p.name for p in (val / "images").glob("*.jpg"))[:3]
     refs = []
     for i, name in enumerate(names):
@@ -427,7 +421,7 @@ def test_coco_sample_annotations_equal_its_masks() -> None:
     root = str(val / "images")
     coco = load_ground_truth(GroundTruthSpec(url=str(val / "annotations.json")), refs, vocabulary, default_root=root)
     masks = load_ground_truth(
-        GroundTruthSpec(url=str(val / "masks-coco"), class_map=str(COCO_SAMPLE / "categories.tsv")),
+        GroundTruthSpec(url=str(val / "masks-coco"), class_map=str(SAMPLE / "categories.tsv")),
         refs,
         vocabulary,
         default_root=root,

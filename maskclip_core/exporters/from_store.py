@@ -14,23 +14,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
-from fsspec import AbstractFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
 from ..coco import relative_file_name
+from ..parquet_io import open_dataset
 from ..store import ANNOTATIONS_SCHEMA, LabelStore
 from .records import ExportImage, filter_images, lowest_scored, resolve_classes
 
 _ANNOTATION_COLUMNS = ["id", "image_id", "labeling_id", "category_id", "segmentation", "area", "bbox"]
 _ANNOTATION_COLUMNS += ["iscrowd", "score", "source", "round"]
 _ROW_CHUNK = 4096  # images rows turned into Python objects at a time
-
-
-def arrow_filesystem(fs: AbstractFileSystem) -> pafs.FileSystem:
-    """pyarrow's native local filesystem (faster) or the fsspec instance wrapped for pyarrow."""
-    return pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def common_root(uris: Iterable[str]) -> str | None:
@@ -187,12 +179,8 @@ def _annotation_parts(
     store: LabelStore, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
 ) -> Iterator[pa.Table]:
     """Per annotations part file (by path), its rows of ``labeling_ids``, sorted by image and category."""
-    path = f"{store.root}/annotations"
-    store.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
-    try:
-        # Default ignore_prefixes skip "_tmp-..." parts still being written, as the store's readers do.
-        dataset = ds.dataset(path, schema=ANNOTATIONS_SCHEMA, format="parquet", filesystem=arrow_filesystem(store.fs))
-    except FileNotFoundError:
+    dataset = open_dataset(store.fs, f"{store.root}/annotations", ANNOTATIONS_SCHEMA)
+    if dataset is None:
         return
     wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
     if image_ids is not None:  # lets Parquet statistics skip row groups

@@ -1,25 +1,26 @@
 """Export a LabelStore to a review tool's format: one entry point for the CLI and the Prefect flow.
 
-``coco`` goes through ``maskclip_core.coco.export_coco``, the same writer the labeling flow uses; the
-selection (filters, ``lowest``) only decides which image and annotation ids it writes.
+Every format streams the same selection (``select_images``) once; ``coco`` writes it with the entries of
+``maskclip_core.coco``, as the labeling flow's own COCO export does.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..coco import export_coco
+from ..coco import coco_annotation, coco_dict, coco_image, write_coco
 from ..store import STATUSES, LabelStore
 from .cvat import export_cvat_coco, export_cvat_mask
-from .from_store import select_images, source_root
+from .from_store import select_images
 from .label_studio import export_label_studio
 from .records import ExportImage
 
-FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
+Format = Literal["coco", "label-studio", "cvat-coco", "cvat-mask"]
+FORMATS = get_args(Format)
 Status = Literal["labeled", "rejected", "failed"]
 assert set(Status.__args__) == set(STATUSES)  # keep in step with the store's statuses
 
@@ -38,7 +39,7 @@ class ExportParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["coco", "label-studio", "cvat-coco", "cvat-mask"] = Field(
+    format: Format = Field(
         description="coco: instances JSON file; label-studio: folder with tasks.json and config.xml; "
         "cvat-coco: CVAT 'COCO 1.0' zip; cvat-mask: CVAT 'Segmentation mask 1.1' zip."
     )
@@ -98,15 +99,12 @@ class _Tally:
 
     def __init__(self) -> None:
         self.images = 0
-        self.annotation_ids: list[int] = []
         self.per_category: Counter[int] = Counter()
 
     def watch(self, images: Iterable[ExportImage]) -> Iterator[ExportImage]:
         for image in images:
             self.images += 1
-            for ann in image.annotations:
-                self.annotation_ids.append(int(ann["id"]))
-                self.per_category[int(ann["category_id"])] += 1
+            self.per_category.update(int(ann["category_id"]) for ann in image.annotations)
             yield image
 
 
@@ -119,8 +117,7 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
     categories = store.categories()
     if not categories:
         raise ValueError(f"{params.output} holds no categories: nothing was labeled there")
-    options = dict(storage_options or {})
-    root = params.file_name_root if params.file_name_root is not None else source_root(store)
+    options = storage_options
     tally = _Tally()
     images = tally.watch(
         select_images(
@@ -135,20 +132,16 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
             image_ids=params.image_ids,
             lowest=params.lowest,
             categories=categories,
-            file_name_root=root,
+            file_name_root=params.file_name_root,  # default: the folder of every image in the store
         )
     )
     if params.format == "coco":
-        selected = [image.image_id for image in images]  # streams the selection; the tally keeps annotation ids
-        export_coco(
-            store,
-            params.destination,
-            storage_options=options,
-            config_hash=params.config_hash,
-            image_ids=selected,
-            annotation_ids=tally.annotation_ids,
-            file_name_root=root,
-        )
+        entries: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        for image in images:
+            entries.append(coco_image(image.image_id, image.uri, image.file_name, image.width, image.height))
+            annotations.extend(coco_annotation(ann) for ann in image.annotations)
+        write_coco(coco_dict(entries, annotations, categories), params.destination, options)
         files = [params.destination]
     elif params.format == "label-studio":
         written = export_label_studio(
@@ -185,7 +178,7 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
         "destination": params.destination,
         "files": files,
         "images": tally.images,
-        "annotations": len(tally.annotation_ids),
+        "annotations": sum(tally.per_category.values()),
         "annotations_per_class": {names[cid]: n for cid, n in sorted(tally.per_category.items())},
         "filters": params.filters(),
     }

@@ -65,6 +65,11 @@ class StudentCheckpoint:
         return model.to(device) if device is not None else model
 
 
+def weights_url(directory: str, round_index: int) -> str:
+    """Where :func:`save_weights` writes a round's weights."""
+    return join_url(directory, f"{round_name(round_index)}.safetensors")
+
+
 def save_weights(
     directory: str, model: StudentNet, round_index: int, iteration: int, storage_options: dict | None = None
 ) -> str:
@@ -76,7 +81,7 @@ def save_weights(
         "round": str(round_index),
         "iteration": str(iteration),
     }
-    url = join_url(directory, f"{round_name(round_index)}.safetensors")
+    url = weights_url(directory, round_index)
     atomic_write_bytes(url, safetensors.torch.save(_cpu(model.state_dict()), metadata), storage_options)
     return url
 

@@ -58,6 +58,15 @@ class LabeledPool(Sequence[Sample]):
         return Sample(self.images[index], self.labels[index])
 
 
+def compress_labels(label_map: np.ndarray) -> bytes:
+    """A uint8 label map, zlib-compressed (label maps shrink 20-100x)."""
+    return zlib.compress(np.ascontiguousarray(label_map, dtype=np.uint8).tobytes(), 1)
+
+
+def decompress_labels(data: bytes, height: int, width: int) -> np.ndarray:
+    return np.frombuffer(bytearray(zlib.decompress(data)), dtype=np.uint8).reshape(height, width)
+
+
 class CompressedLabels(Sequence[np.ndarray]):
     """uint8 label maps held zlib-compressed (label maps shrink 20-100x), decompressed on access: the
     relabelled pool of a large dataset stays small in memory."""
@@ -66,15 +75,14 @@ class CompressedLabels(Sequence[np.ndarray]):
         self._maps: list[tuple[bytes, tuple[int, int]]] = []
 
     def append(self, labels: np.ndarray) -> None:
-        data = zlib.compress(np.ascontiguousarray(labels, dtype=np.uint8).tobytes(), 1)
-        self._maps.append((data, (int(labels.shape[0]), int(labels.shape[1]))))
+        self._maps.append((compress_labels(labels), (int(labels.shape[0]), int(labels.shape[1]))))
 
     def __len__(self) -> int:
         return len(self._maps)
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        data, shape = self._maps[index]
-        return np.frombuffer(bytearray(zlib.decompress(data)), dtype=np.uint8).reshape(shape)
+        data, (height, width) = self._maps[index]
+        return decompress_labels(data, height, width)
 
 
 class ConcatSource(Sequence[Sample]):

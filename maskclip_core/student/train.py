@@ -100,9 +100,10 @@ def poly_lr(config: TrainConfig, iteration: int) -> float:
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0  # an all-ignore batch: no signal, but keep the step (and schedule) aligned
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over labeled pixels. An all-ignore batch gives 0 (no signal, but the step and the
+    schedule stay aligned), without asking the device whether any pixel is labeled: no sync per step."""
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
 
 
 class _Images(Sequence[np.ndarray]):
