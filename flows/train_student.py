@@ -69,7 +69,7 @@ def train_student(
         evaluate_teacher_task(plan, ground_truth, run_id)
     train = train_student_task.with_options(retries=options.retries, retry_delay_seconds=5)
     outcome = train(plan, ground_truth, run_id)
-    publish_metrics(plan, outcome, outcome.metrics)
+    publish_metrics(plan, outcome)
     return {
         "run": plan.run,
         "output": plan.output,

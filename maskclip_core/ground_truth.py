@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -314,8 +314,3 @@ def read_class_map(url: str, storage_options: Mapping[str, Any] | None = None) -
     if not out or min(out) < 0:
         raise ValueError(f"class map {url} maps no non-negative mask value to a class")
     return out
-
-
-def iter_targets(truth: GroundTruth) -> Iterator[tuple[Any, np.ndarray]]:
-    for i, ref in enumerate(truth.refs):
-        yield ref, truth.target(i)

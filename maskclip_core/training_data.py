@@ -20,7 +20,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import numpy as np
@@ -170,10 +170,6 @@ class StoreSamples(Sequence[Sample]):
         item = self.items[index]
         return Sample(self.reader.read(item.ref), item.label_map())
 
-    @property
-    def images(self) -> LazyImages:
-        return LazyImages([item.ref for item in self.items], self.reader)
-
 
 def category_index(
     categories: Sequence[Mapping[str, Any]], class_names: Sequence[str]
@@ -224,61 +220,35 @@ def load_training_set(
     (``pool_rejected``). Reads the annotations once, holding compressed label maps only.
     """
     store = LabelStore(output_url, storage_options)
-    categories = store.categories()
-    id_to_index, lut = category_index(categories, class_names)
+    selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
+    id_to_index, lut = category_index(store.categories(), class_names)
     reader = reader or ImageReader(image_storage_options, cache_bytes)
 
-    pseudo: dict[int, LabeledRef] = {}
+    wanted = {item.ref.image_id: item.origin for item in selection.items}
+    labels: dict[int, bytes] = {}
     for row, label_map in store.iter_label_maps(config_hash=config_hash, category_to_index=id_to_index):
-        if row["sha256"] is None:
-            continue
-        pseudo[int(row["image_id"])] = LabeledRef(
-            ImageRef.from_row(row), compress_labels(label_map), "pseudo", row["labeling_id"]
-        )
-    if not pseudo:
-        raise ValueError(f"{output_url} holds no labeled images under config {config_hash}")
-
-    # Images of the config that decoded (labeled, or rejected by the filter), by id.
-    config_rows = store.images(config_hash=config_hash, statuses=["labeled", "rejected"]).to_pylist()
-    decoded = {int(r["image_id"]): r for r in config_rows if _decoded(r)}
-    reviewed: dict[int, LabeledRef] = {}
-    if use_reviewed:
+        if wanted.get(int(row["image_id"])) == "pseudo":
+            labels[int(row["image_id"])] = compress_labels(label_map)
+    if "reviewed" in wanted.values():
         for row, positions in reviewed_label_maps(output_url, storage_options):
-            image_id = int(row["image_id"])
-            if image_id not in decoded:
-                continue  # an image of another labeling of this output
-            ref = ImageRef.from_row(decoded[image_id])  # the config's own row: same content, same size
-            reviewed[image_id] = LabeledRef(
-                ref, compress_labels(lut[positions]), "reviewed", import_id=row["review"]["import_id"]
-            )
-
-    pool_refs = [item.ref for image_id, item in pseudo.items() if image_id not in reviewed]
-    rejected = 0
-    if pool_rejected:
-        for image_id, row in decoded.items():
-            if row["status"] == "rejected" and image_id not in reviewed:
-                pool_refs.append(ImageRef.from_row(row))
-                rejected += 1
-
-    merged = {**pseudo, **reviewed}
-    items = sorted(merged.values(), key=lambda item: (item.ref.uri, item.ref.image_id))
-    clean = sorted(reviewed.values(), key=lambda item: (item.ref.uri, item.ref.image_id))
-    pool_refs.sort(key=lambda ref: (ref.uri, ref.image_id))
-    fingerprint = _fingerprint(config_hash, class_names, items, pool_refs)
+            if wanted.get(int(row["image_id"])) == "reviewed":
+                labels[int(row["image_id"])] = compress_labels(lut[positions])
+    items = [replace(item, labels=labels[item.ref.image_id]) for item in selection.items]
+    clean = [item for item in items if item.origin == "reviewed"]
     return TrainingSet(
         config_hash=config_hash,
         class_names=tuple(class_names),
         samples=StoreSamples(items, reader),
-        pool=LazyImages(pool_refs, reader),
+        pool=LazyImages(selection.pool, reader),
         clean=StoreSamples(clean, reader),
         reader=reader,
-        fingerprint=fingerprint,
+        fingerprint=_fingerprint(config_hash, class_names, selection.items, selection.pool),
         counts={
             "samples": len(items),
-            "pseudo_labeled": len(pseudo),
-            "reviewed": len(reviewed),
-            "pool": len(pool_refs),
-            "pool_rejected": rejected,
+            "pseudo_labeled": selection.labeled,
+            "reviewed": len(clean),
+            "pool": len(selection.pool),
+            "pool_rejected": selection.pool_rejected,
         },
     )
 
@@ -294,13 +264,36 @@ def training_fingerprint(
 ) -> str:
     """:attr:`TrainingSet.fingerprint` without painting a label map or reading an image (two table scans)."""
     store = LabelStore(output_url, storage_options)
+    selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
+    return _fingerprint(config_hash, class_names, selection.items, selection.pool)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which images a training set holds and where their labels come from (nothing painted yet)."""
+
+    items: list[LabeledRef]  # by (uri, image id); ``labels`` empty
+    pool: list[ImageRef]  # by (uri, image id)
+    labeled: int  # images the config labeled
+    pool_rejected: int  # rejected images added to the pool
+
+
+def _select(
+    store: LabelStore,
+    output_url: str,
+    config_hash: str,
+    storage_options: Mapping[str, Any] | None,
+    use_reviewed: bool,
+    pool_rejected: bool,
+) -> _Selection:
+    """The one selection both :func:`load_training_set` and :func:`training_fingerprint` use."""
     rows = store.images(config_hash=config_hash, statuses=["labeled", "rejected"]).to_pylist()
-    decoded = {int(r["image_id"]): r for r in rows if _decoded(r)}
+    decoded = {int(r["image_id"]): r for r in rows if _decoded(r)}  # labeled, or rejected by the filter
     labeled = [i for i, r in decoded.items() if r["status"] == "labeled"]
     if not labeled:
         raise ValueError(f"{output_url} holds no labeled images under config {config_hash}")
     imports: dict[int, str] = {}
-    if use_reviewed:
+    if use_reviewed:  # a reviewed image of another labeling of this output is not ours
         table = read_reviewed(output_url, storage_options).select(["image_id", "import_id"]).to_pylist()
         imports = {int(r["image_id"]): r["import_id"] for r in table if int(r["image_id"]) in decoded}
     items = []
@@ -317,7 +310,8 @@ def training_fingerprint(
         if i not in imports and (r["status"] == "labeled" or pool_rejected)
     ]
     pool.sort(key=lambda ref: (ref.uri, ref.image_id))
-    return _fingerprint(config_hash, class_names, items, pool)
+    rejected = sum(decoded[ref.image_id]["status"] == "rejected" for ref in pool)
+    return _Selection(items, pool, len(labeled), rejected)
 
 
 def _decoded(row: Mapping[str, Any]) -> bool:

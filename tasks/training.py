@@ -110,11 +110,12 @@ def train_student_task(
     return outcome
 
 
-def publish_metrics(plan: TrainingPlan, outcome: TrainingOutcome | None, rows: list[dict[str, Any]]) -> None:
-    """A table artifact of the metrics (one row per model and round) and a markdown report of the run."""
+def publish_metrics(plan: TrainingPlan, outcome: TrainingOutcome) -> None:
+    """A table artifact of the run's metrics (one row per model and round) and a markdown report of the run."""
     logger = get_run_logger()
-    status = "no checkpoint" if outcome is None or outcome.round is None else f"round {outcome.round} of {plan.rounds}"
-    if outcome is not None and outcome.stopped:
+    rows = outcome.metrics
+    status = "no checkpoint" if outcome.round is None else f"round {outcome.round} of {plan.rounds}"
+    if outcome.stopped:
         status += " (stopped; run again to continue)"
     lines = [
         f"# Student training run `{plan.run}`: {status}",
@@ -128,7 +129,7 @@ def publish_metrics(plan: TrainingPlan, outcome: TrainingOutcome | None, rows: l
         f"{plan.rounds} self-training rounds",
         f"- checkpoints: `{plan.checkpoint_url}`",
     ]
-    if outcome is not None and outcome.checkpoint:
+    if outcome.checkpoint:
         lines.append(f"- newest weights: `{outcome.checkpoint}`")
     if rows:
         lines += ["", "| model | round | iteration | mIoU | pixel accuracy |", "| --- | ---: | ---: | ---: | ---: |"]
