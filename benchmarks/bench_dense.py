@@ -25,12 +25,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maskclip_core.clip_loader import load_clip  # noqa: E402
-from maskclip_core.dense import image_embedding  # noqa: E402
-from maskclip_core.images import decode_image  # noqa: E402
-from maskclip_core.inference import InferenceConfig  # noqa: E402
-from maskclip_core.labeler import MaskCLIPLabeler  # noqa: E402
-from maskclip_core.vocabulary import Vocabulary  # noqa: E402
+from maskclip_core.labeling.decode import decode_image  # noqa: E402
+from maskclip_core.teacher.clip_loader import load_clip  # noqa: E402
+from maskclip_core.teacher.dense import image_embedding  # noqa: E402
+from maskclip_core.teacher.labeler import MaskCLIPLabeler  # noqa: E402
+from maskclip_core.teacher.vocabulary import Vocabulary  # noqa: E402
+from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
 VOC = (

@@ -27,7 +27,7 @@ peak RSS (``VmHWM``) is its own; the peak is reset after loading the indexes (``
 ``peak_rss_check_mb`` is the peak of (b) + (c) alone. ``growth`` compares each backend's largest and smallest
 configuration: time ratio / size ratio is ~1 when the cost is linear. ``listing_alone`` lists the source once
 more in a process that loads nothing else: its ``peak_growth_mb`` is what the listing itself holds. The child
-processes import ``maskclip_core.store`` / ``storage`` / ``digests`` only (no torch): the flow process adds the
+processes import ``maskclip_core.dataset.store`` / ``storage`` / ``digests`` only (no torch): the flow process adds the
 model (and torch, ~0.7-1 GB here) to these figures, independently of the source size.
 
 ``--part-rows 16`` writes the index as the flow does (one images part per batch of 16): the index load then
@@ -184,7 +184,7 @@ def synthetic_rows(stream: str, start: int, rows: int) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    from maskclip_core.store import IMAGES_SCHEMA
+    from maskclip_core.dataset.store import IMAGES_SCHEMA
 
     rng = np.random.default_rng([SEED, 1 if stream == "filler" else 2, start])
     sha = rng.integers(0, 256, size=(rows, 32), dtype=np.uint8)
@@ -242,9 +242,9 @@ def source_rows(source_url: str, storage_options: dict, args: argparse.Namespace
     another uri), and the expected counts of the check."""
     import pyarrow as pa
 
-    from maskclip_core.annotations import image_id_from_sha256
-    from maskclip_core.storage import iter_source_files
-    from maskclip_core.store import IMAGES_SCHEMA
+    from maskclip_core.dataset.fs import iter_source_files
+    from maskclip_core.dataset.store import IMAGES_SCHEMA
+    from maskclip_core.labeling.annotations import image_id_from_sha256
 
     rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
     expected = {"listed": 0, "skipped_by_listing": 0, "skipped_by_sha": 0, "new": 0}
@@ -378,9 +378,9 @@ def prepare_s3(
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from maskclip_core.digests import sha256_digest, source_digest
-    from maskclip_core.storage import iter_source_files, read_bytes, sha256_hex
-    from maskclip_core.store import LabelStore
+    from maskclip_core.dataset.digests import sha256_digest, source_digest
+    from maskclip_core.dataset.fs import iter_source_files, read_bytes, sha256_hex
+    from maskclip_core.dataset.store import LabelStore
 
     clock = time.perf_counter
     opts = spec["storage_options"]
@@ -493,7 +493,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def listing_child(spec: dict[str, Any]) -> dict[str, Any]:
     """The listing alone, in a process that holds nothing else: its own peak and what it keeps afterwards."""
-    from maskclip_core.storage import iter_source_files
+    from maskclip_core.dataset.fs import iter_source_files
 
     rss0 = rss_mb()
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maskclip_core.images import decode_image  # noqa: E402
+from maskclip_core.labeling.decode import decode_image  # noqa: E402
 from maskclip_core.student import (  # noqa: E402
     AugmentConfig,
     ClassVocabulary,
@@ -93,12 +93,12 @@ def _throughput(label, images: list[np.ndarray], batch: int, passes: int) -> dic
 
 
 def _teacher(device: str):
-    from maskclip_core.clip_loader import load_clip
-    from maskclip_core.inference import InferenceConfig
-    from maskclip_core.labeler import MaskCLIPLabeler
-    from maskclip_core.prompts import SINGLE_TEMPLATE
-    from maskclip_core.text_classifier import TextClassifierCache
-    from maskclip_core.vocabulary import Vocabulary
+    from maskclip_core.teacher.clip_loader import load_clip
+    from maskclip_core.teacher.labeler import MaskCLIPLabeler
+    from maskclip_core.teacher.prompts import SINGLE_TEMPLATE
+    from maskclip_core.teacher.text_classifier import TextClassifierCache
+    from maskclip_core.teacher.vocabulary import Vocabulary
+    from maskclip_core.teacher.window_predictor import InferenceConfig
 
     bundle = load_clip("ViT-B-16", "none", device=device)
     # One template: the text classifier is built once before timing, so this only shortens the run.

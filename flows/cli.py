@@ -47,8 +47,8 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_required: bool = Tr
 
 
 def labeler_config_from_args(args: argparse.Namespace):
-    from maskclip_core.inference import InferenceConfig
-    from maskclip_core.labeler import LabelerConfig
+    from maskclip_core.teacher.labeler import LabelerConfig
+    from maskclip_core.teacher.window_predictor import InferenceConfig
 
     return LabelerConfig(
         model=args.model,
@@ -72,14 +72,14 @@ def labeler_config_from_args(args: argparse.Namespace):
 
 
 def _warn_if_random(pretrained: str) -> None:
-    from maskclip_core.clip_loader import is_random
+    from maskclip_core.teacher.clip_loader import is_random
 
     if is_random(pretrained):
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from maskclip_core.segment_files import segment_files
+    from maskclip_core.labeling.segment_files import segment_files
 
     _warn_if_random(args.pretrained)
     summary = segment_files(
@@ -129,8 +129,8 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
 def label_parameters(args: argparse.Namespace) -> dict:
     """The label-dataset flow's parameters from ``maskclip label`` arguments."""
     from flows.label_dataset import RunOptions
-    from maskclip_core.filtering import FilterConfig
-    from maskclip_core.pipeline import LabelerSpec
+    from maskclip_core.labeling.batch import LabelerSpec
+    from maskclip_core.labeling.filter import FilterConfig
 
     if args.labeler == "maskclip":
         if not args.classes:
@@ -295,9 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
-        from maskclip_core.clip_loader import WeightsUnavailableError
-        from maskclip_core.pipeline import StudentUnavailableError
+        from maskclip_core.labeling.batch import StudentUnavailableError
         from maskclip_core.student import BackboneWeightsUnavailable
+        from maskclip_core.teacher.clip_loader import WeightsUnavailableError
 
         user_errors = WeightsUnavailableError | BackboneWeightsUnavailable | StudentUnavailableError
         if isinstance(exc, user_errors | ValueError | FileNotFoundError):

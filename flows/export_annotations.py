@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from maskclip_core.exporters.store_export import ExportParameters, export_store
+from maskclip_core.interchange.export import ExportParameters, export_store
 
 ARTIFACT_KEY = "export-summary"
 

@@ -1,6 +1,6 @@
 """The ``label-dataset`` flow: label every new image under a source URL into the Parquet dataset at an output URL.
 
-Orchestration only; the work is in ``maskclip_core.pipeline`` (one batch) and ``tasks.labeling`` (its Prefect
+Orchestration only; the work is in ``maskclip_core.labeling.batch`` (one batch) and ``tasks.labeling`` (its Prefect
 wrapper). One run:
 
 1. loads the labeler once here to learn its ``config()`` (weights identity included) and classes, and hashes
@@ -33,11 +33,10 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from maskclip_core.digests import source_digest
-from maskclip_core.filtering import FilterConfig
-from maskclip_core.images import DEFAULT_MAX_PIXELS
-from maskclip_core.labelings import labeling_record
-from maskclip_core.pipeline import (
+from maskclip_core.dataset.digests import source_digest
+from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_source_files
+from maskclip_core.dataset.labelings import labeling_record
+from maskclip_core.labeling.batch import (
     LabelerSpec,
     LabelingPlan,
     SourceItem,
@@ -46,8 +45,9 @@ from maskclip_core.pipeline import (
     labeling_config_hash,
     load_labeler,
 )
-from maskclip_core.report import RunSummary
-from maskclip_core.storage import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_source_files
+from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
+from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.report import RunSummary
 from tasks.labeling import (
     BatchSetup,
     ProgressArtifact,

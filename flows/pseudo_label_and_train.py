@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.export_annotations import export_annotations
 from flows.label_dataset import RunOptions, label_dataset
 from flows.train_student import train_student
-from maskclip_core.exporters.store_export import ExportParameters
-from maskclip_core.filtering import FilterConfig
-from maskclip_core.ground_truth import GroundTruthSpec
-from maskclip_core.pipeline import LabelerSpec
-from maskclip_core.storage import join_url
-from maskclip_core.training import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.dataset.fs import join_url
+from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+from maskclip_core.interchange.export import ExportParameters
+from maskclip_core.labeling.batch import LabelerSpec
+from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
 
 class TrainingStep(BaseModel):

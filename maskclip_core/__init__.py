@@ -9,22 +9,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "dense_features": "dense",
-    "image_embedding": "dense",
-    "load_clip": "clip_loader",
-    "ClipBundle": "clip_loader",
-    "WeightsUnavailableError": "clip_loader",
-    "Vocabulary": "vocabulary",
-    "TextClassifier": "text_classifier",
-    "build_text_classifier": "text_classifier",
-    "InferenceConfig": "inference",
-    "DensePredictor": "inference",
-    "LabelerConfig": "labeler",
-    "MaskCLIPLabeler": "labeler",
+    "dense_features": "teacher.dense",
+    "image_embedding": "teacher.dense",
+    "load_clip": "teacher.clip_loader",
+    "ClipBundle": "teacher.clip_loader",
+    "WeightsUnavailableError": "teacher.clip_loader",
+    "Vocabulary": "teacher.vocabulary",
+    "TextClassifier": "teacher.text_classifier",
+    "build_text_classifier": "teacher.text_classifier",
+    "InferenceConfig": "teacher.window_predictor",
+    "DensePredictor": "teacher.window_predictor",
+    "LabelerConfig": "teacher.labeler",
+    "MaskCLIPLabeler": "teacher.labeler",
     "SegmentationResult": "types",
     "IGNORE_INDEX": "types",
-    "key_smoothing": "refine",
-    "prompt_denoising_keep": "refine",
+    "key_smoothing": "teacher.refine",
+    "prompt_denoising_keep": "teacher.refine",
 }
 
 __all__ = [
@@ -47,14 +47,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .clip_loader import ClipBundle, WeightsUnavailableError, load_clip
-    from .dense import dense_features, image_embedding
-    from .inference import DensePredictor, InferenceConfig
-    from .labeler import LabelerConfig, MaskCLIPLabeler
-    from .refine import key_smoothing, prompt_denoising_keep
-    from .text_classifier import TextClassifier, build_text_classifier
-    from .types import IGNORE_INDEX, SegmentationResult
-    from .vocabulary import Vocabulary
+    from maskclip_core.teacher.clip_loader import ClipBundle, WeightsUnavailableError, load_clip
+    from maskclip_core.teacher.dense import dense_features, image_embedding
+    from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
+    from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep
+    from maskclip_core.teacher.text_classifier import TextClassifier, build_text_classifier
+    from maskclip_core.teacher.vocabulary import Vocabulary
+    from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
+    from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 
 def __getattr__(name: str) -> Any:

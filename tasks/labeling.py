@@ -1,4 +1,4 @@
-"""Prefect tasks around ``maskclip_core.pipeline``: retries with exponential backoff, logging, artifacts.
+"""Prefect tasks around ``maskclip_core.labeling.batch``: retries with exponential backoff, logging, artifacts.
 
 Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none persists its result.
 
@@ -29,9 +29,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import Task, exponential_backoff
 
-from maskclip_core import labelings
-from maskclip_core.digests import DigestSet
-from maskclip_core.pipeline import (
+from maskclip_core.dataset import labelings
+from maskclip_core.dataset.digests import DigestSet
+from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.store import LabelStore
+from maskclip_core.labeling.batch import (
     BatchOutcome,
     LabelerSpec,
     LabelingPlan,
@@ -40,9 +42,7 @@ from maskclip_core.pipeline import (
     label_and_write_batch,
     load_labeler,
 )
-from maskclip_core.report import RunSummary
-from maskclip_core.storage import atomic_write_bytes, join_url
-from maskclip_core.store import LabelStore
+from maskclip_core.labeling.report import RunSummary
 
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 2.0  # first retry; then 4, 8, ... (exponential backoff)

@@ -1,4 +1,4 @@
-"""Prefect tasks around ``maskclip_core.training``: plan, score the teacher, train; artifacts of the metrics.
+"""Prefect tasks around ``maskclip_core.training.rounds``: plan, score the teacher, train; artifacts of the metrics.
 
 Caching policy as in ``tasks.labeling``: nothing is cached (``NO_CACHE``) or persisted. The tasks exchange a
 small :class:`TrainingPlan` and :class:`TrainingOutcome` (URLs, names, metrics rows), never a model or a tensor:
@@ -15,10 +15,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from maskclip_core.filtering import FilterConfig
-from maskclip_core.ground_truth import GroundTruthSpec
-from maskclip_core.metrics_store import table_rows
-from maskclip_core.training import (
+from maskclip_core.dataset.metrics import table_rows
+from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.training.rounds import (
     ClipSpec,
     DataSpec,
     ScheduleSpec,

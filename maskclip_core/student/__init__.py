@@ -1,15 +1,15 @@
 """MaskCLIP+ student: a DeepLab network classifying pixels against frozen CLIP text embeddings,
 trained on teacher pseudo-labels and then by self-training."""
 
-from .augment import AugmentConfig, augment
-from .backbones import BACKBONES, BackboneWeightsUnavailable, build_backbone
-from .checkpoint import StudentCheckpoint, load_checkpoint, read_latest, save_weights
-from .classifier import ClassVocabulary, TextClassifier
-from .data import ConcatSource, LabeledPool, Sample, SampleSource, make_batch
-from .inference import predict
-from .labeler import StudentLabeler
-from .model import StudentConfig, StudentNet, build_student
-from .train import (
+from maskclip_core.student.augment import AugmentConfig, augment
+from maskclip_core.student.backbones import BACKBONES, BackboneWeightsUnavailable, build_backbone
+from maskclip_core.student.checkpoint import StudentCheckpoint, load_checkpoint, read_latest, save_weights
+from maskclip_core.student.classifier import ClassVocabulary, TextClassifier
+from maskclip_core.student.data import ConcatSource, LabeledPool, Sample, SampleSource, make_batch
+from maskclip_core.student.inference import predict
+from maskclip_core.student.labeler import StudentLabeler
+from maskclip_core.student.model import StudentConfig, StudentNet, build_student
+from maskclip_core.student.train import (
     RoundEnd,
     TrainConfig,
     TrainResult,

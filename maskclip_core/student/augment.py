@@ -10,8 +10,15 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from ..types import IGNORE_INDEX
-from .preprocess import MEAN_PIXEL, image_to_tensor, normalize, resize_image, resize_labels, short_side_size
+from maskclip_core.student.preprocess import (
+    MEAN_PIXEL,
+    image_to_tensor,
+    normalize,
+    resize_image,
+    resize_labels,
+    short_side_size,
+)
+from maskclip_core.types import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from ..storage import atomic_write_bytes, join_url, read_bytes, resolve
-from .classifier import ClassVocabulary
-from .model import StudentConfig, StudentNet, build_student
+from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, resolve
+from maskclip_core.student.classifier import ClassVocabulary
+from maskclip_core.student.model import StudentConfig, StudentNet, build_student
 
 FORMAT = "maskclip-student/1"
 LATEST = "latest.json"

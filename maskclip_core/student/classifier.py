@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..types import MAX_CLASSES
+from maskclip_core.types import MAX_CLASSES
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..types import IGNORE_INDEX
-from .augment import AugmentConfig, augment
+from maskclip_core.student.augment import AugmentConfig, augment
+from maskclip_core.types import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..types import SegmentationResult
-from .model import StudentNet
-from .preprocess import image_to_tensor, network_size, normalize, resize_image
+from maskclip_core.student.model import StudentNet
+from maskclip_core.student.preprocess import image_to_tensor, network_size, normalize, resize_image
+from maskclip_core.types import SegmentationResult
 
 
 def _batches(sizes: list[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:

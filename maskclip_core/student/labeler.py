@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..types import SegmentationResult
-from .checkpoint import StudentCheckpoint, load_checkpoint
-from .classifier import ClassVocabulary
-from .inference import predict
-from .model import StudentNet
+from maskclip_core.student.checkpoint import StudentCheckpoint, load_checkpoint
+from maskclip_core.student.classifier import ClassVocabulary
+from maskclip_core.student.inference import predict
+from maskclip_core.student.model import StudentNet
+from maskclip_core.types import SegmentationResult
 
 
 def _default_device() -> torch.device:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .backbones import build_backbone
-from .classifier import ClassVocabulary, TextClassifier
+from maskclip_core.student.backbones import build_backbone
+from maskclip_core.student.classifier import ClassVocabulary, TextClassifier
 
 HEADS = ("deeplabv3", "deeplabv2")
 

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import SegmentationMetrics
-from ..types import IGNORE_INDEX, SegmentationResult
-from . import checkpoint as ckpt
-from .augment import AugmentConfig
-from .classifier import ClassVocabulary
-from .data import CompressedLabels, ConcatSource, LabeledPool, SampleSource, as_sample, make_batch
-from .inference import predict
-from .model import StudentConfig, StudentNet, build_student
+from maskclip_core.evaluation.metrics import SegmentationMetrics
+from maskclip_core.student import checkpoint as ckpt
+from maskclip_core.student.augment import AugmentConfig
+from maskclip_core.student.classifier import ClassVocabulary
+from maskclip_core.student.data import CompressedLabels, ConcatSource, LabeledPool, SampleSource, as_sample, make_batch
+from maskclip_core.student.inference import predict
+from maskclip_core.student.model import StudentConfig, StudentNet, build_student
+from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 log = logging.getLogger(__name__)
 

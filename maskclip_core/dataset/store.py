@@ -1,0 +1,555 @@
+"""The Parquet dataset at an output URL: schemas, the part-file writer and the readers.
+
+Layout (see docs/ARCHITECTURE.md)::
+
+    OUTPUT/images/part-*.parquet        one row per labeled / rejected / failed image, per labeling
+    OUTPUT/annotations/part-*.parquet   one row per (image, class) region
+    OUTPUT/categories/part-*.parquet    id, name, synonyms
+
+Files are only ever added (never edited), each written whole. A batch writes its annotations part before
+its images part, so the images row is the commit record: readers only show annotations whose
+``labeling_id`` belongs to a *current* images row (the newest row of an image under a config). Orphans of a
+crash between the two writes and superseded labelings are thereby invisible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
+from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
+from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
+from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
+
+STATUSES = ("labeled", "rejected", "failed")
+LABELERS = ("maskclip", "student")
+# Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
+DONE_STATUSES = ("labeled", "rejected")
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64()),  # null only for failed rows whose bytes could not be read
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),  # null only for failed rows whose bytes could not be read
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # labeled | rejected | failed
+        pa.field("reason", pa.string()),  # rejection / failure reason code and detail
+        pa.field("notes", pa.string()),  # e.g. decode conversions ("CMYK converted to RGB")
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("labeling_id", pa.string(), nullable=False),
+        pa.field("labeler", pa.string(), nullable=False),  # maskclip | student
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("flow_run_id", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("source_version", pa.string()),  # SourceFile.version when labeled, for change detection
+    ]
+)
+
+SEGMENTATION_TYPE = pa.struct([pa.field("counts", pa.string()), pa.field("size", pa.list_(pa.int32()))])
+
+ANNOTATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("labeling_id", pa.string(), nullable=False),
+        pa.field("category_id", pa.int32(), nullable=False),
+        pa.field("segmentation", SEGMENTATION_TYPE, nullable=False),
+        pa.field("area", pa.int64(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float64()), nullable=False),
+        pa.field("iscrowd", pa.int8(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("source", pa.string()),
+        pa.field("round", pa.int32()),
+    ]
+)
+
+CATEGORIES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("synonyms", pa.list_(pa.string())),
+    ]
+)
+
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
+# Small batches keep known_sha256's memory flat however large the dataset.
+_SCAN_BATCH_ROWS = 64 * 1024
+# The known-image index reads small part files (the flow's one per batch: KBs) this many at once, within this
+# many bytes in flight; larger (compacted) parts are streamed in record batches, one part at a time.
+_SCAN_THREADS = 4
+_SCAN_WINDOW_BYTES = 32 * 1024 * 1024
+_SCAN_SMALL_PART_BYTES = 1024 * 1024
+
+
+def utc_now() -> dt.datetime:
+    """``created_at`` for a new row."""
+    return dt.datetime.now(dt.UTC)
+
+
+class LabelStore:
+    """Reads and appends the Parquet dataset at ``url`` (a local path or an fsspec URL such as s3://...)."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = resolve(url, self.storage_options)
+        self.root = self.root.rstrip("/") or self.root
+        self._arrow_fs = arrow_filesystem(self.fs)
+
+    def __repr__(self) -> str:
+        return f"LabelStore({self.url!r})"
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def ensure_categories(self, classes: Sequence[tuple[str, Sequence[str]] | str]) -> dict[str, int]:
+        """Category ids of ``classes`` (name, synonyms), registering new names.
+
+        Existing names keep their id; new names get ``max + 1`` onwards in the order given. A part file is
+        written only when something is new. Call it from one process (the parent flow) before fanning out:
+        two writers registering different new names at once could hand out the same id.
+        """
+        items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
+        ids = {c["name"]: c["id"] for c in self.categories()}
+        next_id = max(ids.values(), default=0) + 1
+        new_rows = []
+        for name, synonyms in items:
+            if name not in ids:
+                ids[name] = next_id
+                new_rows.append({"id": next_id, "name": name, "synonyms": list(synonyms)})
+                next_id += 1
+        if new_rows:
+            # Named after the content: a repeated identical registration rewrites the same file.
+            digest = hashlib.sha256(json.dumps(new_rows, sort_keys=True).encode()).hexdigest()[:16]
+            table = pa.Table.from_pylist(new_rows, schema=CATEGORIES_SCHEMA)
+            atomic_write_bytes(self._part_url("categories", digest), parquet_bytes(table), self.storage_options)
+        return {name: ids[name] for name, _ in items}
+
+    def write_batch(
+        self,
+        images_rows: Sequence[Mapping[str, Any]],
+        annotation_rows: Sequence[Mapping[str, Any]],
+        *,
+        part_name: str,
+    ) -> dict[str, str | None]:
+        """Append a batch: ``annotations/part-<part_name>.parquet``, then ``images/part-<part_name>.parquet``.
+
+        The images part goes last because it commits the annotations (see module doc). Rows are validated
+        first; ``created_at`` defaults to now. Writing the same batch again under the same part name
+        replaces the file with the same content, so task retries are harmless. Returns the URLs written.
+        """
+        if not _PART_NAME.fullmatch(part_name):
+            raise ValueError(f"part name {part_name!r}: use letters, digits, '.', '_', '=', '-' (no '/')")
+        if not images_rows:
+            if annotation_rows:
+                raise ValueError("annotations without images rows would never become visible")
+            return {"annotations": None, "images": None}
+        images = [_image_row(r) for r in images_rows]
+        annotations = [_annotation_row(r) for r in annotation_rows]
+        _check_annotations_committed_by(annotations, images)
+        written: dict[str, str | None] = {"annotations": None, "images": None}
+        if annotations:
+            url = self._part_url("annotations", part_name)
+            table = pa.Table.from_pylist(annotations, schema=ANNOTATIONS_SCHEMA)
+            atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
+            written["annotations"] = url
+        url = self._part_url("images", part_name)
+        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options)
+        written["images"] = url
+        return written
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def known_sha256(self, config_hash: str) -> set[str]:
+        """SHA-256 of images already labeled or rejected under ``config_hash`` (they need no work).
+
+        Streams three columns part by part, so memory stays flat in the dataset size (the set itself aside).
+        Any such row counts, even if a newer labeling of the image failed.
+        """
+        known: set[str] = set()
+        for batch in self._scan_done(config_hash, ["sha256"]):
+            known.update(v for v in batch.column("sha256").to_pylist() if v is not None)
+        return known
+
+    def known_sha256_digests(self, config_hash: str) -> DigestSet:
+        """Like :meth:`known_sha256`, as a compact :class:`DigestSet` of 16-byte digest prefixes.
+
+        Same three columns, streamed; ~16 bytes per known image instead of a set of hex strings. The hex is
+        parsed column-wise with numpy, not one Python string per row.
+        """
+        builder = DigestSetBuilder()
+        for batch in self._scan_done(config_hash, ["sha256"]):
+            builder.add_array(_hex_prefix_digests(batch.column("sha256")))
+        return builder.build()
+
+    def known_sources(self, config_hash: str) -> DigestSet:
+        """Digests of the (uri, source_version) pairs already labeled or rejected under ``config_hash``.
+
+        Lets a re-run skip a listed file whose listing metadata did not change WITHOUT reading its bytes
+        (:func:`maskclip_core.dataset.digests.source_digest` of ``SourceFile.uri`` and ``SourceFile.version``). Reads
+        four columns (uri, source_version, status, config_hash) in record batches; rows without a
+        source_version (written by other tools) are left out, so their files are read and matched by SHA-256.
+        """
+        builder = DigestSetBuilder()
+        for batch in self._scan_done(config_hash, ["uri", "source_version"]):
+            uris = batch.column("uri").to_pylist()
+            versions = batch.column("source_version").to_pylist()
+            builder.extend(source_digest(u, v) for u, v in zip(uris, versions, strict=True) if v is not None)
+        return builder.build()
+
+    def _scan_done(self, config_hash: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``columns`` of the rows with a done status under ``config_hash``.
+
+        Part file by part file, never one pyarrow dataset over all of them: a dataset keeps state for each
+        fragment it scanned (~50 KB, measured), and the flow writes one images part per batch, so a million
+        images in batches of 16 (62,500 parts) would cost GBs. Small parts are read whole by a few threads at
+        once within a byte budget (object-store latency overlaps); large (compacted) parts are streamed in
+        record batches, one part at a time. Memory is bounded by the budget, not by the table.
+        """
+        parts = self._part_files("images")
+        if not parts:
+            return
+        read_columns = [*columns, "status", "config_hash"]
+        wanted = (pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES))
+        parquet = ds.ParquetFileFormat()
+
+        def fragment(path: str) -> ds.Fragment:
+            return parquet.make_fragment(path, filesystem=self._arrow_fs)
+
+        def read_whole(path: str) -> pa.Table:
+            # The table schema makes older parts with fewer columns read as nulls.
+            return fragment(path).to_table(schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False)
+
+        pool = ThreadPoolExecutor(max_workers=_SCAN_THREADS, thread_name_prefix="maskclip-scan")
+        window: deque[tuple[Future[pa.Table], int]] = deque()
+        window_bytes = 0
+        try:
+            for path, size in parts:
+                if size > _SCAN_SMALL_PART_BYTES:
+                    while window:
+                        yield from window.popleft()[0].result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+                    window_bytes = 0
+                    scanner = ds.Scanner.from_fragment(
+                        fragment(path),
+                        schema=IMAGES_SCHEMA,
+                        columns=read_columns,
+                        filter=wanted,
+                        batch_size=_SCAN_BATCH_ROWS,
+                        batch_readahead=2,
+                    )
+                    yield from scanner.to_batches()
+                    continue
+                while window and (len(window) >= 2 * _SCAN_THREADS or window_bytes + size > _SCAN_WINDOW_BYTES):
+                    future, done_size = window.popleft()
+                    window_bytes -= done_size
+                    yield from future.result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+                window.append((pool.submit(read_whole, path), size))
+                window_bytes += size
+            while window:
+                yield from window.popleft()[0].result().to_batches(max_chunksize=_SCAN_BATCH_ROWS)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def compact_images(self, *, min_parts: int = 64, max_rows: int = 250_000) -> dict[str, int]:
+        """Merge small images part files into a few large ones; returns counts of parts merged and written.
+
+        The incremental index is read per part file, and a run writes one images part per batch, so a
+        million images in batches of 16 are 62,500 files whose per-file cost (an object-store round trip)
+        dominates. Merging changes no row: the merged part is written whole first (named after its members,
+        so a retry after a crash rewrites the same file), then its members are deleted. A reader in between
+        sees rows twice, which every reader tolerates (the current row of an image is picked per sha256 and
+        config; index sets ignore repeats). Annotations parts are left alone: a labeling's annotations stay
+        in the one part its batch wrote, which the exporters rely on.
+        """
+        small = [path for path, size in self._part_files("images") if size <= _SCAN_SMALL_PART_BYTES]
+        if len(small) < min_parts:
+            return {"merged_parts": 0, "written_parts": 0}
+        merged = written = 0
+        group: list[str] = []
+        tables: list[pa.Table] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal merged, written, rows
+            if len(group) > 1:
+                name = "compact-" + hashlib.sha256("\n".join(group).encode()).hexdigest()[:24]
+                atomic_write_bytes(
+                    self._part_url("images", name), parquet_bytes(pa.concat_tables(tables)), self.storage_options
+                )
+                self.fs.rm(list(group))
+                merged += len(group)
+                written += 1
+            group.clear()
+            tables.clear()
+            rows = 0
+
+        parquet = ds.ParquetFileFormat()
+        for path in small:
+            # The table schema makes older parts with fewer columns read as nulls.
+            table = parquet.make_fragment(path, filesystem=self._arrow_fs).to_table(schema=IMAGES_SCHEMA)
+            if rows + table.num_rows > max_rows and group:
+                flush()
+            group.append(path)
+            tables.append(table)
+            rows += table.num_rows
+        flush()
+        return {"merged_parts": merged, "written_parts": written}
+
+    def _part_files(self, table: str) -> list[tuple[str, int]]:
+        """(path, size) of the visible files of one table, sorted; names starting with ``_`` or ``.`` (in the
+        file name or a folder under the table) are skipped, as pyarrow's dataset discovery does."""
+        path = f"{self.root}/{table}"
+        self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
+        try:
+            infos = self._arrow_fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        except FileNotFoundError:
+            return []
+        finally:
+            self.fs.invalidate_cache(path)  # and a long-lived process need not keep this listing
+        parts = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(path) :].lstrip("/")
+            if any(is_hidden(segment) for segment in rel.split("/")):
+                continue
+            parts.append((info.path, int(info.size or 0)))
+        return sorted(parts)
+
+    def images(self, config_hash: str | None = None, statuses: Collection[str] | None = None) -> pa.Table:
+        """Current images rows: the newest ``created_at`` per (sha256, config_hash), sorted by uri.
+
+        ``statuses`` filters after picking the current row, so an image whose newest labeling failed does not
+        show its older labeled row. Failed rows without a sha256 are keyed by uri.
+        """
+        dataset = self._dataset("images", IMAGES_SCHEMA)
+        if dataset is None:
+            return IMAGES_SCHEMA.empty_table()
+        table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
+        table = _current_rows(table)
+        if statuses is not None:
+            table = table.filter(pc.is_in(table["status"], value_set=pa.array(list(statuses), pa.string())))
+        return table
+
+    def annotations(
+        self,
+        image_ids: Collection[int] | None = None,
+        *,
+        config_hash: str | None = None,
+        statuses: Collection[str] = ("labeled",),
+    ) -> pa.Table:
+        """Annotations of the current labelings (with ``statuses``), sorted by image_id, category_id.
+
+        Annotations whose labeling has no current images row (crash orphans, superseded labelings) are left
+        out; duplicates of one id (a batch written twice under two part names) appear once.
+        """
+        current = self.images(config_hash=config_hash, statuses=statuses)
+        if image_ids is not None:
+            current = current.filter(pc.is_in(current["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
+        return self.annotations_for_labelings(current["labeling_id"], image_ids)
+
+    def categories(self) -> list[dict[str, Any]]:
+        """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
+        dataset = self._dataset("categories", CATEGORIES_SCHEMA)
+        if dataset is None:
+            return []
+        best: dict[str, dict[str, Any]] = {}
+        for row in dataset.to_table().to_pylist():
+            if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
+                best[row["name"]] = {**row, "synonyms": list(row["synonyms"] or [])}
+        return sorted(best.values(), key=lambda c: c["id"])
+
+    def iter_label_maps(
+        self,
+        *,
+        config_hash: str | None = None,
+        image_ids: Collection[int] | None = None,
+        category_to_index: Mapping[int, int] | None = None,
+        statuses: Collection[str] = ("labeled",),
+    ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        """(images row, uint8 label map) for each current labeling, in ``images()`` order.
+
+        ``category_to_index`` maps category ids to label values; by default the position of the category in
+        ``categories()`` (ids in order), which is the class index when the categories were registered in the
+        labeler's class order on a fresh store.
+        """
+        if category_to_index is None:
+            category_to_index = {c["id"]: i for i, c in enumerate(self.categories())}
+        current = self.images(config_hash=config_hash, statuses=statuses)
+        if image_ids is not None:
+            current = current.filter(pc.is_in(current["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
+        anns = self.annotations_for_labelings(current["labeling_id"], image_ids).select(
+            ["labeling_id", "id", "category_id", "segmentation"]
+        )
+        by_labeling: dict[str, list[dict[str, Any]]] = {}
+        for ann in anns.to_pylist():
+            by_labeling.setdefault(ann["labeling_id"], []).append(ann)
+        for row in current.to_pylist():
+            if row["height"] is None or row["width"] is None:
+                continue  # failed before decoding: there is no image to paint
+            label_map = annotations_to_label_map(
+                by_labeling.get(row["labeling_id"], []), row["height"], row["width"], category_to_index
+            )
+            yield row, label_map
+
+    def annotations_for_labelings(
+        self,
+        labeling_ids: pa.ChunkedArray | pa.Array | Sequence[str],
+        image_ids: Iterable[int] | None = None,
+    ) -> pa.Table:
+        """Annotations of exactly these labelings (e.g. ``images()["labeling_id"]``), deduplicated by id.
+
+        Callers that already hold an images table use this to read one consistent snapshot.
+        """
+        if not isinstance(labeling_ids, pa.Array | pa.ChunkedArray):
+            labeling_ids = pa.array(list(labeling_ids), pa.string())
+        dataset = self._dataset("annotations", ANNOTATIONS_SCHEMA)
+        if dataset is None or len(labeling_ids) == 0:
+            return ANNOTATIONS_SCHEMA.empty_table()
+        wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
+        if image_ids is not None:  # lets Parquet statistics skip row groups
+            wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
+        table = dataset.to_table(filter=wanted)
+        table = table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
+        return _drop_repeats(table, ["id"])
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _part_url(self, table: str, part_name: str) -> str:
+        return join_url(self.url, table, f"part-{part_name}.parquet")
+
+    def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
+        """The dataset of one table, or None when nothing was written yet."""
+        return open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
+
+
+# --- row validation -------------------------------------------------------------------------------------
+
+
+def _image_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(row, IMAGES_SCHEMA, "images")
+    out = {name: row.get(name) for name in IMAGES_SCHEMA.names}
+    if out["created_at"] is None:
+        out["created_at"] = utc_now()
+    _check_required(out, IMAGES_SCHEMA, "images")
+    if out["status"] not in STATUSES:
+        raise ValueError(f"images row {out['uri']}: status {out['status']!r} not in {STATUSES}")
+    if out["labeler"] not in LABELERS:
+        raise ValueError(f"images row {out['uri']}: labeler {out['labeler']!r} not in {LABELERS}")
+    if out["status"] != "failed" and (out["sha256"] is None or out["image_id"] is None):
+        raise ValueError(f"images row {out['uri']}: a {out['status']} row needs sha256 and image_id")
+    if out["sha256"] is not None and out["image_id"] is not None:
+        if image_id_from_sha256(out["sha256"]) != out["image_id"]:
+            raise ValueError(f"images row {out['uri']}: image_id does not derive from sha256")
+    if out["status"] == "labeled" and (out["width"] is None or out["height"] is None):
+        raise ValueError(f"images row {out['uri']}: a labeled row needs width and height")
+    return out
+
+
+def _annotation_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(row, ANNOTATIONS_SCHEMA, "annotations")
+    out = {name: row.get(name) for name in ANNOTATIONS_SCHEMA.names}
+    _check_required(out, ANNOTATIONS_SCHEMA, "annotations")
+    return out
+
+
+def _check_keys(row: Mapping[str, Any], schema: pa.Schema, table: str) -> None:
+    unknown = set(row) - set(schema.names)
+    if unknown:
+        raise ValueError(f"{table} row has unknown fields {sorted(unknown)}")
+
+
+def _check_required(row: Mapping[str, Any], schema: pa.Schema, table: str) -> None:
+    missing = [f.name for f in schema if not f.nullable and row.get(f.name) is None]
+    if missing:
+        raise ValueError(f"{table} row is missing required fields {missing}")
+
+
+def _check_annotations_committed_by(annotations: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    """Each annotation needs a labeled images row in the same batch, or it would stay invisible forever."""
+    labeled = {r["labeling_id"]: r["image_id"] for r in images if r["status"] == "labeled"}
+    for ann in annotations:
+        if ann["labeling_id"] not in labeled:
+            raise ValueError(f"annotation {ann['id']}: labeling {ann['labeling_id']!r} has no labeled images row")
+        if labeled[ann["labeling_id"]] != ann["image_id"]:
+            raise ValueError(f"annotation {ann['id']}: image_id differs from its images row")
+
+
+# --- table helpers --------------------------------------------------------------------------------------
+
+_HEX_NIBBLES = np.full(256, 255, dtype=np.uint8)
+_HEX_NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX_NIBBLES[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hex_prefix_digests(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """:func:`~maskclip_core.dataset.digests.sha256_digest` of each non-null hex string, as an ``S16`` array.
+
+    Vectorised (no Python object per row); a column with a value that is not at least 32 hex digits takes
+    the per-value path, which raises as :func:`sha256_digest` does.
+    """
+    values = pc.drop_null(values)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = len(values)
+    width = 2 * DIGEST_BYTES
+    if n == 0:
+        return np.empty(0, dtype=f"S{DIGEST_BYTES}")
+    head = pc.utf8_slice_codeunits(values, 0, width)
+    if pc.min(pc.binary_length(head)).as_py() == width:
+        fixed = head.cast(pa.binary(width))
+        chars = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)[fixed.offset * width : (fixed.offset + n) * width]
+        nibbles = _HEX_NIBBLES[chars].reshape(n, width)
+        if not (nibbles == 255).any():
+            digests = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+            return np.ascontiguousarray(digests).view(f"S{DIGEST_BYTES}").reshape(n)
+    digests = [sha256_digest(v) for v in values.to_pylist()]
+    short = next((v for v, d in zip(values.to_pylist(), digests, strict=True) if len(d) != DIGEST_BYTES), None)
+    if short is not None:
+        raise ValueError(f"sha256 {short!r} is not a hex SHA-256")
+    return np.array(digests, dtype=f"S{DIGEST_BYTES}")
+
+
+def _current_rows(table: pa.Table) -> pa.Table:
+    """Newest row per (sha256 or uri, config_hash); ties broken by labeling_id for determinism."""
+    if table.num_rows == 0:
+        return table
+    key = pc.coalesce(table["sha256"], table["uri"])
+    work = table.append_column("_key", key)
+    work = work.sort_by(
+        [
+            ("_key", "ascending"),
+            ("config_hash", "ascending"),
+            ("created_at", "descending"),
+            ("labeling_id", "descending"),
+        ]
+    )
+    current = _drop_repeats(work, ["_key", "config_hash"]).drop_columns(["_key"])
+    return current.sort_by([("uri", "ascending"), ("config_hash", "ascending")])
+
+
+def _drop_repeats(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """Keep the first row of each run of equal ``keys`` in an already sorted table."""
+    n = table.num_rows
+    if n <= 1:
+        return table
+    same = None
+    for name in keys:
+        col = table[name].combine_chunks()
+        eq = pc.fill_null(pc.equal(col.slice(1), col.slice(0, n - 1)), False)
+        same = eq if same is None else pc.and_(same, eq)
+    first = pa.concat_arrays([pa.array([True]), pc.invert(same)])
+    return table.filter(first)

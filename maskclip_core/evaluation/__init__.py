@@ -1,0 +1,1 @@
+"""Scoring labels: confusion-matrix metrics and the ground truth they are scored against."""

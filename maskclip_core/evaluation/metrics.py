@@ -1,0 +1,92 @@
+"""Semantic segmentation metrics from a confusion matrix (mIoU, per-class IoU, pixel accuracy)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from maskclip_core.types import IGNORE_INDEX
+
+
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion counts and misses.
+
+    Returns ``(matrix, missed)``: ``matrix`` is [num_classes, num_classes] int64, rows = target class,
+    columns = predicted class; ``missed`` [num_classes] counts target pixels predicted as ignore / out of range.
+
+    Pixels whose target is ``ignore_index`` (or outside [0, num_classes)) are not counted; a prediction
+    of ``ignore_index`` on a valid target counts as a miss for that target class (no column gains it).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    t = target.reshape(-1).astype(np.int64)
+    p = pred.reshape(-1).astype(np.int64)
+    valid = (t != ignore_index) & (t >= 0) & (t < num_classes)
+    t, p = t[valid], p[valid]
+    hit = (p >= 0) & (p < num_classes)
+    cm = np.bincount(t[hit] * num_classes + p[hit], minlength=num_classes * num_classes)
+    cm = cm.reshape(num_classes, num_classes)
+    missed = np.bincount(t[~hit], minlength=num_classes)
+    return cm, missed
+
+
+@dataclass
+class SegmentationMetrics:
+    """Accumulates a confusion matrix over images; IoU of a class absent from both sides is NaN."""
+
+    num_classes: int
+    class_names: Sequence[str] | None = None
+    ignore_index: int = IGNORE_INDEX
+    matrix: np.ndarray = field(init=False)
+    missed: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.missed = np.zeros(self.num_classes, dtype=np.int64)
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        cm, missed = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        self.matrix += cm
+        self.missed += missed
+
+    def iou(self) -> np.ndarray:
+        tp = np.diag(self.matrix).astype(np.float64)
+        target_total = self.matrix.sum(axis=1) + self.missed
+        pred_total = self.matrix.sum(axis=0)
+        union = target_total + pred_total - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+    def miou(self) -> float:
+        iou = self.iou()
+        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum() + self.missed.sum()
+        return float(np.trace(self.matrix) / total) if total else float("nan")
+
+    def summary(self) -> dict:
+        names = list(self.class_names) if self.class_names is not None else [str(i) for i in range(self.num_classes)]
+        iou = self.iou()
+        return {
+            "miou": self.miou(),
+            "pixel_accuracy": self.pixel_accuracy(),
+            "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)},
+        }
+
+
+def evaluate(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> SegmentationMetrics:
+    """Metrics over (prediction, target) label-map pairs."""
+    metrics = SegmentationMetrics(num_classes, class_names, ignore_index)
+    for pred, target in pairs:
+        metrics.update(pred, target)
+    return metrics

@@ -1,0 +1,49 @@
+"""Exports for review tools (Label Studio, CVAT) and import of the human corrections they produce."""
+
+from maskclip_core.interchange.cvat import cvat_coco_json, cvat_labelmap, export_cvat_coco, export_cvat_mask
+from maskclip_core.interchange.label_studio import (
+    export_label_studio,
+    import_label_studio,
+    label_studio_tasks,
+    labeling_config,
+)
+from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
+from maskclip_core.interchange.records import (
+    ExportImage,
+    ReviewedImage,
+    filter_images,
+    label_map_from_annotations,
+    lowest_scored,
+    resolve_classes,
+)
+from maskclip_core.interchange.review_import import (
+    evaluate_against_reviewed,
+    import_coco_reviews,
+    pseudo_label_maps,
+    read_reviews,
+    score_label_maps,
+)
+
+__all__ = [
+    "ExportImage",
+    "ReviewedImage",
+    "cvat_coco_json",
+    "cvat_labelmap",
+    "evaluate_against_reviewed",
+    "export_cvat_coco",
+    "export_cvat_mask",
+    "export_label_studio",
+    "filter_images",
+    "import_coco_reviews",
+    "import_label_studio",
+    "label_map_from_annotations",
+    "label_studio_tasks",
+    "labeling_config",
+    "lowest_scored",
+    "mask_to_polygons",
+    "polygons_to_mask",
+    "pseudo_label_maps",
+    "read_reviews",
+    "resolve_classes",
+    "score_label_maps",
+]

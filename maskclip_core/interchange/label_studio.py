@@ -1,0 +1,296 @@
+"""Label Studio: tasks JSON with pre-annotations, the matching labeling config, and import of reviews.
+
+Each task's ``data`` carries our ``image_id`` (as a string: 63-bit ids overflow JavaScript numbers) and
+``sha256``, so a task exported back from Label Studio links to our image without guessing from URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+import fsspec
+import numpy as np
+
+from maskclip_core.interchange.label_studio_rle import decode_mask, encode_mask
+from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
+from maskclip_core.interchange.records import (
+    ExportImage,
+    ReviewedImage,
+    category_colors,
+    category_lookup,
+    category_masks,
+    check_categories,
+    image_score,
+    label_map_from_masks,
+    read_json,
+    write_atomic,
+)
+
+FROM_NAME = "tag"
+TO_NAME = "image"
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+MODES = ("brush", "polygon")
+
+
+def image_url(uri: str, document_root: str | None = None) -> str:
+    """URL Label Studio loads the image from.
+
+    Remote URIs (s3://, gs://, https://, ...) pass through for Label Studio's cloud storage / the browser.
+    Local paths become local-files URLs relative to ``document_root``, which must equal Label Studio's
+    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.
+    """
+    protocol, path = fsspec.core.split_protocol(uri)
+    if protocol not in (None, "file", "local"):
+        return uri
+    if document_root is None:
+        raise ValueError(
+            f"{uri} is a local file: pass document_root (Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+        )
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(document_root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{uri} is outside the local-files document root {document_root}")
+    return LOCAL_FILES_PREFIX + quote(rel.replace(os.sep, "/"), safe="/")
+
+
+def labeling_config(categories: Sequence[Mapping[str, Any]], mode: str = "brush") -> str:
+    """Labeling config XML whose label values and colours match the exported regions."""
+    _check_mode(mode)
+    check_categories(categories)
+    tag = "BrushLabels" if mode == "brush" else "PolygonLabels"
+    colors = category_colors(categories)
+    labels = "\n".join(
+        f"    <Label value={quoteattr(str(c['name']))} background={quoteattr(_hex(colors[int(c['id'])]))}/>"
+        for c in categories
+    )
+    return (
+        "<View>\n"
+        f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
+        f'  <{tag} name="{FROM_NAME}" toName="{TO_NAME}">\n'
+        f"{labels}\n"
+        f"  </{tag}>\n"
+        "</View>\n"
+    )
+
+
+def label_studio_task(
+    image: ExportImage,
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    mode: str = "brush",
+    document_root: str | None = None,
+    model_version: str = "maskclip",
+    polygon_tolerance: float = 0.0,
+) -> dict[str, Any]:
+    """One task: image URL plus our ids in ``data``, and one prediction with one region per class."""
+    _check_mode(mode)
+    names = {int(c["id"]): str(c["name"]) for c in categories}
+    unknown = {int(a["category_id"]) for a in image.annotations} - names.keys()
+    if unknown:
+        raise ValueError(f"image {image.image_id}: annotations use unknown category ids {sorted(unknown)}")
+    scores = _class_scores(image)
+    results = []
+    for cid, mask in category_masks(image, list(names)).items():
+        base = {
+            "from_name": FROM_NAME,
+            "to_name": TO_NAME,
+            "original_width": image.width,
+            "original_height": image.height,
+            "image_rotation": 0,
+        }
+        if scores.get(cid) is not None:
+            base["score"] = scores[cid]
+        if mode == "brush":
+            value = {"format": "rle", "rle": encode_mask(mask), "brushlabels": [names[cid]]}
+            results.append({"id": _region_id(image.image_id, cid), "type": "brushlabels", **base, "value": value})
+            continue
+        # Label Studio polygons are single rings in percent of the image size: one region per component.
+        for k, ring in enumerate(mask_to_polygons(mask, polygon_tolerance)):
+            xy = np.asarray(ring, dtype=float).reshape(-1, 2) * (100.0 / image.width, 100.0 / image.height)
+            value = {"points": xy.tolist(), "closed": True, "polygonlabels": [names[cid]]}
+            rid = _region_id(image.image_id, cid, k)
+            results.append({"id": rid, "type": "polygonlabels", **base, "value": value})
+    prediction: dict[str, Any] = {"model_version": model_version, "result": results}
+    score = image_score(image)
+    if score is not None:
+        prediction["score"] = score
+    data = {
+        "image": image_url(image.uri, document_root),
+        "image_id": str(image.image_id),
+        "sha256": image.sha256,
+        "file_name": image.file_name,
+        "width": image.width,
+        "height": image.height,
+        "status": image.status,
+    }
+    return {"data": data, "predictions": [prediction]}
+
+
+def label_studio_tasks(
+    images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], **options: Any
+) -> list[dict[str, Any]]:
+    """Tasks for many images; ``options`` as for ``label_studio_task``."""
+    check_categories(categories)
+    return [label_studio_task(img, categories, **options) for img in images]
+
+
+def export_label_studio(
+    images: Iterable[ExportImage],
+    categories: Sequence[Mapping[str, Any]],
+    dest: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, str]:
+    """Write ``tasks.json`` and ``config.xml`` under the ``dest`` folder URL; returns their URLs.
+
+    ``options`` as for ``label_studio_task``; ``storage_options`` go to fsspec. Tasks are written one at a
+    time, so ``images`` may be a stream from a large store.
+    """
+    check_categories(categories)
+    mode = options.get("mode", "brush")
+    base = dest.rstrip("/")
+
+    def write_tasks(f: IO[bytes]) -> None:
+        f.write(b"[")
+        for i, image in enumerate(images):
+            f.write(b"," if i else b"")
+            f.write(json.dumps(label_studio_task(image, categories, **options)).encode())
+        f.write(b"]")
+
+    return {
+        "tasks": write_atomic(f"{base}/tasks.json", write_tasks, storage_options),
+        "config": write_atomic(f"{base}/config.xml", labeling_config(categories, mode).encode(), storage_options),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+def import_label_studio(
+    tasks: Iterable[Mapping[str, Any]] | str,
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[ReviewedImage]:
+    """Reviewed label maps from a Label Studio JSON export (a task list, or the URL of one).
+
+    Per task the chosen annotation is the ground-truth one if any, else the latest (updated_at /
+    created_at, then list order); cancelled annotations and tasks without annotations are skipped.
+    Brush and polygon regions are painted in result order (later regions win where they overlap); other
+    result types (choices, text) carry no mask and are ignored. Unknown label names raise.
+    """
+    if isinstance(tasks, str):
+        tasks = read_json(tasks, storage_options)
+    lookup = category_lookup(categories)
+    reviewed = []
+    for task in tasks:
+        annotation = _chosen_annotation(task.get("annotations") or [])
+        if annotation is None:
+            continue
+        data = task.get("data") or {}
+        if "image_id" not in data:
+            raise ValueError(f"task {task.get('id')}: data has no image_id, so it cannot be linked to our images")
+        height, width = _task_size(task, annotation)
+        masks = [_result_mask(r, lookup, height, width, task.get("id")) for r in annotation.get("result") or []]
+        label_map = label_map_from_masks((m for m in masks if m is not None), height, width)
+        completed_by = annotation.get("completed_by")
+        if isinstance(completed_by, Mapping):
+            completed_by = completed_by.get("email") or completed_by.get("id")
+        reviewed.append(
+            ReviewedImage(
+                image_id=int(data["image_id"]),
+                label_map=label_map,
+                sha256=str(data.get("sha256") or ""),
+                source="label-studio",
+                reviewer="" if completed_by is None else str(completed_by),
+                reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+            )
+        )
+    return reviewed
+
+
+def _chosen_annotation(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    live = [(i, a) for i, a in enumerate(annotations) if not a.get("was_cancelled")]
+    if not live:
+        return None
+
+    def key(item: tuple[int, Mapping[str, Any]]) -> tuple[bool, str, int]:
+        i, a = item
+        return bool(a.get("ground_truth")), str(a.get("updated_at") or a.get("created_at") or ""), i
+
+    return max(live, key=key)[1]
+
+
+def _task_size(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) from the regions, checked against the size we put in ``data``."""
+    data = task.get("data") or {}
+    sizes = {
+        (int(r["original_height"]), int(r["original_width"]))
+        for r in annotation.get("result") or []
+        if "original_height" in r and "original_width" in r
+    }
+    if "height" in data and "width" in data:
+        sizes.add((int(data["height"]), int(data["width"])))
+    if len(sizes) != 1:
+        raise ValueError(f"task {task.get('id')}: image size unknown or inconsistent: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _result_mask(
+    result: Mapping[str, Any], lookup: Mapping[str, int], height: int, width: int, task_id: Any
+) -> tuple[int, np.ndarray] | None:
+    kind = str(result.get("type", "")).lower()
+    if kind not in ("brushlabels", "polygonlabels"):
+        return None
+    value = result.get("value") or {}
+    labels = value.get(kind) or []
+    if len(labels) != 1:
+        raise ValueError(f"task {task_id}: region {result.get('id')} has labels {labels}, expected exactly one")
+    if labels[0] not in lookup:
+        raise ValueError(f"task {task_id}: label {labels[0]!r} is not one of our categories")
+    if kind == "brushlabels":
+        if "rle" not in value:
+            raise ValueError(f"task {task_id}: brush region {result.get('id')} has no rle")
+        mask = decode_mask(value["rle"], height, width)
+    else:
+        xy = np.asarray(value.get("points") or [], dtype=float).reshape(-1, 2) * (
+            width / 100.0,
+            height / 100.0,
+        )
+        mask = polygons_to_mask([xy.ravel().tolist()], height, width)
+    return lookup[labels[0]], mask
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _region_id(image_id: int, category_id: int, part: int | None = None) -> str:
+    """Deterministic region id, so re-exports are identical."""
+    return f"{image_id & 0xFFFFFFFF:08x}-{category_id}" + ("" if part is None else f"-{part}")
+
+
+def _class_scores(image: ExportImage) -> dict[int, float | None]:
+    """Area-weighted score per class (a class may span several annotation records)."""
+    sums: dict[int, list[float]] = {}
+    for ann in image.annotations:
+        if ann.get("score") is None:
+            continue
+        area = float(ann.get("area") or 0.0) or 1.0
+        acc = sums.setdefault(int(ann["category_id"]), [0.0, 0.0])
+        acc[0] += area * float(ann["score"])
+        acc[1] += area
+    return {cid: s / a for cid, (s, a) in sums.items()}

@@ -1,0 +1,2 @@
+"""One batch of images through a labeler: decode, label, filter by confidence, encode COCO RLE, overlays and
+the run report."""

@@ -1,0 +1,208 @@
+"""The summary of a labeling run: counts, per-class shares, failures; as a dict, table rows and markdown."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from maskclip_core.labeling.batch import BatchOutcome, BatchStats
+
+# A run with millions of images and a broken bucket could fail many batches; the summary keeps the first
+# ones in detail and counts the rest, so it stays small.
+MAX_FAILED_BATCHES_LISTED = 50
+
+
+@dataclass
+class FailedBatch:
+    index: int
+    images: int
+    error: str
+    first_uri: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """Aggregated as batches finish; everything here is O(classes + listed failures), not O(images)."""
+
+    run_id: str
+    source: str
+    output: str
+    config_hash: str
+    labeler: str
+    classes: tuple[str, ...] = ()
+    listed: int = 0  # files the listing yielded (after extension / glob filters): "images seen"
+    unchanged: int = 0  # skipped without reading: (uri, version) already done under the config
+    submitted_images: int = 0
+    batches_submitted: int = 0
+    batches_done: int = 0
+    stats: BatchStats = field(default_factory=BatchStats)
+    failed_batches: list[FailedBatch] = field(default_factory=list)
+    failed_batch_count: int = 0
+    failed_batch_images: int = 0
+    thumbnails: list[dict[str, str]] = field(default_factory=list)
+    listing_complete: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    elapsed_s: float | None = None
+    report_urls: dict[str, str] = field(default_factory=dict)
+    worker_pids: set[int] = field(default_factory=set)  # processes that ran batches
+
+    # --- updates ----------------------------------------------------------------------------------------
+
+    def add_batch(self, outcome: BatchOutcome) -> None:
+        self.batches_done += 1
+        self.stats.merge(outcome.stats)
+        self.thumbnails.extend(outcome.thumbnails)
+        self.worker_pids.add(outcome.pid)
+
+    def add_failed_batch(self, index: int, images: int, error: str, first_uri: str | None = None) -> None:
+        self.batches_done += 1
+        self.failed_batch_count += 1
+        self.failed_batch_images += images
+        if len(self.failed_batches) < MAX_FAILED_BATCHES_LISTED:
+            self.failed_batches.append(FailedBatch(index, images, error, first_uri))
+
+    def finish(self) -> None:
+        self.elapsed_s = time.monotonic() - self.started_at
+
+    # --- totals -----------------------------------------------------------------------------------------
+
+    @property
+    def skipped(self) -> int:
+        return self.unchanged + self.stats.skipped
+
+    @property
+    def labeled(self) -> int:
+        return self.stats.labeled
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.stats.rejected.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.stats.failed.values()) + self.failed_batch_images
+
+    @property
+    def processed_images(self) -> int:
+        """Images of finished batches (done or failed)."""
+        return self.stats.seen + self.failed_batch_images
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_batch_count == 0
+
+    def per_class(self) -> list[dict[str, Any]]:
+        total = self.stats.labeled_pixels
+        names = list(self.classes) + sorted(set(self.stats.class_pixels) - set(self.classes))
+        out = []
+        for name in names:
+            pixels = int(self.stats.class_pixels.get(name, 0))
+            conf = self.stats.class_confidence.get(name, 0.0)
+            out.append(
+                {
+                    "class": name,
+                    "pixels": pixels,
+                    "pixel_share": round(pixels / total, 4) if total else 0.0,
+                    "mean_confidence": round(conf / pixels, 4) if pixels else None,
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "source": self.source,
+            "output": self.output,
+            "config_hash": self.config_hash,
+            "labeler": self.labeler,
+            "ok": self.ok,
+            "images_seen": self.listed,
+            "labeled": self.labeled,
+            "skipped": self.skipped,
+            "skipped_unchanged": self.unchanged,
+            "skipped_known_content": self.stats.skipped,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.stats.rejected.items())),
+            "failed": self.failed,
+            "failed_by_reason": {
+                **dict(sorted(self.stats.failed.items())),
+                **({"batch_failed": self.failed_batch_images} if self.failed_batch_images else {}),
+            },
+            "converted": self.stats.converted,
+            "annotations": self.stats.annotations,
+            "batches": {"submitted": self.batches_submitted, "done": self.batches_done},
+            "failed_batches": [vars(b) for b in self.failed_batches],
+            "failed_batch_count": self.failed_batch_count,
+            "classes": self.per_class(),
+            "thumbnails": list(self.thumbnails),
+            "seconds": {k: round(v, 3) for k, v in sorted(self.stats.seconds.items())},
+            "elapsed_s": None if self.elapsed_s is None else round(self.elapsed_s, 3),
+            "reports": dict(self.report_urls),
+            "worker_pids": sorted(self.worker_pids),
+        }
+
+    # --- renderings -------------------------------------------------------------------------------------
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One table: image counts (rejected and failed by reason), then one row per class."""
+        rows: list[dict[str, Any]] = []
+
+        def count(item: str, value: int) -> None:
+            rows.append({"item": item, "images": value, "pixel_share": None, "mean_confidence": None})
+
+        count("images seen", self.listed)
+        count("labeled", self.labeled)
+        count("skipped (already labeled)", self.skipped)
+        count("rejected", self.rejected)
+        for reason, n in sorted(self.stats.rejected.items()):
+            count(f"rejected: {reason}", n)
+        count("failed", self.failed)
+        for reason, n in sorted(self.stats.failed.items()):
+            count(f"failed: {reason}", n)
+        if self.failed_batch_images:
+            count(f"failed: batch_failed ({self.failed_batch_count} batches)", self.failed_batch_images)
+        for c in self.per_class():
+            rows.append(
+                {
+                    "item": f"class: {c['class']}",
+                    "images": None,
+                    "pixel_share": c["pixel_share"],
+                    "mean_confidence": c["mean_confidence"],
+                }
+            )
+        return rows
+
+    def markdown(self, max_thumbnails: int = 8) -> str:
+        status = "completed" if self.ok else f"**{self.failed_batch_count} batch(es) FAILED**"
+        lines = [
+            f"# Labeling run `{self.run_id}`: {status}",
+            "",
+            f"- source: `{self.source}`",
+            f"- output: `{self.output}`",
+            f"- labeler: `{self.labeler}`, config hash `{self.config_hash}`",
+            f"- images seen {self.listed}, labeled {self.labeled}, skipped {self.skipped}, "
+            f"rejected {self.rejected}, failed {self.failed}",
+        ]
+        if self.elapsed_s is not None:
+            lines.append(f"- elapsed {self.elapsed_s:.1f} s")
+        if self.stats.rejected or self.stats.failed or self.failed_batch_images:
+            lines += ["", "| outcome | reason | images |", "| --- | --- | ---: |"]
+            lines += [f"| rejected | {r} | {n} |" for r, n in sorted(self.stats.rejected.items())]
+            lines += [f"| failed | {r} | {n} |" for r, n in sorted(self.stats.failed.items())]
+            if self.failed_batch_images:
+                lines.append(f"| failed | batch_failed | {self.failed_batch_images} |")
+        if self.failed_batches:
+            lines += ["", "## Failed batches (picked up again by the next run)", ""]
+            lines += [f"- batch {b.index} ({b.images} images): {b.error}" for b in self.failed_batches]
+        lines += ["", "## Classes", "", "| class | pixel share | mean confidence |", "| --- | ---: | ---: |"]
+        for c in self.per_class():
+            conf = "" if c["mean_confidence"] is None else f"{c['mean_confidence']:.3f}"
+            lines.append(f"| {c['class']} | {c['pixel_share']:.2%} | {conf} |")
+        if self.thumbnails:
+            lines += ["", "## Examples", ""]
+            for t in self.thumbnails[:max_thumbnails]:
+                name = t["uri"].rsplit("/", 1)[-1]
+                lines.append(f"[![{name}]({t['url']})]({t['url']}) `{t['uri']}`")
+                lines.append("")
+        return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,127 @@
+"""The MaskCLIP teacher: one object that turns RGB images and class names into dense labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
+from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, SINGLE_TEMPLATE
+from maskclip_core.teacher.text_classifier import TextClassifierCache, default_cache_dir
+from maskclip_core.teacher.vocabulary import Vocabulary
+from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
+from maskclip_core.types import SegmentationResult
+
+TEMPLATE_SETS = {"maskclip": MASKCLIP_TEMPLATES, "single": SINGLE_TEMPLATE}
+
+
+class LabelerConfig(BaseModel):
+    """Everything that determines the teacher's labels (hashed for incremental labeling)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="open_clip model name, e.g. ViT-B-16, ViT-L-14, RN50")
+    pretrained: str = Field(DEFAULT_PRETRAINED, description="open_clip tag, a local checkpoint path, or 'none'")
+    seed: int = Field(0, description="Seed of random weights (pretrained='none')")
+    classes: str = Field(..., min_length=1, description="Classes, comma separated; synonyms after ';'")
+    background: str | None = Field(None, description="Background queries, comma separated (optional)")
+    templates: Literal["maskclip", "single"] = "maskclip"
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.parse(self.classes, self.background)
+
+
+class MaskCLIPLabeler:
+    """Facade over CLIP loading, the text classifier and the dense inference protocol.
+
+    >>> labeler = MaskCLIPLabeler.from_config(LabelerConfig(classes="cat, grass; lawn"))
+    >>> [result] = labeler.label([rgb_array])
+    """
+
+    def __init__(
+        self,
+        bundle: ClipBundle,
+        vocabulary: Vocabulary,
+        inference: InferenceConfig | None = None,
+        *,
+        templates: Sequence[str] = MASKCLIP_TEMPLATES,
+        text_cache: TextClassifierCache | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.inference = inference or InferenceConfig()
+        self.templates = tuple(templates)
+        self._text_cache = text_cache or _DEFAULT_TEXT_CACHE
+        self.set_vocabulary(vocabulary)
+
+    @classmethod
+    def from_config(
+        cls, config: LabelerConfig, *, device: str | torch.device | None = None, text_cache_dir: str | None = None
+    ) -> MaskCLIPLabeler:
+        bundle = load_clip(config.model, config.pretrained, device=device, seed=config.seed)
+        return cls(
+            bundle,
+            config.vocabulary(),
+            config.inference,
+            templates=TEMPLATE_SETS[config.templates],
+            text_cache=TextClassifierCache(text_cache_dir) if text_cache_dir else None,
+        )
+
+    def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Switch classes without reloading the model (classifiers are cached per vocabulary)."""
+        self.vocabulary = vocabulary
+        self.classifier = self._text_cache.get(self.bundle, vocabulary, self.templates)
+        self.predictor = DensePredictor(
+            self.bundle.model,
+            self.classifier,
+            stride=self.bundle.stride,
+            mean=self.bundle.mean,
+            std=self.bundle.std,
+            config=self.inference,
+            device=self.bundle.device,
+        )
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.vocabulary.names
+
+    def label(self, images: Sequence[np.ndarray | Image.Image]) -> list[SegmentationResult]:
+        """Dense labels for RGB images (uint8 arrays [H, W, 3] or PIL images)."""
+        arrays = [np.asarray(im.convert("RGB")) if isinstance(im, Image.Image) else im for im in images]
+        return self.predictor.predict(arrays)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "labeler": "maskclip",
+            "model": self.bundle.model_name,
+            "weights": self.bundle.weights_id,
+            "vocabulary": json.loads(self.vocabulary.to_json()),
+            "templates": hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:16],
+            "inference": self.inference.model_dump(mode="json", exclude={"window_batch", "half_precision"}),
+        }
+
+
+_DEFAULT_TEXT_CACHE = TextClassifierCache(default_cache_dir())
+_LABELERS: dict[str, MaskCLIPLabeler] = {}
+_LABELERS_LOCK = threading.Lock()
+
+
+def cached_labeler(
+    config: LabelerConfig, *, device: str | None = None, text_cache_dir: str | None = None
+) -> MaskCLIPLabeler:
+    """One labeler per configuration per process: a worker loads the model once and keeps it."""
+    key = json.dumps([config.model_dump(mode="json"), device, text_cache_dir], sort_keys=True)
+    with _LABELERS_LOCK:
+        labeler = _LABELERS.get(key)
+        if labeler is None:
+            labeler = MaskCLIPLabeler.from_config(config, device=device, text_cache_dir=text_cache_dir)
+            _LABELERS[key] = labeler
+        return labeler

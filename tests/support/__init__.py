@@ -1,0 +1,1 @@
+"""Shared test helpers: planted inputs, tiny labelers, datasets built by hand."""

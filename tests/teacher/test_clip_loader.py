@@ -1,0 +1,70 @@
+"""Model loading: names, tags, local checkpoints, random weights, clear errors offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from maskclip_core.teacher.clip_loader import WeightsUnavailableError, load_clip, weights_identity
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # scoped to each test: a module-level switch would leak into other test modules
+        yield
+
+
+def test_random_weights_are_reproducible_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_clip("maskclip-tiny-ViT", "none", device="cpu", seed=7)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    b = load_clip("maskclip-tiny-ViT", "none", device="cpu", seed=7)
+    c = load_clip("maskclip-tiny-ViT", "none", device="cpu", seed=8)
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(a.model.encode_image(x), b.model.encode_image(x))
+    assert not torch.equal(a.model.encode_image(x), c.model.encode_image(x))
+    assert a.weights_id == "maskclip-tiny-ViT/random-seed7" != c.weights_id
+
+
+def test_openai_spelling_and_metadata():
+    bundle = load_clip("RN50", None, device="cpu")
+    assert bundle.stride == 32 and not bundle.is_vit and bundle.embed_dim == 1024
+    vit = load_clip("maskclip-tiny-ViT", "none", device="cpu")
+    assert vit.stride == 16 and vit.is_vit
+    assert len(vit.mean) == 3 and len(vit.std) == 3
+    with pytest.raises(ValueError, match="unknown CLIP model"):
+        load_clip("ViT-Q-99", "none")
+
+
+def test_local_checkpoint_loads_and_is_identified_by_content(tmp_path):
+    src = load_clip("maskclip-tiny-ViT", "none", device="cpu", seed=21)
+    path = tmp_path / "tiny.pt"
+    torch.save(src.model.state_dict(), path)
+    loaded = load_clip("maskclip-tiny-ViT", str(path), device="cpu")
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(loaded.model.encode_image(x), src.model.encode_image(x))
+    assert loaded.weights_id.startswith("maskclip-tiny-ViT/sha256:")
+    assert weights_identity("maskclip-tiny-ViT", str(path)) == loaded.weights_id
+
+
+def test_unknown_tag_names_the_alternatives():
+    with pytest.raises(WeightsUnavailableError, match="openai"):
+        load_clip("ViT-B-16", "no-such-tag", device="cpu")
+
+
+def test_offline_download_failure_names_the_local_checkpoint_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable at import; make sure it is honoured if already imported
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setenv("HF_HOME", os.fspath(os.path.join(os.getcwd(), ".no-such-hf-home")))
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_clip("ViT-B-16", "openai", device="cpu")
+    message = str(info.value)
+    assert "--pretrained /path/to/ViT-B-16.pt" in message and "--pretrained none" in message
