@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flows import cli_choices
 from flows.cli_args import add_filter_options, filter_fields, given, json_object, readable_validation_errors
 
 DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")  # scikit-image's bundled photos
@@ -33,7 +34,7 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_required: bool = Tr
         "--pretrained", default="openai", help="open_clip tag, a local checkpoint PATH, or 'none' (random weights)"
     )
     g.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    g.add_argument("--attention", choices=["maskclip", "clearclip", "sclip"], default="maskclip")
+    g.add_argument("--attention", choices=cli_choices.ATTENTION_MODES, default="maskclip")
     g.add_argument("--mode", choices=["slide", "whole"], default="slide")
     g.add_argument("--short-side", type=int, default=448)
     g.add_argument("--crop", type=int, default=448)
@@ -42,7 +43,7 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_required: bool = Tr
     g.add_argument("--no-prompt-denoising", action="store_true")
     g.add_argument("--ks-threshold", type=float, default=1.0)
     g.add_argument("--pd-threshold", type=float, default=0.5)
-    g.add_argument("--templates", choices=["maskclip", "single"], default="maskclip")
+    g.add_argument("--templates", choices=cli_choices.TEMPLATE_SETS, default="maskclip")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
 
 

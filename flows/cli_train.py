@@ -12,9 +12,8 @@ import math
 import os
 from typing import Any
 
+from flows import cli_choices
 from flows.cli_args import add_filter_options, filter_fields, given, json_object, readable_validation_errors
-
-BACKBONES = ("mobilenet_v3_large", "resnet18", "resnet50", "resnet101")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--clip-model", help="open_clip model name, e.g. ViT-B-16")
     g.add_argument("--clip-pretrained", help="open_clip tag, a local checkpoint path, or 'none' (default openai)")
     g.add_argument("--clip-seed", type=int, default=None, help="seed of random CLIP weights")
-    g.add_argument("--templates", choices=["maskclip", "single"], default=None, help="prompt templates")
+    g.add_argument("--templates", choices=cli_choices.TEMPLATE_SETS, default=None, help="prompt templates")
 
     g = p.add_argument_group("student")
-    g.add_argument("--backbone", choices=BACKBONES, default=None, help="default resnet101 (MaskCLIP+'s)")
+    g.add_argument("--backbone", choices=cli_choices.BACKBONES, default=None, help="default resnet101 (MaskCLIP+'s)")
     g.add_argument("--backbone-weights", default=None, help="imagenet (default), none, or a state dict path / URL")
     g.add_argument("--output-stride", type=int, choices=[8, 16], default=None, help="default 8")
-    g.add_argument("--head", choices=["deeplabv3", "deeplabv2"], default=None, help="default deeplabv3")
+    g.add_argument("--head", choices=cli_choices.HEADS, default=None, help="default deeplabv3")
     g.add_argument("--head-channels", type=int, default=None, help="default 256")
     g.add_argument("--temperature", type=float, default=None, help="logit scale of the cosine (default 50)")
 

@@ -6,6 +6,9 @@ import io
 import urllib.error
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import fsspec
 import safetensors.torch
@@ -14,20 +17,9 @@ from torch import nn
 from torchvision import models
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
-BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenet_v3_large")
-
 
 class BackboneWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be fetched (offline machine)."""
-
-
-def _imagenet_weights(name: str) -> models.WeightsEnum:
-    return {
-        "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
-        "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
-        "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
-        "mobilenet_v3_large": models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    }[name]
 
 
 def _dilate_basic_resnet(model: models.ResNet, dilate: tuple[bool, bool, bool]) -> None:
@@ -70,6 +62,34 @@ def _mobilenet(output_stride: int) -> tuple[nn.Module, int]:
     return model, model.features[-1].out_channels
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: ``build(output_stride) -> (torchvision model, feature channels)`` and the
+    torchvision ImageNet-1k weights its feature layers accept."""
+
+    build: Callable[[int], tuple[nn.Module, int]]
+    imagenet_weights: models.WeightsEnum
+
+
+# The backbone registry: ``BackboneName`` (the configs' Literal), the CLI's choices and the docs derive from
+# its keys; a new backbone is one entry here.
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(partial(_resnet, "resnet18"), models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": BackboneSpec(partial(_resnet, "resnet50"), models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": BackboneSpec(partial(_resnet, "resnet101"), models.ResNet101_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_large": BackboneSpec(_mobilenet, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+}
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registered backbone ``name``; a clear error for an unknown one."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {tuple(BACKBONES)}") from None
+
+
 def _read_state_dict(url: str, storage_options: dict | None) -> dict[str, torch.Tensor]:
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
         data = f.read()
@@ -83,7 +103,7 @@ def _read_state_dict(url: str, storage_options: dict | None) -> dict[str, torch.
 
 
 def _download_imagenet(name: str) -> dict[str, torch.Tensor]:
-    weights = _imagenet_weights(name)
+    weights = backbone_spec(name).imagenet_weights
     try:
         # Through torch.hub (its cache dir is checked first), so a pre-seeded cache works offline.
         return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
@@ -122,11 +142,10 @@ def build_backbone(
     ``weights``: ``"none"`` (random), ``"imagenet"`` (torchvision's ImageNet-1k weights) or a path / fsspec
     URL of a torchvision classification state dict (``.pth`` or ``.safetensors``).
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    spec = backbone_spec(name)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    model, channels = _mobilenet(output_stride) if name.startswith("mobilenet") else _resnet(name, output_stride)
+    model, channels = spec.build(output_stride)
     if weights != "none":
         state = _download_imagenet(name) if weights == "imagenet" else _read_state_dict(weights, storage_options)
         _load_features(model, state, f"{name} (backbone weights {weights!r})")

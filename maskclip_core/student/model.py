@@ -3,8 +3,9 @@ classifier is the frozen text embeddings of the vocabulary."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,6 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from maskclip_core.student.backbones import build_backbone
 from maskclip_core.student.classifier import ClassVocabulary, TextClassifier
-
-HEADS = ("deeplabv3", "deeplabv2")
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,9 @@ class StudentConfig:
     """
 
     embed_dim: int = 512  # CLIP's joint embedding dim (512 for ViT-B/16)
-    backbone: str = "resnet101"  # resnet18 | resnet50 | resnet101 | mobilenet_v3_large
+    backbone: str = "resnet101"  # a key of student.backbones.BACKBONES
     output_stride: int = 8
-    head: str = "deeplabv3"  # deeplabv3 (torchvision ASPP + image pooling) | deeplabv2 (summed atrous convs)
+    head: str = "deeplabv3"  # a key of HEADS
     head_channels: int = 256
     # Logits are temperature * cosine. MaskCLIP+ leaves its features unnormalised, so their norm (tens)
     # plays this part; CLIP's text embeddings of different classes are close (cosine 0.7-0.9), so a
@@ -38,7 +37,7 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+            raise ValueError(f"unknown head {self.head!r}; choose one of {tuple(HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,21 +66,36 @@ class ASPPv2(nn.Module):
         return sum(b(x) for b in self.branches)  # type: ignore[return-value]
 
 
+def _deeplabv3_head(in_channels: int, channels: int, scale: int) -> nn.Module:
+    """torchvision's ASPP with image pooling, then a 3x3 conv."""
+    return nn.Sequential(
+        ASPP(in_channels, [r * scale for r in (6, 12, 18)], out_channels=channels),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _deeplabv2_head(in_channels: int, channels: int, scale: int) -> nn.Module:
+    """DeepLabv2's summed parallel atrous convs (MaskCLIP+'s decode module)."""
+    return ASPPv2(in_channels, channels, tuple(r * scale // 2 for r in (6, 12, 18, 24)))
+
+
+# The head registry: (backbone channels, head channels, rate scale) -> head body. ``HeadName`` (the configs'
+# Literal) and the CLI's choices derive from its keys.
+HEADS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "deeplabv3": _deeplabv3_head,
+    "deeplabv2": _deeplabv2_head,
+}
+HeadName = Literal[tuple(HEADS)]  # type: ignore[valid-type]
+
+
 def _head(config: StudentConfig, in_channels: int) -> nn.Module:
     # DeepLab's rates are quoted at output stride 16; at stride 8 the same receptive field needs double.
     scale = 16 // config.output_stride
-    c = config.head_channels
-    if config.head == "deeplabv3":
-        body: nn.Module = nn.Sequential(
-            ASPP(in_channels, [r * scale for r in (6, 12, 18)], out_channels=c),
-            nn.Conv2d(c, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-        )
-    else:
-        body = ASPPv2(in_channels, c, tuple(r * scale // 2 for r in (6, 12, 18, 24)))
+    body = HEADS[config.head](in_channels, config.head_channels, scale)
     # The projection to the text space replaces DeepLab's per-class 1x1 conv.
-    return nn.Sequential(body, nn.Conv2d(c, config.embed_dim, 1))
+    return nn.Sequential(body, nn.Conv2d(config.head_channels, config.embed_dim, 1))
 
 
 class StudentNet(nn.Module):

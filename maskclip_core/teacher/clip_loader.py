@@ -103,6 +103,31 @@ def weights_identity(model_name: str, pretrained: str | None, seed: int = 0) -> 
     return f"{model_name}/{pretrained}"
 
 
+def _unsupported_reason(config: dict[str, Any]) -> str | None:
+    """Why an open_clip architecture cannot give per-patch CLIP embeddings (None: it can), read from its
+    config so that no model is built to find out."""
+    vision = config.get("vision_cfg") or {}
+    if config.get("multimodal_cfg") or vision.get("attentional_pool"):
+        return "attentional-pooler ViTs (CoCa) have no per-patch CLIP embedding"
+    if vision.get("timm_model_name"):
+        return f"its image encoder is timm's {vision['timm_model_name']!r}, not an open_clip ViT or ModifiedResNet"
+    return None
+
+
+def clip_models() -> dict[str, tuple[str, ...]]:
+    """The CLIP registry: each open_clip architecture the loader can label with (OpenAI-style ViTs and
+    ModifiedResNets, our tiny test configs included) -> its pretrained tags (empty: random or local weights).
+
+    Derived from open_clip's own registries (``list_models``, ``list_pretrained_tags_by_model``), so a newer
+    open_clip brings its new models and tags without an edit here.
+    """
+    return {
+        name: tuple(open_clip.list_pretrained_tags_by_model(name))
+        for name in open_clip.list_models()
+        if _unsupported_reason(open_clip.get_model_config(name) or {}) is None
+    }
+
+
 def _offline_message(model_name: str, pretrained: str, cause: Exception) -> str:
     return (
         f"Could not obtain the pretrained weights '{pretrained}' for {model_name}: {cause}\n"
@@ -149,7 +174,10 @@ def load_clip(
     """
     model_name = normalise_model_name(model_name)
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP model '{model_name}'; known: {', '.join(open_clip.list_models())}")
+        raise ValueError(f"unknown CLIP model '{model_name}'; known: {', '.join(clip_models())}")
+    reason = _unsupported_reason(open_clip.get_model_config(model_name) or {})
+    if reason is not None:
+        raise ValueError(f"{model_name}: {reason}; MaskCLIP needs one of {', '.join(clip_models())}")
     device = torch.device(device) if device is not None else default_device()
     pretrained_arg: str | None = None if is_random(pretrained) else str(pretrained)
 

@@ -15,7 +15,7 @@ as 1x1 convolutions; keys are ``k_proj(layer4)``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -23,9 +23,6 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
-
-AttentionMode = Literal["maskclip", "clearclip", "sclip"]
-ATTENTION_MODES: tuple[str, ...] = ("maskclip", "clearclip", "sclip")
 
 
 def _visual(model: torch.nn.Module) -> torch.nn.Module:
@@ -130,26 +127,68 @@ def _self_self_attention(q: torch.Tensor, v: torch.Tensor, num_heads: int) -> to
     )
 
 
-def _last_block(block: torch.nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modified last block -> (tokens, keys), both [B, L, W]."""
+# (last block, its input tokens [B, 1 + gh*gw, W] with the class token first, the patch grid (gh, gw))
+# -> (tokens, keys), both [B, 1 + gh*gw, W]. The grid is there for modes with a spatial prior.
+LastBlock = Callable[[torch.nn.Module, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _maskclip_block(
+    block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskCLIP's value path (q and k do not touch the features), residual and FFN kept."""
+    _, k, v = _qkv(block, block.ln_1(x))
+    x = x + block.ls_1(block.attn.out_proj(v))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, k
+
+
+def _clearclip_block(
+    block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClearCLIP's q-q self attention, no residual, no FFN."""
+    q, k, v = _qkv(block, block.ln_1(x))
+    return block.ls_1(block.attn.out_proj(_self_self_attention(q, v, block.attn.num_heads))), k
+
+
+def _sclip_block(block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SCLIP's correlative self attention softmax(q q^T) + softmax(k k^T), residual and FFN kept."""
     q, k, v = _qkv(block, block.ln_1(x))
     heads = block.attn.num_heads
-    if mode == "maskclip":
-        x = x + block.ls_1(block.attn.out_proj(v))
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    elif mode == "clearclip":
-        x = block.ls_1(block.attn.out_proj(_self_self_attention(q, v, heads)))
-    elif mode == "sclip":
-        qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
-        scale = qh.shape[-1] ** -0.5
-        weights = torch.softmax(qh @ qh.transpose(-1, -2) * scale, dim=-1) + torch.softmax(
-            kh @ kh.transpose(-1, -2) * scale, dim=-1
-        )
-        x = x + block.ls_1(block.attn.out_proj(_merge_heads(weights @ vh)))
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    else:
-        raise ValueError(f"unknown attention mode {mode!r}; choose one of {ATTENTION_MODES}")
+    qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    scale = qh.shape[-1] ** -0.5
+    weights = torch.softmax(qh @ qh.transpose(-1, -2) * scale, dim=-1) + torch.softmax(
+        kh @ kh.transpose(-1, -2) * scale, dim=-1
+    )
+    x = x + block.ls_1(block.attn.out_proj(_merge_heads(weights @ vh)))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, k
+
+
+# The attention-mode registry (as segment-anything's ``sam_model_registry``): a new training-free variant is
+# one entry here; ``AttentionMode`` (the config's Literal), the CLI's choices and the docs derive from it.
+ATTENTION_MODES: dict[str, LastBlock] = {
+    "maskclip": _maskclip_block,
+    "clearclip": _clearclip_block,
+    "sclip": _sclip_block,
+}
+AttentionMode = Literal[tuple(ATTENTION_MODES)]  # type: ignore[valid-type]
+
+
+def describe_attention_modes() -> str:
+    """One line per registered mode (its function's docstring), for config descriptions and CLI help."""
+    return "; ".join(f"{name}: {_summary(fn)}" for name, fn in ATTENTION_MODES.items())
+
+
+def _summary(fn: Callable) -> str:
+    return (fn.__doc__ or "").strip().split("\n")[0].rstrip(".")
+
+
+def last_block_for(mode: str) -> LastBlock:
+    """The last-block function registered for ``mode``; a clear error for an unknown one."""
+    try:
+        return ATTENTION_MODES[mode]
+    except KeyError:
+        raise ValueError(f"unknown attention mode {mode!r}; choose one of {tuple(ATTENTION_MODES)}") from None
 
 
 def _to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -159,10 +198,11 @@ def _to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    last_block = last_block_for(mode)
     x, grid = _vit_embed(visual, pixels)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual, x, blocks[:-1])
-    x, keys = _last_block(blocks[-1], x, mode)
+    x, keys = last_block(blocks[-1], x, grid)
     x = visual.ln_post(x)
     if visual.proj is not None:
         x = x @ visual.proj
@@ -179,6 +219,7 @@ def _resnet_trunk(visual: ModifiedResNet, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _resnet_dense(visual: ModifiedResNet, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    last_block_for(mode)  # an unknown mode gets the same message as for a ViT
     if mode != "maskclip":
         raise ValueError(f"attention mode {mode!r} is defined for ViT encoders only; ResNets use 'maskclip'")
     x = _resnet_trunk(visual, pixels)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,14 +14,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
-from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, SINGLE_TEMPLATE
+from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, templates_for
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_cache_dir
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
 from maskclip_core.types import SegmentationResult
-
-TEMPLATE_SETS = {"maskclip": MASKCLIP_TEMPLATES, "single": SINGLE_TEMPLATE}
-
 
 class LabelerConfig(BaseModel):
     """Everything that determines the teacher's labels (hashed for incremental labeling)."""
@@ -33,7 +30,7 @@ class LabelerConfig(BaseModel):
     seed: int = Field(0, description="Seed of random weights (pretrained='none')")
     classes: str = Field(..., min_length=1, description="Classes, comma separated; synonyms after ';'")
     background: str | None = Field(None, description="Background queries, comma separated (optional)")
-    templates: Literal["maskclip", "single"] = "maskclip"
+    templates: TemplateSetName = Field("maskclip", description="Prompt template set (teacher/prompts.py TEMPLATE_SETS)")
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
     def vocabulary(self) -> Vocabulary:
@@ -71,7 +68,7 @@ class MaskCLIPLabeler:
             bundle,
             config.vocabulary(),
             config.inference,
-            templates=TEMPLATE_SETS[config.templates],
+            templates=templates_for(config.templates),
             text_cache=TextClassifierCache(text_cache_dir) if text_cache_dir else None,
         )
 

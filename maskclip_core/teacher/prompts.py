@@ -1,91 +1,19 @@
-"""Prompt templates for the text classifier.
+"""Prompt templates for the text classifier, and the registry of template sets.
 
-The 80 ImageNet templates of the CLIP paper plus the 5 scene templates MaskCLIP adds; each class name is
-put in every template, encoded, L2-normalised and averaged (then normalised again).
+MaskCLIP uses the 80 ImageNet templates of the CLIP paper (open_clip ships them as
+``OPENAI_IMAGENET_TEMPLATES``) plus 5 scene templates of its own; each class name is put in every template,
+encoded, L2-normalised and averaged (then normalised again).
 """
 
-IMAGENET_TEMPLATES: tuple[str, ...] = (
-    "a bad photo of a {}.",
-    "a photo of many {}.",
-    "a sculpture of a {}.",
-    "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.",
-    "a rendering of a {}.",
-    "graffiti of a {}.",
-    "a bad photo of the {}.",
-    "a cropped photo of the {}.",
-    "a tattoo of a {}.",
-    "the embroidered {}.",
-    "a photo of a hard to see {}.",
-    "a bright photo of a {}.",
-    "a photo of a clean {}.",
-    "a photo of a dirty {}.",
-    "a dark photo of the {}.",
-    "a drawing of a {}.",
-    "a photo of my {}.",
-    "the plastic {}.",
-    "a photo of the cool {}.",
-    "a close-up photo of a {}.",
-    "a black and white photo of the {}.",
-    "a painting of the {}.",
-    "a painting of a {}.",
-    "a pixelated photo of the {}.",
-    "a sculpture of the {}.",
-    "a bright photo of the {}.",
-    "a cropped photo of a {}.",
-    "a plastic {}.",
-    "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.",
-    "a photo of the {}.",
-    "a good photo of the {}.",
-    "a rendering of the {}.",
-    "a {} in a video game.",
-    "a photo of one {}.",
-    "a doodle of a {}.",
-    "a close-up photo of the {}.",
-    "a photo of a {}.",
-    "the origami {}.",
-    "the {} in a video game.",
-    "a sketch of a {}.",
-    "a doodle of the {}.",
-    "a origami {}.",
-    "a low resolution photo of a {}.",
-    "the toy {}.",
-    "a rendition of the {}.",
-    "a photo of the clean {}.",
-    "a photo of a large {}.",
-    "a rendition of a {}.",
-    "a photo of a nice {}.",
-    "a photo of a weird {}.",
-    "a blurry photo of a {}.",
-    "a cartoon {}.",
-    "art of a {}.",
-    "a sketch of the {}.",
-    "a embroidered {}.",
-    "a pixelated photo of a {}.",
-    "itap of the {}.",
-    "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.",
-    "a plushie {}.",
-    "a photo of the nice {}.",
-    "a photo of the small {}.",
-    "a photo of the weird {}.",
-    "the cartoon {}.",
-    "art of the {}.",
-    "a drawing of the {}.",
-    "a photo of the large {}.",
-    "a black and white photo of a {}.",
-    "the plushie {}.",
-    "a dark photo of a {}.",
-    "itap of a {}.",
-    "graffiti of the {}.",
-    "a toy {}.",
-    "itap of my {}.",
-    "a photo of a cool {}.",
-    "a photo of a small {}.",
-    "a tattoo of the {}.",
-)
+from __future__ import annotations
+
+from typing import Literal
+
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+# open_clip's templates are callables (name -> prompt); as format strings they hash into labeler configs
+# and text-classifier cache keys exactly as the hand-written copy did.
+IMAGENET_TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 SCENE_TEMPLATES: tuple[str, ...] = (
     "there is a {} in the scene.",
@@ -99,3 +27,19 @@ MASKCLIP_TEMPLATES: tuple[str, ...] = IMAGENET_TEMPLATES + SCENE_TEMPLATES
 
 # A single template, for quick experiments and the ablation "without prompt engineering".
 SINGLE_TEMPLATE: tuple[str, ...] = ("a photo of a {}.",)
+
+# The template-set registry: ``TemplateSetName`` (the configs' Literal), the CLI's choices and the docs derive
+# from its keys; a new set is one entry here.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "maskclip": MASKCLIP_TEMPLATES,
+    "single": SINGLE_TEMPLATE,
+}
+TemplateSetName = Literal[tuple(TEMPLATE_SETS)]  # type: ignore[valid-type]
+
+
+def templates_for(name: str) -> tuple[str, ...]:
+    """The templates registered as ``name``; a clear error for an unknown one."""
+    try:
+        return TEMPLATE_SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown template set {name!r}; choose one of {tuple(TEMPLATE_SETS)}") from None

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.profiler import record_function
 
-from maskclip_core.teacher.dense import dense_features
+from maskclip_core.teacher.dense import AttentionMode, dense_features, describe_attention_modes
 from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep, suppress_classes
 from maskclip_core.teacher.text_classifier import TextClassifier
 from maskclip_core.types import SegmentationResult
@@ -25,9 +25,7 @@ class InferenceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    attention: Literal["maskclip", "clearclip", "sclip"] = Field(
-        "maskclip", description="Last-block variant: MaskCLIP (value path), ClearCLIP (q-q, no residual/FFN), SCLIP"
-    )
+    attention: AttentionMode = Field("maskclip", description=f"Last-block variant. {describe_attention_modes()}")
     short_side: int | None = Field(448, ge=32, le=8192, description="Resize the short side to this; None keeps size")
     max_long_side: int = Field(2048, ge=32, description="Cap on the long side after resizing")
     mode: Literal["slide", "whole"] = Field("slide", description="Sliding windows or the whole image at once")

@@ -35,7 +35,9 @@ from maskclip_core.dataset.reader import source_root
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, load_ground_truth
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
-from maskclip_core.student.backbones import BACKBONES
+from maskclip_core.student.backbones import BackboneName
+from maskclip_core.student.model import HeadName
+from maskclip_core.teacher.prompts import TemplateSetName, templates_for
 from maskclip_core.teacher.vocabulary import ClassSpec, Vocabulary
 from maskclip_core.training.data import ImageRef, LazyImages, load_training_set, training_fingerprint
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
@@ -56,7 +58,7 @@ class ClipSpec(BaseModel):
     model: str = Field("ViT-B-16", description="open_clip model name of the teacher, e.g. ViT-B-16")
     pretrained: str = Field("openai", description="open_clip tag, a local checkpoint path, or 'none'")
     seed: int = Field(0, description="Seed of random weights (pretrained='none')")
-    templates: Literal["maskclip", "single"] = Field("maskclip", description="Prompt templates of the teacher")
+    templates: TemplateSetName = Field("maskclip", description="Prompt templates of the teacher")
 
     @classmethod
     def from_labeler_config(cls, config: Mapping[str, Any]) -> ClipSpec:
@@ -70,11 +72,11 @@ class StudentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backbone: Literal["resnet18", "resnet50", "resnet101", "mobilenet_v3_large"] = Field(
+    backbone: BackboneName = Field(
         "resnet101", description="Dilated backbone; resnet101 is MaskCLIP+'s, mobilenet_v3_large the light one"
     )
     output_stride: Literal[8, 16] = Field(8, description="Feature stride of the backbone")
-    head: Literal["deeplabv3", "deeplabv2"] = Field("deeplabv3", description="DeepLab head (ASPP)")
+    head: HeadName = Field("deeplabv3", description="DeepLab head (ASPP)")
     head_channels: int = Field(256, ge=4, le=4096, description="Channels of the head")
     temperature: float = Field(50.0, gt=0, description="Logits are temperature x cosine(feature, text embedding)")
     backbone_weights: str = Field(
@@ -84,7 +86,6 @@ class StudentSpec(BaseModel):
     def config(self, embed_dim: int) -> Any:
         from maskclip_core.student.model import StudentConfig
 
-        assert self.backbone in BACKBONES
         return StudentConfig(embed_dim=embed_dim, **self.model_dump())
 
 
@@ -367,11 +368,10 @@ def text_embeddings(clip: ClipSpec, vocabulary: Vocabulary, device: str | None =
     the teacher builds it (same CLIP weights, prompt templates and per-query ensembles; same cache)."""
     from maskclip_core.student.classifier import ClassVocabulary
     from maskclip_core.teacher.clip_loader import load_clip
-    from maskclip_core.teacher.labeler import TEMPLATE_SETS
     from maskclip_core.teacher.text_classifier import TextClassifierCache, default_cache_dir
 
     bundle = load_clip(clip.model, clip.pretrained, device=device, seed=clip.seed)
-    classifier = TextClassifierCache(default_cache_dir()).get(bundle, vocabulary, TEMPLATE_SETS[clip.templates])
+    classifier = TextClassifierCache(default_cache_dir()).get(bundle, vocabulary, templates_for(clip.templates))
     query_to_class = tuple(int(c) for c in classifier.query_to_class.cpu().tolist())
     return classifier.embeddings.detach().float().cpu(), ClassVocabulary(vocabulary.names, query_to_class)
 
