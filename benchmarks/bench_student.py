@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from maskclip_core.device import default_device  # noqa: E402
 from maskclip_core.labeling.decode import decode_image  # noqa: E402
 from maskclip_core.student import (  # noqa: E402
     AugmentConfig,
@@ -161,7 +162,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=IMAGES)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--variants", default="light,resnet50", help=f"comma separated, of {list(VARIANTS)}")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--train-batch", type=int, default=4)

@@ -100,7 +100,7 @@ class GroundTruth:
         return target
 
     def pairs(self, images: Sequence[np.ndarray]) -> EvalPairs:
-        """(image, target) pairs for ``train_student(eval_pairs=...)``; ``images`` in the order of ``refs``."""
+        """(image, target) pairs for ``fit_student(eval_pairs=...)``; ``images`` in the order of ``refs``."""
         return EvalPairs(images, self)
 
     def summary(self, metrics: SegmentationMetrics) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
+from maskclip_core.colors import voc_colormap
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
 from maskclip_core.interchange.records import (
     ExportImage,
@@ -31,7 +32,6 @@ from maskclip_core.interchange.records import (
     category_colors,
     check_categories,
     read_bytes,
-    voc_colormap,
     write_atomic,
 )
 

@@ -23,6 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from fsspec.implementations.local import LocalFileSystem
 
+from maskclip_core.colors import voc_colormap
 from maskclip_core.types import IGNORE_INDEX
 
 
@@ -120,17 +121,6 @@ def image_score(image: ExportImage) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- categories
-
-
-def voc_colormap(n: int) -> np.ndarray:
-    """[n, 3] uint8 PASCAL VOC palette (index 0 = black); the palette CVAT and datumaro use for VOC masks."""
-    idx = np.arange(n)
-    cmap = np.zeros((n, 3), dtype=np.int64)
-    for shift in range(7, -1, -1):
-        for c in range(3):
-            cmap[:, c] |= ((idx >> c) & 1) << shift
-        idx = idx >> 3
-    return cmap.astype(np.uint8)
 
 
 def category_colors(categories: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, int, int]]:

@@ -38,6 +38,7 @@ from maskclip_core.labeling.annotations import encode_annotations, image_id_from
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from maskclip_core.labeling.filter import FilterConfig, FilteredLabels, filter_labels
 from maskclip_core.labeling.overlays import overlay
+from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
 from maskclip_core.types import Labeler, SegmentationResult
 
@@ -89,8 +90,7 @@ class LabelerSpec(BaseModel):
         return cls(labeler="student", checkpoint=checkpoint, checkpoint_storage_options=storage_options, device=device)
 
 
-_STUDENTS: dict[str, Labeler] = {}
-_STUDENTS_LOCK = threading.Lock()
+_STUDENTS: ProcessCache[Labeler] = ProcessCache()
 
 
 def load_labeler(spec: LabelerSpec, *, device: str | None = None) -> Labeler:
@@ -103,15 +103,12 @@ def load_labeler(spec: LabelerSpec, *, device: str | None = None) -> Labeler:
         assert spec.config is not None  # validated
         return cached_labeler(spec.config, device=device)
     key = json.dumps([spec.checkpoint, spec.checkpoint_storage_options, device], sort_keys=True, default=str)
-    with _STUDENTS_LOCK:
-        labeler = _STUDENTS.get(key)
-        if labeler is None:
-            student_labeler = _student_class()
-            labeler = student_labeler.from_checkpoint(
-                spec.checkpoint, device=device, storage_options=spec.checkpoint_storage_options or None
-            )
-            _STUDENTS[key] = labeler
-        return labeler
+    return _STUDENTS.get(
+        key,
+        lambda: _student_class().from_checkpoint(
+            spec.checkpoint, device=device, storage_options=spec.checkpoint_storage_options or None
+        ),
+    )
 
 
 def _student_class() -> Any:

@@ -7,21 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from maskclip_core.colors import voc_colormap
 from maskclip_core.types import IGNORE_INDEX
 
 
 def palette(n: int = 256) -> np.ndarray:
-    """[n, 3] uint8 colours: the PASCAL VOC bit-interleaved colour map (distinct, stable, widely known)."""
-    colours = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i + 1, 0, 0, 0  # +1 so class 0 is not black (black is reserved for ignore)
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours[i] = (r, g, b)
-    return colours
+    """[n, 3] uint8 colours for class indices 0..n-1: the PASCAL VOC colour map shifted by one, so class 0
+    is not black (black is reserved for ignore)."""
+    return voc_colormap(n + 1)[1:]
 
 
 def label_png(labels: np.ndarray) -> Image.Image:

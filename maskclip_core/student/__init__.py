@@ -4,7 +4,7 @@ trained on teacher pseudo-labels and then by self-training."""
 from maskclip_core.student.augment import AugmentConfig, augment
 from maskclip_core.student.backbones import BACKBONES, BackboneWeightsUnavailable, build_backbone
 from maskclip_core.student.checkpoint import StudentCheckpoint, load_checkpoint, read_latest, save_weights
-from maskclip_core.student.classifier import ClassVocabulary, TextClassifier
+from maskclip_core.student.classifier import ClassVocabulary, FrozenTextHead
 from maskclip_core.student.data import ConcatSource, LabeledPool, Sample, SampleSource, make_batch
 from maskclip_core.student.inference import predict
 from maskclip_core.student.labeler import StudentLabeler
@@ -14,10 +14,10 @@ from maskclip_core.student.train import (
     TrainConfig,
     TrainResult,
     evaluate_student,
+    fit_student,
     phase_ends,
     poly_lr,
     relabel,
-    train_student,
 )
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "BackboneWeightsUnavailable",
     "ClassVocabulary",
     "ConcatSource",
+    "FrozenTextHead",
     "LabeledPool",
     "RoundEnd",
     "Sample",
@@ -34,13 +35,13 @@ __all__ = [
     "StudentConfig",
     "StudentLabeler",
     "StudentNet",
-    "TextClassifier",
     "TrainConfig",
     "TrainResult",
     "augment",
     "build_backbone",
     "build_student",
     "evaluate_student",
+    "fit_student",
     "load_checkpoint",
     "make_batch",
     "phase_ends",
@@ -49,5 +50,4 @@ __all__ = [
     "read_latest",
     "relabel",
     "save_weights",
-    "train_student",
 ]

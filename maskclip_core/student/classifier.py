@@ -61,7 +61,7 @@ class ClassVocabulary:
         return cls(tuple(data["class_names"]), None if q2c is None else tuple(q2c))
 
 
-class TextClassifier(nn.Module):
+class FrozenTextHead(nn.Module):
     """1x1 classifier whose weights are frozen, L2-normalised text embeddings.
 
     Features are L2-normalised too, so logits are ``temperature * cosine`` (MaskCLIP scores pixels

@@ -9,15 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskclip_core.device import resolve_device
 from maskclip_core.student.checkpoint import StudentCheckpoint, load_checkpoint
 from maskclip_core.student.classifier import ClassVocabulary
 from maskclip_core.student.inference import predict
 from maskclip_core.student.model import StudentNet
 from maskclip_core.types import SegmentationResult
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class StudentLabeler:
@@ -41,7 +38,7 @@ class StudentLabeler:
         size_multiple: int | None = 32,
         half_precision: bool = False,
     ) -> None:
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.short_side = short_side
         self.batch_size = batch_size

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from maskclip_core.student.backbones import build_backbone
-from maskclip_core.student.classifier import ClassVocabulary, TextClassifier
+from maskclip_core.student.classifier import ClassVocabulary, FrozenTextHead
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class StudentNet(nn.Module):
         weights = config.backbone_weights if backbone_weights is None else backbone_weights
         self.backbone, channels = build_backbone(config.backbone, config.output_stride, weights, storage_options)
         self.head = _head(config, channels)
-        self.classifier = TextClassifier(embeddings, vocabulary, config.temperature)
+        self.classifier = FrozenTextHead(embeddings, vocabulary, config.temperature)
 
     @property
     def vocabulary(self) -> ClassVocabulary:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskclip_core.device import resolve_device
 from maskclip_core.evaluation.metrics import SegmentationMetrics
 from maskclip_core.student import checkpoint as ckpt
 from maskclip_core.student.augment import AugmentConfig
@@ -191,7 +192,7 @@ def _check_same_student(saved: ckpt.StudentCheckpoint, model: StudentNet, url: s
         raise ValueError(f"checkpoint at {url} is for another student config, vocabulary or text embeddings")
 
 
-def train_student(
+def fit_student(
     model_config: StudentConfig,
     text_embeddings: torch.Tensor,
     vocabulary: ClassVocabulary,
@@ -221,7 +222,7 @@ def train_student(
         raise ValueError("batch_size must be at least 2: BatchNorm (ASPP's image pooling) needs 2 values")
     if config.rounds > 0 and label_filter is None:
         raise ValueError("self-training rounds need a label_filter (SegmentationResult -> uint8 labels)")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device or None)
     ends = phase_ends(config.iterations, config.rounds, config.pseudo_fraction)
     pool = unlabeled if unlabeled is not None else _Images(samples)
 

@@ -15,6 +15,8 @@ import torch
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
+from maskclip_core.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-16"
@@ -59,10 +61,6 @@ class ClipBundle:
     @property
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1]) if self.model.text_projection is not None else 0
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def feature_stride(model: torch.nn.Module) -> int:
@@ -178,7 +176,7 @@ def load_clip(
     reason = _unsupported_reason(open_clip.get_model_config(model_name) or {})
     if reason is not None:
         raise ValueError(f"{model_name}: {reason}; MaskCLIP needs one of {', '.join(clip_models())}")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     pretrained_arg: str | None = None if is_random(pretrained) else str(pretrained)
 
     if quick_gelu is None:

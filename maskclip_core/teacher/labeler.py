@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,12 +12,14 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, templates_for
-from maskclip_core.teacher.text_classifier import TextClassifierCache, default_cache_dir
+from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
 from maskclip_core.types import SegmentationResult
+
 
 class LabelerConfig(BaseModel):
     """Everything that determines the teacher's labels (hashed for incremental labeling)."""
@@ -56,7 +57,7 @@ class MaskCLIPLabeler:
         self.bundle = bundle
         self.inference = inference or InferenceConfig()
         self.templates = tuple(templates)
-        self._text_cache = text_cache or _DEFAULT_TEXT_CACHE
+        self._text_cache = text_cache or default_text_cache()
         self.set_vocabulary(vocabulary)
 
     @classmethod
@@ -106,9 +107,7 @@ class MaskCLIPLabeler:
         }
 
 
-_DEFAULT_TEXT_CACHE = TextClassifierCache(default_cache_dir())
-_LABELERS: dict[str, MaskCLIPLabeler] = {}
-_LABELERS_LOCK = threading.Lock()
+_LABELERS: ProcessCache[MaskCLIPLabeler] = ProcessCache()
 
 
 def cached_labeler(
@@ -116,9 +115,4 @@ def cached_labeler(
 ) -> MaskCLIPLabeler:
     """One labeler per configuration per process: a worker loads the model once and keeps it."""
     key = json.dumps([config.model_dump(mode="json"), device, text_cache_dir], sort_keys=True)
-    with _LABELERS_LOCK:
-        labeler = _LABELERS.get(key)
-        if labeler is None:
-            labeler = MaskCLIPLabeler.from_config(config, device=device, text_cache_dir=text_cache_dir)
-            _LABELERS[key] = labeler
-        return labeler
+    return _LABELERS.get(key, lambda: MaskCLIPLabeler.from_config(config, device=device, text_cache_dir=text_cache_dir))

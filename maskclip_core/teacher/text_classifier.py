@@ -14,6 +14,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.clip_loader import ClipBundle
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES
 from maskclip_core.teacher.vocabulary import Vocabulary
@@ -123,8 +124,7 @@ class TextClassifierCache:
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory) if directory else None
-        self._memory: dict[str, TextClassifier] = {}
-        self._lock = threading.Lock()
+        self._memory: ProcessCache[TextClassifier] = ProcessCache()
 
     @staticmethod
     def key(bundle: ClipBundle, vocabulary: Vocabulary, templates: Sequence[str]) -> str:
@@ -138,13 +138,14 @@ class TextClassifierCache:
         self, bundle: ClipBundle, vocabulary: Vocabulary, templates: Sequence[str] = MASKCLIP_TEMPLATES
     ) -> TextClassifier:
         key = self.key(bundle, vocabulary, templates)
-        with self._lock:
-            hit = self._memory.get(key)
-            if hit is None:
-                hit = self._load(key, vocabulary) or build_text_classifier(bundle, vocabulary, templates)
-                self._store(key, hit)
-                self._memory[key] = hit
-        return hit.to(bundle.device)
+        return self._memory.get(key, lambda: self._load_or_build(key, bundle, vocabulary, templates)).to(bundle.device)
+
+    def _load_or_build(
+        self, key: str, bundle: ClipBundle, vocabulary: Vocabulary, templates: Sequence[str]
+    ) -> TextClassifier:
+        classifier = self._load(key, vocabulary) or build_text_classifier(bundle, vocabulary, templates)
+        self._store(key, classifier)
+        return classifier
 
     def _path(self, key: str) -> Path | None:
         return self.directory / f"text-{key}.pt" if self.directory else None
@@ -170,6 +171,15 @@ class TextClassifierCache:
             os.replace(tmp, path)  # atomic: concurrent workers never read a half-written entry
         except OSError:  # a read-only or full cache directory only costs speed
             pass
+
+
+_TEXT_CACHES: ProcessCache[TextClassifierCache] = ProcessCache()
+
+
+def default_text_cache() -> TextClassifierCache:
+    """The process-wide cache in :func:`default_cache_dir` (shared by the teacher and the student's training)."""
+    directory = default_cache_dir()
+    return _TEXT_CACHES.get(str(directory), lambda: TextClassifierCache(directory))
 
 
 def build_text_classifier(

@@ -11,7 +11,7 @@ The ``tasks`` layer wraps three steps, which pass only small records (:class:`Tr
 2. :func:`evaluate_teacher`: the teacher's stored pseudo-labels against a ground truth.
 3. :func:`run_training`: samples from the store (``training_data``), text embeddings built exactly as the
    teacher's (``load_clip`` + the text-classifier cache over the same vocabulary and templates), the
-   pseudo-label phase and the self-training rounds (``student.train_student``; relabelled pool filtered by
+   pseudo-label phase and the self-training rounds (``student.fit_student``; relabelled pool filtered by
    the labeling flow's own ``filter_labels``), checkpoints and a metrics row after every round.
 """
 
@@ -368,10 +368,10 @@ def text_embeddings(clip: ClipSpec, vocabulary: Vocabulary, device: str | None =
     the teacher builds it (same CLIP weights, prompt templates and per-query ensembles; same cache)."""
     from maskclip_core.student.classifier import ClassVocabulary
     from maskclip_core.teacher.clip_loader import load_clip
-    from maskclip_core.teacher.text_classifier import TextClassifierCache, default_cache_dir
+    from maskclip_core.teacher.text_classifier import default_text_cache
 
     bundle = load_clip(clip.model, clip.pretrained, device=device, seed=clip.seed)
-    classifier = TextClassifierCache(default_cache_dir()).get(bundle, vocabulary, templates_for(clip.templates))
+    classifier = default_text_cache().get(bundle, vocabulary, templates_for(clip.templates))
     query_to_class = tuple(int(c) for c in classifier.query_to_class.cpu().tolist())
     return classifier.embeddings.detach().float().cpu(), ClassVocabulary(vocabulary.names, query_to_class)
 
@@ -476,7 +476,7 @@ def run_training(
     """
     from maskclip_core.student import checkpoint as ckpt
     from maskclip_core.student.model import StudentConfig
-    from maskclip_core.student.train import RoundEnd, TrainConfig, train_student
+    from maskclip_core.student.train import RoundEnd, TrainConfig, fit_student
 
     vocabulary = Vocabulary.from_json(plan.vocabulary)
     config = TrainConfig.from_dict(plan.train_config)
@@ -534,7 +534,7 @@ def run_training(
             raise _Stop
 
     try:
-        result = train_student(
+        result = fit_student(
             StudentConfig.from_dict(plan.student_config),
             embeddings,
             class_vocabulary,

@@ -22,7 +22,7 @@ from support.planted_student import (
     threshold_filter,
 )
 
-from maskclip_core.student import ClassVocabulary, RoundEnd, Sample, StudentLabeler, train_student
+from maskclip_core.student import ClassVocabulary, RoundEnd, Sample, StudentLabeler, fit_student
 from maskclip_core.teacher.clip_loader import load_clip
 from maskclip_core.teacher.dense import dense_features
 from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
@@ -128,7 +128,7 @@ def test_student_trained_on_cuda_resumes_and_labels_on_cpu(tmp_path: Path) -> No
     samples = [Sample(im, lab) for im, lab in zip(images, pseudo, strict=True)]
 
     def run(device: str, on_round_end=None):
-        return train_student(
+        return fit_student(
             small_student(),
             text_embeddings(),
             ClassVocabulary(NAMES),

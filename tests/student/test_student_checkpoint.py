@@ -25,10 +25,10 @@ from maskclip_core.student import (
     StudentLabeler,
     TrainConfig,
     build_student,
+    fit_student,
     load_checkpoint,
     read_latest,
     save_weights,
-    train_student,
 )
 from maskclip_core.student.checkpoint import write_latest
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
@@ -167,7 +167,7 @@ def _train(url: str, on_round_end=None, label_filter=None, model_config=None, te
         labels[result.confidence < 0.55] = IGNORE_INDEX
         return labels
 
-    return train_student(
+    return fit_student(
         model_config or student_config(),
         text() if text_embeddings is None else text_embeddings,
         VOCAB,

@@ -25,11 +25,11 @@ from maskclip_core.student import (
     Sample,
     TrainConfig,
     augment,
+    fit_student,
     make_batch,
     phase_ends,
     poly_lr,
     predict,
-    train_student,
 )
 from maskclip_core.student.data import batch_indices
 from maskclip_core.types import IGNORE_INDEX
@@ -43,7 +43,7 @@ def trained():
     pool = planted(48, SEED + 1)[0]
     eval_images, eval_masks, _ = planted(24, SEED + 2)
     config = planted_train_config()
-    result = train_student(
+    result = fit_student(
         small_student(),
         text_embeddings(),
         ClassVocabulary(NAMES),
@@ -203,12 +203,12 @@ def test_training_input_errors() -> None:
     student = small_student()
     vocab = ClassVocabulary(NAMES)
     with pytest.raises(ValueError, match="label_filter"):
-        train_student(student, text_embeddings(), vocab, samples, config)
+        fit_student(student, text_embeddings(), vocab, samples, config)
     with pytest.raises(ValueError, match="batch_size"):
-        train_student(student, text_embeddings(), vocab, samples, TrainConfig(batch_size=1, rounds=0))
+        fit_student(student, text_embeddings(), vocab, samples, TrainConfig(batch_size=1, rounds=0))
     bad = [Sample(samples[0].image, np.full((32, 32), 7, dtype=np.uint8))]
     with pytest.raises(ValueError, match="class indices"):
-        train_student(
+        fit_student(
             student,
             text_embeddings(),
             vocab,
@@ -216,7 +216,7 @@ def test_training_input_errors() -> None:
             TrainConfig(iterations=1, batch_size=2, rounds=0, augment=native(16)),
         )
     with pytest.raises(ValueError, match="label_filter must return"):
-        train_student(
+        fit_student(
             student,
             text_embeddings(),
             vocab,

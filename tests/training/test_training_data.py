@@ -289,7 +289,7 @@ def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_pa
 
 
 def test_clean_samples_stay_in_every_self_training_round(monkeypatch) -> None:
-    from maskclip_core.student import ClassVocabulary, Sample, StudentConfig, TrainConfig, train_student
+    from maskclip_core.student import ClassVocabulary, Sample, StudentConfig, TrainConfig, fit_student
     from maskclip_core.student import train as train_module
     from maskclip_core.student.augment import AugmentConfig
 
@@ -304,7 +304,7 @@ def test_clean_samples_stay_in_every_self_training_round(monkeypatch) -> None:
     samples = [Sample(image, np.zeros((16, 16), np.uint8)) for _ in range(3)]
     clean = [Sample(image, np.full((16, 16), 1, np.uint8))]
     torch.manual_seed(0)
-    train_student(
+    fit_student(
         StudentConfig(embed_dim=8, backbone="resnet18", output_stride=16, head_channels=8, backbone_weights="none"),
         torch.randn(2, 8),
         ClassVocabulary(("x", "y")),
