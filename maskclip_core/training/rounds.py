@@ -37,6 +37,7 @@ from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, 
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.student.backbones import BackboneName
 from maskclip_core.student.model import HeadName
+from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from maskclip_core.teacher.prompts import TemplateSetName, templates_for
 from maskclip_core.teacher.vocabulary import ClassSpec, Vocabulary
 from maskclip_core.training.data import ImageRef, LazyImages, load_training_set, training_fingerprint
@@ -55,8 +56,8 @@ class ClipSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field("ViT-B-16", description="open_clip model name of the teacher, e.g. ViT-B-16")
-    pretrained: str = Field("openai", description="open_clip tag, a local checkpoint path, or 'none'")
+    model: str = Field(DEFAULT_MODEL, description="open_clip model name of the teacher, e.g. ViT-B-16")
+    pretrained: str = Field(DEFAULT_PRETRAINED, description="open_clip tag, a local checkpoint path, or 'none'")
     seed: int = Field(0, description="Seed of random weights (pretrained='none')")
     templates: TemplateSetName = Field("maskclip", description="Prompt templates of the teacher")
 
