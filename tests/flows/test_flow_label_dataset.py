@@ -251,7 +251,7 @@ def test_s3_source_and_output_on_moto(s3_server) -> None:
     options = FAST.model_copy(
         update={
             "source_storage_options": s3_server.storage_options,
-            "output_storage_options": s3_server.storage_options,
+            "dataset_storage_options": s3_server.storage_options,
         }
     )
     out = f"s3://{bucket}/labels"
