@@ -176,7 +176,7 @@ def throughput(args: argparse.Namespace) -> dict:
             for p in files:
                 fs.pipe_file(f"bench/images/{p.name}", p.read_bytes())
             s3_options = options.model_copy(
-                update={"source_storage_options": storage, "output_storage_options": storage}
+                update={"source_storage_options": storage, "dataset_storage_options": storage}
             )
             runs["flow_s3"] = ("s3://bench/images", "s3://bench/labels", s3_options)
         walls: dict[str, float] = {}
