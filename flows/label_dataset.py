@@ -120,13 +120,9 @@ def label_dataset(
     try:
         with dask_scheduler(options) as address:
             for chunk in chunked(planner, options.chunk_batches):
-                with contextlib.suppress(ChunkIncomplete):  # its failed batches are in the summary already
-                    for done in label_chunk.with_options(
-                        flow_run_name=f"label-chunk-{chunk[0].index}-{chunk[-1].index}",
-                        task_runner=make_task_runner(options, address),
-                    )(chunk, run.setup, options.in_flight_limit(), options.retries, options.retry_delay_seconds):
-                        summary.add(done)
-                        progress.publish("batch")
+                for done in run_chunk(chunk, run.setup, options, address):
+                    summary.add(done)
+                    progress.publish("batch")
     except Exception as e:  # the report must say that the run failed, and why; then the run fails with it
         error = e
         summary.stop(f"{type(e).__name__}: {e}")
@@ -157,6 +153,18 @@ def label_chunk(
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+
+
+def run_chunk(
+    chunk: list[PlannedBatch], setup: BatchSetup, options: RunOptions, scheduler_address: str | None
+) -> Iterator[BatchDone]:
+    """One ``label-chunk`` sub-run over ``chunk`` on a fresh task runner; failed batches come out like the others."""
+    sub_run = label_chunk.with_options(
+        flow_run_name=f"label-chunk-{chunk[0].index}-{chunk[-1].index}",
+        task_runner=make_task_runner(options, scheduler_address),
+    )
+    with contextlib.suppress(ChunkIncomplete):  # the sub-run ends Failed; its batches were yielded already
+        yield from sub_run(chunk, setup, options.in_flight_limit(), options.retries, options.retry_delay_seconds)
 
 
 def raise_if_incomplete(summary: RunSummary, error: Exception | None) -> None:
