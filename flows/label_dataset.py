@@ -223,7 +223,9 @@ def iter_listing(
 
     The listing order is deterministic, so a restart skips the files it already yielded (a file added or
     removed meanwhile can shift that: one file may then be submitted twice, which is harmless as ids are
-    deterministic, or be left for the next run). A missing source is not retried.
+    deterministic, or be left for the next run). A missing source is not retried. Hand-written on purpose: a
+    Prefect task retry restarts from scratch and returns one value (the whole listing in memory), and tenacity
+    (not a dependency) would only replace the three lines of backoff arithmetic.
     """
     logger = _logger()
     yielded = 0
