@@ -176,7 +176,7 @@ def throughput(args: argparse.Namespace) -> dict:
             for p in files:
                 fs.pipe_file(f"bench/images/{p.name}", p.read_bytes())
             s3_options = options.model_copy(
-                update={"source_storage_options": storage, "output_storage_options": storage}
+                update={"source_storage_options": storage, "dataset_storage_options": storage}
             )
             runs["flow_s3"] = ("s3://bench/images", "s3://bench/labels", s3_options)
         walls: dict[str, float] = {}
@@ -240,7 +240,7 @@ def tiny_jpegs(directory: Path, n: int) -> None:
 
 def memory_child(source: str, output: str, batch_size: int) -> None:
     """One size, in a fresh process: RSS after setup, then the flow, then the peak."""
-    from flows.label_dataset import RunOptions, label_dataset
+    from flows.label_dataset import RunOptions, label_dataset, progress_listener
     from maskclip_core.labeling.batch import LabelerSpec, load_labeler
     from maskclip_core.labeling.filter import FilterConfig
     from maskclip_core.teacher.labeler import LabelerConfig
@@ -256,8 +256,17 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
     load_labeler(spec)
     setup_rss = rss_mb()
     setup_peak = peak_rss_mb()
+    # RSS sampled as batches finish: the labeling alone, apart from the end-of-run index compaction (which
+    # holds up to its ``max_rows`` images rows at once by design).
+    labeling_rss = [0.0]
+
+    def on_event(event: str, _summary: object) -> None:
+        if event == "batch":
+            labeling_rss[0] = max(labeling_rss[0], rss_mb())
+
     t0 = time.perf_counter()
-    summary = label_dataset(source, output, spec, FilterConfig(), RunOptions(batch_size=batch_size))
+    with progress_listener(on_event):
+        summary = label_dataset(source, output, spec, FilterConfig(), RunOptions(batch_size=batch_size))
     print(
         json.dumps(
             {
@@ -268,6 +277,7 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
                 "wall_s": round(time.perf_counter() - t0, 2),
                 "rss_after_setup_mb": round(setup_rss, 1),
                 "peak_rss_after_setup_mb": round(setup_peak, 1),
+                "max_rss_while_labeling_mb": round(labeling_rss[0], 1),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
                 "rss_at_end_mb": round(rss_mb(), 1),
             }

@@ -155,7 +155,7 @@ def label_parameters(args: argparse.Namespace) -> dict:
             "thumbnails": "thumbnails",
             "max_pixels": "max_pixels",
             "source_storage_options": "source_storage_options",
-            "output_storage_options": "output_storage_options",
+            "output_storage_options": "dataset_storage_options",
         },
     )
     if args.extensions is not None:
@@ -164,7 +164,7 @@ def label_parameters(args: argparse.Namespace) -> dict:
         run_options = RunOptions(**options)
     return {
         "source": args.source,
-        "output": args.output,
+        "dataset": args.output,
         "labeler": spec,
         "filters": filters,
         "options": run_options,

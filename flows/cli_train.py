@@ -163,7 +163,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     if args.storage_options is not None:
         options["storage_options"] = args.storage_options
     return {
-        "output": args.output,
+        "dataset": args.output,
         "ground_truth": ground_truth,
         "clip": clip,
         "student": student,

@@ -49,7 +49,7 @@ class RelabelStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    output: str | None = Field(None, description="Parquet dataset URL for the student's labels; default: the same")
+    dataset: str | None = Field(None, description="Parquet dataset URL for the student's labels; default: the same")
     device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
     force: bool = Field(False, description="Relabel images the same checkpoint labeled already")
 
@@ -60,7 +60,7 @@ class ExportStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    destination: str | None = Field(None, description="COCO JSON URL; default: <output>/exports/<run>-coco.json")
+    destination: str | None = Field(None, description="COCO JSON URL; default: <dataset>/exports/<run>-coco.json")
     file_name_root: str | None = Field(None, description="Image file names relative to this (default: common folder)")
 
 
@@ -71,7 +71,7 @@ class ExportStep(BaseModel):
 )
 def pseudo_label_and_train(
     source: str,
-    output: str,
+    dataset: str,
     labeler: LabelerSpec,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
@@ -79,11 +79,11 @@ def pseudo_label_and_train(
     relabel: RelabelStep = RelabelStep(),  # noqa: B008
     export: ExportStep = ExportStep(),  # noqa: B008
 ) -> dict[str, Any]:
-    """Label ``source`` into ``output`` with the teacher, train a student on it, relabel, export COCO.
+    """Label ``source`` into ``dataset`` with the teacher, train a student on it, relabel, export COCO.
 
     Args:
         source: fsspec URL of the images.
-        output: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
+        dataset: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
         labeler: the teacher (``labeler="maskclip"`` with its ``LabelerConfig``).
         filters: the confidence filter of the teacher's labels, the self-training rounds and the relabeling.
         options: how the labeling runs are carried out (batches, parallelism, retries, storage options).
@@ -94,7 +94,7 @@ def pseudo_label_and_train(
     logger = get_run_logger()
     if labeler.labeler != "maskclip":
         raise ValueError("the pipeline's labeler is the teacher: labeler='maskclip' with its config")
-    teacher = label_dataset(source, output, labeler, filters, options)
+    teacher = label_dataset(source, dataset, labeler, filters, options)
     logger.info(
         "teacher: %d labeled, %d rejected (config %s)", teacher["labeled"], teacher["rejected"], teacher["config_hash"]
     )
@@ -103,11 +103,11 @@ def pseudo_label_and_train(
     if not data.image_storage_options and options.source_storage_options:
         data = data.model_copy(update={"image_storage_options": options.source_storage_options})
     train_options = training.options
-    if not train_options.storage_options and options.output_storage_options:
-        train_options = train_options.model_copy(update={"storage_options": options.output_storage_options})
+    if not train_options.storage_options and options.dataset_storage_options:
+        train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
     clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
     trained = train_student(
-        output,
+        dataset,
         ground_truth=training.ground_truth,
         clip=clip,
         student=training.student,
@@ -125,29 +125,29 @@ def pseudo_label_and_train(
     if not relabel.enabled:
         return result
 
-    relabel_output = relabel.output or output
+    relabel_dataset = relabel.dataset or dataset
     student_spec = LabelerSpec(
         labeler="student",
         checkpoint=trained["checkpoint"],
         checkpoint_storage_options=train_options.storage_options,
         device=relabel.device,
     )
-    relabeled = label_dataset(source, relabel_output, student_spec, filters, options, relabel.force)
+    relabeled = label_dataset(source, relabel_dataset, student_spec, filters, options, relabel.force)
     result["relabel"] = relabeled
     if export.enabled:
-        destination = export.destination or join_url(relabel_output, "exports", f"{trained['run']}-coco.json")
+        destination = export.destination or join_url(relabel_dataset, "exports", f"{trained['run']}-coco.json")
         params = ExportParameters(
             format="coco",
-            output=relabel_output,
+            output=relabel_dataset,
             destination=destination,
             config_hash=relabeled["config_hash"],
             file_name_root=export.file_name_root,
         )
-        result["export"] = export_annotations(params, options.output_storage_options or None)
+        result["export"] = export_annotations(params, options.dataset_storage_options or None)
     return result
 
 
-if __name__ == "__main__":  # e.g. python -m flows.pseudo_label_and_train '{"source": ..., "output": ..., ...}'
+if __name__ == "__main__":  # e.g. python -m flows.pseudo_label_and_train '{"source": ..., "dataset": ..., ...}'
     import json
     import sys
 

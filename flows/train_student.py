@@ -1,4 +1,4 @@
-"""The ``train-student`` flow: a MaskCLIP+ student trained on the teacher's pseudo-labels of an output dataset.
+"""The ``train-student`` flow: a MaskCLIP+ student trained on the teacher's pseudo-labels of a labeled dataset.
 
 Orchestration only; the work is in ``maskclip_core.training.rounds`` and its Prefect wrappers in ``tasks.training``.
 One run:
@@ -38,11 +38,11 @@ from tasks.training import (
 
 @flow(
     name="train-student",
-    description="Train a MaskCLIP+ student on the pseudo-labels of an output dataset (resumable, self-training).",
+    description="Train a MaskCLIP+ student on the pseudo-labels of a labeled dataset (resumable, self-training).",
     validate_parameters=True,
 )
 def train_student(
-    output: str,
+    dataset: str,
     ground_truth: GroundTruthSpec | None = None,
     clip: ClipSpec | None = None,
     student: StudentSpec = StudentSpec(),  # noqa: B008 - pydantic defaults show in the deployment form
@@ -51,20 +51,20 @@ def train_student(
     data: DataSpec = DataSpec(),  # noqa: B008
     options: TrainOptions = TrainOptions(),  # noqa: B008
 ) -> dict[str, Any]:
-    """Train (or continue) a student on the dataset at ``output``; returns the run's summary.
+    """Train (or continue) a student on the dataset at ``dataset``; returns the run's summary.
 
     Args:
-        output: fsspec URL of a labeling run's Parquet dataset; checkpoints and metrics are written there.
+        dataset: fsspec URL of a labeling run's Parquet dataset; checkpoints and metrics are written there.
         ground_truth: human masks (COCO JSON or a folder of PNG masks) to score the teacher and each round.
         clip: the CLIP model of the text embeddings; default: the teacher's, from the labeling record.
         student: the network (backbone, stride, head, backbone weights).
         schedule: iterations, self-training rounds, optimisation, augmentation, inference sizes.
         filters: the confidence filter of the self-training rounds; default: the labeling's own.
         data: which labeling, reviewed labels, the pool, the image cache.
-        options: run name, device, stopping early, retries, output storage options.
+        options: run name, device, stopping early, retries, dataset storage options.
     """
     run_id = current_flow_run_id()
-    plan = plan_training_task(output, clip, student, schedule, filters, data, options)
+    plan = plan_training_task(dataset, clip, student, schedule, filters, data, options)
     if ground_truth is not None:
         evaluate_teacher_task(plan, ground_truth, run_id)
     train = train_student_task.with_options(retries=options.retries, retry_delay_seconds=5)
@@ -72,7 +72,7 @@ def train_student(
     publish_metrics(plan, outcome)
     return {
         "run": plan.run,
-        "output": plan.output,
+        "dataset": plan.output,
         "config_hash": plan.config_hash,
         "classes": list(plan.class_names),
         "clip": plan.clip,

@@ -14,7 +14,9 @@ Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none pers
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,11 +29,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.tasks import Task, exponential_backoff
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, atomic_write_bytes, join_url
+from maskclip_core.dataset.labelings import labeling_record
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.batch import (
     BatchOutcome,
@@ -40,8 +45,14 @@ from maskclip_core.labeling.batch import (
     SourceItem,
     known_sha256_index,
     label_and_write_batch,
+    labeler_categories,
+    labeler_round,
+    labeling_config_hash,
     load_labeler,
 )
+from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
+from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.planning import BatchDone, PlannedBatch
 from maskclip_core.labeling.report import RunSummary
 
 DEFAULT_RETRIES = 3
@@ -59,14 +70,69 @@ def with_retries(t: T, retries: int, delay_s: float) -> T:
     return t.with_options(retries=retries, retry_delay_seconds=exponential_backoff(delay_s) if retries else 0)
 
 
+class RunOptions(BaseModel):
+    """How a run is carried out (none of this changes the labels, so none of it is in the config hash)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str | None = Field(None, description="Only files whose path relative to the source matches (`**/*.jpg`)")
+    extensions: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_IMAGE_EXTENSIONS),
+        description="File extensions to list (case-insensitive); null lists every file",
+    )
+    batch_size: int = Field(16, ge=1, le=4096, description="Images per batch task (one part file per batch)")
+    concurrency: int = Field(2, ge=1, le=256, description="Batches running at once in the default thread pool")
+    workers: int | None = Field(
+        None, ge=1, le=1024, description="Run batches on a local Dask cluster of this many worker processes"
+    )
+    dask_address: str | None = Field(None, description="Run batches on an existing Dask scheduler (tcp://host:8786)")
+    max_in_flight: int | None = Field(
+        None, ge=1, le=100_000, description="Batches submitted but not finished (default: twice the parallelism)"
+    )
+    chunk_batches: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Batches per `label-chunk` sub-run (Prefect's per-task bookkeeping is freed as each one ends)",
+    )
+    retries: int = Field(3, ge=0, le=50, description="Retries of a batch or storage call that failed")
+    retry_delay_seconds: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Delay before the first retry; it doubles on each further retry"
+    )
+    thumbnails: int = Field(6, ge=0, le=200, description="Overlay thumbnails written to DATASET/thumbnails/")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (bombs)")
+    source_storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the source (default: AWS environment / profile)"
+    )
+    dataset_storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the dataset (default: AWS environment / profile)"
+    )
+
+    @model_validator(mode="after")
+    def _one_runner(self) -> RunOptions:
+        if self.workers is not None and self.dask_address:
+            raise ValueError("give `workers` (a local Dask cluster) or `dask_address` (an existing one), not both")
+        return self
+
+    @property
+    def uses_dask(self) -> bool:
+        return self.workers is not None or bool(self.dask_address)
+
+    def parallelism(self) -> int:
+        return self.workers or (4 if self.dask_address else self.concurrency)
+
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight or 2 * self.parallelism()
+
+
 @dataclass(frozen=True)
 class BatchSetup:
     """Run-wide settings every batch needs (a few KB, sent with each batch to threads or Dask workers)."""
 
     labeler: LabelerSpec
     plan: LabelingPlan
-    output: str
-    output_storage_options: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str
+    dataset_storage_options: Mapping[str, Any] = field(default_factory=dict)
     source_storage_options: Mapping[str, Any] = field(default_factory=dict)
     skip_known_content: bool = True  # False with --force
 
@@ -89,8 +155,8 @@ def label_batch(index: int, items: Sequence[SourceItem], setup: BatchSetup, thum
     plan = setup.plan
     known: DigestSet | None = None
     if setup.skip_known_content:
-        known = known_sha256_index(setup.output, setup.output_storage_options, plan.config_hash, plan.run_id)
-    store = LabelStore(setup.output, setup.output_storage_options)
+        known = known_sha256_index(setup.dataset, setup.dataset_storage_options, plan.config_hash, plan.run_id)
+    store = LabelStore(setup.dataset, setup.dataset_storage_options)
     outcome = label_and_write_batch(
         index,
         items,
@@ -120,22 +186,22 @@ def label_batch(index: int, items: Sequence[SourceItem], setup: BatchSetup, thum
 
 @task(name="ensure-categories", cache_policy=NO_CACHE, persist_result=False)
 def ensure_categories(
-    output: str, storage_options: Mapping[str, Any], classes: Sequence[tuple[str, Sequence[str]]]
+    dataset: str, storage_options: Mapping[str, Any], classes: Sequence[tuple[str, Sequence[str]]]
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
-    return LabelStore(output, storage_options).ensure_categories(list(classes))
+    return LabelStore(dataset, storage_options).ensure_categories(list(classes))
 
 
 @task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)
-def write_labeling_record(output: str, storage_options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+def write_labeling_record(dataset: str, storage_options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
     """``labelings/<config hash>.json``: which labeler, filter and classes the config hash stands for."""
-    return labelings.write_labeling_record(output, record, storage_options)
+    return labelings.write_labeling_record(dataset, record, storage_options)
 
 
 @task(name="load-known-sources", cache_policy=NO_CACHE, persist_result=False)
-def load_known_sources(output: str, storage_options: Mapping[str, Any], config_hash: str) -> DigestSet:
+def load_known_sources(dataset: str, storage_options: Mapping[str, Any], config_hash: str) -> DigestSet:
     """(uri, source_version) digests already done under the config: files to skip without reading them."""
-    known = LabelStore(output, storage_options).known_sources(config_hash)
+    known = LabelStore(dataset, storage_options).known_sources(config_hash)
     get_run_logger().info(
         "%d files already done under config %s (%d KB index)", len(known), config_hash, known.nbytes // 1024
     )
@@ -143,9 +209,9 @@ def load_known_sources(output: str, storage_options: Mapping[str, Any], config_h
 
 
 @task(name="compact-index", cache_policy=NO_CACHE, persist_result=False)
-def compact_index(output: str, storage_options: Mapping[str, Any]) -> dict[str, int]:
+def compact_index(dataset: str, storage_options: Mapping[str, Any]) -> dict[str, int]:
     """Merge the run's many small images parts so the next run's index load reads few files."""
-    counts = LabelStore(output, storage_options).compact_images()
+    counts = LabelStore(dataset, storage_options).compact_images()
     if counts["merged_parts"]:
         get_run_logger().info("merged %(merged_parts)d images parts into %(written_parts)d", counts)
     return counts
@@ -153,16 +219,132 @@ def compact_index(output: str, storage_options: Mapping[str, Any]) -> dict[str, 
 
 @task(name="write-run-report", cache_policy=NO_CACHE, persist_result=False)
 def write_run_report(
-    output: str, storage_options: Mapping[str, Any], run_id: str, summary_json: str, markdown: str
+    dataset: str, storage_options: Mapping[str, Any], run_id: str, summary_json: str, markdown: str
 ) -> dict[str, str]:
     """``reports/<run id>.json`` and ``.md`` next to the dataset."""
     urls = {
-        "json": join_url(output, "reports", f"{run_id}.json"),
-        "markdown": join_url(output, "reports", f"{run_id}.md"),
+        "json": join_url(dataset, "reports", f"{run_id}.json"),
+        "markdown": join_url(dataset, "reports", f"{run_id}.md"),
     }
     atomic_write_bytes(urls["json"], summary_json.encode("utf-8"), storage_options)
     atomic_write_bytes(urls["markdown"], markdown.encode("utf-8"), storage_options)
     return urls
+
+
+# --- one run: prepare, collect, finish --------------------------------------------------------------------
+
+
+@dataclass
+class LabelingRun:
+    """What a run decided before its first batch: the batch settings, the files to skip, its summary."""
+
+    setup: BatchSetup
+    known: DigestSet | None  # None with force: nothing is skipped by (uri, version)
+    summary: RunSummary
+    retries: int
+    retry_delay_s: float
+
+    def with_retries(self, t: T) -> T:
+        return with_retries(t, self.retries, self.retry_delay_s)
+
+
+def start_run(
+    run_id: str,
+    source: str,
+    dataset: str,
+    labeler: LabelerSpec,
+    filters: FilterConfig,
+    options: RunOptions,
+    force: bool,
+) -> LabelingRun:
+    """Load the labeler for its config and classes, register the categories, write the labeling record and read
+    the index of files already done under the config (unless ``force``).
+
+    The labeler is loaded in the flow's process only for its config; with a thread pool the batches reuse
+    this very instance (per-process cache), with Dask each worker process loads its own.
+    """
+    started_at = time.monotonic()
+    lab = load_labeler(labeler, device="cpu" if options.uses_dask else None)
+    config = lab.config()  # a student's hashes its text embeddings: once
+    config_hash = labeling_config_hash(config, filters, max_pixels=options.max_pixels)
+    categories = labeler_categories(lab)
+    class_names = tuple(name for name, _ in categories)
+    kind = labeler.labeler
+    get_run_logger().info("labeler %s, %d classes, config hash %s, run %s", kind, len(class_names), config_hash, run_id)
+
+    def retried(t: T) -> T:
+        return with_retries(t, options.retries, options.retry_delay_seconds)
+
+    storage = (dataset, options.dataset_storage_options)
+    ids = retried(ensure_categories)(*storage, categories)
+    record = labeling_record(config_hash, labeler, config, filters, categories, max_pixels=options.max_pixels)
+    retried(write_labeling_record)(*storage, record)
+    known = None if force else retried(load_known_sources)(*storage, config_hash)
+    plan = LabelingPlan(
+        run_id=run_id,
+        config_hash=config_hash,
+        class_names=class_names,
+        category_ids=tuple(ids[name] for name in class_names),
+        filters=filters,
+        labeler_kind=kind,
+        round=labeler_round(lab, kind),
+        max_pixels=options.max_pixels,
+    )
+    setup = BatchSetup(labeler, plan, *storage, options.source_storage_options, skip_known_content=not force)
+    summary = RunSummary(run_id, source, dataset, config_hash, kind, class_names, started_at=started_at)
+    return LabelingRun(setup, known, summary, options.retries, options.retry_delay_seconds)
+
+
+def batch_done(batch: PlannedBatch, future: PrefectFuture[BatchOutcome]) -> BatchDone:
+    """A finished batch task as a small record: its outcome, or its error (logged) when it failed."""
+    size, first_uri = len(batch.items), batch.items[0].uri
+    future.wait()
+    if future.state.is_completed():
+        return BatchDone(batch.index, size, first_uri, outcome=future.result())
+    error = _error_of(future)
+    get_run_logger().error("batch %d (%d images from %s) failed: %s", batch.index, size, first_uri, error)
+    return BatchDone(batch.index, size, first_uri, error=error)
+
+
+def _error_of(future: PrefectFuture[Any]) -> str:
+    state = future.state
+    try:
+        exc = future.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001 - crashed runs may have no result at all
+        exc = e
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{state.type.value}: {state.message or 'no message'}"
+
+
+def finish_run(run: LabelingRun) -> None:
+    """Compact the images index, then write the report next to the dataset and publish it as artifacts."""
+    summary, storage = run.summary, (run.setup.dataset, run.setup.dataset_storage_options)
+    logger = get_run_logger()
+    if summary.labeled or summary.rejected:
+        try:
+            run.with_retries(compact_index)(*storage)
+        except Exception as e:  # noqa: BLE001 - only the next run's index load is slower
+            logger.warning("images index not compacted: %s", e)
+    summary.finish()
+    try:
+        summary_json = json.dumps(summary.to_dict(), indent=2)
+        report = run.with_retries(write_run_report)(*storage, summary.run_id, summary_json, summary.markdown())
+        summary.report_urls = report
+    except Exception as e:  # noqa: BLE001 - the labels are written; the report is a convenience
+        logger.warning("run report could not be written: %s", e)
+    publish_summary(summary)
+    logger.info(
+        "%d images seen: %d labeled, %d skipped, %d rejected, %d failed (%d failed batches) in %.1f s: %s",
+        summary.listed,
+        summary.labeled,
+        summary.skipped,
+        summary.rejected,
+        summary.failed,
+        summary.failed_batch_count,
+        summary.elapsed_s or 0.0,
+        summary.status,
+    )
 
 
 # --- artifacts --------------------------------------------------------------------------------------------
@@ -189,18 +371,42 @@ class ProgressArtifact:
             get_run_logger().warning("progress artifact update failed: %s", e)
 
 
-def publish_summary(summary: RunSummary, markdown: str | None = None) -> None:
-    """The end-of-run table artifact and markdown report."""
-    logger = get_run_logger()
-    status = "completed" if summary.ok else f"{summary.failed_batch_count} batch(es) failed"
+ProgressListener = Callable[[str, RunSummary], None]
+
+
+class RunProgress:
+    """Publishes a labeling run's progress: the progress artifact (at most once per ``interval_s``, always at the
+    start and the end) and an optional in-process listener (the CLI's progress bar) on every event.
+
+    Events: ``start``, ``listing`` (every 1000 files listed), ``batch``, ``end``.
+    """
+
+    def __init__(self, summary: RunSummary, listener: ProgressListener | None = None, interval_s: float = 1.0):
+        self.summary = summary
+        self.listener = listener
+        self.interval_s = interval_s
+        self.artifact = ProgressArtifact()
+        self.last_update = float("-inf")
+
+    def listing(self) -> None:
+        self.publish("listing")
+
+    def publish(self, event: str) -> None:
+        now = time.monotonic()
+        if event in ("start", "end") or now - self.last_update >= self.interval_s:
+            self.last_update = now
+            self.artifact.update(self.summary.progress_percent(), self.summary.progress_text())
+        if self.listener is not None:
+            try:
+                self.listener(event, self.summary)
+            except Exception:  # noqa: BLE001 - a display must never break a run
+                pass
+
+
+def publish_summary(summary: RunSummary) -> None:
+    """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``)."""
     try:
-        create_table_artifact(
-            table=summary.table_rows(),
-            key=SUMMARY_ARTIFACT_KEY,
-            description=f"Labeling of {summary.source} -> {summary.output}: {status}",
-        )
-        create_markdown_artifact(
-            markdown or summary.markdown(), key=REPORT_ARTIFACT_KEY, description="Labeling run report"
-        )
+        create_table_artifact(table=summary.table_rows(), key=SUMMARY_ARTIFACT_KEY, description=summary.headline())
+        create_markdown_artifact(summary.markdown(), key=REPORT_ARTIFACT_KEY, description="Labeling run report")
     except Exception as e:  # noqa: BLE001 - the run's data is written already
-        logger.warning("summary artifacts could not be created: %s", e)
+        get_run_logger().warning("summary artifacts could not be created: %s", e)

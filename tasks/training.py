@@ -44,7 +44,7 @@ def current_flow_run_id() -> str | None:
 
 @task(name="plan-student-training", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)
 def plan_training_task(
-    output: str,
+    dataset: str,
     clip: ClipSpec | None,
     student: StudentSpec,
     schedule: ScheduleSpec,
@@ -54,7 +54,7 @@ def plan_training_task(
 ) -> TrainingPlan:
     """Which labeling, classes, CLIP, network and schedule; the run's name and checkpoint folder."""
     plan = plan_training(
-        output, clip=clip, student=student, schedule=schedule, filters=filters, data=data, options=options
+        dataset, clip=clip, student=student, schedule=schedule, filters=filters, data=data, options=options
     )
     get_run_logger().info(
         "run %s: labeling %s, %d classes, CLIP %s/%s, checkpoints at %s",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskclip_core.labeling.batch import BatchOutcome, BatchStats
+from maskclip_core.labeling.planning import BatchDone
 
 # A run with millions of images and a broken bucket could fail many batches; the summary keeps the first
 # ones in detail and counts the rest, so it stays small.
@@ -27,7 +28,7 @@ class RunSummary:
 
     run_id: str
     source: str
-    output: str
+    dataset: str
     config_hash: str
     labeler: str
     classes: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ class RunSummary:
     failed_batch_images: int = 0
     thumbnails: list[dict[str, str]] = field(default_factory=list)
     listing_complete: bool = False
+    error: str | None = None  # what stopped the run early (e.g. the listing failed), besides failed batches
     started_at: float = field(default_factory=time.monotonic)
     elapsed_s: float | None = None
     report_urls: dict[str, str] = field(default_factory=dict)
@@ -61,6 +63,17 @@ class RunSummary:
         self.failed_batch_images += images
         if len(self.failed_batches) < MAX_FAILED_BATCHES_LISTED:
             self.failed_batches.append(FailedBatch(index, images, error, first_uri))
+
+    def add(self, done: BatchDone) -> None:
+        """One finished batch, labeled or failed."""
+        if done.outcome is not None:
+            self.add_batch(done.outcome)
+        else:
+            self.add_failed_batch(done.index, done.images, done.error or "unknown error", done.first_uri)
+
+    def stop(self, error: str) -> None:
+        """Record what stopped the run early; the report then says so instead of "completed"."""
+        self.error = error if self.error is None else f"{self.error}; {error}"
 
     def finish(self) -> None:
         self.elapsed_s = time.monotonic() - self.started_at
@@ -90,7 +103,21 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return self.failed_batch_count == 0
+        return self.failed_batch_count == 0 and self.error is None
+
+    @property
+    def finished(self) -> bool:
+        return self.elapsed_s is not None
+
+    @property
+    def status(self) -> str:
+        """``running``, ``completed`` or ``FAILED: <why>``: the one wording of every report, table and progress."""
+        if not self.finished:
+            return "running"
+        problems = [self.error] if self.error else []
+        if self.failed_batch_count:
+            problems.append(f"{self.failed_batch_count} batch(es) failed")
+        return "FAILED: " + "; ".join(problems) if problems else "completed"
 
     def per_class(self) -> list[dict[str, Any]]:
         total = self.stats.labeled_pixels
@@ -113,10 +140,11 @@ class RunSummary:
         return {
             "run_id": self.run_id,
             "source": self.source,
-            "output": self.output,
+            "dataset": self.dataset,
             "config_hash": self.config_hash,
             "labeler": self.labeler,
             "ok": self.ok,
+            "status": self.status,
             "images_seen": self.listed,
             "labeled": self.labeled,
             "skipped": self.skipped,
@@ -173,13 +201,37 @@ class RunSummary:
             )
         return rows
 
+    def headline(self) -> str:
+        """One line for the table artifact's description and logs."""
+        return f"Labeling of {self.source} -> {self.dataset}: {self.status}"
+
+    def progress_percent(self) -> float:
+        """Share of the listed work done; 100 once the run has ended (every submitted batch has ended too)."""
+        if self.finished:
+            return 100.0
+        percent = 100.0 * self.processed_images / self.submitted_images if self.submitted_images else 0.0
+        return percent if self.listing_complete else min(percent, 99.0)
+
+    def progress_text(self) -> str:
+        """The progress artifact's description: counts, and what the run is doing or how it ended."""
+        counts = (
+            f"{self.labeled} labeled, {self.skipped} skipped, {self.rejected} rejected, {self.failed} failed"
+        )
+        if self.finished and self.ok and not self.submitted_images:
+            return f"completed: nothing new ({self.listed} images seen, {self.skipped} already labeled)"
+        stage = self.status if self.finished else ("listing complete" if self.listing_complete else "listing")
+        return (
+            f"{stage}: {self.processed_images}/{self.submitted_images} images in {self.batches_done}/"
+            f"{self.batches_submitted} batches; {counts}"
+        )
+
     def markdown(self, max_thumbnails: int = 8) -> str:
-        status = "completed" if self.ok else f"**{self.failed_batch_count} batch(es) FAILED**"
+        status = "completed" if self.status == "completed" else f"**{self.status}**"
         lines = [
             f"# Labeling run `{self.run_id}`: {status}",
             "",
             f"- source: `{self.source}`",
-            f"- output: `{self.output}`",
+            f"- dataset: `{self.dataset}`",
             f"- labeler: `{self.labeler}`, config hash `{self.config_hash}`",
             f"- images seen {self.listed}, labeled {self.labeled}, skipped {self.skipped}, "
             f"rejected {self.rejected}, failed {self.failed}",

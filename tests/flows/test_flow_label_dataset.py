@@ -116,6 +116,19 @@ def flow_run_id(state: Any) -> str:
     return str(state.state_details.flow_run_id)
 
 
+def run_and_chunk_task_runs(run_id: str) -> list[Any]:
+    """The task runs of a label-dataset run: its own and those of its ``label-chunk`` sub-runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    parent = uuid.UUID(run_id)
+    with get_client(sync_client=True) as client:
+        children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
+        chunks = client.read_flow_runs(flow_run_filter=children)
+        ids = [parent, *(c.id for c in chunks)]
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+
+
 # --- local folders, incremental runs -------------------------------------------------------------------------
 
 
@@ -251,7 +264,7 @@ def test_s3_source_and_output_on_moto(s3_server) -> None:
     options = FAST.model_copy(
         update={
             "source_storage_options": s3_server.storage_options,
-            "output_storage_options": s3_server.storage_options,
+            "dataset_storage_options": s3_server.storage_options,
         }
     )
     out = f"s3://{bucket}/labels"
@@ -342,8 +355,6 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
 
 def test_storage_error_outliving_retries_fails_its_batch_and_the_next_run_recovers(tmp_path: Path) -> None:
     import fsspec
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     fs = fsspec.filesystem("memory")
     root = f"memory://flaky-{uuid.uuid4().hex[:8]}"
@@ -376,10 +387,7 @@ def test_storage_error_outliving_retries_fails_its_batch_and_the_next_run_recove
     assert failure["index"] == 1 and "503 SlowDown" in failure["error"]
     assert summary["labeled"] == 4  # the other batches finished
     assert "503 SlowDown" in str(state.message) or "batches failed" in str(state.message)
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id(state))]))
-        )
+    task_runs = run_and_chunk_task_runs(flow_run_id(state))
     batch_states = {t.name: t.state.type.value for t in task_runs if t.name.startswith("label-batch")}
     assert batch_states == {"label-batch-0": "COMPLETED", "label-batch-1": "FAILED", "label-batch-2": "COMPLETED"}
     labeled = {Path(r["uri"]).name for r in LabelStore(out).images().to_pylist()}

@@ -107,7 +107,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         KEEP_ALL,
         FAST,
         TrainingStep(student=STUDENT, schedule=SCHEDULE, options=TrainOptions(device="cpu")),
-        RelabelStep(output=relabeled, device="cpu"),
+        RelabelStep(dataset=relabeled, device="cpu"),
         ExportStep(),
     )
     return {"root": root, "src": src, "out": out, "relabeled": relabeled, "result": result}
@@ -177,7 +177,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
     fs.pipe_file(f"{bucket}/truth/gt.json", Path(local_truth.url).read_bytes())
     truth = GroundTruthSpec(url=f"s3://{bucket}/truth/gt.json", storage_options=s3_server.storage_options)
     so = s3_server.storage_options
-    options = FAST.model_copy(update={"source_storage_options": so, "output_storage_options": so})
+    options = FAST.model_copy(update={"source_storage_options": so, "dataset_storage_options": so})
     out = f"s3://{bucket}/dataset"
 
     def run(*export: ExportStep) -> dict[str, Any]:

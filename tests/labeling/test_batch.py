@@ -367,7 +367,9 @@ def test_run_summary_tables_and_markdown() -> None:
     result = process_batch([SourceItem(u) for u in files], ColorLabeler(), plan(), read=files.__getitem__)
     from maskclip_core.labeling.batch import BatchOutcome
 
-    summary = RunSummary(run_id="r", source="src", output="out", config_hash="cfg", labeler="maskclip", classes=CLASSES)
+    summary = RunSummary(
+        run_id="r", source="src", dataset="out", config_hash="cfg", labeler="maskclip", classes=CLASSES
+    )
     summary.listed = len(corpus) + 5
     summary.unchanged = 5
     summary.add_batch(BatchOutcome(0, "r-b000000", result.stats, {}, [{"url": "out/t.jpg", "uri": "mem://ok.jpg"}]))

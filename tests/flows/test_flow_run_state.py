@@ -1,0 +1,149 @@
+"""The label-dataset run's bookkeeping, state and progress: memory that does not grow with the image count on
+Prefect's public API, a failed run that says so, progress that ends at 100 %."""
+
+from __future__ import annotations
+
+import gc
+import io
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
+
+import flows.label_dataset as flow_module
+from flows.label_dataset import RunOptions, label_dataset, progress_listener
+from maskclip_core.dataset.store import LabelStore
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ONE_PER_BATCH = RunOptions(batch_size=1, retries=0, thumbnails=0, concurrency=2)
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(block_image(rng)).save(buf, "PNG")
+        (folder / f"img_{seed}_{i:03d}.png").write_bytes(buf.getvalue())
+
+
+def prefect_objects_alive() -> dict[str, int]:
+    """Prefect's per-task bookkeeping objects alive now: states, futures, cancel events, result links."""
+    from prefect.client.schemas.objects import State
+    from prefect.context import FlowRunContext
+    from prefect.futures import PrefectFuture
+
+    gc.collect()
+    counts = {"states": 0, "futures": 0, "events": 0}
+    for obj in gc.get_objects():
+        if isinstance(obj, State):
+            counts["states"] += 1
+        elif isinstance(obj, PrefectFuture):
+            counts["futures"] += 1
+        elif isinstance(obj, threading.Event):
+            counts["events"] += 1
+    context = FlowRunContext.get()
+    counts["result_links"] = len(context.run_results) if context else 0
+    return counts
+
+
+def retained_after_run(tmp_path: Path, n_images: int, chunk_batches: int) -> dict[str, int]:
+    """Label ``n_images`` (one batch each); the most of Prefect's objects alive at any finished batch.
+
+    Counted in the progress listener, which runs in the flow as each batch finishes (inside its chunk's run).
+    """
+    src = tmp_path / f"src-{n_images}-{uuid.uuid4().hex[:6]}"
+    write_images(src, n_images)
+    peak: dict[str, int] = {}
+
+    def on_event(event: str, summary: Any) -> None:
+        if event == "batch":
+            for key, value in prefect_objects_alive().items():
+                peak[key] = max(peak.get(key, 0), value)
+
+    options = ONE_PER_BATCH.model_copy(update={"chunk_batches": chunk_batches})
+    with progress_listener(on_event):
+        summary = label_dataset(str(src), str(tmp_path / f"ds-{src.name}"), TINY_SPEC, KEEP_ALL, options)
+    assert summary["labeled"] == n_images and peak
+    return peak
+
+
+def test_prefect_bookkeeping_does_not_grow_with_the_images(tmp_path: Path) -> None:
+    """4x the images (and batches, and chunks) keep no more of Prefect's per-task objects alive at any time.
+
+    The control run puts every batch in one chunk: there the same count grows with the batches, which shows
+    that the measure sees Prefect's bookkeeping (this test fails if the chunk sub-runs stop releasing it).
+    """
+    n, chunk = 4, 2
+    retained_after_run(tmp_path, n, chunk)  # warm-up: caches, the model, first-use imports
+    small = retained_after_run(tmp_path, n, chunk)
+    large = retained_after_run(tmp_path, 4 * n, chunk)
+    extra_batches = 3 * n
+    growth = {k: large[k] - small[k] for k in small}
+    # a stray object of another thread (a logging or events worker) may come and go; per-batch growth may not
+    assert all(g < extra_batches / 4 for g in growth.values()), (small, large)
+
+    one_chunk = retained_after_run(tmp_path, 4 * n, chunk_batches=10_000)
+    control = {k: one_chunk[k] - small[k] for k in small}
+    assert control["result_links"] >= extra_batches and control["events"] >= extra_batches, (small, one_chunk)
+
+
+def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    write_images(src, 5, seed=1)
+    real = flow_module.iter_source_files
+
+    def listing_that_breaks(url: str, **kwargs: Any):
+        for i, f in enumerate(real(url, **kwargs)):
+            if i == 3:
+                raise PermissionError("simulated: access denied half-way")
+            yield f
+
+    monkeypatch.setattr(flow_module, "iter_source_files", listing_that_breaks)
+    events: list[tuple[str, str, float]] = []
+    out = str(tmp_path / "ds")
+    options = ONE_PER_BATCH.model_copy(update={"retries": 1, "retry_delay_seconds": 0.01})
+    with progress_listener(lambda e, s: events.append((e, s.status, s.progress_percent()))):
+        state = label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, options, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PermissionError, match="half-way"):
+        state.result()
+    assert LabelStore(out).images().num_rows == 3  # what was listed before the error is labeled
+    report = next((Path(out) / "reports").glob("*.md")).read_text()
+    assert "completed" not in report and "FAILED: listing stopped after 3 files: PermissionError" in report
+    assert events[-1][0] == "end" and events[-1][1].startswith("FAILED") and events[-1][2] == 100.0
+    artifacts = run_artifacts(str(state.state_details.flow_run_id))
+    assert artifacts["label-dataset-progress"].data == 100.0
+    assert artifacts["label-dataset-progress"].description.startswith("FAILED: listing stopped")
+    assert "FAILED" in artifacts["label-dataset-summary"].description
+    assert "completed" not in artifacts["label-dataset-report"].data
+
+
+def test_a_run_with_nothing_new_ends_at_100_percent_saying_nothing_new(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", str(tmp_path / "ds")
+    write_images(src, 3, seed=2)
+    label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, ONE_PER_BATCH)
+    state = label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, ONE_PER_BATCH, return_state=True)
+    assert state.is_completed() and state.result()["skipped"] == 3
+    progress = run_artifacts(str(state.state_details.flow_run_id))["label-dataset-progress"]
+    assert progress.data == 100.0
+    assert progress.description == "completed: nothing new (3 images seen, 3 already labeled)"
+
+
+def run_artifacts(run_id: str) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)]))
+        )
+    return {a.key: a for a in artifacts}
