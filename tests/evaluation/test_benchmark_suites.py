@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from support.benchmark_layouts import PlantedLabeler, write_sample
 
 from maskclip_core.evaluation.benchmark import METHODS, BenchmarkRequest, run_benchmark
@@ -140,7 +141,7 @@ def test_reduce_zero_label_and_palette_label_maps(tmp_path: Path) -> None:
     assert load_label_map(tmp_path / ade.label_dir / "x.png", ade).tolist() == [[255, 0, 149, 255]]
     voc = get_suite("voc21")
     write_sample(tmp_path, voc, "y", np.array([[0, 15, 255, 20]]))
-    with __import__("PIL.Image").Image.open(tmp_path / voc.label_dir / "y.png") as im:
+    with Image.open(tmp_path / voc.label_dir / "y.png") as im:
         assert im.mode == "P"  # as VOC ships them: read as indices, never as colours
     assert load_label_map(tmp_path / voc.label_dir / "y.png", voc).tolist() == [[0, 15, 255, 20]]
     assert load_label_map(tmp_path / voc.label_dir / "y.png", get_suite("voc20")).tolist() == [[255, 14, 255, 19]]
@@ -212,11 +213,8 @@ def test_an_unreadable_image_is_counted_and_the_suite_goes_on(tmp_path: Path) ->
     suite = get_suite("cityscapes")
     bad = data_root / suite.folder / suite.image_dir / "frankfurt" / "frankfurt_000000_000000_leftImg8bit.png"
     bad.write_bytes(b"not a png")
-    (bad.parent.parent.parent.parent / suite.label_dir / "frankfurt").mkdir(parents=True, exist_ok=True)
-    write_label = (
-        data_root / suite.folder / suite.label_dir / "frankfurt" / "frankfurt_000000_000000_gtFine_labelTrainIds.png"
-    )
-    __import__("PIL.Image").Image.fromarray(np.zeros((2, 2), np.uint8)).save(write_label)
+    label = bad.parents[3] / suite.label_dir / "frankfurt" / "frankfurt_000000_000000_gtFine_labelTrainIds.png"
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(label)
     report = run_benchmark(
         BenchmarkRequest(suites=["cityscapes"], data_root=str(data_root)), labeler_factory=lambda r, s: labeler
     )
