@@ -249,7 +249,11 @@ class BenchmarkRequest(BaseModel):
             settings = replace(settings, names=self.names)
         if self.prob_threshold is not None:
             settings = replace(settings, prob_threshold=self.prob_threshold)
-        return settings
+        # The request's inference overrides, so the report states the sizes the labeler really used.
+        sizes = {k: self.inference[k] for k in ("short_side", "crop", "stride", "logit_scale") if k in self.inference}
+        if self.inference.get("mode") == "whole":
+            sizes["crop"] = None
+        return replace(settings, **sizes)
 
     def labeler_config(self, suite: str) -> LabelerConfig:
         """The teacher's configuration on ``suite``: the protocol's, then the request's overrides.

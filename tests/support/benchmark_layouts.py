@@ -78,3 +78,35 @@ def write_sample(
         with split.open("a") as f:
             f.write(f"{name}\n")
     return load_image(image_path)
+
+
+def write_coco_sample_layout(sample: Path, data_root: Path, limit: int) -> list[str]:
+    """The shared COCO sample's first ``limit`` val images as mmseg's ``coco_stuff164k`` folder under
+    ``data_root``: images linked into ``images/val2017``, label maps written as COCO-Object
+    (``*_instanceTrainIds.png``: 0 background, thing k -> its rank among the 80 thing ids + 1, stuff and
+    unlabeled -> 0, as the successors' converter does) and COCO-Stuff (``*_labelTrainIds.png``: things their
+    rank 0..79, stuff classes whose panoptic name is a COCO-Stuff name their train id, merged panoptic stuff
+    and unlabeled -> 255). Returns the image stems."""
+    from maskclip_core.evaluation.benchmark_suites import COCO_STUFF
+
+    categories = [line.split("\t") for line in (sample / "categories.tsv").read_text().splitlines()[1:]]
+    things = sorted(int(c[0]) for c in categories if c[2].strip() == "1")
+    stuff_ids = {name: i for i, (name, *_) in enumerate(COCO_STUFF)}
+    to_object = np.zeros(256, np.uint8)  # unlabeled (0) and stuff -> background
+    to_stuff = np.full(256, 255, np.uint8)
+    for rank, cid in enumerate(things):
+        to_object[cid] = rank + 1
+        to_stuff[cid] = rank
+    for cid, name, isthing in categories:
+        if isthing.strip() == "0" and name in stuff_ids:
+            to_stuff[int(cid)] = stuff_ids[name]
+    base = data_root / "coco_stuff164k"
+    (base / "images/val2017").mkdir(parents=True, exist_ok=True)
+    (base / "annotations/val2017").mkdir(parents=True, exist_ok=True)
+    stems = sorted(p.stem for p in (sample / "val/images").glob("*.jpg"))[:limit]
+    for stem in stems:
+        (base / "images/val2017" / f"{stem}.jpg").symlink_to((sample / "val/images" / f"{stem}.jpg").resolve())
+        panoptic = np.asarray(Image.open(sample / "val/masks-coco" / f"{stem}.png"))
+        Image.fromarray(to_object[panoptic]).save(base / "annotations/val2017" / f"{stem}_instanceTrainIds.png")
+        Image.fromarray(to_stuff[panoptic]).save(base / "annotations/val2017" / f"{stem}_labelTrainIds.png")
+    return stems
