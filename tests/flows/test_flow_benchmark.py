@@ -43,3 +43,17 @@ def test_benchmark_flow_reports_and_publishes_a_table(tmp_path: Path, prefect_ha
     assert isinstance(error, BenchmarkIncomplete) and "ade20k" in str(error)
     assert error.report["miou"]["voc21"] == direct["miou"]["voc21"] and "ade20k" in error.report["errors"]
     assert pickle.loads(pickle.dumps(error)).report == error.report
+
+
+def test_benchmark_deployment_is_on_demand() -> None:
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    [deployment] = [d for d in config["deployments"] if d["entrypoint"] == "flows/benchmark.py:benchmark"]
+    assert not deployment.get("schedules") and deployment["parameters"] == {}
+    flow = load_flow_from_entrypoint(str(root / deployment["entrypoint"]))
+    assert flow.name == "benchmark"
+    assert "BenchmarkRequest" in parameter_schema(flow.fn).definitions  # the UI's Run form
