@@ -328,7 +328,7 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
             rotated = ImageOps.exif_transpose(im).convert("RGB")
             if (rotated.height, rotated.width) == tuple(size):
                 rgb = rotated
-        return np.asarray(rgb)
+        return np.array(rgb)  # writable: torch.from_numpy warns on read-only arrays
 
 
 def label_lookup(suite: BenchmarkSuite) -> np.ndarray:

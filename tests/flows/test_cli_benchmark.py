@@ -55,3 +55,29 @@ def test_roots_and_methods() -> None:
     with pytest.raises(ValueError, match="not asked for: ade20k"):
         parse_roots(["ade20k=/y"], ["voc21"])
     assert METHODS == METHOD_NAMES  # the parser's copy stays in step with the protocols
+
+
+def test_benchmark_scores_a_student_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from maskclip_core.student import StudentConfig
+    from maskclip_core.student.checkpoint import save_weights
+    from maskclip_core.student.classifier import ClassVocabulary
+    from maskclip_core.student.model import build_student
+
+    # A random ResNet-18 student trained on two classes; the benchmark re-points it at each suite's classes
+    # with the tiny CLIP's text embeddings (embedding size 64).
+    config = StudentConfig(
+        embed_dim=64, backbone="resnet18", output_stride=16, head_channels=16, temperature=5.0, backbone_weights="none"
+    )
+    torch.manual_seed(0)
+    model = build_student(config, torch.randn(2, 64), ClassVocabulary(("a", "b"))).eval()
+    url = save_weights(str(tmp_path / "ckpt"), model, round_index=1, iteration=10)
+    root = write_tiny_data_root(tmp_path / "data")
+    argv = ["benchmark", "--suite", "voc21,ade20k", "--root", str(root), "--method", "student", "--checkpoint", url]
+    rc = main([*argv, *TINY_ARGS, "--short-side", "64", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["suites"]["voc21"]["images"] == 2 and len(report["suites"]["voc21"]["per_class_iou"]) == 21
+    assert report["suites"]["ade20k"]["images"] == 2 and len(report["suites"]["ade20k"]["per_class_iou"]) == 150
