@@ -16,7 +16,7 @@ from flows.cli_args import json_object, readable_validation_errors
 from maskclip_core.evaluation.benchmark_suites import SUITE_NAMES as SUITES
 
 # maskclip_core.evaluation.benchmark.METHOD_NAMES, spelled out so building the parser does not import torch.
-METHODS = ("maskclip", "maskclip-kspd", "sclip", "clearclip", "naclip", "proxyclip", "student")
+METHODS = ("maskclip", "maskclip-kspd", "sclip", "clearclip", "naclip", "naclip-pamr", "proxyclip", "student")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

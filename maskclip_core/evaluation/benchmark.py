@@ -157,10 +157,25 @@ METHODS: dict[str, MethodProtocol] = {
             published_average=39.4,
         ),
         MethodProtocol(
+            "naclip-pamr",
+            "NACLIP with PAMR (10 iterations, dilations 8 and 16), its repository's default",
+            "sinahmr/NACLIP as above, PAMR on (ours refines each window before stitching; NACLIP the whole image)",
+            inference={"attention": "naclip", **NO_REFINEMENTS, "pamr": True, "pamr_iterations": 10},
+            per_suite={
+                "voc21": {"prob_threshold": 0.1, "crop": None},
+                "voc20": {"crop": None},
+                "context60": {"prob_threshold": 0.1},
+                "coco-object": {"prob_threshold": 0.1},
+                "cityscapes": {"short_side": 560},
+            },
+        ),
+        MethodProtocol(
             "proxyclip",
             "ProxyCLIP (Lan et al., ECCV 2024), DINO ViT-B/8 proxy",
             "mc-lan/ProxyCLIP configs/cfg_*.py and segmentor defaults (336 windows, stride 112, beta 1.2, gamma 3)",
-            inference={"attention": "proxyclip", **NO_REFINEMENTS},
+            # The proxy's attention replaces the last block's, so the attention mode stays at CLIP's value path.
+            inference={"attention": "maskclip", **NO_REFINEMENTS},
+            labeler_options={"proxy": "dino_vitb8"},
             defaults=SuiteSettings(336, 336, 112, 40.0, 0.0, "proxyclip"),
             per_suite={
                 "voc21": {"prob_threshold": 0.2},
@@ -186,6 +201,16 @@ METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 def attention_modes() -> tuple[str, ...]:
     """Attention modes this version's ``InferenceConfig`` offers."""
     return tuple(typing.get_args(InferenceConfig.model_fields["attention"].annotation))
+
+
+def unavailable_reason(method: MethodProtocol) -> str | None:
+    """Why this version cannot run ``method`` (an attention mode or option it lacks), or None."""
+    mode = method.inference.get("attention")
+    if mode is not None and mode not in attention_modes():
+        return f"needs attention mode {mode!r}, which this version does not offer ({', '.join(attention_modes())})"
+    missing = [f"InferenceConfig.{k}" for k in method.inference if k not in InferenceConfig.model_fields]
+    missing += [f"LabelerConfig.{k}" for k in method.labeler_options if k not in LabelerConfig.model_fields]
+    return f"needs {', '.join(missing)}, which this version lacks" if missing else None
 
 
 def get_method(name: str) -> MethodProtocol:
@@ -261,14 +286,14 @@ class BenchmarkRequest(BaseModel):
         A method whose attention mode (or option) this version lacks fails here with a one-line error.
         """
         method = get_method(self.method)
+        reason = unavailable_reason(method)
+        if reason is not None:
+            raise ValueError(f"method {self.method!r} {reason}")
         settings = self.settings(suite)
         inference = {**settings.inference_fields(), **method.inference, **self.inference}
         mode = inference.get("attention")
         if mode is not None and mode not in attention_modes():
-            raise ValueError(
-                f"method {self.method!r} needs attention mode {mode!r}, which this version does not offer "
-                f"(available: {', '.join(attention_modes())})"
-            )
+            raise ValueError(f"attention mode {mode!r} is not offered here ({', '.join(attention_modes())})")
         fields = {
             "model": self.model,
             "pretrained": self.pretrained,

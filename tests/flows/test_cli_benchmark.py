@@ -10,7 +10,8 @@ from support.benchmark_tiny import TINY_INFERENCE, write_tiny_data_root
 
 from flows.cli import main
 from flows.cli_benchmark import METHODS, parse_roots
-from maskclip_core.evaluation.benchmark import METHOD_NAMES, attention_modes
+from maskclip_core.evaluation.benchmark import METHOD_NAMES, unavailable_reason
+from maskclip_core.evaluation.benchmark import METHODS as METHODS_BY_NAME
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,10 +45,9 @@ def test_benchmark_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 2 and "needs `checkpoint`" in capsys.readouterr().err
     rc = main(["benchmark", "--suite", "voc21", "--root", "a", "--root", "b", *TINY_ARGS])
     assert rc == 2 and "two data roots" in capsys.readouterr().err
-    missing = [m for m in ("naclip", "proxyclip") if m not in attention_modes()]
-    for method in missing:
+    for method in [m for m in METHOD_NAMES if unavailable_reason(METHODS_BY_NAME[m])]:
         rc = main(["benchmark", "--suite", "voc21", "--root", str(tmp_path), "--method", method, *TINY_ARGS])
-        assert rc == 2 and f"needs attention mode '{method}'" in capsys.readouterr().err
+        assert rc == 2 and f"method '{method}' needs" in capsys.readouterr().err
 
 
 def test_roots_and_methods() -> None:
