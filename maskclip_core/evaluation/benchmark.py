@@ -278,6 +278,8 @@ class BenchmarkRequest(BaseModel):
         sizes = {k: self.inference[k] for k in ("short_side", "crop", "stride", "logit_scale") if k in self.inference}
         if self.inference.get("mode") == "whole":
             sizes["crop"] = None
+        elif self.inference.get("mode") == "slide" and settings.crop is None and "crop" not in sizes:
+            sizes["crop"] = InferenceConfig.model_fields["crop"].default  # what the labeler will use
         return replace(settings, **sizes)
 
     def labeler_config(self, suite: str) -> LabelerConfig:

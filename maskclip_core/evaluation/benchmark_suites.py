@@ -163,6 +163,7 @@ class BenchmarkSuite:
     background: tuple[str, ...] | None = None
     proxyclip_classes: tuple[tuple[str, ...], ...] | None = None
     proxyclip_background: tuple[str, ...] | None = None
+    other_folders: tuple[str, ...] = ()  # other usual folder names under a data root
 
     @property
     def has_background(self) -> bool:
@@ -225,6 +226,7 @@ SUITES: dict[str, BenchmarkSuite] = {
             "coco-object", "COCO-Object val2017, 80 things + background", "coco_stuff164k", "images/val2017",
             "annotations/val2017", ".jpg", "_instanceTrainIds.png", None, False, COCO_OBJECT, VOC_BACKGROUND,
             COCO_OBJECT_PROXYCLIP, COCO_OBJECT_BACKGROUND_PROXYCLIP,
+            ("coco_object",),  # NACLIP's README converts into a folder of its own
         ),
         BenchmarkSuite(
             "coco-stuff", "COCO-Stuff164k val2017, 171 classes", "coco_stuff164k", "images/val2017",
@@ -266,7 +268,7 @@ def dataset_dir(suite: BenchmarkSuite, root: str | Path) -> Path:
     """The suite's dataset folder from ``root``: the folder itself (it holds ``image_dir``) or an mmseg data
     root holding ``suite.folder`` (``data/`` -> ``data/VOCdevkit/VOC2012``)."""
     root = Path(root).expanduser()
-    for candidate in (root, root / suite.folder):
+    for candidate in (root, root / suite.folder, *(root / f for f in suite.other_folders)):
         if (candidate / suite.image_dir).is_dir():
             return candidate
     raise FileNotFoundError(

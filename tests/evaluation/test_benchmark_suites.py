@@ -130,6 +130,9 @@ def test_one_data_root_holds_the_suites_in_their_mmseg_folders(tmp_path: Path) -
     assert dataset_dir(get_suite("ade20k"), tmp_path / "ade/ADEChallengeData2016") == (
         tmp_path / "ade/ADEChallengeData2016"
     )
+    coco = get_suite("coco-object")
+    write_sample(tmp_path / "coco_object", coco, "000000000139", np.array([[0, 1]]))
+    assert dataset_dir(coco, tmp_path) == tmp_path / "coco_object"  # NACLIP's README's folder works too
     request = BenchmarkRequest(suites=["ade20k"], data_root=str(tmp_path))
     report = run_benchmark(request, labeler_factory=lambda r, s: labelers[s])
     assert report.results[0].miou == pytest.approx(100.0)
@@ -179,6 +182,10 @@ def test_protocols_resolve_per_suite() -> None:
     assert sclip.labeler_config("voc21").inference.logit_scale == 65
     assert sclip.labeler_config("voc21").inference.crop == 336  # the request's overrides win
     assert METHODS["maskclip-kspd"].inference["key_smoothing"]
+    naclip = BenchmarkRequest(suites=["voc21"], data_root="/data", method="naclip")
+    assert naclip.settings("voc21").crop is None  # NACLIP: VOC as whole images
+    slide = naclip.model_copy(update={"inference": {"mode": "slide"}})
+    assert slide.settings("voc21").crop == 448  # the report states InferenceConfig's window then
 
 
 def test_methods_this_version_lacks_fail_with_one_line(tmp_path: Path) -> None:
