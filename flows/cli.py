@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_train import register as register_train
 
     register_train(sub)  # train
+    from flows.cli_benchmark import register as register_benchmark
+
+    register_benchmark(sub)  # benchmark
 
     p = sub.add_parser("demo", help="label scikit-image's sample photos (default: ViT-B/16 OpenAI weights)")
     p.add_argument("--out", default="demo-out")

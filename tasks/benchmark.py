@@ -1,0 +1,27 @@
+"""Prefect task around ``maskclip_core.evaluation.benchmark``: one suite scored in a worker.
+
+The task gets the small :class:`BenchmarkRequest` and a suite name, builds the labeler itself (weights are
+loaded in the worker, never shipped), reads the suite's files from their folder and returns a
+:class:`SuiteResult` (scores and counts, no arrays). Nothing is cached: a re-run scores again.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from maskclip_core.evaluation.benchmark import BenchmarkRequest, SuiteResult, benchmark_suite
+
+
+@task(name="benchmark-suite", cache_policy=NO_CACHE, task_run_name="benchmark-{suite}")
+def benchmark_suite_task(request: BenchmarkRequest, suite: str) -> SuiteResult:
+    logger = get_run_logger()
+    every = max(1, (request.limit or 500) // 10)
+
+    def progress(name: str, done: int, total: int) -> None:
+        if done == total or done % every == 0:
+            logger.info("%s: %d / %d images", name, done, total)
+
+    result = benchmark_suite(request, suite, progress=progress)
+    logger.info("%s: mIoU %.2f over %d images (%d failed)", suite, result.miou, result.images, result.failed)
+    return result
