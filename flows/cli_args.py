@@ -92,7 +92,8 @@ REQUIRED = "required_options"
 def requires(parser: argparse.ArgumentParser, *options: argparse.Action) -> None:
     """argparse's ``required`` for options that old spellings may also fill (``--dataset`` or ``--from``):
     checked after parsing by ``check_required``."""
-    parser.set_defaults(**{REQUIRED: (parser, options)})
+    _, before = parser.get_default(REQUIRED) or (parser, ())
+    parser.set_defaults(**{REQUIRED: (parser, (*before, *options))})
 
 
 def check_required(args: argparse.Namespace) -> None:
