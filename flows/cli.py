@@ -420,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        if _interrupted:
+            # Not a normal return: interpreter exit would wait for the batches still running in worker threads.
+            _exit_now()
         return INTERRUPTED
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
         from flows.cli_server import PrefectServerUnavailable
@@ -443,9 +446,15 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPT_GRACE_S = 3.0
 
 
+_interrupted = False  # set by the SIGINT handler
+
+
 def _interrupt(signum: int, frame: object) -> None:
     import logging
     import threading
+
+    global _interrupted
+    _interrupted = True
 
     signal.signal(signal.SIGINT, lambda *_: _exit_now())  # a second Ctrl-C: at once
     print("\nmaskclip: interrupted; run again to resume", file=sys.stderr, flush=True)

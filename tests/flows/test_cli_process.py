@@ -145,8 +145,9 @@ def test_ctrl_c_stops_within_seconds_with_one_line(images, prefect_home, tmp_pat
     took = time.monotonic() - sent
     err = log.read_text()
     after = [line for line in err.splitlines()[before:] if line.strip()]
+    print(f"ctrl-c: message after {said} s, exit after {took:.2f} s")
     assert rc == 130, err[-3000:]
-    assert took < 10, f"exit after {took:.1f} s, message after {said} s:\n{err[-3000:]}"
+    assert took < 5, f"exit after {took:.1f} s, message after {said} s:\n{err[-3000:]}"
     assert "interrupted; run again to resume" in err
     assert len(after) <= 3 and "Traceback" not in err, err[-3000:]  # the message (and the bar's last frame)
     left = wait_until_gone(prefect_home, 10)
@@ -174,8 +175,8 @@ def test_generous_startup_timeout_unless_the_user_set_one():
 
     from flows.cli_server import STARTUP_TIMEOUT_S, startup_timeout
 
-    with temporary_settings(restore_defaults={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS}):
-        assert STARTUP_TIMEOUT_S >= 300 > PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()  # Prefect's: 20 s
+    assert STARTUP_TIMEOUT_S >= 300 > PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.default()  # 20 s
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:  # this session's user set none
         assert startup_timeout() == STARTUP_TIMEOUT_S
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 42}):
         assert startup_timeout() == 42
