@@ -24,6 +24,7 @@ from contextlib import contextmanager
 STARTUP_TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_TIMEOUT_S = 600
 DRAIN_TIMEOUT_S = 5
+PATIENCE_NOTE_S = 5  # a slower start gets one line, so the wait is not silent
 
 # Runs in the server process. PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent dies, however it
 # dies; elsewhere (no prctl) a thread watches the parent id. Checking the parent after arming closes the race
@@ -105,9 +106,18 @@ class LocalServer:
     def wait_until_healthy(self) -> None:
         import httpx
 
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
+        said = False
         with httpx.Client(timeout=5) as client:
             while time.monotonic() < deadline:
+                if not said and time.monotonic() - started > PATIENCE_NOTE_S:
+                    print(
+                        "maskclip: waiting for the local Prefect server (a first start creates its database)...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    said = True
                 if self.process.poll() is not None:
                     raise PrefectServerUnavailable(
                         f"the local Prefect server exited with code {self.process.returncode}: {self._last_line()}"
