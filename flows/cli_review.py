@@ -1,7 +1,7 @@
 """``maskclip export`` / ``import`` / ``evaluate``: the round trip through labeling tools on the command line.
 
-``register(subparsers)`` adds the three subcommands to the ``maskclip`` parser; heavy imports happen when a
-subcommand runs. ``main`` is a ``maskclip`` with only these three (``python -m flows.cli_review``).
+``register(subparsers)`` adds the three subcommands to the ``maskclip`` parser (``flows.cli``); heavy imports
+happen when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ import math
 import sys
 from typing import Any
 
-from flows.cli_args import comma_ints, comma_strings, given, json_object, readable_validation_errors
+from flows.cli_args import (
+    HelpFormatter,
+    Store,
+    add_aliases,
+    add_storage_options,
+    comma_ints,
+    comma_strings,
+    given,
+    readable_validation_errors,
+    requires,
+)
 
 EXPORT_FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
 IMPORT_FORMATS = ("label-studio", "coco")
@@ -23,20 +33,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export pseudo-labels for review (COCO, Label Studio, CVAT)",
-        description="Export the labels of an output dataset. coco: a JSON file; label-studio: a folder with "
+        description="Export the labels of a dataset. coco: a JSON file; label-studio: a folder with "
         "tasks.json and config.xml; cvat-coco / cvat-mask: a zip to import into a CVAT task.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("format", choices=EXPORT_FORMATS)
-    p.add_argument("--from", dest="output", required=True, metavar="OUTPUT", help="output URL of a labeling run")
-    p.add_argument("--to", dest="destination", required=True, metavar="URL", help="file (coco, cvat-*) or folder")
+    p.add_argument("format", choices=EXPORT_FORMATS, help="what to write")
+    requires(p, _add_dataset_option(p, "the Parquet dataset to export", "--from"))
+    out = p.add_argument(
+        "--out", dest="destination", action=Store, default=None, metavar="URL", help="file (coco, cvat-*) or folder"
+    )
+    add_aliases(p, out, "--to")
+    requires(p, out)
+    add_storage_options(p, "the dataset, --out and the images")
     g = p.add_argument_group("selection")
-    g.add_argument("--config-hash", help="labeler config to export (needed when the store holds several)")
+    g.add_argument("--config-hash", help="labeler config to export (needed when the dataset holds several)")
     g.add_argument("--classes", type=comma_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
     g.add_argument("--min-score", type=float, help="only annotations scoring at least this")
     g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
-    g.add_argument("--status", dest="statuses", type=comma_strings, action="extend", help="labeled (default), rejected")
+    g.add_argument(
+        "--status",
+        dest="statuses",
+        type=comma_strings,
+        action="extend",
+        help="image statuses, comma-separated: labeled, rejected (default: labeled)",
+    )
     g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
-    g.add_argument("--source", dest="sources", type=comma_strings, action="extend", help="only these labelers' labels")
+    labeled_by = g.add_argument(
+        "--labeled-by",
+        dest="sources",
+        type=comma_strings,
+        action="extend",
+        metavar="LABELER",
+        help="only labels from these labelers (maskclip, student...), comma-separated",
+    )
+    # --source names the images everywhere else; as a filter it now reads --labeled-by.
+    g.add_argument(
+        "--source",
+        dest=labeled_by.dest,
+        type=comma_strings,
+        action=DeprecatedExtend,
+        replacement="--labeled-by",
+        help=argparse.SUPPRESS,
+    )
     g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
     g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
     g = p.add_argument_group("format options")
@@ -45,31 +83,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--document-root", help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (local images)")
     g.add_argument("--model-version", help="Label Studio prediction model_version (default: maskclip)")
     g.add_argument("--include-images", action="store_true", help="put the image files into the zip (cvat-*)")
-    g.add_argument("--file-name-root", help="image file names relative to this URL prefix (default: common folder)")
-    _add_storage_options(p)
+    g.add_argument(
+        "--file-name-root", help="image file names relative to this URL prefix (default: the images' common folder)"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser(
         "import",
-        help="import reviewed labels (Label Studio JSON export, COCO file) into an output dataset",
-        description="Store human-corrected labels as OUTPUT/reviewed, tied to the dataset's image ids. "
+        help="import reviewed labels (Label Studio JSON export, COCO file) into a dataset",
+        description="Store human-corrected labels in the dataset's reviewed table, tied to its image ids. "
         "A newer import of an image supersedes older ones.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("format", choices=IMPORT_FORMATS)
+    p.add_argument("format", choices=IMPORT_FORMATS, help="what FILE holds")
     p.add_argument("file", metavar="FILE", help="Label Studio JSON export or COCO instances JSON (path or URL)")
-    p.add_argument("--into", dest="output", required=True, metavar="OUTPUT", help="output URL of the labeling run")
+    requires(p, _add_dataset_option(p, "the Parquet dataset the reviews belong to", "--into"))
     p.add_argument("--skip-unknown", action="store_true", help="skip unknown images / categories instead of failing")
-    _add_storage_options(p)
+    add_storage_options(p, "the dataset and FILE")
     p.set_defaults(func=_cmd_import)
 
     p = subparsers.add_parser(
         "evaluate",
         help="score the pseudo-labels against the reviewed labels (mIoU, per-class IoU, pixel accuracy)",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--reviewed", dest="output", required=True, metavar="OUTPUT", help="output URL with reviews")
-    p.add_argument("--config-hash", help="labeler config to score (needed when the store holds several)")
+    requires(p, _add_dataset_option(p, "the Parquet dataset with imported reviews", "--reviewed"))
+    p.add_argument("--config-hash", help="labeler config to score (needed when the dataset holds several)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_storage_options(p)
+    add_storage_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -77,7 +118,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from maskclip_core.interchange.export import ExportParameters, export_store
 
     # Every option is named after its ExportParameters field; unset ones keep the model's defaults.
-    fields = given(args, {name: name for name in ExportParameters.model_fields})
+    fields = given(args, {name: name for name in ExportParameters.model_fields if name != "output"})
+    fields["output"] = args.dataset
     with readable_validation_errors():
         params = ExportParameters(**fields)
     summary = export_store(params, args.storage_options)
@@ -91,7 +133,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from maskclip_core.dataset.reviews import import_reviews
 
     summary = import_reviews(
-        args.output,
+        args.dataset,
         args.file,
         args.format,
         storage_options=args.storage_options,
@@ -105,7 +147,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from maskclip_core.dataset.reviews import evaluate_reviewed
 
-    report = evaluate_reviewed(args.output, config_hash=args.config_hash, storage_options=args.storage_options)
+    report = evaluate_reviewed(args.dataset, config_hash=args.config_hash, storage_options=args.storage_options)
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
     return 0
 
@@ -126,14 +168,22 @@ def format_report(report: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------------- helpers
 
 
-def _add_storage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage-options",
-        type=json_object,
-        default=None,
-        metavar="JSON",
-        help='fsspec options, e.g. \'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'',
-    )
+def _add_dataset_option(p: argparse.ArgumentParser, help_text: str, old: str) -> argparse.Action:
+    dataset = p.add_argument("--dataset", action=Store, default=None, metavar="URL", help=help_text)
+    add_aliases(p, dataset, old)
+    return dataset
+
+
+class DeprecatedExtend(argparse.Action):
+    """An old spelling of an ``extend`` option: hidden, one warning line, then the values added."""
+
+    def __init__(self, option_strings, dest, replacement: str = "", **kwargs) -> None:  # noqa: ANN001
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
+        print(f"maskclip: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *values])
 
 
 def _num(value: float) -> str:

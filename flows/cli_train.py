@@ -1,7 +1,7 @@
 """``maskclip train``: train a MaskCLIP+ student on an output dataset (the train-student flow, run in-process).
 
-``register(subparsers)`` adds the subcommand to the ``maskclip`` parser; heavy imports happen when it runs.
-``main`` is a ``maskclip`` with only this subcommand (``python -m flows.cli_train``).
+``register(subparsers)`` adds the subcommand to the ``maskclip`` parser (``flows.cli``); heavy imports happen
+when it runs.
 """
 
 from __future__ import annotations
@@ -13,59 +13,91 @@ import os
 from typing import Any
 
 from flows import cli_choices
-from flows.cli_args import add_filter_options, filter_fields, given, json_object, readable_validation_errors
+from flows.cli_args import (
+    TEMPLATES,
+    HelpFormatter,
+    Store,
+    add_aliases,
+    add_filter_options,
+    add_storage_options,
+    filter_fields,
+    given,
+    json_object,
+    readable_validation_errors,
+    requires,
+)
+
+BACKBONES = cli_choices.BACKBONES  # StudentSpec.backbone derives from the same registry
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``maskclip`` subcommands."""
     p = subparsers.add_parser(
         "train",
-        help="train a MaskCLIP+ student on the pseudo-labels of an output dataset (the train-student flow)",
-        description="Runs the train-student Prefect flow here (ephemeral Prefect unless PREFECT_API_URL is set): "
-        "teacher pseudo-labels for the first tenth of the iterations, then self-training rounds. Checkpoints go "
-        "to OUTPUT/checkpoints/<run>/; running the same command again resumes the run. With --ground-truth the "
-        "teacher and every round are scored (OUTPUT/metrics/) and the table is printed.",
+        help="train a MaskCLIP+ student on the pseudo-labels of a dataset (the train-student flow)",
+        description="Runs the train-student Prefect flow here (a local Prefect server unless PREFECT_API_URL is "
+        "set): teacher pseudo-labels for the first tenth of the iterations, then self-training rounds. "
+        "Checkpoints go to DATASET/checkpoints/<run>/; running the same command again resumes the run. With "
+        "--ground-truth the teacher and every round are scored (DATASET/metrics/) and the table is printed.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--from", dest="output", required=True, metavar="OUTPUT", help="output URL of a labeling run")
-    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON", help="fsspec options, output")
+    dataset = p.add_argument(
+        "--dataset", action=Store, default=None, metavar="URL", help="the Parquet dataset of a labeling run"
+    )
+    add_aliases(p, dataset, "--from")
+    requires(p, dataset)
+    add_storage_options(p, "the dataset and its checkpoints")
 
     g = p.add_argument_group("data")
     g.add_argument("--config-hash", help="teacher labeling to train on (needed when the dataset holds several)")
     g.add_argument("--no-reviewed", action="store_true", help="ignore human-reviewed labels (default: use them)")
     g.add_argument("--pool-rejected", action="store_true", help="self-training also relabels rejected images")
-    g.add_argument("--image-cache-mb", type=int, default=None, help="decoded images kept in memory (default 512)")
-    g.add_argument("--image-storage-options", type=json_object, default=None, metavar="JSON", help="fsspec, images")
+    g.add_argument("--image-cache-mb", type=int, default=512, help="decoded images kept in memory (0: re-read)")
+    source_options = g.add_argument(
+        "--source-storage-options",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for the images (default: the AWS environment / profile)",
+    )
+    add_aliases(g, source_options, "--image-storage-options")
 
     g = p.add_argument_group("text embeddings (default: the teacher's CLIP, from the labeling record)")
     g.add_argument("--clip-model", help="open_clip model name, e.g. ViT-B-16")
-    g.add_argument("--clip-pretrained", help="open_clip tag, a local checkpoint path, or 'none' (default openai)")
-    g.add_argument("--clip-seed", type=int, default=None, help="seed of random CLIP weights")
-    g.add_argument("--templates", choices=cli_choices.TEMPLATE_SETS, default=None, help="prompt templates")
+    g.add_argument("--clip-pretrained", help="open_clip tag, a local checkpoint path, or 'none' (with --clip-model)")
+    g.add_argument("--clip-seed", type=int, default=None, help="seed of random CLIP weights (with --clip-model)")
+    g.add_argument("--templates", choices=TEMPLATES, default=None, help="prompt templates (with --clip-model)")
 
     g = p.add_argument_group("student")
-    g.add_argument("--backbone", choices=cli_choices.BACKBONES, default=None, help="default resnet101 (MaskCLIP+'s)")
-    g.add_argument("--backbone-weights", default=None, help="imagenet (default), none, or a state dict path / URL")
-    g.add_argument("--output-stride", type=int, choices=[8, 16], default=None, help="default 8")
-    g.add_argument("--head", choices=cli_choices.HEADS, default=None, help="default deeplabv3")
-    g.add_argument("--head-channels", type=int, default=None, help="default 256")
-    g.add_argument("--temperature", type=float, default=None, help="logit scale of the cosine (default 50)")
+    g.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="MaskCLIP+ uses resnet101")
+    g.add_argument("--backbone-weights", default="imagenet", help="imagenet, none, or a state dict path / URL")
+    g.add_argument("--output-stride", type=int, choices=[8, 16], default=8, help="feature stride of the backbone")
+    g.add_argument("--head", choices=cli_choices.HEADS, default="deeplabv3", help="DeepLab head (ASPP)")
+    g.add_argument("--head-channels", type=int, default=256, help="channels of the head")
+    g.add_argument("--temperature", type=float, default=50.0, help="logit scale of the cosine")
 
     g = p.add_argument_group("schedule")
-    g.add_argument("--iterations", type=int, default=None, help="all rounds together (default 8000)")
-    g.add_argument("--rounds", type=int, default=None, help="self-training rounds after the pseudo-labels (2)")
-    g.add_argument("--pseudo-fraction", type=float, default=None, help="share on pseudo-labels (0.1)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per iteration (4)")
-    g.add_argument("--lr", type=float, default=None, help="initial learning rate (0.01)")
-    g.add_argument("--crop-size", type=int, default=None, help="training crop (512)")
-    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"), help="(0.5 2.0)")
-    g.add_argument("--base-short-side", type=_int_or_none, default=None, help="scales relative to this (512; none)")
+    g.add_argument("--iterations", type=int, default=8000, help="all rounds together")
+    g.add_argument("--rounds", type=int, default=2, help="self-training rounds after the pseudo-labels")
+    g.add_argument("--pseudo-fraction", type=float, default=0.1, help="share of iterations on pseudo-labels")
+    g.add_argument("--batch-size", type=int, default=4, help="images per iteration")
+    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (SGD, poly decay)")
+    g.add_argument("--crop-size", type=int, default=512, help="training crop in pixels")
+    g.add_argument(
+        "--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"), help="random rescaling"
+    )
+    g.add_argument(
+        "--base-short-side", type=_int_or_none, default=512, help="scales relative to this short side; none: as stored"
+    )
     g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
-    g.add_argument("--relabel-short-side", type=_int_or_none, default=None, help="pool relabeling size (512; none)")
-    g.add_argument("--eval-short-side", type=_int_or_none, default=None, help="evaluation size (512; none)")
-    g.add_argument("--seed", type=int, default=None, help="training seed (0)")
+    g.add_argument(
+        "--relabel-short-side", type=_int_or_none, default=512, help="short side when relabeling the pool; none"
+    )
+    g.add_argument("--eval-short-side", type=_int_or_none, default=512, help="short side when evaluating; none")
+    g.add_argument("--seed", type=int, default=0, help="training seed")
 
-    add_filter_options(p, "confidence filter of the self-training rounds (default: the labeling's)")
+    add_filter_options(p, "confidence filter of the self-training rounds (default: the labeling's)", inherit=True)
 
     g = p.add_argument_group("ground truth (scores the teacher and every round)")
     g.add_argument("--ground-truth", metavar="URL", help="COCO instances JSON, or a folder of PNG masks")
@@ -79,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--run-name", help="checkpoint folder name (default: derived from the settings and the data)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     g.add_argument("--stop-after-round", type=int, default=None, help="stop once this round is checkpointed")
-    g.add_argument("--retries", type=int, default=None, help="retries of a failed training (each resumes)")
+    g.add_argument("--retries", type=int, default=0, help="retries of a failed training (each resumes)")
     g.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
     g.add_argument("--verbose", action="store_true", help="show Prefect's logs (default: warnings only)")
     p.set_defaults(func=_cmd_train)
@@ -137,8 +169,8 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     filter_overrides = filter_fields(args)
     data = given(args, {"config_hash": "config_hash", "image_cache_mb": "image_cache_mb"})
     data.update(use_reviewed=not args.no_reviewed, pool_rejected=args.pool_rejected)
-    if args.image_storage_options is not None:
-        data["image_storage_options"] = args.image_storage_options
+    if args.source_storage_options is not None:
+        data["image_storage_options"] = args.source_storage_options
     ground_truth = None
     if args.ground_truth:
         aliases = {}
@@ -163,7 +195,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     if args.storage_options is not None:
         options["storage_options"] = args.storage_options
     return {
-        "dataset": args.output,
+        "dataset": args.dataset,
         "ground_truth": ground_truth,
         "clip": clip,
         "student": student,
@@ -182,9 +214,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from flows.cli_server import owned_prefect_api
     from flows.train_student import train_student
 
-    result = train_student(**params)  # offline weights errors name their fix; flows.cli.main prints them
+    with owned_prefect_api():
+        result = train_student(**params)  # offline weights errors name their fix; flows.cli.main prints them
     print_result(result, Console(stderr=True))
     if args.json:
         print(json.dumps(result, indent=2, default=str))

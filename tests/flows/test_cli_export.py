@@ -31,8 +31,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def export(built: Built, fmt: str, dest: Path | str, *extra: str) -> list[str]:
-    """argv of ``maskclip export FMT --from <built store> --to DEST ...``."""
-    return ["export", fmt, "--from", built.store.url, "--to", str(dest), *extra]
+    """argv of ``maskclip export FMT --dataset <built store> --out DEST ...``."""
+    return ["export", fmt, "--dataset", built.store.url, "--out", str(dest), *extra]
 
 
 def read_coco(path: Path) -> COCO:
@@ -53,7 +53,7 @@ def labeled_ids(built: Built) -> set[int]:
 
 def test_coco_reads_back_with_pycocotools(built, tmp_path, capsys):
     dest = tmp_path / "coco.json"
-    summary = run(capsys, "export", "coco", "--from", built.store.url, "--to", str(dest))
+    summary = run(capsys, "export", "coco", "--dataset", built.store.url, "--out", str(dest))
     assert (summary["images"], summary["annotations"]) == (3, 5)
     assert summary["annotations_per_class"] == {"cat": 2, "dog": 2, "grass": 1}
     coco = read_coco(dest)
@@ -120,7 +120,7 @@ def test_label_studio_reads_back_with_the_sdk(built, tmp_path, capsys):
 
 
 def test_label_studio_needs_a_document_root_for_local_files(built, tmp_path, capsys):
-    err = fails(capsys, "export", "label-studio", "--from", built.store.url, "--to", str(tmp_path / "ls"))
+    err = fails(capsys, "export", "label-studio", "--dataset", built.store.url, "--out", str(tmp_path / "ls"))
     assert "document_root" in err
     assert not (tmp_path / "ls" / "tasks.json").exists()
 
@@ -129,7 +129,7 @@ def test_cvat_coco_reads_back_with_datumaro(built, tmp_path, capsys):
     for polygons in (False, True):
         zpath = tmp_path / f"cvat-{polygons}.zip"
         extra = ["--polygons"] if polygons else ["--include-images"]
-        run(capsys, "export", "cvat-coco", "--from", built.store.url, "--to", str(zpath), *extra)
+        run(capsys, "export", "cvat-coco", "--dataset", built.store.url, "--out", str(zpath), *extra)
         root = tmp_path / f"cvat-{polygons}"
         zipfile.ZipFile(zpath).extractall(root)
         ds = dm.Dataset.import_from(str(root), "coco_instances")
@@ -163,7 +163,7 @@ def test_cvat_coco_reads_back_with_datumaro(built, tmp_path, capsys):
 
 def test_cvat_mask_reads_back_with_datumaro(built, tmp_path, capsys):
     zpath = tmp_path / "mask.zip"
-    run(capsys, "export", "cvat-mask", "--from", built.store.url, "--to", str(zpath))
+    run(capsys, "export", "cvat-mask", "--dataset", built.store.url, "--out", str(zpath))
     zipfile.ZipFile(zpath).extractall(tmp_path / "mask")
     ds = dm.Dataset.import_from(str(tmp_path / "mask"), "voc_segmentation")
     labels = ds.categories()[AnnotationType.label]
@@ -184,7 +184,7 @@ def test_cvat_mask_reads_back_with_datumaro(built, tmp_path, capsys):
 def coco_selection(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture, *flags: str) -> dict[int, set[str]]:
     """image id -> class names exported as COCO with ``flags``."""
     dest = tmp_path / "sel.json"
-    summary = run(capsys, "export", "coco", "--from", built.store.url, "--to", str(dest), *flags)
+    summary = run(capsys, "export", "coco", "--dataset", built.store.url, "--out", str(dest), *flags)
     doc = json.loads(dest.read_text())
     names = {c["id"]: c["name"] for c in doc["categories"]}
     out: dict[int, set[str]] = {img["id"]: set() for img in doc["images"]}
@@ -201,7 +201,10 @@ def test_filters(built, tmp_path, capsys):
     assert coco_selection(built, tmp_path, capsys, "--min-score", "0.65") == {a: {"cat", "dog"}, b: {"grass"}}
     assert coco_selection(built, tmp_path, capsys, "--max-score", "0.55") == {other: {"dog"}}
     assert coco_selection(built, tmp_path, capsys, "--round", "1") == {other: {"dog"}}
-    assert coco_selection(built, tmp_path, capsys, "--source", "maskclip") == {a: {"cat", "dog"}, b: {"cat", "grass"}}
+    assert coco_selection(built, tmp_path, capsys, "--labeled-by", "maskclip") == {
+        a: {"cat", "dog"},
+        b: {"cat", "grass"},
+    }
     assert coco_selection(built, tmp_path, capsys, "--image-ids", str(a)) == {a: {"cat", "dog"}}
     assert coco_selection(built, tmp_path, capsys, "--config-hash", "other") == {}
     assert coco_selection(built, tmp_path, capsys, "--classes", "cat", "--min-score", "0.7") == {a: {"cat"}}
@@ -215,20 +218,20 @@ def test_filters(built, tmp_path, capsys):
     assert tasks["d.png"]["data"]["status"] == "rejected" and tasks["d.png"]["predictions"][0]["result"] == []
 
     assert "unicorn" in fails(
-        capsys, "export", "coco", "--from", built.store.url, "--to", str(dest), "--classes", "unicorn"
+        capsys, "export", "coco", "--dataset", built.store.url, "--out", str(dest), "--classes", "unicorn"
     )
     assert "labeled images only" in fails(
-        capsys, "export", "coco", "--from", built.store.url, "--to", str(dest), "--status", "rejected"
+        capsys, "export", "coco", "--dataset", built.store.url, "--out", str(dest), "--status", "rejected"
     )
-    err = fails(capsys, "export", "cvat-mask", "--from", built.store.url, "--to", str(dest), "--polygons")
+    err = fails(capsys, "export", "cvat-mask", "--dataset", built.store.url, "--out", str(dest), "--polygons")
     assert "polygons applies to label-studio, cvat-coco" in err
     assert "min_score" in fails(
         capsys,
         "export",
         "coco",
-        "--from",
+        "--dataset",
         built.store.url,
-        "--to",
+        "--out",
         str(dest),
         "--min-score",
         "0.9",
@@ -248,7 +251,7 @@ def test_lowest_scored_first(built, tmp_path, capsys):
     # filters first, then the ranking: the lowest image that has cat
     assert coco_selection(built, tmp_path, capsys, "--lowest", "1", "--classes", "cat") == {b: {"cat"}}
     assert "greater than or equal to 1" in fails(
-        capsys, "export", "coco", "--from", built.store.url, "--to", str(dest), "--lowest", "0"
+        capsys, "export", "coco", "--dataset", built.store.url, "--out", str(dest), "--lowest", "0"
     )
 
 
