@@ -118,7 +118,8 @@ def test_naclip_prior_changes_the_result(vit):
     blk = vit.visual.transformer.resblocks[-1]
     _, k, v = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, dim=-1)
     heads = blk.attn.num_heads
-    plain = merge_heads(F.scaled_dot_product_attention(split_heads(k, heads), split_heads(k, heads), split_heads(v, heads)))
+    kh, vh = split_heads(k, heads), split_heads(v, heads)
+    plain = merge_heads(F.scaled_dot_product_attention(kh, kh, vh))
     without_prior = to_grid((vit.visual.ln_post(blk.attn.out_proj(plain)) @ vit.visual.proj)[:, 1:], grid)
     features, _ = dense_features(vit, pixels, "naclip")
     assert max_rel_error(features, without_prior) > 1e-3
