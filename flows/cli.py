@@ -33,7 +33,17 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_required: bool = Tr
         "--pretrained", default="openai", help="open_clip tag, a local checkpoint PATH, or 'none' (random weights)"
     )
     g.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    g.add_argument("--attention", choices=["maskclip", "clearclip", "sclip"], default="maskclip")
+    g.add_argument("--attention", choices=["maskclip", "clearclip", "sclip", "naclip"], default="maskclip")
+    g.add_argument(
+        "--proxy",
+        default=None,
+        help="ProxyCLIP: proxy encoder whose attention replaces CLIP's last block: dino_vitb8, dinov2_vitb14_reg, "
+        "or a timm name with its tag (vit_base_patch8_224.dino)",
+    )
+    g.add_argument("--proxy-weights", default="pretrained", help="'pretrained' (timm hub), a local FILE, or 'none'")
+    g.add_argument("--pamr", action="store_true", help="refine each window's probabilities along colour edges (PAMR)")
+    g.add_argument("--pamr-iterations", type=int, default=10)
+    g.add_argument("--pamr-dilations", type=int, nargs="+", default=[8, 16], metavar="PX")
     g.add_argument("--mode", choices=["slide", "whole"], default="slide")
     g.add_argument("--short-side", type=int, default=448)
     g.add_argument("--crop", type=int, default=448)
@@ -57,8 +67,13 @@ def labeler_config_from_args(args: argparse.Namespace):
         classes=args.classes,
         background=args.background,
         templates=args.templates,
+        proxy=args.proxy,
+        proxy_weights=args.proxy_weights,
         inference=InferenceConfig(
             attention=args.attention,
+            pamr=args.pamr,
+            pamr_iterations=args.pamr_iterations,
+            pamr_dilations=tuple(args.pamr_dilations),
             mode=args.mode,
             short_side=args.short_side,
             crop=args.crop,
