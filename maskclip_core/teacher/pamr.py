@@ -8,7 +8,7 @@ Scores then flow along regions of similar colour and stop at colour edges. The u
 combination, so probabilities stay probabilities.
 
 Same numbers as the reference module (visinf/1-stage-wseg ``PAMR``, copied into NACLIP) on inputs at the
-image's size; written with index shifts instead of 3x3 convolutions, which never materialises the
+image's size; written with shifted views of one padded copy instead of 3x3 convolutions, which never materialises the
 [K, 8 * dilations, H, W] stack of shifted scores (K times less memory at the same arithmetic).
 """
 
@@ -17,23 +17,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """out[..., i, j] = x[..., clamp(i + dy), clamp(j + dx)] (replicated edges)."""
+def _shifted(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Views out[..., i, j] = x[..., clamp(i + dy), clamp(j + dx)] per offset (replicated edges), cut from
+    one padded copy: no copy per offset."""
     H, W = x.shape[-2:]
-    rows = (torch.arange(H, device=x.device) + dy).clamp_(0, H - 1)
-    cols = (torch.arange(W, device=x.device) + dx).clamp_(0, W - 1)
-    return x.index_select(-2, rows).index_select(-1, cols)
+    m = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    lead = x.shape[:-2]
+    padded = F.pad(x.reshape(-1, 1, H, W), (m, m, m, m), mode="replicate").reshape(*lead, H + 2 * m, W + 2 * m)
+    return [padded[..., m + dy : m + dy + H, m + dx : m + dx + W] for dy, dx in offsets]
 
 
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """Neighbour weights [B, P, H, W] (P = 8 * len(dilations), summing to 1 over P) of images [B, C, H, W]."""
     image = image.float()
     offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOURS]
-    neighbours = torch.stack([_shift(image, dy, dx) for dy, dx in offsets], dim=2)  # [B, C, P, H, W]
+    neighbours = torch.stack(_shifted(image, offsets), dim=2)  # [B, C, P, H, W]
     # The local deviation counts the centre once per dilation, as the reference's 3x3 kernels do.
     centre = image.unsqueeze(2).expand(-1, -1, len(dilations), -1, -1)
     std = torch.cat([neighbours, centre], dim=2).std(dim=2, keepdim=True)
@@ -51,7 +54,7 @@ def pamr(
     offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _NEIGHBOURS]
     for _ in range(iterations):
         refined = torch.zeros_like(scores)
-        for p, (dy, dx) in enumerate(offsets):
-            refined += weights[:, p : p + 1] * _shift(scores, dy, dx)
+        for p, view in enumerate(_shifted(scores, offsets)):
+            refined.addcmul_(weights[:, p : p + 1], view)
         scores = refined
     return scores
