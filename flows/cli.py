@@ -61,6 +61,21 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_default: str | None
     )
     g.add_argument("--seed", action=Store, type=int, default=0, help="seed of random weights (--pretrained none)")
     g.add_argument("--attention", action=Store, choices=ATTENTIONS, default="maskclip", help="last-block variant")
+    g.add_argument(
+        "--proxy",
+        action=Store,
+        default=None,
+        help="ProxyCLIP: proxy encoder whose attention replaces CLIP's last block: dino_vitb8, dinov2_vitb14_reg, "
+        "or a timm name with its tag (vit_base_patch8_224.dino)",
+    )
+    g.add_argument(
+        "--proxy-weights", action=Store, default="pretrained", help="'pretrained' (timm hub), a local FILE, or 'none'"
+    )
+    g.add_argument("--pamr", action=Flag, help="refine each window's probabilities along colour edges (PAMR)")
+    g.add_argument("--pamr-iterations", action=Store, type=int, default=10, help="PAMR iterations")
+    g.add_argument(
+        "--pamr-dilations", action=Store, type=int, nargs="+", default=[8, 16], metavar="PX", help="PAMR dilations"
+    )
     g.add_argument("--mode", action=Store, choices=["slide", "whole"], default="slide", help="sliding windows or whole")
     g.add_argument("--short-side", action=Store, type=int, default=448, help="resize the short side to this")
     g.add_argument("--crop", action=Store, type=int, default=448, help="sliding-window size in pixels")
@@ -96,8 +111,13 @@ def labeler_config_from_args(args: argparse.Namespace):
         classes=args.classes,
         background=args.background,
         templates=args.templates,
+        proxy=args.proxy,
+        proxy_weights=args.proxy_weights,
         inference=InferenceConfig(
             attention=args.attention,
+            pamr=args.pamr,
+            pamr_iterations=args.pamr_iterations,
+            pamr_dilations=tuple(args.pamr_dilations),
             mode=args.mode,
             short_side=args.short_side,
             crop=args.crop,

@@ -7,6 +7,8 @@ returned too, for key smoothing.
 ClearCLIP (Lan et al., ECCV 2024): last block with q-q self attention, no residual, no FFN.
 SCLIP (Wang et al., ECCV 2024): last block with correlative self attention softmax(qq^T) + softmax(kk^T),
 residual and FFN kept.
+NACLIP (Hajimiri et al., WACV 2025): last block with k-k attention plus a Gaussian neighbourhood prior over the
+patch grid, no residual, no FFN (see :func:`_naclip_block`).
 
 ModifiedResNet (MaskCLIP): the attention pool is skipped; features are ``c_proj(v_proj(layer4))`` applied
 as 1x1 convolutions; keys are ``k_proj(layer4)``.
@@ -23,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
+
+# NACLIP's Gaussian standard deviation in patches: the reference's default, used by all its benchmark configs.
+NACLIP_GAUSSIAN_STD = 5.0
 
 
 def _visual(model: torch.nn.Module) -> torch.nn.Module:
@@ -164,12 +169,57 @@ def _sclip_block(block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int])
     return x, k
 
 
+_PRIOR_CACHE: dict[tuple, torch.Tensor] = {}
+_PRIOR_CACHE_SIZE = 16
+
+
+def neighbourhood_prior(
+    grid: tuple[int, int], std: float = NACLIP_GAUSSIAN_STD, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """NACLIP's additive attention prior [1 + gh*gw, 1 + gh*gw]: exp(-|p - p'|^2 / (2 std^2)) between patches
+    p, p' of the grid (distances in patches), 0 in the class token's row and column."""
+    key = (tuple(int(g) for g in grid), float(std), str(device), dtype)
+    hit = _PRIOR_CACHE.get(key)
+    if hit is None:
+        gh, gw = key[0]
+        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        pos = torch.stack([ys.flatten(), xs.flatten()], dim=1).double()
+        dist2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+        prior = F.pad(torch.exp(-dist2 / (2 * std * std)), (1, 0, 1, 0))
+        if len(_PRIOR_CACHE) >= _PRIOR_CACHE_SIZE:
+            _PRIOR_CACHE.clear()
+        hit = _PRIOR_CACHE[key] = prior.to(device=device, dtype=dtype)
+    return hit
+
+
+def _naclip_block(
+    block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int], std: float = NACLIP_GAUSSIAN_STD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NACLIP: softmax(k k^T / sqrt(d) + Gaussian neighbourhood prior) v per head, no residual, no FFN.
+
+    As the reference (sinahmr/NACLIP, ``arch='reduced'``, ``attn_strategy='naclip'``, ``gaussian_std=5``):
+    the prior is not scaled, the class token takes part in the softmax with a zero prior. Deviations: the
+    prior is computed in closed form instead of by convolving one-hot maps with a (2h-1) x (2w-1) window
+    (the same numbers); the layer scale ``ls_1`` is applied as in the other modes (an identity for every
+    OpenAI-style CLIP, which has none).
+    """
+    _, k, v = _qkv(block, block.ln_1(x))
+    heads = block.attn.num_heads
+    kh = _heads(k, heads)
+    prior = neighbourhood_prior(grid, std, device=kh.device, dtype=kh.dtype)
+    out = F.scaled_dot_product_attention(kh, kh, _heads(v, heads), attn_mask=prior)
+    return block.ls_1(block.attn.out_proj(_merge_heads(out))), k
+
+
+
+
 # The attention-mode registry (as segment-anything's ``sam_model_registry``): a new training-free variant is
 # one entry here; ``AttentionMode`` (the config's Literal), the CLI's choices and the docs derive from it.
 ATTENTION_MODES: dict[str, LastBlock] = {
     "maskclip": _maskclip_block,
     "clearclip": _clearclip_block,
     "sclip": _sclip_block,
+    "naclip": _naclip_block,
 }
 AttentionMode = Literal[tuple(ATTENTION_MODES)]  # type: ignore[valid-type]
 
@@ -195,6 +245,12 @@ def _to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[B, gh*gw, C] -> [B, C, gh, gw]."""
     B, _, C = tokens.shape
     return tokens.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()
+
+
+def last_block_input(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tokens entering the last block [B, 1 + gh*gw, W] (class token first) and the patch grid (gh, gw)."""
+    x, grid = _vit_embed(visual, pixels)
+    return _run_blocks(visual, x, visual.transformer.resblocks[:-1]), grid
 
 
 def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

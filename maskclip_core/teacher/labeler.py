@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, templates_for
+from maskclip_core.teacher.proxy import ProxyBundle, cached_proxy
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
@@ -33,6 +34,23 @@ class LabelerConfig(BaseModel):
     background: str | None = Field(None, description="Background queries, comma separated (optional)")
     templates: TemplateSetName = Field("maskclip", description="Prompt template set (teacher/prompts.py TEMPLATE_SETS)")
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    proxy: str | None = Field(
+        None,
+        description="ProxyCLIP: a timm ViT whose attention replaces CLIP's last block (dino_vitb8, dinov2_vitb14_reg "
+        "or a timm name with its tag, e.g. vit_base_patch8_224.dino); None for plain CLIP",
+    )
+    proxy_weights: str = Field(
+        "pretrained", description="Proxy weights: 'pretrained' (timm's hub), a local weights file, or 'none'"
+    )
+
+    @model_validator(mode="after")
+    def _proxy_replaces_attention(self) -> LabelerConfig:
+        if self.proxy is not None and self.inference.attention != "maskclip":
+            raise ValueError(
+                f"a proxy encoder replaces the last block's attention; attention={self.inference.attention!r} "
+                "cannot be combined with it (leave attention at 'maskclip')"
+            )
+        return self
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.parse(self.classes, self.background)
@@ -53,8 +71,10 @@ class MaskCLIPLabeler:
         *,
         templates: Sequence[str] = MASKCLIP_TEMPLATES,
         text_cache: TextClassifierCache | None = None,
+        proxy: ProxyBundle | None = None,
     ) -> None:
         self.bundle = bundle
+        self.proxy = proxy
         self.inference = inference or InferenceConfig()
         self.templates = tuple(templates)
         self._text_cache = text_cache or default_text_cache()
@@ -65,12 +85,18 @@ class MaskCLIPLabeler:
         cls, config: LabelerConfig, *, device: str | torch.device | None = None, text_cache_dir: str | None = None
     ) -> MaskCLIPLabeler:
         bundle = load_clip(config.model, config.pretrained, device=device, seed=config.seed)
+        proxy = None
+        if config.proxy is not None:
+            if not bundle.is_vit:
+                raise ValueError(f"ProxyCLIP needs a ViT CLIP; {config.model} is a ResNet")
+            proxy = cached_proxy(config.proxy, config.proxy_weights, device=bundle.device, seed=config.seed)
         return cls(
             bundle,
             config.vocabulary(),
             config.inference,
             templates=templates_for(config.templates),
             text_cache=TextClassifierCache(text_cache_dir) if text_cache_dir else None,
+            proxy=proxy,
         )
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
@@ -85,6 +111,7 @@ class MaskCLIPLabeler:
             std=self.bundle.std,
             config=self.inference,
             device=self.bundle.device,
+            proxy=self.proxy,
         )
 
     @property
@@ -97,14 +124,17 @@ class MaskCLIPLabeler:
         return self.predictor.predict(arrays)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "labeler": "maskclip",
             "model": self.bundle.model_name,
             "weights": self.bundle.weights_id,
             "vocabulary": json.loads(self.vocabulary.to_json()),
             "templates": hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:16],
-            "inference": self.inference.model_dump(mode="json", exclude={"window_batch", "half_precision"}),
+            "inference": self.inference.identity(proxy=self.proxy is not None),
         }
+        if self.proxy is not None:
+            config["proxy"] = {"model": self.proxy.name, "weights": self.proxy.weights_id}
+        return config
 
 
 _LABELERS: ProcessCache[MaskCLIPLabeler] = ProcessCache()

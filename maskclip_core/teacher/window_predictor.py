@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.profiler import record_function
 
 from maskclip_core.teacher.dense import AttentionMode, dense_features, describe_attention_modes
+from maskclip_core.teacher.pamr import pamr
+from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, padding_multiple, proxy_dense_features
 from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep, suppress_classes
 from maskclip_core.teacher.text_classifier import TextClassifier
 from maskclip_core.types import SegmentationResult
@@ -25,7 +27,10 @@ class InferenceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    attention: AttentionMode = Field("maskclip", description=f"Last-block variant. {describe_attention_modes()}")
+    attention: AttentionMode = Field(
+        "maskclip",
+        description=f"Last-block variant. {describe_attention_modes()}. With a proxy encoder ProxyCLIP replaces it",
+    )
     short_side: int | None = Field(448, ge=32, le=8192, description="Resize the short side to this; None keeps size")
     max_long_side: int = Field(2048, ge=32, description="Cap on the long side after resizing")
     mode: Literal["slide", "whole"] = Field("slide", description="Sliding windows or the whole image at once")
@@ -38,12 +43,31 @@ class InferenceConfig(BaseModel):
     prompt_denoising: bool = True
     prompt_denoising_threshold: float = Field(0.5, ge=0, le=1, description="Drop classes whose max prob is below")
     half_precision: bool = Field(True, description="fp16 autocast for the encoder on CUDA (ignored on CPU)")
+    pamr: bool = Field(False, description="PAMR: refine each window's probabilities along colour edges")
+    pamr_iterations: int = Field(10, ge=1, le=100, description="PAMR iterations")
+    pamr_dilations: tuple[int, ...] = Field((8, 16), min_length=1, description="PAMR neighbourhood dilations (px)")
+    proxy_beta: float = Field(PROXY_BETA, description="ProxyCLIP: similarities below beta x their mean are dropped")
+    proxy_gamma: float = Field(PROXY_GAMMA, gt=0, description="ProxyCLIP: temperature of the proxy attention")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> InferenceConfig:
         if self.mode == "slide" and self.stride > self.crop:
             raise ValueError("sliding-window stride larger than the crop would skip pixels")
+        if any(d < 1 for d in self.pamr_dilations):
+            raise ValueError(f"PAMR dilations must be positive pixel distances, got {self.pamr_dilations}")
         return self
+
+    def identity(self, *, proxy: bool = False) -> dict:
+        """The settings that determine labels, for config hashes: speed-only settings left out, and so are
+        the options of refinements that are off (adding an option never changes existing hashes)."""
+        data = self.model_dump(mode="json", exclude={"window_batch", "half_precision"})
+        if not self.pamr:
+            for name in ("pamr", "pamr_iterations", "pamr_dilations"):
+                data.pop(name)
+        if not proxy:
+            data.pop("proxy_beta")
+            data.pop("proxy_gamma")
+        return data
 
 
 def resized_shape(height: int, width: int, short_side: int | None, max_long_side: int) -> tuple[int, int]:
@@ -130,14 +154,20 @@ class DensePredictor:
         std: Sequence[float],
         config: InferenceConfig | None = None,
         device: torch.device | str = "cpu",
+        proxy: ProxyBundle | None = None,
     ) -> None:
         self.model = model
         self.classifier = classifier
-        self.stride = int(stride)
+        self.proxy = proxy
+        # Pixels per output cell; with a proxy the features live on the proxy's patch grid. Windows are padded
+        # to a multiple of both encoders' patch sizes.
+        self.stride = proxy.patch_size if proxy is not None else int(stride)
+        self.pad_multiple = padding_multiple(int(stride), proxy) if proxy is not None else self.stride
         self.config = config or InferenceConfig()
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._normalisation = (tuple(mean), tuple(std))
 
     # -- steps ---------------------------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -167,7 +197,8 @@ class DensePredictor:
         for win in windows:
             y0, y1, x0, x1 = win.box
             crop = pixels[win.image][:, y0:y1, x0:x1]
-            ph, pw = win.grid[0] * self.stride, win.grid[1] * self.stride
+            m = self.pad_multiple
+            ph, pw = math.ceil((y1 - y0) / m) * m, math.ceil((x1 - x0) / m) * m
             # Pad bottom/right with 0, the normalised mean colour; padded patches are cut off afterwards.
             crop = F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1]))
             groups[(ph, pw)].append((win, crop))
@@ -178,12 +209,20 @@ class DensePredictor:
                 chunk = items[start : start + cfg.window_batch]
                 batch = torch.stack([c for _, c in chunk])
                 with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=autocast):
-                    features, keys = dense_features(self.model, batch, cfg.attention)
+                    features, keys = self._dense(batch)
                 logits = self.classifier.cosine(features.float()) * cfg.logit_scale
                 for i, (win, _) in enumerate(chunk):
                     gh, gw = win.grid
                     win.logits = logits[i, :, :gh, :gw]
                     win.keys = keys[i, :, :gh, :gw].float() if cfg.key_smoothing else None
+
+    def _dense(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if self.proxy is None:
+            return dense_features(self.model, batch, cfg.attention)
+        return proxy_dense_features(
+            self.model, batch, self.proxy, self._normalisation, beta=cfg.proxy_beta, gamma=cfg.proxy_gamma
+        )
 
     def _refine_windows(self, windows: list[_Window], num_images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch-level probabilities of every window, with prompt denoising and key smoothing.
@@ -218,8 +257,11 @@ class DensePredictor:
                 windows[i].logits = windows[i].keys = None  # free early on long batches
         return class_max, keep
 
-    def _stitch(self, size: tuple[int, int], windows: list[_Window]) -> torch.Tensor:
-        """Window probabilities upsampled to window pixels and averaged where windows overlap."""
+    def _stitch(self, pixels: torch.Tensor, windows: list[_Window]) -> torch.Tensor:
+        """Window probabilities upsampled to window pixels (refined by PAMR when on) and averaged where windows
+        overlap; ``pixels`` [3, H, W] is the resized, normalised image."""
+        cfg = self.config
+        size = (pixels.shape[1], pixels.shape[2])
         K = self.classifier.num_classes
         canvas = torch.zeros((K, *size), device=self.device)
         count = torch.zeros((1, *size), device=self.device)
@@ -229,7 +271,11 @@ class DensePredictor:
             up = F.interpolate(
                 win.probs[None], size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False
             )
-            canvas[:, y0:y1, x0:x1] += up[0, :, : y1 - y0, : x1 - x0]
+            up = up[:, :, : y1 - y0, : x1 - x0]
+            if cfg.pamr:
+                crop = pixels[None, :, y0:y1, x0:x1]
+                up = pamr(crop, up, iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)
+            canvas[:, y0:y1, x0:x1] += up[0]
             count[:, y0:y1, x0:x1] += 1
             win.probs = None
         return canvas / count
@@ -252,7 +298,7 @@ class DensePredictor:
         results = []
         for i, (image, px, windows) in enumerate(zip(images, pixels, per_image, strict=True)):
             with record_function("maskclip.stitch"):
-                probs = self._stitch((px.shape[1], px.shape[2]), windows)
+                probs = self._stitch(px, windows)
                 labels, conf = upsample_argmax(probs, (image.shape[0], image.shape[1]))
                 results.append(
                     SegmentationResult(
