@@ -10,9 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flows import cli_choices
 from flows.cli_args import (
-    ATTENTIONS,
-    TEMPLATES,
     Flag,
     HelpFormatter,
     Store,
@@ -60,7 +59,9 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_default: str | None
         help="open_clip tag, a local checkpoint PATH, or 'none' (random weights)",
     )
     g.add_argument("--seed", action=Store, type=int, default=0, help="seed of random weights (--pretrained none)")
-    g.add_argument("--attention", action=Store, choices=ATTENTIONS, default="maskclip", help="last-block variant")
+    g.add_argument(
+        "--attention", action=Store, choices=cli_choices.ATTENTION_MODES, default="maskclip", help="last-block variant"
+    )
     g.add_argument(
         "--proxy",
         action=Store,
@@ -92,7 +93,9 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_default: str | None
         default=0.5,
         help="prompt denoising: drop classes whose max prob is below",
     )
-    g.add_argument("--templates", action=Store, choices=TEMPLATES, default="maskclip", help="prompt template set")
+    g.add_argument(
+        "--templates", action=Store, choices=cli_choices.TEMPLATE_SETS, default="maskclip", help="prompt template set"
+    )
     return classes
 
 

@@ -9,8 +9,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-# Choices of the teacher (tests/flows/test_cli_options.py keeps them equal to the pydantic Literals).
-
 GIVEN = "given_options"  # namespace attribute: {dest: the flag the user typed}, filled by the actions below
 
 

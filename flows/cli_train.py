@@ -14,7 +14,6 @@ from typing import Any
 
 from flows import cli_choices
 from flows.cli_args import (
-    TEMPLATES,
     HelpFormatter,
     Store,
     add_aliases,
@@ -66,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--clip-model", help="open_clip model name, e.g. ViT-B-16")
     g.add_argument("--clip-pretrained", help="open_clip tag, a local checkpoint path, or 'none' (with --clip-model)")
     g.add_argument("--clip-seed", type=int, default=None, help="seed of random CLIP weights (with --clip-model)")
-    g.add_argument("--templates", choices=TEMPLATES, default=None, help="prompt templates (with --clip-model)")
+    g.add_argument(
+        "--templates", choices=cli_choices.TEMPLATE_SETS, default=None, help="prompt templates (with --clip-model)"
+    )
 
     g = p.add_argument_group("student")
     g.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="MaskCLIP+ uses resnet101")

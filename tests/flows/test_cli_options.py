@@ -15,7 +15,8 @@ from typing import get_args
 import pytest
 
 from flows import cli
-from flows.cli_args import ATTENTIONS, FILTER_DEFAULTS, TEMPLATES, given_options
+from flows.cli_args import FILTER_DEFAULTS, given_options
+from flows.cli_choices import ATTENTION_MODES, TEMPLATE_SETS
 
 REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("segment", "label", "export", "import", "evaluate", "train", "demo")
@@ -161,8 +162,8 @@ def test_help_defaults_are_the_models_defaults(capsys):
     assert cli.label_parameters(args)["options"] == RunOptions()
     assert cli.label_parameters(args)["filters"] == FilterConfig()
     assert FILTER_DEFAULTS == {k: v.default for k, v in FilterConfig.model_fields.items() if k in FILTER_DEFAULTS}
-    assert ATTENTIONS == get_args(InferenceConfig.model_fields["attention"].annotation)
-    assert TEMPLATES == get_args(LabelerConfig.model_fields["templates"].annotation)
+    assert tuple(ATTENTION_MODES) == get_args(InferenceConfig.model_fields["attention"].annotation)
+    assert tuple(TEMPLATE_SETS) == get_args(LabelerConfig.model_fields["templates"].annotation)
 
     from flows.cli_train import BACKBONES, train_parameters
 
