@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folder (voc21=/data/VOCdevkit/VOC2012); repeat for several",
     )
     p.add_argument("--limit", type=int, default=None, help="at most N images per suite (a quick look)")
-    p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON report here (atomically)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("labeler and protocol")
@@ -183,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         report = run_benchmark(request, progress=on_progress)
     print_table(report, console)
     text = json.dumps(report.to_dict(), indent=2)
-    if args.output:
-        atomic_write_bytes(args.output, (text + "\n").encode())
+    if args.out:
+        atomic_write_bytes(args.out, (text + "\n").encode())
     print(text)
     return 0 if all(r.images > 0 for r in report.results) else 1
 

@@ -23,7 +23,7 @@ SIZE_ARGS += ["--stride", str(TINY_INFERENCE["stride"])]
 def test_benchmark_prints_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_tiny_data_root(tmp_path / "data")
     out = tmp_path / "report.json"
-    argv = ["benchmark", "--suite", "voc21,ade20k", "--root", str(root), "--output", str(out), "--quiet"]
+    argv = ["benchmark", "--suite", "voc21,ade20k", "--root", str(root), "--out", str(out), "--quiet"]
     rc = main([*argv, *TINY_ARGS, *SIZE_ARGS])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
