@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Any
 
-from flows.cli_args import json_object, readable_validation_errors
+from flows import cli_choices
+from flows.cli_args import HelpFormatter, json_object, readable_validation_errors
 from maskclip_core.evaluation.benchmark_suites import SUITE_NAMES as SUITES
 
 # maskclip_core.evaluation.benchmark.METHOD_NAMES, spelled out so building the parser does not import torch.
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``benchmark`` to the ``maskclip`` subcommands."""
     p = subparsers.add_parser(
         "benchmark",
+        formatter_class=HelpFormatter,
         help="mIoU on the standard segmentation benchmarks (VOC, Context, COCO, Cityscapes, ADE20K)",
         description="Scores a labeler on the validation splits of the eight training-free segmentation "
         "benchmarks, stored as mmsegmentation prepares them, under the protocol of the chosen method's paper "
@@ -51,17 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("labeler and protocol")
-    g.add_argument("--method", choices=METHODS, default="maskclip", help="whose protocol and attention (maskclip)")
-    g.add_argument("--model", default="ViT-B-16", help="open_clip model name (ViT-B-16, as the papers)")
+    g.add_argument("--method", choices=METHODS, default="maskclip", help="whose protocol and attention")
+    g.add_argument("--model", default="ViT-B-16", help="open_clip model name (the papers use ViT-B-16)")
     g.add_argument("--pretrained", default="openai", help="open_clip tag, a local checkpoint PATH, or 'none'")
     g.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    g.add_argument("--templates", choices=["maskclip", "single"], default="maskclip")
+    g.add_argument("--templates", choices=cli_choices.TEMPLATE_SETS, default="maskclip", help="prompt template set")
     g.add_argument("--checkpoint", default=None, help="student weights / checkpoint directory URL (--method student)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
 
     g = p.add_argument_group("overrides of the method's protocol (every suite)")
     g.add_argument("--attention", default=None, help="last-block attention mode (see InferenceConfig.attention)")
-    g.add_argument("--short-side", type=int, default=None)
+    g.add_argument("--short-side", type=int, default=None, help="resize the short side to this")
     g.add_argument("--crop", type=int, default=None, help="sliding-window size")
     g.add_argument("--stride", type=int, default=None, help="sliding-window step")
     g.add_argument("--whole", action="store_true", help="the whole image in one forward, no sliding windows")
