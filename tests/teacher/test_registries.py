@@ -52,7 +52,8 @@ def _enum(model, field: str) -> list[str]:
 def test_literals_are_the_registry_keys():
     from maskclip_core.training.rounds import ClipSpec, StudentSpec
 
-    assert typing.get_args(dense.AttentionMode) == tuple(dense.ATTENTION_MODES) == ("maskclip", "clearclip", "sclip")
+    modes = ("maskclip", "clearclip", "sclip", "naclip")
+    assert typing.get_args(dense.AttentionMode) == tuple(dense.ATTENTION_MODES) == modes
     assert _enum(InferenceConfig, "attention") == list(dense.ATTENTION_MODES)
     assert typing.get_args(TemplateSetName) == tuple(TEMPLATE_SETS) == ("maskclip", "single")
     assert _enum(LabelerConfig, "templates") == _enum(ClipSpec, "templates") == list(TEMPLATE_SETS)
