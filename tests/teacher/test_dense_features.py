@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from support.vit_reference import layer_norm as _ln
+from support.vit_reference import split_qkv as _split
+from support.vit_reference import tokens as _tokens
 
 from maskclip_core.teacher.clip_loader import load_clip
 from maskclip_core.teacher.dense import dense_features, image_embedding, resized_positional_embedding
@@ -34,36 +37,14 @@ def tiny_vit():
 
 
 # ---------------------------------------------------------------- hand-written ViT from the state dict
-def _ln(x, sd, prefix, eps=1e-5):
-    return F.layer_norm(x, (x.shape[-1],), sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], eps)
 
 
 def _gelu(x, quick: bool):
     return x * torch.sigmoid(1.702 * x) if quick else F.gelu(x)
 
 
-def _tokens(sd, pixels, patch):
-    """Patch embedding as an explicit matmul over unfolded patches, class token, resized positions, ln_pre."""
-    B, _, H, W = pixels.shape
-    gh, gw = H // patch, W // patch
-    w = sd["visual.conv1.weight"]  # [width, 3, p, p]
-    patches = F.unfold(pixels, kernel_size=patch, stride=patch)  # [B, 3*p*p, gh*gw]
-    x = patches.transpose(1, 2) @ w.reshape(w.shape[0], -1).T  # [B, N, width]
-    cls = sd["visual.class_embedding"].expand(B, 1, -1)
-    x = torch.cat([cls, x], 1)
-    pos = sd["visual.positional_embedding"]
-    n = int(math.isqrt(pos.shape[0] - 1))
-    if (gh, gw) != (n, n):
-        grid = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)])
-    return _ln(x + pos, sd, "visual.ln_pre"), (gh, gw)
 
 
-def _split(sd, prefix, y):
-    w, b = sd[f"{prefix}.attn.in_proj_weight"], sd[f"{prefix}.attn.in_proj_bias"]
-    d = w.shape[1]
-    return (y @ w[:d].T + b[:d], y @ w[d : 2 * d].T + b[d : 2 * d], y @ w[2 * d :].T + b[2 * d :])
 
 
 def _attend(q, k, v, heads):
