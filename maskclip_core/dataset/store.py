@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
+import io
 import re
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -28,8 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
+from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
 from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
@@ -116,27 +118,41 @@ class LabelStore:
     # --- writing ------------------------------------------------------------------------------------
 
     def ensure_categories(self, classes: Sequence[tuple[str, Sequence[str]] | str]) -> dict[str, int]:
-        """Category ids of ``classes`` (name, synonyms), registering new names.
+        """Category ids of ``classes`` (name, synonyms), registering new names; safe with concurrent writers.
 
-        Existing names keep their id; new names get ``max + 1`` onwards in the order given. A part file is
-        written only when something is new. Call it from one process (the parent flow) before fanning out:
-        two writers registering different new names at once could hand out the same id.
+        Existing names keep their id; a new name claims the next free id by creating
+        ``categories/part-id-<id>.parquet`` only if absent (:func:`create_exclusive`). A writer that loses the
+        race for an id reads who won it (the same name: taken as is; another: learned, and the next id is
+        tried), so two runs registering different names at once never share an id, and two registering the
+        same name get the same one. Ids stay dense: each id is claimed only after every lower one existed.
         """
         items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
         ids = {c["name"]: c["id"] for c in self.categories()}
         next_id = max(ids.values(), default=0) + 1
-        new_rows = []
         for name, synonyms in items:
-            if name not in ids:
-                ids[name] = next_id
-                new_rows.append({"id": next_id, "name": name, "synonyms": list(synonyms)})
+            while name not in ids:
+                row = {"id": next_id, "name": name, "synonyms": list(synonyms)}
+                data = parquet_bytes(pa.Table.from_pylist([row], schema=CATEGORIES_SCHEMA))
+                if create_exclusive(self._category_claim_url(next_id), data, self.storage_options):
+                    ids[name] = next_id
+                else:
+                    winner = self._read_category_claim(next_id)
+                    if winner is not None:
+                        ids.setdefault(winner, next_id)
                 next_id += 1
-        if new_rows:
-            # Named after the content: a repeated identical registration rewrites the same file.
-            digest = hashlib.sha256(json.dumps(new_rows, sort_keys=True).encode()).hexdigest()[:16]
-            table = pa.Table.from_pylist(new_rows, schema=CATEGORIES_SCHEMA)
-            atomic_write_bytes(self._part_url("categories", digest), parquet_bytes(table), self.storage_options)
         return {name: ids[name] for name, _ in items}
+
+    def _category_claim_url(self, category_id: int) -> str:
+        return self._part_url("categories", f"id-{category_id:010d}")
+
+    def _read_category_claim(self, category_id: int) -> str | None:
+        """The name that holds ``category_id`` (None if its claim file is unreadable: the id stays taken)."""
+        fs, path = resolve(self._category_claim_url(category_id), self.storage_options)
+        try:
+            rows = pq.read_table(io.BytesIO(fs.cat_file(path)), schema=CATEGORIES_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException):
+            return None
+        return rows[0]["name"] if rows and rows[0]["id"] == category_id else None
 
     def write_batch(
         self,
@@ -363,11 +379,13 @@ class LabelStore:
 
     def categories(self) -> list[dict[str, Any]]:
         """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
-        dataset = self._dataset("categories", CATEGORIES_SCHEMA)
-        if dataset is None:
-            return []
+        # Each small part is fetched whole with one GET: a dataset scan would HEAD each part through s3fs's
+        # listing cache, which can miss a part another writer added a moment ago.
+        rows: list[dict[str, Any]] = []
+        for path, _ in self._part_files("categories"):
+            rows.extend(pq.read_table(io.BytesIO(self.fs.cat_file(path)), schema=CATEGORIES_SCHEMA).to_pylist())
         best: dict[str, dict[str, Any]] = {}
-        for row in dataset.to_table().to_pylist():
+        for row in rows:
             if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
                 best[row["name"]] = {**row, "synonyms": list(row["synonyms"] or [])}
         return sorted(best.values(), key=lambda c: c["id"])
