@@ -72,6 +72,8 @@ def _create_s3(fs: Any, path: str, data: bytes) -> bool:
         except FileExistsError:  # s3fs's translation of 412 Precondition Failed
             return False
         except OSError as e:
+            if _precondition_failed(e):  # some servers (SeaweedFS) answer with a status s3fs does not map
+                return False
             # 409 ConditionalRequestConflict: another conditional write on this key is in flight; once it
             # lands, the retry answers 412 (or succeeds if that write failed).
             if "conflict" not in str(e).lower() or attempt == _CONFLICT_RETRIES:
@@ -81,3 +83,9 @@ def _create_s3(fs: Any, path: str, data: bytes) -> bool:
             fs.invalidate_cache(path)
             return True
     return False  # pragma: no cover - the loop returns or raises
+
+
+def _precondition_failed(error: OSError) -> bool:
+    cause = error.__cause__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+    return code == "PreconditionFailed" or "pre-condition" in str(error).lower()

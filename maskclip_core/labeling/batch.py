@@ -15,6 +15,7 @@ is tested directly. Pieces:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ from maskclip_core.types import Labeler, SegmentationResult
 # returns int64 labels and float32 confidence at full size) without shrinking batches of small images.
 DEFAULT_MAX_LABEL_PIXELS = 32_000_000
 THUMBNAIL_SIDE = 256
+# Reading these fails the same way on every retry (a symlink loop, a directory, no permission, a name too
+# long): the file gets a failed row, the batch goes on.
+UNREADABLE_ERRNOS = frozenset({errno.ELOOP, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENXIO})
 THUMBNAIL_QUALITY = 80
 
 
@@ -331,6 +335,7 @@ def process_batch(
     *,
     read: Callable[[str], bytes] = read_bytes,
     is_known: Callable[[str], bool] | None = None,
+    reuse: Callable[[Collection[str]], Mapping[str, Mapping[str, Any]]] | None = None,
     thumbnails: int = 0,
     lock: threading.Lock | None = None,
 ) -> BatchResult:
@@ -342,8 +347,11 @@ def process_batch(
     Storage errors other than a missing file propagate, so the caller can retry the batch as a whole.
 
     ``read`` returns a file's bytes; ``is_known(sha256_hex)`` says whether its content is already done under
-    the plan's config (then it is skipped without a row); ``thumbnails`` asks for up to that many overlay
-    JPEGs of labeled images; ``lock`` serialises the labeler calls (see :func:`label_lock`).
+    the plan's config (then it is not labeled again); ``reuse(sha256s)`` returns the current labeling rows of
+    known contents (``LabelStore.content_labelings``): each such file then gets a row of its own pointing at
+    that labeling, so a renamed, copied or restored file shows under its own uri (without ``reuse`` it is
+    skipped without a row). ``thumbnails`` asks for up to that many overlay JPEGs of labeled images;
+    ``lock`` serialises the labeler calls (see :func:`label_lock`).
     """
     if list(labeler.class_names) != list(plan.class_names):
         raise ValueError(f"labeler classes {labeler.class_names} differ from the plan's {plan.class_names}")
@@ -352,26 +360,32 @@ def process_batch(
     annotations: list[dict[str, Any]] = []
     thumbs: list[Thumbnail] = []
     pending: list[_Decoded] = []
+    known_hits: list[tuple[SourceItem, str]] = []
 
     clock = time.perf_counter
-    for item in items:
-        stats.seen += 1
+
+    def read_item(item: SourceItem) -> bytes | None:
         t0 = clock()
         try:
             data = read(item.uri)
         except FileNotFoundError as e:  # deleted since the listing: a record, and no retry of the batch
             rows.append(_row(plan, item, None, "failed", f"missing: {e}"))
             stats.failed["missing"] += 1
-            continue
+            return None
+        except OSError as e:
+            if e.errno not in UNREADABLE_ERRNOS:
+                raise  # a storage error: the caller retries the batch
+            # A symlink loop, a directory or a file we may not read: the same on every retry, so a record.
+            rows.append(_row(plan, item, None, "failed", f"unreadable: {e.strerror or e}"))
+            stats.failed["unreadable"] += 1
+            return None
         finally:
             stats.seconds["read"] += clock() - t0
         stats.bytes_read += len(data)
+        return data
+
+    def decode_item(item: SourceItem, data: bytes, sha: str) -> None:
         t0 = clock()
-        sha = sha256_hex(data)
-        if is_known is not None and is_known(sha):
-            stats.skipped += 1
-            stats.seconds["decode"] += clock() - t0
-            continue
         try:
             decoded = decode_image(data, max_pixels=plan.max_pixels)
         except ImageRejected as e:
@@ -384,7 +398,34 @@ def process_batch(
             pending.append(_Decoded(item, sha, decoded.rgb, decoded.note))
         finally:
             stats.seconds["decode"] += clock() - t0
+
+    for item in items:
+        stats.seen += 1
+        data = read_item(item)
+        if data is None:
+            continue
+        sha = sha256_hex(data)
+        if is_known is not None and is_known(sha):
+            stats.skipped += 1
+            if reuse is not None:
+                known_hits.append((item, sha))
+            continue
+        decode_item(item, data, sha)
         del data
+
+    if known_hits:
+        labelings = reuse({sha for _, sha in known_hits}) if reuse is not None else {}
+        for item, sha in known_hits:
+            existing = labelings.get(sha)
+            if existing is not None:
+                if (existing["uri"], existing.get("source_version")) != (item.uri, item.version):
+                    rows.append(_reused_row(plan, item, existing))  # not already this file's current row
+                continue
+            # The index said known but no current labeling shows it (changed meanwhile): label it after all.
+            stats.skipped -= 1
+            data = read_item(item)
+            if data is not None:
+                decode_item(item, data, sha256_hex(data))
 
     for group in _pixel_groups(pending, plan.max_label_pixels):
         t0 = clock()
@@ -490,6 +531,19 @@ def _row(
     }
 
 
+def _reused_row(plan: LabelingPlan, item: SourceItem, existing: Mapping[str, Any]) -> dict[str, Any]:
+    """A row for ``item`` whose bytes are already labeled: it shares that labeling (and its annotations)."""
+    row = {name: existing.get(name) for name in _ROW_FIELDS}
+    row.update(uri=item.uri, source_version=item.version, flow_run_id=plan.run_id)
+    return row
+
+
+_ROW_FIELDS = (
+    "image_id", "sha256", "width", "height", "status", "reason", "notes",
+    "config_hash", "labeling_id", "labeler", "round",
+)  # fmt: skip
+
+
 def _pixel_groups(pending: list[_Decoded], max_pixels: int) -> list[list[_Decoded]]:
     groups: list[list[_Decoded]] = []
     current: list[_Decoded] = []
@@ -585,8 +639,19 @@ def label_and_write_batch(
         return read_bytes(uri, options)
 
     is_known = None if known is None else (lambda sha: sha256_digest(sha) in known)
+
+    def reuse(sha256s: Collection[str]) -> Mapping[str, Mapping[str, Any]]:
+        return store.content_labelings(plan.config_hash, sha256s)
+
     result = process_batch(
-        items, labeler, plan, read=read, is_known=is_known, thumbnails=thumbnails, lock=label_lock(labeler)
+        items,
+        labeler,
+        plan,
+        read=read,
+        is_known=is_known,
+        reuse=reuse,
+        thumbnails=thumbnails,
+        lock=label_lock(labeler),
     )
     t0 = time.perf_counter()
     part = part_name(plan.run_id, index)
