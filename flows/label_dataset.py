@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_source_files
 from maskclip_core.dataset.labelings import labeling_record
+from maskclip_core.dataset.source_sync import ListedUris
 from maskclip_core.labeling.batch import (
     LabelerSpec,
     LabelingPlan,
@@ -55,6 +56,7 @@ from tasks.labeling import (
     ensure_categories,
     label_batch,
     load_known_sources,
+    mark_gone_files,
     publish_summary,
     with_retries,
     write_labeling_record,
@@ -370,6 +372,7 @@ def label_dataset(
     thumbnails_left = options.thumbnails
     limit = options.in_flight_limit()
     listing_error: BaseException | None = None
+    listed = ListedUris()  # what the source holds now: files the dataset shows but it lacks are gone
     _notify("start", summary)
     report_progress(force_update=True)
     with make_task_runner(options) as runner:
@@ -392,6 +395,7 @@ def label_dataset(
             pending: list[SourceItem] = []
             for f in iter_listing(source, options):
                 summary.listed += 1
+                listed.add(f.uri)
                 if known is not None and source_digest(f.uri, f.version) in known:
                     summary.unchanged += 1
                     if summary.unchanged % 1000 == 0:
@@ -411,6 +415,17 @@ def label_dataset(
         while in_flight:
             collect_one()
 
+    if listing_error is None:  # only a complete listing can tell that a file is gone
+        summary.gone = with_retries(mark_gone_files, **storage_task)(
+            output,
+            options.output_storage_options,
+            source,
+            listed.build(),
+            run_id,
+            options.extensions,
+            options.glob,
+            options.source_storage_options,
+        )
     if summary.labeled or summary.rejected:
         try:
             with_retries(compact_index, **storage_task)(output, options.output_storage_options)

@@ -32,6 +32,7 @@ from prefect.tasks import Task, exponential_backoff
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.source_sync import mark_gone
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.batch import (
     BatchOutcome,
@@ -124,6 +125,32 @@ def ensure_categories(
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
     return LabelStore(output, storage_options).ensure_categories(list(classes))
+
+
+@task(name="mark-gone", cache_policy=NO_CACHE, persist_result=False)
+def mark_gone_files(
+    output: str,
+    storage_options: Mapping[str, Any],
+    source: str,
+    listed: DigestSet,
+    run_id: str,
+    extensions: Sequence[str] | None,
+    glob: str | None,
+    source_storage_options: Mapping[str, Any],
+) -> list[str]:
+    """``gone`` rows for the files the complete listing no longer shows (deleted, renamed away)."""
+    gone = mark_gone(
+        LabelStore(output, storage_options),
+        source,
+        listed,
+        run_id=run_id,
+        extensions=extensions,
+        glob=glob,
+        source_storage_options=source_storage_options,
+    )
+    if gone:
+        get_run_logger().info("%d files left %s since the last run: marked gone", len(gone), source)
+    return gone
 
 
 @task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)

@@ -418,8 +418,8 @@ class LabelStore:
             table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
         if current_only:
             return _current_rows(table)
-        current_ids = set(_current_rows(table).column("labeling_id").to_pylist())
-        flags = pc.is_in(table["labeling_id"], value_set=pa.array(sorted(current_ids), pa.string()))
+        numbered = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        flags = pc.is_in(numbered["_row"], value_set=_current_rows(numbered)["_row"].combine_chunks())
         table = table.append_column("current", flags)
         return table.sort_by([("uri", "ascending"), ("config_hash", "ascending"), ("created_at", "ascending")])
 
