@@ -122,6 +122,8 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-delay", type=float, default=None, help="first retry delay in s, doubling (default 2)")
     g.add_argument("--thumbnails", type=int, default=None, help="overlay thumbnails to write (default 6)")
     g.add_argument("--max-pixels", type=int, default=None, help="reject larger images (default 80 Mpx)")
+    g.add_argument("--lease-wait", type=float, default=None, help="wait this many s for another run on --output")
+    g.add_argument("--force-lease", action="store_true", help="take --output over even from a live run")
     g.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
     g.add_argument("--verbose", action="store_true", help="show Prefect's logs (default: warnings only)")
 
@@ -153,10 +155,13 @@ def label_parameters(args: argparse.Namespace) -> dict:
             "retry_delay": "retry_delay_seconds",
             "thumbnails": "thumbnails",
             "max_pixels": "max_pixels",
+            "lease_wait": "lease_wait_s",
             "source_storage_options": "source_storage_options",
             "output_storage_options": "output_storage_options",
         },
     )
+    if args.force_lease:
+        options["force_lease"] = True
     if args.extensions is not None:
         options["extensions"] = [e.strip() for e in args.extensions.split(",") if e.strip()]
     with readable_validation_errors():
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_train import register as register_train
 
     register_train(sub)  # train
+    from flows.cli_dataset import register as register_dataset
+
+    register_dataset(sub)  # dataset check [--repair] / history
 
     p = sub.add_parser("demo", help="label scikit-image's sample photos (default: ViT-B/16 OpenAI weights)")
     p.add_argument("--out", default="demo-out")

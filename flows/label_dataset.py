@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_source_files
 from maskclip_core.dataset.labelings import labeling_record
+from maskclip_core.dataset.lease import acquire_lease
 from maskclip_core.dataset.source_sync import ListedUris
 from maskclip_core.labeling.batch import (
     LabelerSpec,
@@ -58,6 +59,7 @@ from tasks.labeling import (
     load_known_sources,
     mark_gone_files,
     publish_summary,
+    verify_dataset,
     with_retries,
     write_labeling_record,
     write_run_report,
@@ -89,6 +91,13 @@ class RunOptions(BaseModel):
     )
     thumbnails: int = Field(6, ge=0, le=200, description="Overlay thumbnails written to OUTPUT/thumbnails/")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (bombs)")
+    lease_wait_s: float = Field(
+        0.0, ge=0.0, le=86_400.0, description="Wait this long for another run's lease on the dataset, then exit"
+    )
+    lease_ttl_s: float = Field(
+        120.0, ge=1.0, le=86_400.0, description="Lease expiry: a killed run frees the dataset after this long"
+    )
+    force_lease: bool = Field(False, description="Take the dataset's lease even from a live run")
     source_storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (default: AWS environment / profile)"
     )
@@ -296,6 +305,43 @@ def label_dataset(
     )
 
     storage_task = {"retries": options.retries, "delay_s": options.retry_delay_seconds}
+    # One writing run at a time (it expires if this process is killed); released when the flow ends.
+    lease = acquire_lease(
+        output,
+        options.output_storage_options,
+        owner=run_id,
+        ttl_s=options.lease_ttl_s,
+        wait_s=options.lease_wait_s,
+        force=options.force_lease,
+    )
+    try:
+        return _label_under_lease(
+            source, output, labeler, filters, options, force, lab, round_, lab_config, config_hash, categories,
+            run_id, started_at, storage_task,
+        )  # fmt: skip
+    finally:
+        lease.release()
+
+
+def _label_under_lease(
+    source: str,
+    output: str,
+    labeler: LabelerSpec,
+    filters: FilterConfig,
+    options: RunOptions,
+    force: bool,
+    lab: Any,
+    round_: int,
+    lab_config: Any,
+    config_hash: str,
+    categories: list[tuple[str, list[str]]],
+    run_id: str,
+    started_at: float,
+    storage_task: dict[str, Any],
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    class_names = tuple(name for name, _ in categories)
+    with_retries(verify_dataset, **storage_task)(output, options.output_storage_options)
     ids = with_retries(ensure_categories, **storage_task)(output, options.output_storage_options, categories)
     record = labeling_record(config_hash, labeler, lab_config, filters, categories, max_pixels=options.max_pixels)
     with_retries(write_labeling_record, **storage_task)(output, options.output_storage_options, record)

@@ -32,6 +32,7 @@ from prefect.tasks import Task, exponential_backoff
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.integrity import DatasetDamaged
 from maskclip_core.dataset.source_sync import mark_gone
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.batch import (
@@ -56,8 +57,23 @@ T = TypeVar("T", bound=Task)
 
 
 def with_retries(t: T, retries: int, delay_s: float) -> T:
-    """``t`` retried ``retries`` times, waiting ``delay_s``, ``2 * delay_s``, ``4 * delay_s``... in between."""
-    return t.with_options(retries=retries, retry_delay_seconds=exponential_backoff(delay_s) if retries else 0)
+    """``t`` retried ``retries`` times, waiting ``delay_s``, ``2 * delay_s``, ``4 * delay_s``... in between;
+    a damaged dataset is not retried (it stays damaged until ``maskclip dataset check --repair``)."""
+    return t.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(delay_s) if retries else 0,
+        retry_condition_fn=_retryable,
+    )
+
+
+def _retryable(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except DatasetDamaged:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be a storage hiccup
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,12 @@ def ensure_categories(
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
     return LabelStore(output, storage_options).ensure_categories(list(classes))
+
+
+@task(name="verify-dataset", cache_policy=NO_CACHE, persist_result=False)
+def verify_dataset(output: str, storage_options: Mapping[str, Any]) -> None:
+    """Refuse to label into a damaged dataset: every part's footer and schema are read (no rows)."""
+    LabelStore(output, storage_options).verify_parts()
 
 
 @task(name="mark-gone", cache_policy=NO_CACHE, persist_result=False)

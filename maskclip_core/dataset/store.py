@@ -551,6 +551,12 @@ class LabelStore:
     def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
         return self.checked_dataset(table, schema)
 
+    def verify_parts(self) -> None:
+        """Raise :class:`DatasetDamaged` for the first part whose footer or schema is bad (reads no rows)."""
+        self.checked_dataset("images", IMAGES_SCHEMA)
+        self.checked_dataset("annotations", ANNOTATIONS_SCHEMA)
+        self.categories()
+
     def checked_dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
         """The dataset of one table, or None when nothing was written yet; every part's footer and schema are
         checked first, so a damaged or foreign part is refused with :class:`DatasetDamaged` naming it."""
