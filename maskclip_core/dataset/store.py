@@ -379,7 +379,7 @@ class LabelStore:
         self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
         try:
             infos = self._arrow_fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # object stores: a "folder" with no key under it yet
             return []
         finally:
             self.fs.invalidate_cache(path)  # and a long-lived process need not keep this listing
