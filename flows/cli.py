@@ -122,6 +122,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-delay", type=float, default=None, help="first retry delay in s, doubling (default 2)")
     g.add_argument("--thumbnails", type=int, default=None, help="overlay thumbnails to write (default 6)")
     g.add_argument("--max-pixels", type=int, default=None, help="reject larger images (default 80 Mpx)")
+    g.add_argument("--memory-budget-mb", type=int, default=None, help="decoded images per worker (default 4096)")
     g.add_argument("--lease-wait", type=float, default=None, help="wait this many s for another run on --output")
     g.add_argument("--force-lease", action="store_true", help="take --output over even from a live run")
     g.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
@@ -156,6 +157,7 @@ def label_parameters(args: argparse.Namespace) -> dict:
             "thumbnails": "thumbnails",
             "max_pixels": "max_pixels",
             "lease_wait": "lease_wait_s",
+            "memory_budget_mb": "memory_budget_mb",
             "source_storage_options": "source_storage_options",
             "output_storage_options": "output_storage_options",
         },

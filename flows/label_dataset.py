@@ -49,6 +49,7 @@ from maskclip_core.labeling.batch import (
 )
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
 from maskclip_core.labeling.report import RunSummary
 from tasks.labeling import (
     BatchSetup,
@@ -91,6 +92,13 @@ class RunOptions(BaseModel):
     )
     thumbnails: int = Field(6, ge=0, le=200, description="Overlay thumbnails written to OUTPUT/thumbnails/")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (bombs)")
+    memory_budget_mb: int = Field(
+        DEFAULT_MEMORY_BUDGET >> 20,
+        ge=64,
+        le=1 << 24,
+        description="Decoded images a worker process holds at once, in MB (larger images wait; any that can never "
+        "fit fails with over_memory_budget)",
+    )
     lease_wait_s: float = Field(
         0.0, ge=0.0, le=86_400.0, description="Wait this long for another run's lease on the dataset, then exit"
     )
@@ -354,6 +362,7 @@ def _label_under_lease(
         labeler_kind=labeler.labeler,
         round=round_,
         max_pixels=options.max_pixels,
+        memory_budget=options.memory_budget_mb << 20,
     )
     known = None
     if not force:

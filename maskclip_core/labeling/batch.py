@@ -36,8 +36,9 @@ from maskclip_core.dataset.digests import DigestSet, sha256_digest
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, sha256_hex
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
-from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, header_pixels
 from maskclip_core.labeling.filter import FilterConfig, FilteredLabels, filter_labels
+from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET, MemoryBudget, process_budget
 from maskclip_core.labeling.overlays import overlay
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
 from maskclip_core.types import Labeler, SegmentationResult
@@ -243,6 +244,7 @@ class LabelingPlan:
     round: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_label_pixels: int = DEFAULT_MAX_LABEL_PIXELS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of decoded images a worker process holds at once
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.category_ids):
@@ -264,6 +266,7 @@ class BatchStats:
     class_confidence: Counter[str] = field(default_factory=Counter)  # sum of confidence over kept pixels
     annotations: int = 0
     bytes_read: int = 0
+    memory_deferred: list[str] = field(default_factory=list)  # uris that waited for the memory budget
     seconds: Counter[str] = field(default_factory=Counter)  # time per stage: read, decode, label, post, write
 
     def merge(self, other: BatchStats) -> None:
@@ -278,6 +281,7 @@ class BatchStats:
         self.class_confidence.update(other.class_confidence)
         self.annotations += other.annotations
         self.bytes_read += other.bytes_read
+        self.memory_deferred.extend(other.memory_deferred[: max(0, 100 - len(self.memory_deferred))])
         self.seconds.update(other.seconds)
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +297,7 @@ class BatchStats:
             "class_confidence": {k: round(v, 6) for k, v in self.class_confidence.items()},
             "annotations": self.annotations,
             "bytes_read": self.bytes_read,
+            "memory_deferred": list(self.memory_deferred),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
         }
 
@@ -326,6 +331,7 @@ class _Decoded:
     sha256: str
     rgb: np.ndarray | None
     note: str | None
+    reserved: int = 0  # bytes of the memory budget held until the image is finished
 
 
 def process_batch(
@@ -338,6 +344,7 @@ def process_batch(
     reuse: Callable[[Collection[str]], Mapping[str, Mapping[str, Any]]] | None = None,
     thumbnails: int = 0,
     lock: threading.Lock | None = None,
+    budget: MemoryBudget | None = None,
 ) -> BatchResult:
     """Label ``items``: one images row per file that is not already known, annotations for the labeled ones.
 
@@ -351,8 +358,11 @@ def process_batch(
     known contents (``LabelStore.content_labelings``): each such file then gets a row of its own pointing at
     that labeling, so a renamed, copied or restored file shows under its own uri (without ``reuse`` it is
     skipped without a row). ``thumbnails`` asks for up to that many overlay JPEGs of labeled images;
-    ``lock`` serialises the labeler calls (see :func:`label_lock`).
+    ``lock`` serialises the labeler calls (see :func:`label_lock`). ``budget`` bounds the decoded-pixel
+    memory of all batches of this process (default: the process budget of ``plan.memory_budget``).
     """
+    if budget is None:
+        budget = process_budget(plan.memory_budget)
     if list(labeler.class_names) != list(plan.class_names):
         raise ValueError(f"labeler classes {labeler.class_names} differ from the plan's {plan.class_names}")
     stats = BatchStats()
@@ -384,20 +394,68 @@ def process_batch(
         stats.bytes_read += len(data)
         return data
 
+    def reserve(item: SourceItem, data: bytes, sha: str) -> int | None:
+        """Bytes reserved for decoding ``data`` (0 when the header is unreadable: the decoder rejects it)."""
+        pixels = header_pixels(data)
+        if pixels is None or pixels > plan.max_pixels:
+            return 0  # rejected by the decoder before any pixel is allocated
+        cost = budget.cost(pixels)
+        if not budget.fits_ever(cost):
+            rows.append(
+                _row(
+                    plan,
+                    item,
+                    sha,
+                    "failed",
+                    f"over_memory_budget: {pixels} pixels need ~{cost >> 20} MB, "
+                    f"more than the worker's budget of {budget.limit >> 20} MB",
+                )  # fmt: skip
+            )
+            stats.failed["over_memory_budget"] += 1
+            return None
+        if not budget.try_acquire(cost):
+            stats.memory_deferred.append(item.uri)
+            label_pending()  # give back what this batch holds, then wait for the other batches
+            budget.acquire(cost)
+        return cost
+
     def decode_item(item: SourceItem, data: bytes, sha: str) -> None:
+        reserved = reserve(item, data, sha)
+        if reserved is None:
+            return
         t0 = clock()
         try:
             decoded = decode_image(data, max_pixels=plan.max_pixels)
         except ImageRejected as e:
+            budget.release(reserved)
             rows.append(_row(plan, item, sha, "rejected", f"{e.reason}: {e.detail}"))
             stats.rejected[e.reason] += 1
         except Exception as e:  # a decoder bug must not cost the batch: record it, retry next run
+            budget.release(reserved)
             rows.append(_row(plan, item, sha, "failed", f"decode_error: {type(e).__name__}: {e}"))
             stats.failed["decode_error"] += 1
         else:
-            pending.append(_Decoded(item, sha, decoded.rgb, decoded.note))
+            pending.append(_Decoded(item, sha, decoded.rgb, decoded.note, reserved))
         finally:
             stats.seconds["decode"] += clock() - t0
+
+    def label_pending() -> None:
+        for group in _pixel_groups(pending, plan.max_label_pixels):
+            t0 = clock()
+            with lock if lock is not None else contextlib.nullcontext():
+                t1 = clock()
+                results = _label_safely(labeler, [d.rgb for d in group])
+                stats.seconds["label"] += clock() - t1
+            stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
+            t0 = clock()
+            for i, (dec, result) in enumerate(zip(group, results, strict=True)):
+                results[i] = None  # free each prediction as soon as it is encoded
+                _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
+                dec.rgb = None
+                budget.release(dec.reserved)
+                dec.reserved = 0
+            stats.seconds["post"] += clock() - t0
+        pending.clear()
 
     for item in items:
         stats.seen += 1
@@ -427,19 +485,11 @@ def process_batch(
             if data is not None:
                 decode_item(item, data, sha256_hex(data))
 
-    for group in _pixel_groups(pending, plan.max_label_pixels):
-        t0 = clock()
-        with lock if lock is not None else contextlib.nullcontext():
-            t1 = clock()
-            results = _label_safely(labeler, [d.rgb for d in group])
-            stats.seconds["label"] += clock() - t1
-        stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
-        t0 = clock()
-        for i, (dec, result) in enumerate(zip(group, results, strict=True)):
-            results[i] = None  # free each prediction as soon as it is encoded
-            _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
-            dec.rgb = None
-        stats.seconds["post"] += clock() - t0
+    try:
+        label_pending()
+    finally:  # an exception (a storage error: the batch is retried) must not leak reservations
+        for dec in pending:
+            budget.release(dec.reserved)
     stats.annotations = len(annotations)
     return BatchResult(rows, annotations, stats, thumbs)
 

@@ -133,6 +133,7 @@ class RunSummary:
                 **({"batch_failed": self.failed_batch_images} if self.failed_batch_images else {}),
             },
             "converted": self.stats.converted,
+            "memory_deferred": list(self.stats.memory_deferred),  # waited for the worker's memory budget
             "annotations": self.stats.annotations,
             "batches": {"submitted": self.batches_submitted, "done": self.batches_done},
             "failed_batches": [vars(b) for b in self.failed_batches],
