@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.race_workers import register_categories
 
 from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.store import LabelStore
-from support.race_workers import register_categories
 
 TRIALS = 20
 NAMES_A = ["cat", "dog", "shared"]
