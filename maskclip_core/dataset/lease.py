@@ -5,7 +5,8 @@ holder is the writer of the highest generation while that file is neither releas
 lease means creating the next generation with :func:`create_exclusive` (a local hard link, or an S3 PUT with
 ``If-None-Match: *``), so of two runs that find the lease free at once exactly one gets it. The holder renews
 its expiry from a background thread every ``ttl / 3``; a run killed with SIGKILL stops renewing and its lease
-expires after ``ttl``. ``force`` takes the lease even from a live holder (which notices at its next renewal).
+expires after ``ttl`` (at once for a run on this machine whose process is gone). ``force`` takes the lease
+even from a live holder (which notices at its next renewal).
 """
 
 from __future__ import annotations
@@ -138,10 +139,24 @@ def acquire_lease(
 def _free(record: dict) -> bool:
     if record.get("released"):
         return True
+    if record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+        return True  # its process on this machine is dead (killed): no need to wait for the expiry
     try:
         return dt.datetime.fromisoformat(record["expires_at"]) <= dt.datetime.now(dt.UTC)
     except (KeyError, TypeError, ValueError):
         return True  # unreadable: nobody can be shown to hold it
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # cannot tell: trust the expiry
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _expiry(ttl_s: float) -> str:

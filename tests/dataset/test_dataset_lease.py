@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from support.race_workers import hold_lease_then_die, take_lease
 
+from maskclip_core.dataset import lease as lease_module
 from maskclip_core.dataset.lease import DatasetLocationError, LeaseHeld, acquire_lease
 
 
@@ -50,15 +51,25 @@ def test_two_processes_never_both_hold_the_lease_on_seaweedfs(seaweedfs: Any) ->
     check_exactly_one_writer([f"{base}/d{i}" for i in range(4)], seaweedfs.storage_options)
 
 
-def test_a_killed_holder_frees_the_dataset_after_its_expiry(tmp_path: Path) -> None:
+def test_a_killed_holder_on_this_machine_frees_the_dataset_at_once(tmp_path: Path) -> None:
     url = str(tmp_path / "out")
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=hold_lease_then_die, args=(url, 3.0, ready))
+    proc = ctx.Process(target=hold_lease_then_die, args=(url, 600.0, ready))
     proc.start()
     proc.join(timeout=120)
     assert ready.is_set() and proc.exitcode == -9
-    with pytest.raises(LeaseHeld, match="in use by run doomed"):
+    with acquire_lease(url, owner="next", wait_s=0) as lease:  # its pid is gone: no 600 s wait
+        assert lease.generation == 2
+
+
+def test_a_silent_holder_elsewhere_frees_the_dataset_after_its_expiry(tmp_path: Path) -> None:
+    url = str(tmp_path / "out")
+    held = acquire_lease(url, owner="remote", ttl_s=1.5)
+    held._stop.set()  # a run on another machine that stopped renewing (killed, cut off)
+    held._thread.join()
+    lease_module._write(url, held.generation, {**held.record, "host": "another-machine"}, {})
+    with pytest.raises(LeaseHeld, match="in use by run remote on another-machine"):
         acquire_lease(url, owner="impatient", wait_s=0)
     t0 = time.monotonic()
     with acquire_lease(url, owner="patient", wait_s=30, poll_s=0.2) as lease:
