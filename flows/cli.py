@@ -207,6 +207,16 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-delay", type=float, default=2.0, help="first retry delay in seconds, doubling")
     g.add_argument("--thumbnails", type=int, default=6, help="overlay thumbnails to write")
     g.add_argument("--max-pixels", type=int, default=80_000_000, help="reject images with more pixels (bombs)")
+    g.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=4096,
+        help="decoded images a worker process holds at once; larger ones wait, any that can never fit fails",
+    )
+    g.add_argument(
+        "--lease-wait", type=float, default=0.0, help="seconds to wait for another run's lease on the dataset"
+    )
+    g.add_argument("--force-lease", action="store_true", help="take the dataset over even from a live run")
     g.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
     g.add_argument("--verbose", action="store_true", help="show Prefect's logs (default: warnings only)")
 
@@ -273,10 +283,14 @@ def label_parameters(args: argparse.Namespace) -> dict:
             "retry_delay": "retry_delay_seconds",
             "thumbnails": "thumbnails",
             "max_pixels": "max_pixels",
+            "lease_wait": "lease_wait_s",
+            "memory_budget_mb": "memory_budget_mb",
             "source_storage_options": "source_storage_options",
             "storage_options": "dataset_storage_options",
         },
     )
+    if args.force_lease:
+        options["force_lease"] = True
     if args.extensions is not None:
         options["extensions"] = [e.strip() for e in args.extensions.split(",") if e.strip()]
     with readable_validation_errors():
@@ -414,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_benchmark import register as register_benchmark
 
     register_benchmark(sub)  # benchmark
+    from flows.cli_dataset import register as register_dataset
+
+    register_dataset(sub)  # dataset check [--repair] / history
 
     p = sub.add_parser(
         "demo",

@@ -3,16 +3,19 @@
 Orchestration only. The work is in ``maskclip_core.labeling`` (planning, one batch, the summary) and
 ``tasks.labeling`` (the Prefect tasks, run setup, report and progress publishing). One run:
 
+0. takes the dataset's lease (one writing run at a time; it expires if the run is killed) for the whole run;
 1. loads the labeler once for its config, hashes it with the filter into the config hash that defines
-   "already labeled", registers the categories, writes ``labelings/<config hash>.json`` and reads the
-   compact index of (uri, source_version) pairs already done (``tasks.labeling.start_run``);
+   "already labeled", refuses a damaged dataset (one line naming ``maskclip dataset check --repair``),
+   registers the categories, writes ``labelings/<config hash>.json`` and reads the compact index of
+   (uri, source_version) pairs already done (``tasks.labeling.start_run``);
 2. streams the listing, skipping known files without reading them, into numbered batches
    (``maskclip_core.labeling.planning``);
 3. labels the batches in ``label-chunk`` sub-runs of ``options.chunk_batches`` batches each, with a bounded
    number in flight (``flows.submission``). Prefect keeps some bookkeeping per task run (result links in the
    run context, a cancel event per submission in the task runner) until the run that ran it ends; a sub-run per
    chunk ends it every chunk, so memory stays flat however many images, on Prefect's public API alone;
-4. writes the report next to the dataset and publishes the summary artifacts (``tasks.labeling.finish_run``).
+4. after a complete listing, marks the files the dataset shows but the source no longer holds ``gone``; writes
+   the report next to the dataset and publishes the summary artifacts (``tasks.labeling.finish_run``).
 
 Failed batches (storage errors that outlived their retries) do not stop the others; the run then ends Failed
 with the failures in its summary, and the next run picks their images up (nothing of them was committed).
@@ -44,6 +47,7 @@ from tasks.labeling import (
     RunOptions,
     RunProgress,
     batch_done,
+    dataset_lease,
     finish_run,
     label_batch,
     start_run,
@@ -110,24 +114,26 @@ def label_dataset(
         options: listing filters, batch size, parallelism (thread pool or Dask), retries, thumbnails.
         force: relabel images already labeled under the same configuration.
     """
-    run = start_run(flow_run.get_id() or "local", source, dataset, labeler, filters, options, force)
-    summary = run.summary
-    progress = RunProgress(summary, _PROGRESS_LISTENER.get())
-    progress.publish("start")
-    listing = iter_listing(source, options)
-    planner = BatchPlanner(listing, run.known, options.batch_size, options.thumbnails, summary, progress.listing)
-    error: Exception | None = None
-    try:
-        with dask_scheduler(options) as address:
-            for chunk in chunked(planner, options.chunk_batches):
-                for done in run_chunk(chunk, run.setup, options, address):
-                    summary.add(done)
-                    progress.publish("batch")
-    except Exception as e:  # the report must say that the run failed, and why; then the run fails with it
-        error = e
-        summary.stop(f"{type(e).__name__}: {e}")
-    finish_run(run)
-    progress.publish("end")
+    run_id = flow_run.get_id() or "local"
+    with dataset_lease(dataset, options, run_id):  # one writing run at a time
+        run = start_run(run_id, source, dataset, labeler, filters, options, force)
+        summary = run.summary
+        progress = RunProgress(summary, _PROGRESS_LISTENER.get())
+        progress.publish("start")
+        listing = run.source_listing.record(iter_listing(source, options))
+        planner = BatchPlanner(listing, run.known, options.batch_size, options.thumbnails, summary, progress.listing)
+        error: Exception | None = None
+        try:
+            with dask_scheduler(options) as address:
+                for chunk in chunked(planner, options.chunk_batches):
+                    for done in run_chunk(chunk, run.setup, options, address):
+                        summary.add(done)
+                        progress.publish("batch")
+        except Exception as e:  # the report must say that the run failed, and why; then the run fails with it
+            error = e
+            summary.stop(f"{type(e).__name__}: {e}")
+        finish_run(run)
+        progress.publish("end")
     raise_if_incomplete(summary, error or planner.listing_error)
     return summary.to_dict()
 

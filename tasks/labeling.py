@@ -14,9 +14,10 @@ Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none pers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -35,8 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
-from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, atomic_write_bytes, join_url
+from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, atomic_write_bytes, join_url
+from maskclip_core.dataset.integrity import DatasetDamaged
 from maskclip_core.dataset.labelings import labeling_record
+from maskclip_core.dataset.lease import DEFAULT_TTL_S, Lease, acquire_lease
+from maskclip_core.dataset.source_sync import ListedUris, mark_gone
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.batch import (
     BatchOutcome,
@@ -52,6 +56,7 @@ from maskclip_core.labeling.batch import (
 )
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
 from maskclip_core.labeling.planning import BatchDone, PlannedBatch
 from maskclip_core.labeling.report import RunSummary
 
@@ -66,8 +71,23 @@ T = TypeVar("T", bound=Task)
 
 
 def with_retries(t: T, retries: int, delay_s: float) -> T:
-    """``t`` retried ``retries`` times, waiting ``delay_s``, ``2 * delay_s``, ``4 * delay_s``... in between."""
-    return t.with_options(retries=retries, retry_delay_seconds=exponential_backoff(delay_s) if retries else 0)
+    """``t`` retried ``retries`` times, waiting ``delay_s``, ``2 * delay_s``, ``4 * delay_s``... in between;
+    a damaged dataset is not retried (it stays damaged until ``maskclip dataset check --repair``)."""
+    return t.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(delay_s) if retries else 0,
+        retry_condition_fn=_retryable,
+    )
+
+
+def _retryable(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except DatasetDamaged:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be a storage hiccup
+        return True
+    return True
 
 
 class RunOptions(BaseModel):
@@ -101,6 +121,20 @@ class RunOptions(BaseModel):
     )
     thumbnails: int = Field(6, ge=0, le=200, description="Overlay thumbnails written to DATASET/thumbnails/")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (bombs)")
+    memory_budget_mb: int = Field(
+        DEFAULT_MEMORY_BUDGET >> 20,
+        ge=64,
+        le=1 << 24,
+        description="Decoded images a worker process holds at once, in MB (larger images wait; any that can never "
+        "fit fails with over_memory_budget)",
+    )
+    lease_wait_s: float = Field(
+        0.0, ge=0.0, le=86_400.0, description="Wait this long for another run's lease on the dataset, then exit"
+    )
+    lease_ttl_s: float = Field(
+        DEFAULT_TTL_S, ge=1.0, le=86_400.0, description="Lease expiry: a killed run frees the dataset after this long"
+    )
+    force_lease: bool = Field(False, description="Take the dataset's lease even from a live run")
     source_storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (default: AWS environment / profile)"
     )
@@ -192,6 +226,38 @@ def ensure_categories(
     return LabelStore(dataset, storage_options).ensure_categories(list(classes))
 
 
+@task(name="verify-dataset", cache_policy=NO_CACHE, persist_result=False)
+def verify_dataset(dataset: str, storage_options: Mapping[str, Any]) -> None:
+    """Refuse to label into a damaged dataset: every part's footer and schema are read (no rows)."""
+    LabelStore(dataset, storage_options).verify_parts()
+
+
+@task(name="mark-gone", cache_policy=NO_CACHE, persist_result=False)
+def mark_gone_files(
+    dataset: str,
+    storage_options: Mapping[str, Any],
+    source: str,
+    listed: DigestSet,
+    run_id: str,
+    extensions: Sequence[str] | None,
+    glob: str | None,
+    source_storage_options: Mapping[str, Any],
+) -> list[str]:
+    """``gone`` rows for the files the complete listing no longer shows (deleted, renamed away)."""
+    gone = mark_gone(
+        LabelStore(dataset, storage_options),
+        source,
+        listed,
+        run_id=run_id,
+        extensions=extensions,
+        glob=glob,
+        source_storage_options=source_storage_options,
+    )
+    if gone:
+        get_run_logger().info("%d files left %s since the last run: marked gone", len(gone), source)
+    return gone
+
+
 @task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)
 def write_labeling_record(dataset: str, storage_options: Mapping[str, Any], record: Mapping[str, Any]) -> str:
     """``labelings/<config hash>.json``: which labeler, filter and classes the config hash stands for."""
@@ -235,6 +301,41 @@ def write_run_report(
 
 
 @dataclass
+class SourceListing:
+    """What a run lists (the source and its filters) and the uris it listed: the dataset follows the source."""
+
+    source: str
+    extensions: Sequence[str] | None
+    glob: str | None
+    storage_options: Mapping[str, Any]
+    uris: ListedUris = field(default_factory=ListedUris)
+
+    def record(self, files: Iterable[SourceFile]) -> Iterator[SourceFile]:
+        """``files``, each uri noted on its way through (16 bytes per file)."""
+        for f in files:
+            self.uris.add(f.uri)
+            yield f
+
+
+@contextlib.contextmanager
+def dataset_lease(dataset: str, options: RunOptions, run_id: str) -> Iterator[Lease]:
+    """The dataset's lease for this run (one writing run at a time; it expires if this process is killed),
+    released when the run ends however it ends."""
+    lease = acquire_lease(
+        dataset,
+        options.dataset_storage_options,
+        owner=run_id,
+        ttl_s=options.lease_ttl_s,
+        wait_s=options.lease_wait_s,
+        force=options.force_lease,
+    )
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@dataclass
 class LabelingRun:
     """What a run decided before its first batch: the batch settings, the files to skip, its summary."""
 
@@ -243,6 +344,7 @@ class LabelingRun:
     summary: RunSummary
     retries: int
     retry_delay_s: float
+    source_listing: SourceListing
 
     def with_retries(self, t: T) -> T:
         return with_retries(t, self.retries, self.retry_delay_s)
@@ -276,6 +378,7 @@ def start_run(
         return with_retries(t, options.retries, options.retry_delay_seconds)
 
     storage = (dataset, options.dataset_storage_options)
+    retried(verify_dataset)(*storage)  # a damaged dataset is refused before anything is written into it
     ids = retried(ensure_categories)(*storage, categories)
     record = labeling_record(config_hash, labeler, config, filters, categories, max_pixels=options.max_pixels)
     retried(write_labeling_record)(*storage, record)
@@ -289,10 +392,12 @@ def start_run(
         labeler_kind=kind,
         round=labeler_round(lab, kind),
         max_pixels=options.max_pixels,
+        memory_budget=options.memory_budget_mb << 20,
     )
     setup = BatchSetup(labeler, plan, *storage, options.source_storage_options, skip_known_content=not force)
     summary = RunSummary(run_id, source, dataset, config_hash, kind, class_names, started_at=started_at)
-    return LabelingRun(setup, known, summary, options.retries, options.retry_delay_seconds)
+    listing = SourceListing(source, options.extensions, options.glob, options.source_storage_options)
+    return LabelingRun(setup, known, summary, options.retries, options.retry_delay_seconds, listing)
 
 
 def batch_done(batch: PlannedBatch, future: PrefectFuture[BatchOutcome]) -> BatchDone:
@@ -318,9 +423,21 @@ def _error_of(future: PrefectFuture[Any]) -> str:
 
 
 def finish_run(run: LabelingRun) -> None:
-    """Compact the images index, then write the report next to the dataset and publish it as artifacts."""
+    """Mark the files that left the source ``gone`` (after a complete listing only), compact the images index,
+    then write the report next to the dataset and publish it as artifacts."""
     summary, storage = run.summary, (run.setup.dataset, run.setup.dataset_storage_options)
     logger = get_run_logger()
+    if summary.listing_complete:  # only a complete listing can tell that a file is gone
+        listing = run.source_listing
+        summary.gone = run.with_retries(mark_gone_files)(
+            *storage,
+            listing.source,
+            listing.uris.build(),
+            summary.run_id,
+            listing.extensions,
+            listing.glob,
+            listing.storage_options,
+        )
     if summary.labeled or summary.rejected:
         try:
             run.with_retries(compact_index)(*storage)

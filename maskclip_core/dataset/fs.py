@@ -5,6 +5,7 @@ Every path here is a URL (``s3://bucket/key``, ``memory://x``, ``file:///x``) or
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -130,6 +131,11 @@ def _local_directory(fs: LocalFileSystem, directory: str) -> Iterator[tuple[str,
             st = os.stat(path)  # follows a symlink: its version is that of the content it points to
         except (FileNotFoundError, NotADirectoryError):
             continue  # deleted since the directory was read, or a dangling link
+        except OSError as e:
+            # A symlink loop, a name too long, no permission: listed with a token that says so, so the batch
+            # records the file as failed with the reason, and the listing goes on to the files after it.
+            yield path, 0, f"unreadable:{errno.errorcode.get(e.errno or 0, e.errno)}"
+            continue
         if stat.S_ISDIR(st.st_mode):
             if not os.path.islink(path):  # a linked directory could make a cycle
                 subdirs.append(path)

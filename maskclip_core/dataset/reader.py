@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from maskclip_core.dataset.parquet import open_dataset
 from maskclip_core.dataset.store import ANNOTATIONS_SCHEMA, LabelStore
 from maskclip_core.interchange.coco import relative_file_name
 from maskclip_core.interchange.records import ExportImage, filter_images, lowest_scored, resolve_classes
+from maskclip_core.labeling.annotations import stable_id
 
 _ANNOTATION_COLUMNS = ["id", "image_id", "labeling_id", "category_id", "segmentation", "area", "bbox"]
 _ANNOTATION_COLUMNS += ["iscrowd", "score", "source", "round"]
@@ -72,26 +72,44 @@ def iter_export_images(
     ``file_name`` is the uri relative to ``file_name_root`` (default: ``source_root(store)``, as for the
     COCO export). Images without a size (failed before decoding) are left out. Raises when an image has
     current labelings under several configs: pass ``config_hash`` then.
+
+    Two files with identical bytes share one labeling; each is its own record. The first uri (in sort order)
+    keeps the content's ``image_id``, the others get :func:`alias_image_id` and their copies of the
+    annotations :func:`alias_annotation_id`, so ids stay unique and stable in every export.
     """
     everything = store.images()
     root = file_name_root if file_name_root is not None else common_root(everything.column("uri").to_pylist())
     current = _select_rows(everything, config_hash, statuses, image_ids)
     emitted = np.zeros(current.num_rows, dtype=bool)
+    aliased = _aliased_rows(current)
     if with_annotations and current.num_rows:
-        row_of = {lid: i for i, lid in enumerate(current.column("labeling_id").to_pylist())}
+        rows_of: dict[str, list[int]] = {}
+        for i, lid in enumerate(current.column("labeling_id").to_pylist()):
+            rows_of.setdefault(lid, []).append(i)
         for table in _annotation_parts(store, current.column("labeling_id"), image_ids):
             groups: dict[str, list[dict[str, Any]]] = {}
             for ann in table.to_pylist():
                 groups.setdefault(ann.pop("labeling_id"), []).append(ann)
             # A batch written twice under two part names repeats its labelings: the first copy wins.
-            rows = [row_of[lid] for lid in groups if not emitted[row_of[lid]]]
+            rows = [i for lid in groups for i in rows_of[lid] if not emitted[i]]
             for i, row in zip(rows, current.take(pa.array(rows, pa.int64())).to_pylist(), strict=True):
                 emitted[i] = True
-                yield _export_image(row, root, groups[row["labeling_id"]])
+                yield _export_image(row, root, groups[row["labeling_id"]], alias=i in aliased)
     rest = np.flatnonzero(~emitted)
     for start in range(0, rest.size, _ROW_CHUNK):
-        for row in current.take(rest[start : start + _ROW_CHUNK]).to_pylist():
-            yield _export_image(row, root, [])
+        chunk = rest[start : start + _ROW_CHUNK]
+        for i, row in zip(chunk, current.take(chunk).to_pylist(), strict=True):
+            yield _export_image(row, root, [], alias=int(i) in aliased)
+
+
+def alias_image_id(image_id: int, uri: str) -> int:
+    """The export id of a second (third...) file with the bytes of ``image_id``: stable, 63 bits."""
+    return stable_id("alias", image_id, uri)
+
+
+def alias_annotation_id(annotation_id: int, image_id: int) -> int:
+    """The id of an annotation copied onto an aliased image."""
+    return stable_id("alias", annotation_id, image_id)
 
 
 def select_images(
@@ -168,8 +186,8 @@ def _select_rows(
     if image_ids is not None:
         keep = pc.and_(keep, pc.is_in(table["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
     current = table.filter(keep)
-    ids = current.column("image_id")
-    if len(pc.unique(ids)) != len(ids):
+    uris = current.column("uri")
+    if len(pc.unique(uris)) != len(uris):
         configs = sorted(set(current.column("config_hash").to_pylist()))
         raise ValueError(f"images have current labelings under several configs {configs}: pass config_hash")
     return current
@@ -179,7 +197,7 @@ def _annotation_parts(
     store: LabelStore, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
 ) -> Iterator[pa.Table]:
     """Per annotations part file (by path), its rows of ``labeling_ids``, sorted by image and category."""
-    dataset = open_dataset(store.fs, f"{store.root}/annotations", ANNOTATIONS_SCHEMA)
+    dataset = store.checked_dataset("annotations", ANNOTATIONS_SCHEMA)
     if dataset is None:
         return
     wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
@@ -191,9 +209,33 @@ def _annotation_parts(
             yield table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
 
 
-def _export_image(row: Mapping[str, Any], root: str | None, annotations: list[dict[str, Any]]) -> ExportImage:
+def _aliased_rows(current: pa.Table) -> set[int]:
+    """Row numbers (in ``current``) of files whose image id an earlier uri holds already (identical bytes)."""
+    seen: set[int] = set()
+    aliased: set[int] = set()
+    ids = current.column("image_id").to_numpy(zero_copy_only=False)
+    if len(np.unique(ids)) == ids.size:
+        return aliased
+    order = np.argsort(np.array(current.column("uri").to_pylist(), dtype=object), kind="stable")
+    for i in order:
+        image_id = int(ids[i])
+        if image_id in seen:
+            aliased.add(int(i))
+        seen.add(image_id)
+    return aliased
+
+
+def _export_image(
+    row: Mapping[str, Any], root: str | None, annotations: list[dict[str, Any]], *, alias: bool = False
+) -> ExportImage:
+    image_id = int(row["image_id"])
+    if alias:
+        image_id = alias_image_id(image_id, row["uri"])
+        annotations = [
+            {**a, "id": alias_annotation_id(int(a["id"]), image_id), "image_id": image_id} for a in annotations
+        ]
     return ExportImage(
-        image_id=int(row["image_id"]),
+        image_id=image_id,
         uri=row["uri"],
         file_name=relative_file_name(row["uri"], root),
         width=int(row["width"]),

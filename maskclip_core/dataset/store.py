@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
+import io
 import re
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -28,13 +28,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
+from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
+from maskclip_core.dataset.integrity import check_part_schema, reading_part
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
 from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
 
 STATUSES = ("labeled", "rejected", "failed")
+# A row that says the file left the source (deleted, renamed away): it retires the uri's earlier rows.
+GONE = "gone"
+ROW_STATUSES = (*STATUSES, GONE)
 LABELERS = ("maskclip", "student")
 # Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
 DONE_STATUSES = ("labeled", "rejected")
@@ -116,27 +122,41 @@ class LabelStore:
     # --- writing ------------------------------------------------------------------------------------
 
     def ensure_categories(self, classes: Sequence[tuple[str, Sequence[str]] | str]) -> dict[str, int]:
-        """Category ids of ``classes`` (name, synonyms), registering new names.
+        """Category ids of ``classes`` (name, synonyms), registering new names; safe with concurrent writers.
 
-        Existing names keep their id; new names get ``max + 1`` onwards in the order given. A part file is
-        written only when something is new. Call it from one process (the parent flow) before fanning out:
-        two writers registering different new names at once could hand out the same id.
+        Existing names keep their id; a new name claims the next free id by creating
+        ``categories/part-id-<id>.parquet`` only if absent (:func:`create_exclusive`). A writer that loses the
+        race for an id reads who won it (the same name: taken as is; another: learned, and the next id is
+        tried), so two runs registering different names at once never share an id, and two registering the
+        same name get the same one. Ids stay dense: each id is claimed only after every lower one existed.
         """
         items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
         ids = {c["name"]: c["id"] for c in self.categories()}
         next_id = max(ids.values(), default=0) + 1
-        new_rows = []
         for name, synonyms in items:
-            if name not in ids:
-                ids[name] = next_id
-                new_rows.append({"id": next_id, "name": name, "synonyms": list(synonyms)})
+            while name not in ids:
+                row = {"id": next_id, "name": name, "synonyms": list(synonyms)}
+                data = parquet_bytes(pa.Table.from_pylist([row], schema=CATEGORIES_SCHEMA))
+                if create_exclusive(self._category_claim_url(next_id), data, self.storage_options):
+                    ids[name] = next_id
+                else:
+                    winner = self._read_category_claim(next_id)
+                    if winner is not None:
+                        ids.setdefault(winner, next_id)
                 next_id += 1
-        if new_rows:
-            # Named after the content: a repeated identical registration rewrites the same file.
-            digest = hashlib.sha256(json.dumps(new_rows, sort_keys=True).encode()).hexdigest()[:16]
-            table = pa.Table.from_pylist(new_rows, schema=CATEGORIES_SCHEMA)
-            atomic_write_bytes(self._part_url("categories", digest), parquet_bytes(table), self.storage_options)
         return {name: ids[name] for name, _ in items}
+
+    def _category_claim_url(self, category_id: int) -> str:
+        return self._part_url("categories", f"id-{category_id:010d}")
+
+    def _read_category_claim(self, category_id: int) -> str | None:
+        """The name that holds ``category_id`` (None if its claim file is unreadable: the id stays taken)."""
+        fs, path = resolve(self._category_claim_url(category_id), self.storage_options)
+        try:
+            rows = pq.read_table(io.BytesIO(fs.cat_file(path)), schema=CATEGORIES_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException):
+            return None
+        return rows[0]["name"] if rows and rows[0]["id"] == category_id else None
 
     def write_batch(
         self,
@@ -174,44 +194,77 @@ class LabelStore:
     # --- reading ------------------------------------------------------------------------------------
 
     def known_sha256(self, config_hash: str) -> set[str]:
-        """SHA-256 of images already labeled or rejected under ``config_hash`` (they need no work).
+        """SHA-256 of the content of the *current* rows (newest per uri) labeled or rejected under ``config_hash``.
 
-        Streams three columns part by part, so memory stays flat in the dataset size (the set itself aside).
-        Any such row counts, even if a newer labeling of the image failed.
+        A uri whose newest row failed, or which left the source (``gone``), does not count: its content is
+        relabeled, not taken over from a labeling that no current file shows.
         """
         known: set[str] = set()
-        for batch in self._scan_done(config_hash, ["sha256"]):
-            known.update(v for v in batch.column("sha256").to_pylist() if v is not None)
+        for batch, current in self._scan_current(config_hash, ["sha256"]):
+            shas = batch.column("sha256").to_pylist()
+            known.update(shas[i] for i in np.flatnonzero(current) if shas[i] is not None)
         return known
 
     def known_sha256_digests(self, config_hash: str) -> DigestSet:
-        """Like :meth:`known_sha256`, as a compact :class:`DigestSet` of 16-byte digest prefixes.
-
-        Same three columns, streamed; ~16 bytes per known image instead of a set of hex strings. The hex is
-        parsed column-wise with numpy, not one Python string per row.
-        """
+        """Like :meth:`known_sha256`, as a compact :class:`DigestSet` of 16-byte digest prefixes."""
         builder = DigestSetBuilder()
-        for batch in self._scan_done(config_hash, ["sha256"]):
-            builder.add_array(_hex_prefix_digests(batch.column("sha256")))
+        for batch, current in self._scan_current(config_hash, ["sha256"]):
+            column = batch.column("sha256").filter(pa.array(current))
+            builder.add_array(_hex_prefix_digests(column))
         return builder.build()
 
     def known_sources(self, config_hash: str) -> DigestSet:
-        """Digests of the (uri, source_version) pairs already labeled or rejected under ``config_hash``.
+        """Digests of the (uri, source_version) of the current rows labeled or rejected under ``config_hash``.
 
         Lets a re-run skip a listed file whose listing metadata did not change WITHOUT reading its bytes
-        (:func:`maskclip_core.dataset.digests.source_digest` of ``SourceFile.uri`` and ``SourceFile.version``). Reads
-        four columns (uri, source_version, status, config_hash) in record batches; rows without a
-        source_version (written by other tools) are left out, so their files are read and matched by SHA-256.
+        (:func:`maskclip_core.dataset.digests.source_digest` of ``SourceFile.uri`` and ``SourceFile.version``).
+        Only the newest row of a uri counts, so a file restored with its old version token after it was
+        marked gone, or reverted after an edit, is read again. Rows without a source_version (written by other
+        tools) are left out, so their files are read and matched by SHA-256.
         """
         builder = DigestSetBuilder()
-        for batch in self._scan_done(config_hash, ["uri", "source_version"]):
+        for batch, current in self._scan_current(config_hash, ["source_version"]):
             uris = batch.column("uri").to_pylist()
             versions = batch.column("source_version").to_pylist()
-            builder.extend(source_digest(u, v) for u, v in zip(uris, versions, strict=True) if v is not None)
+            builder.extend(
+                source_digest(uris[i], versions[i]) for i in np.flatnonzero(current) if versions[i] is not None
+            )
         return builder.build()
 
-    def _scan_done(self, config_hash: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-        """Record batches of ``columns`` of the rows with a done status under ``config_hash``.
+    def _scan_current(self, config_hash: str, columns: list[str]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """Record batches of the rows under ``config_hash`` with a mask of those that are current and done.
+
+        Two streaming passes, so memory holds ~32 bytes per row (a uri key, a time and a tie-break), not the
+        rows: the first finds the newest row of each uri, the second yields the batches again with the mask.
+        """
+        keys: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        ties: list[np.ndarray] = []
+        for batch in self._scan_config(config_hash, []):
+            keys.append(_uri_keys(batch.column("uri")))
+            times.append(batch.column("created_at").cast(pa.int64()).to_numpy(zero_copy_only=False))
+            ties.append(_labeling_tiebreak(batch.column("labeling_id")))
+        if not keys:
+            return
+        key, time_, tie = np.concatenate(keys), np.concatenate(times), np.concatenate(ties)
+        del keys, times, ties
+        order = np.lexsort((-tie, -time_, key))  # newest first within a uri
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        newest = np.zeros(order.size, dtype=bool)
+        newest[order[first]] = True
+        del key, time_, tie, order, first
+        offset = 0
+        for batch in self._scan_config(config_hash, columns):
+            n = batch.num_rows
+            status = batch.column("status")
+            done = pc.is_in(status, value_set=pa.array(list(DONE_STATUSES))).to_numpy(zero_copy_only=False)
+            yield batch, newest[offset : offset + n] & done
+            offset += n
+
+    def _scan_config(self, config_hash: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``columns`` (with uri, status, created_at, labeling_id) of the rows under
+        ``config_hash``, in the same order on every call while the parts do not change.
 
         Part file by part file, never one pyarrow dataset over all of them: a dataset keeps state for each
         fragment it scanned (~50 KB, measured), and the flow writes one images part per batch, so a million
@@ -222,16 +275,23 @@ class LabelStore:
         parts = self._part_files("images")
         if not parts:
             return
-        read_columns = [*columns, "status", "config_hash"]
-        wanted = (pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES))
+        read_columns = list(dict.fromkeys([*columns, "uri", "status", "created_at", "labeling_id"]))
+        wanted = pc.field("config_hash") == config_hash
         parquet = ds.ParquetFileFormat()
 
         def fragment(path: str) -> ds.Fragment:
-            return parquet.make_fragment(path, filesystem=self._arrow_fs)
+            frag = parquet.make_fragment(path, filesystem=self._arrow_fs)
+            part = self._relative(path)
+            with reading_part(self.url, part):
+                check_part_schema(self.url, part, frag.physical_schema, IMAGES_SCHEMA)
+            return frag
 
         def read_whole(path: str) -> pa.Table:
             # The table schema makes older parts with fewer columns read as nulls.
-            return fragment(path).to_table(schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False)
+            with reading_part(self.url, self._relative(path)):
+                return fragment(path).to_table(
+                    schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False
+                )
 
         pool = ThreadPoolExecutor(max_workers=_SCAN_THREADS, thread_name_prefix="maskclip-scan")
         window: deque[tuple[Future[pa.Table], int]] = deque()
@@ -250,7 +310,8 @@ class LabelStore:
                         batch_size=_SCAN_BATCH_ROWS,
                         batch_readahead=2,
                     )
-                    yield from scanner.to_batches()
+                    with reading_part(self.url, self._relative(path)):
+                        yield from scanner.to_batches()
                     continue
                 while window and (len(window) >= 2 * _SCAN_THREADS or window_bytes + size > _SCAN_WINDOW_BYTES):
                     future, done_size = window.popleft()
@@ -299,7 +360,10 @@ class LabelStore:
         parquet = ds.ParquetFileFormat()
         for path in small:
             # The table schema makes older parts with fewer columns read as nulls.
-            table = parquet.make_fragment(path, filesystem=self._arrow_fs).to_table(schema=IMAGES_SCHEMA)
+            fragment = parquet.make_fragment(path, filesystem=self._arrow_fs)
+            with reading_part(self.url, self._relative(path)):
+                check_part_schema(self.url, self._relative(path), fragment.physical_schema, IMAGES_SCHEMA)
+                table = fragment.to_table(schema=IMAGES_SCHEMA)
             if rows + table.num_rows > max_rows and group:
                 flush()
             group.append(path)
@@ -315,7 +379,7 @@ class LabelStore:
         self.fs.invalidate_cache(path)  # s3fs caches listings; other writers may have added parts
         try:
             infos = self._arrow_fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # object stores: a "folder" with no key under it yet
             return []
         finally:
             self.fs.invalidate_cache(path)  # and a long-lived process need not keep this listing
@@ -330,19 +394,61 @@ class LabelStore:
         return sorted(parts)
 
     def images(self, config_hash: str | None = None, statuses: Collection[str] | None = None) -> pa.Table:
-        """Current images rows: the newest ``created_at`` per (sha256, config_hash), sorted by uri.
+        """Current images rows: the newest ``created_at`` per (uri, config_hash), sorted by uri.
 
-        ``statuses`` filters after picking the current row, so an image whose newest labeling failed does not
-        show its older labeled row. Failed rows without a sha256 are keyed by uri.
+        The dataset follows its source: a file edited in place shows only its newest content, a file that
+        left the source shows a ``gone`` row (never selected by an export's statuses), and two files with
+        identical bytes are two rows (sharing one labeling). ``statuses`` filters after picking the current
+        row, so an image whose newest labeling failed does not show its older labeled row.
         """
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
-            return IMAGES_SCHEMA.empty_table()
-        table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
-        table = _current_rows(table)
+        table = self.history(config_hash, current_only=True)
+        if table.num_rows == 0:
+            return table
         if statuses is not None:
             table = table.filter(pc.is_in(table["status"], value_set=pa.array(list(statuses), pa.string())))
         return table
+
+    def history(self, config_hash: str | None = None, *, current_only: bool = False) -> pa.Table:
+        """Every images row ever written (the dataset's history), sorted by uri, config and time, with a
+        ``current`` column: True on the newest row of each (uri, config_hash), the one exports show."""
+        dataset = self._dataset("images", IMAGES_SCHEMA)
+        if dataset is None:
+            return IMAGES_SCHEMA.empty_table()
+        with reading_part(self.url, "images/"):
+            table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
+        if current_only:
+            return _current_rows(table)
+        numbered = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        flags = pc.is_in(numbered["_row"], value_set=_current_rows(numbered)["_row"].combine_chunks())
+        table = table.append_column("current", flags)
+        return table.sort_by([("uri", "ascending"), ("config_hash", "ascending"), ("created_at", "ascending")])
+
+    def content_labelings(self, config_hash: str, sha256s: Collection[str]) -> dict[str, dict[str, Any]]:
+        """The newest current labeled / rejected row of each of these contents under ``config_hash``.
+
+        A file whose bytes are already labeled (renamed, copied, restored) gets a row of its own that points
+        at this labeling (same ``labeling_id``: its annotations are shared), instead of being labeled again.
+        """
+        if not sha256s:
+            return {}
+        dataset = self._dataset("images", IMAGES_SCHEMA)
+        if dataset is None:
+            return {}
+        wanted = (pc.field("config_hash") == config_hash) & pc.field("sha256").isin(pa.array(sorted(sha256s)))
+        with reading_part(self.url, "images/"):
+            table = dataset.to_table(filter=wanted)
+        # Current rows of every uri holding one of these contents, then the newest per content.
+        uris = pc.unique(table["uri"])
+        with reading_part(self.url, "images/"):
+            rows = dataset.to_table(filter=(pc.field("config_hash") == config_hash) & pc.field("uri").isin(uris))
+        current = _current_rows(rows)
+        current = current.filter(pc.is_in(current["status"], value_set=pa.array(list(DONE_STATUSES))))
+        current = current.sort_by([("created_at", "descending"), ("labeling_id", "descending")])
+        out: dict[str, dict[str, Any]] = {}
+        for row in current.to_pylist():
+            if row["sha256"] in sha256s:
+                out.setdefault(row["sha256"], row)
+        return out
 
     def annotations(
         self,
@@ -363,11 +469,17 @@ class LabelStore:
 
     def categories(self) -> list[dict[str, Any]]:
         """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
-        dataset = self._dataset("categories", CATEGORIES_SCHEMA)
-        if dataset is None:
-            return []
+        # Each small part is fetched whole with one GET: a dataset scan would HEAD each part through s3fs's
+        # listing cache, which can miss a part another writer added a moment ago.
+        rows: list[dict[str, Any]] = []
+        for path, _ in self._part_files("categories"):
+            part = self._relative(path)
+            with reading_part(self.url, part):
+                parquet_file = pq.ParquetFile(io.BytesIO(self.fs.cat_file(path)))
+                check_part_schema(self.url, part, parquet_file.schema_arrow, CATEGORIES_SCHEMA)
+                rows.extend(parquet_file.read().cast(CATEGORIES_SCHEMA).to_pylist())
         best: dict[str, dict[str, Any]] = {}
-        for row in dataset.to_table().to_pylist():
+        for row in rows:
             if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
                 best[row["name"]] = {**row, "synonyms": list(row["synonyms"] or [])}
         return sorted(best.values(), key=lambda c: c["id"])
@@ -422,7 +534,8 @@ class LabelStore:
         wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
         if image_ids is not None:  # lets Parquet statistics skip row groups
             wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
-        table = dataset.to_table(filter=wanted)
+        with reading_part(self.url, "annotations/"):
+            table = dataset.to_table(filter=wanted)
         table = table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
         return _drop_repeats(table, ["id"])
 
@@ -431,9 +544,30 @@ class LabelStore:
     def _part_url(self, table: str, part_name: str) -> str:
         return join_url(self.url, table, f"part-{part_name}.parquet")
 
+    def _relative(self, path: str) -> str:
+        """``images/part-x.parquet`` for a part's path: how messages name it."""
+        return path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
+
     def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
-        """The dataset of one table, or None when nothing was written yet."""
-        return open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
+        return self.checked_dataset(table, schema)
+
+    def verify_parts(self) -> None:
+        """Raise :class:`DatasetDamaged` for the first part whose footer or schema is bad (reads no rows)."""
+        self.checked_dataset("images", IMAGES_SCHEMA)
+        self.checked_dataset("annotations", ANNOTATIONS_SCHEMA)
+        self.categories()
+
+    def checked_dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
+        """The dataset of one table, or None when nothing was written yet; every part's footer and schema are
+        checked first, so a damaged or foreign part is refused with :class:`DatasetDamaged` naming it."""
+        dataset = open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
+        if dataset is None:
+            return None
+        for fragment in dataset.get_fragments():
+            part = self._relative(fragment.path)
+            with reading_part(self.url, part):
+                check_part_schema(self.url, part, fragment.physical_schema, schema)
+        return dataset
 
 
 # --- row validation -------------------------------------------------------------------------------------
@@ -445,11 +579,11 @@ def _image_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if out["created_at"] is None:
         out["created_at"] = utc_now()
     _check_required(out, IMAGES_SCHEMA, "images")
-    if out["status"] not in STATUSES:
-        raise ValueError(f"images row {out['uri']}: status {out['status']!r} not in {STATUSES}")
+    if out["status"] not in ROW_STATUSES:
+        raise ValueError(f"images row {out['uri']}: status {out['status']!r} not in {ROW_STATUSES}")
     if out["labeler"] not in LABELERS:
         raise ValueError(f"images row {out['uri']}: labeler {out['labeler']!r} not in {LABELERS}")
-    if out["status"] != "failed" and (out["sha256"] is None or out["image_id"] is None):
+    if out["status"] in DONE_STATUSES and (out["sha256"] is None or out["image_id"] is None):
         raise ValueError(f"images row {out['uri']}: a {out['status']} row needs sha256 and image_id")
     if out["sha256"] is not None and out["image_id"] is not None:
         if image_id_from_sha256(out["sha256"]) != out["image_id"]:
@@ -524,11 +658,10 @@ def _hex_prefix_digests(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _current_rows(table: pa.Table) -> pa.Table:
-    """Newest row per (sha256 or uri, config_hash); ties broken by labeling_id for determinism."""
+    """Newest row per (uri, config_hash); ties broken by labeling_id for determinism."""
     if table.num_rows == 0:
         return table
-    key = pc.coalesce(table["sha256"], table["uri"])
-    work = table.append_column("_key", key)
+    work = table.append_column("_key", table["uri"])
     work = work.sort_by(
         [
             ("_key", "ascending"),
@@ -553,3 +686,23 @@ def _drop_repeats(table: pa.Table, keys: Sequence[str]) -> pa.Table:
         same = eq if same is None else pc.and_(same, eq)
     first = pa.concat_arrays([pa.array([True]), pc.invert(same)])
     return table.filter(first)
+
+
+def _uri_keys(uris: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit key per uri (the head of its SHA-256): collisions are out of reach below ~4 billion uris."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big", signed=True) for u in uris.to_pylist()],
+        dtype=np.int64,
+    )
+
+
+def _labeling_tiebreak(labeling_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The order of labeling ids among rows of one uri and time (as ``_current_rows`` breaks ties)."""
+    out = np.zeros(len(labeling_ids), dtype=np.int64)
+    for i, lid in enumerate(labeling_ids.to_pylist()):
+        head = lid[:15]
+        try:
+            out[i] = int(head, 16)
+        except ValueError:  # not hex (another tool's id): a stable number that sorts the same way per id
+            out[i] = int.from_bytes(head.encode().ljust(8, b"\0")[:7], "big")
+    return out

@@ -15,6 +15,7 @@ is tested directly. Pieces:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,8 +36,9 @@ from maskclip_core.dataset.digests import DigestSet, sha256_digest
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, sha256_hex
 from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
-from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, header_pixels
 from maskclip_core.labeling.filter import FilterConfig, FilteredLabels, filter_labels
+from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET, MemoryBudget, process_budget
 from maskclip_core.labeling.overlays import overlay
 from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
@@ -46,6 +48,9 @@ from maskclip_core.types import Labeler, SegmentationResult
 # returns int64 labels and float32 confidence at full size) without shrinking batches of small images.
 DEFAULT_MAX_LABEL_PIXELS = 32_000_000
 THUMBNAIL_SIDE = 256
+# Reading these fails the same way on every retry (a symlink loop, a directory, no permission, a name too
+# long): the file gets a failed row, the batch goes on.
+UNREADABLE_ERRNOS = frozenset({errno.ELOOP, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENXIO})
 THUMBNAIL_QUALITY = 80
 
 
@@ -236,6 +241,7 @@ class LabelingPlan:
     round: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_label_pixels: int = DEFAULT_MAX_LABEL_PIXELS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of decoded images a worker process holds at once
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.category_ids):
@@ -257,6 +263,7 @@ class BatchStats:
     class_confidence: Counter[str] = field(default_factory=Counter)  # sum of confidence over kept pixels
     annotations: int = 0
     bytes_read: int = 0
+    memory_deferred: list[str] = field(default_factory=list)  # uris that waited for the memory budget
     seconds: Counter[str] = field(default_factory=Counter)  # time per stage: read, decode, label, post, write
 
     def merge(self, other: BatchStats) -> None:
@@ -271,6 +278,7 @@ class BatchStats:
         self.class_confidence.update(other.class_confidence)
         self.annotations += other.annotations
         self.bytes_read += other.bytes_read
+        self.memory_deferred.extend(other.memory_deferred[: max(0, 100 - len(self.memory_deferred))])
         self.seconds.update(other.seconds)
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +294,7 @@ class BatchStats:
             "class_confidence": {k: round(v, 6) for k, v in self.class_confidence.items()},
             "annotations": self.annotations,
             "bytes_read": self.bytes_read,
+            "memory_deferred": list(self.memory_deferred),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
         }
 
@@ -319,6 +328,7 @@ class _Decoded:
     sha256: str
     rgb: np.ndarray | None
     note: str | None
+    reserved: int = 0  # bytes of the memory budget held until the image is finished
 
 
 def process_batch(
@@ -328,8 +338,10 @@ def process_batch(
     *,
     read: Callable[[str], bytes] = read_bytes,
     is_known: Callable[[str], bool] | None = None,
+    reuse: Callable[[Collection[str]], Mapping[str, Mapping[str, Any]]] | None = None,
     thumbnails: int = 0,
     lock: threading.Lock | None = None,
+    budget: MemoryBudget | None = None,
 ) -> BatchResult:
     """Label ``items``: one images row per file that is not already known, annotations for the labeled ones.
 
@@ -339,9 +351,15 @@ def process_batch(
     Storage errors other than a missing file propagate, so the caller can retry the batch as a whole.
 
     ``read`` returns a file's bytes; ``is_known(sha256_hex)`` says whether its content is already done under
-    the plan's config (then it is skipped without a row); ``thumbnails`` asks for up to that many overlay
-    JPEGs of labeled images; ``lock`` serialises the labeler calls (see :func:`label_lock`).
+    the plan's config (then it is not labeled again); ``reuse(sha256s)`` returns the current labeling rows of
+    known contents (``LabelStore.content_labelings``): each such file then gets a row of its own pointing at
+    that labeling, so a renamed, copied or restored file shows under its own uri (without ``reuse`` it is
+    skipped without a row). ``thumbnails`` asks for up to that many overlay JPEGs of labeled images;
+    ``lock`` serialises the labeler calls (see :func:`label_lock`). ``budget`` bounds the decoded-pixel
+    memory of all batches of this process (default: the process budget of ``plan.memory_budget``).
     """
+    if budget is None:
+        budget = process_budget(plan.memory_budget)
     if list(labeler.class_names) != list(plan.class_names):
         raise ValueError(f"labeler classes {labeler.class_names} differ from the plan's {plan.class_names}")
     stats = BatchStats()
@@ -349,53 +367,126 @@ def process_batch(
     annotations: list[dict[str, Any]] = []
     thumbs: list[Thumbnail] = []
     pending: list[_Decoded] = []
+    known_hits: list[tuple[SourceItem, str]] = []
 
     clock = time.perf_counter
-    for item in items:
-        stats.seen += 1
+
+    def read_item(item: SourceItem) -> bytes | None:
         t0 = clock()
         try:
             data = read(item.uri)
         except FileNotFoundError as e:  # deleted since the listing: a record, and no retry of the batch
             rows.append(_row(plan, item, None, "failed", f"missing: {e}"))
             stats.failed["missing"] += 1
-            continue
+            return None
+        except OSError as e:
+            if e.errno not in UNREADABLE_ERRNOS:
+                raise  # a storage error: the caller retries the batch
+            # A symlink loop, a directory or a file we may not read: the same on every retry, so a record.
+            rows.append(_row(plan, item, None, "failed", f"unreadable: {e.strerror or e}"))
+            stats.failed["unreadable"] += 1
+            return None
         finally:
             stats.seconds["read"] += clock() - t0
         stats.bytes_read += len(data)
+        return data
+
+    def reserve(item: SourceItem, data: bytes, sha: str) -> int | None:
+        """Bytes reserved for decoding ``data`` (0 when the header is unreadable: the decoder rejects it)."""
+        pixels = header_pixels(data)
+        if pixels is None or pixels > plan.max_pixels:
+            return 0  # rejected by the decoder before any pixel is allocated
+        cost = budget.cost(pixels)
+        if not budget.fits_ever(cost):
+            rows.append(
+                _row(
+                    plan,
+                    item,
+                    sha,
+                    "failed",
+                    f"over_memory_budget: {pixels} pixels need ~{cost >> 20} MB, "
+                    f"more than the worker's budget of {budget.limit >> 20} MB",
+                )  # fmt: skip
+            )
+            stats.failed["over_memory_budget"] += 1
+            return None
+        if not budget.try_acquire(cost):
+            stats.memory_deferred.append(item.uri)
+            label_pending()  # give back what this batch holds, then wait for the other batches
+            budget.acquire(cost)
+        return cost
+
+    def decode_item(item: SourceItem, data: bytes, sha: str) -> None:
+        reserved = reserve(item, data, sha)
+        if reserved is None:
+            return
         t0 = clock()
-        sha = sha256_hex(data)
-        if is_known is not None and is_known(sha):
-            stats.skipped += 1
-            stats.seconds["decode"] += clock() - t0
-            continue
         try:
             decoded = decode_image(data, max_pixels=plan.max_pixels)
         except ImageRejected as e:
+            budget.release(reserved)
             rows.append(_row(plan, item, sha, "rejected", f"{e.reason}: {e.detail}"))
             stats.rejected[e.reason] += 1
         except Exception as e:  # a decoder bug must not cost the batch: record it, retry next run
+            budget.release(reserved)
             rows.append(_row(plan, item, sha, "failed", f"decode_error: {type(e).__name__}: {e}"))
             stats.failed["decode_error"] += 1
         else:
-            pending.append(_Decoded(item, sha, decoded.rgb, decoded.note))
+            pending.append(_Decoded(item, sha, decoded.rgb, decoded.note, reserved))
         finally:
             stats.seconds["decode"] += clock() - t0
+
+    def label_pending() -> None:
+        for group in _pixel_groups(pending, plan.max_label_pixels):
+            t0 = clock()
+            with lock if lock is not None else contextlib.nullcontext():
+                t1 = clock()
+                results = _label_safely(labeler, [d.rgb for d in group])
+                stats.seconds["label"] += clock() - t1
+            stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
+            t0 = clock()
+            for i, (dec, result) in enumerate(zip(group, results, strict=True)):
+                results[i] = None  # free each prediction as soon as it is encoded
+                _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
+                dec.rgb = None
+                budget.release(dec.reserved)
+                dec.reserved = 0
+            stats.seconds["post"] += clock() - t0
+        pending.clear()
+
+    for item in items:
+        stats.seen += 1
+        data = read_item(item)
+        if data is None:
+            continue
+        sha = sha256_hex(data)
+        if is_known is not None and is_known(sha):
+            stats.skipped += 1
+            if reuse is not None:
+                known_hits.append((item, sha))
+            continue
+        decode_item(item, data, sha)
         del data
 
-    for group in _pixel_groups(pending, plan.max_label_pixels):
-        t0 = clock()
-        with lock if lock is not None else contextlib.nullcontext():
-            t1 = clock()
-            results = _label_safely(labeler, [d.rgb for d in group])
-            stats.seconds["label"] += clock() - t1
-        stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
-        t0 = clock()
-        for i, (dec, result) in enumerate(zip(group, results, strict=True)):
-            results[i] = None  # free each prediction as soon as it is encoded
-            _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
-            dec.rgb = None
-        stats.seconds["post"] += clock() - t0
+    if known_hits:
+        labelings = reuse({sha for _, sha in known_hits}) if reuse is not None else {}
+        for item, sha in known_hits:
+            existing = labelings.get(sha)
+            if existing is not None:
+                if (existing["uri"], existing.get("source_version")) != (item.uri, item.version):
+                    rows.append(_reused_row(plan, item, existing))  # not already this file's current row
+                continue
+            # The index said known but no current labeling shows it (changed meanwhile): label it after all.
+            stats.skipped -= 1
+            data = read_item(item)
+            if data is not None:
+                decode_item(item, data, sha256_hex(data))
+
+    try:
+        label_pending()
+    finally:  # an exception (a storage error: the batch is retried) must not leak reservations
+        for dec in pending:
+            budget.release(dec.reserved)
     stats.annotations = len(annotations)
     return BatchResult(rows, annotations, stats, thumbs)
 
@@ -485,6 +576,19 @@ def _row(
         "flow_run_id": plan.run_id,
         "source_version": item.version,
     }
+
+
+def _reused_row(plan: LabelingPlan, item: SourceItem, existing: Mapping[str, Any]) -> dict[str, Any]:
+    """A row for ``item`` whose bytes are already labeled: it shares that labeling (and its annotations)."""
+    row = {name: existing.get(name) for name in _ROW_FIELDS}
+    row.update(uri=item.uri, source_version=item.version, flow_run_id=plan.run_id)
+    return row
+
+
+_ROW_FIELDS = (
+    "image_id", "sha256", "width", "height", "status", "reason", "notes",
+    "config_hash", "labeling_id", "labeler", "round",
+)  # fmt: skip
 
 
 def _pixel_groups(pending: list[_Decoded], max_pixels: int) -> list[list[_Decoded]]:
@@ -582,8 +686,19 @@ def label_and_write_batch(
         return read_bytes(uri, options)
 
     is_known = None if known is None else (lambda sha: sha256_digest(sha) in known)
+
+    def reuse(sha256s: Collection[str]) -> Mapping[str, Mapping[str, Any]]:
+        return store.content_labelings(plan.config_hash, sha256s)
+
     result = process_batch(
-        items, labeler, plan, read=read, is_known=is_known, thumbnails=thumbnails, lock=label_lock(labeler)
+        items,
+        labeler,
+        plan,
+        read=read,
+        is_known=is_known,
+        reuse=reuse,
+        thumbnails=thumbnails,
+        lock=label_lock(labeler),
     )
     t0 = time.perf_counter()
     part = part_name(plan.run_id, index)

@@ -88,6 +88,18 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     return DecodedImage(rgb=np.ascontiguousarray(rgb, dtype=np.uint8), note="; ".join(notes) or None)
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (no pixel decoded); None when the bytes are no readable image
+    (:func:`decode_image` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = _open(data).size
+    except ImageRejected:
+        return None
+    return max(0, width) * max(0, height)
+
+
 def _open(data: bytes) -> Image.Image:
     """Image.open reads only the header (lazy), so this is cheap even for a bomb."""
     try:

@@ -34,6 +34,7 @@ class RunSummary:
     classes: tuple[str, ...] = ()
     listed: int = 0  # files the listing yielded (after extension / glob filters): "images seen"
     unchanged: int = 0  # skipped without reading: (uri, version) already done under the config
+    gone: list[str] = field(default_factory=list)  # uris that left the source since the last run
     submitted_images: int = 0
     batches_submitted: int = 0
     batches_done: int = 0
@@ -150,6 +151,8 @@ class RunSummary:
             "skipped": self.skipped,
             "skipped_unchanged": self.unchanged,
             "skipped_known_content": self.stats.skipped,
+            "gone": len(self.gone),
+            "gone_uris": self.gone[:100],
             "rejected": self.rejected,
             "rejected_by_reason": dict(sorted(self.stats.rejected.items())),
             "failed": self.failed,
@@ -158,6 +161,7 @@ class RunSummary:
                 **({"batch_failed": self.failed_batch_images} if self.failed_batch_images else {}),
             },
             "converted": self.stats.converted,
+            "memory_deferred": list(self.stats.memory_deferred),  # waited for the worker's memory budget
             "annotations": self.stats.annotations,
             "batches": {"submitted": self.batches_submitted, "done": self.batches_done},
             "failed_batches": [vars(b) for b in self.failed_batches],

@@ -31,10 +31,34 @@ FORMAT = "maskclip-student/1"
 LATEST = "latest.json"
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a serialized safetensors file (header: u64 length, then JSON)."""
+# A safetensors header is JSON describing the tensors: a few KB. Anything near this is not a real header.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A student checkpoint file that cannot be used; the message names the file and what is wrong."""
+
+
+def safetensors_metadata(data: bytes, url: str = "checkpoint") -> dict[str, str]:
+    """The ``__metadata__`` of a serialized safetensors file (header: u64 length, then JSON).
+
+    Raises :class:`CheckpointError` (one line) for anything that is not a sound safetensors header.
+    """
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise CheckpointError(f"{url}: a Python pickle / torch zip, not safetensors: refused (pickles can run code)")
+    if len(data) < 8:
+        raise CheckpointError(f"{url}: {len(data)} bytes, too short for a safetensors file (truncated?)")
     (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
+    if length > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise CheckpointError(f"{url}: header claims {length} bytes but the file has {len(data)} (truncated or forged)")
+    try:
+        header = json.loads(data[8 : 8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{url}: the safetensors header is not JSON ({type(e).__name__})") from e
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{url}: the safetensors header has no metadata object")
+    return metadata
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,18 +124,35 @@ def load_checkpoint(url: str, storage_options: dict | None = None) -> StudentChe
     """Load weights, config and vocabulary from a weights file or a checkpoint directory URL."""
     url = resolve_checkpoint(url, storage_options)
     data = read_bytes(url, storage_options)
-    meta = safetensors_metadata(data)
+    meta = safetensors_metadata(data, url)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{url} is not a student checkpoint (format {meta.get('format')!r})")
+        raise CheckpointError(f"{url} is not a student checkpoint (format {meta.get('format')!r})")
+    try:
+        state_dict = safetensors.torch.load(data)
+    except Exception as e:  # safetensors raises its own SafetensorError for bad offsets, dtypes, sizes
+        raise CheckpointError(f"{url}: the tensors cannot be read ({_first_line(e)})") from e
+    try:
+        config = StudentConfig.from_dict(json.loads(meta["config"]))
+        vocabulary = ClassVocabulary.from_dict(json.loads(meta["vocabulary"]))
+        round_index, iteration = int(meta["round"]), int(meta["iteration"])
+    except KeyError as e:
+        raise CheckpointError(f"{url}: the checkpoint metadata lacks {e}") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{url}: the checkpoint metadata is malformed ({_first_line(e)})") from e
     return StudentCheckpoint(
-        state_dict=safetensors.torch.load(data),
-        config=StudentConfig.from_dict(json.loads(meta["config"])),
-        vocabulary=ClassVocabulary.from_dict(json.loads(meta["vocabulary"])),
-        round=int(meta["round"]),
-        iteration=int(meta["iteration"]),
+        state_dict=state_dict,
+        config=config,
+        vocabulary=vocabulary,
+        round=round_index,
+        iteration=iteration,
         url=url,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def save_train_state(

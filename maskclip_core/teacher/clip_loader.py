@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -213,6 +214,12 @@ def load_clip(
                 cache_dir=cache_dir,
                 require_pretrained=True,
             )
+    except pickle.UnpicklingError as exc:  # torch's weights_only loader met Python objects beyond tensors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(
+            f"--pretrained {pretrained_arg}: refused: the file pickles Python objects, not only tensors, "
+            f"and loading it could run code ({reason[:160]})"
+        ) from exc
     except (RuntimeError, OSError, FileNotFoundError) as exc:
         if pretrained_arg is None:
             raise

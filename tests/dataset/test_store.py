@@ -128,7 +128,7 @@ def test_categories_are_stable(store: LabelStore) -> None:
     parts = store.fs.ls(f"{store.root}/categories")
     assert store.ensure_categories(["dog", "bird"]) == {"dog": 2, "bird": 3}
     assert store.fs.ls(f"{store.root}/categories", refresh=True) == parts  # nothing new: nothing written
-    assert len(parts) == 2
+    assert len(parts) == 3  # one claim file per id: concurrent writers cannot hand out one id twice
 
 
 # --- writing and reading ------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_newest_failed_hides_older_labels(store: LabelStore) -> None:
     assert store.images()["status"].to_pylist() == ["failed"]
     assert store.images(statuses=["labeled"]).num_rows == 0
     assert store.annotations().num_rows == 0
-    assert store.known_sha256("cfg") == {sha("img")}  # documented: any labeled / rejected row counts
+    assert store.known_sha256("cfg") == set()  # only current rows count: the image is labeled again
 
 
 def test_configs_are_independent(local_store: LabelStore) -> None:
@@ -358,20 +358,21 @@ def test_known_sha256_reads_three_columns_by_part(local_store: LabelStore, monke
             )  # fmt: skip
         local_store.write_batch(rows, [], part_name=f"p{p}")
     calls: list[list[str]] = []
-    real_scan = LabelStore._scan_done
+    real_scan = LabelStore._scan_config
 
     def spy(self: LabelStore, config_hash: str, columns: list[str]):
         calls.append(list(columns))
         for batch in real_scan(self, config_hash, columns):
-            assert sorted(batch.schema.names) == ["config_hash", "sha256", "status"]  # three columns only
+            # The few columns that pick the current row of a uri, plus the one asked for.
+            assert sorted(batch.schema.names) == sorted({"uri", "status", "created_at", "labeling_id", *columns})
             assert batch.num_rows <= store_module._SCAN_BATCH_ROWS
             yield batch
 
-    monkeypatch.setattr(LabelStore, "_scan_done", spy)
+    monkeypatch.setattr(LabelStore, "_scan_config", spy)
     known = local_store.known_sha256("cfg")
     expected = sum(1 for i in range(per_part) if i % 2 and i % 3 != 2) * n_parts
     assert len(known) == expected
-    assert calls == [["sha256"]]
+    assert calls == [[], ["sha256"]]  # two streaming passes: current rows, then their content
 
 
 def test_known_sha256_digests_match_the_hex_set(local_store: LabelStore) -> None:

@@ -84,6 +84,10 @@ def test_every_dataset_command_spells_the_same_objects_the_same_way():
     for name in ("label", "export", "import", "evaluate", "train"):
         flags = {s for a in parsers[name]._actions for s in a.option_strings if a.help != argparse.SUPPRESS}
         assert {"--dataset", "--storage-options"} <= flags, name
+    (dataset_commands,) = [a for a in parsers["dataset"]._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in dataset_commands.choices.items():  # dataset check / history
+        flags = {s for a in parser._actions for s in a.option_strings if a.help != argparse.SUPPRESS}
+        assert {"--dataset", "--storage-options"} <= flags, name
     for name in ("segment", "demo", "export"):
         flags = {s for a in parsers[name]._actions for s in a.option_strings}
         assert "--out" in flags, name

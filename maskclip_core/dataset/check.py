@@ -1,0 +1,196 @@
+"""``maskclip dataset check [--repair]``: verify every part of the dataset, quarantine the bad ones, heal.
+
+Checks, per part under ``images/``, ``annotations/`` and ``categories/``: the Parquet footer, the schema
+(:func:`~maskclip_core.dataset.integrity.schema_problem`), every row decoded, required columns non-null;
+then each annotations part's rows against the images rows that commit them (its sibling part of the same
+batch name, or any images part once compaction merged the sibling): a part none of whose labelings is
+committed is an orphan left by a run killed between its two writes.
+
+``repair`` moves bad and orphan parts to ``quarantine/<table>/`` with a JSON report, then marks the images
+whose labels were lost (a ``failed`` row with a ``quarantined`` reason, newer than their labeling), so the next
+``maskclip label`` relabels exactly them. Run it while no labeling run writes (it holds the dataset lease).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.integrity import schema_problem
+from maskclip_core.dataset.store import (
+    ANNOTATIONS_SCHEMA,
+    CATEGORIES_SCHEMA,
+    IMAGES_SCHEMA,
+    LabelStore,
+    utc_now,
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "images": IMAGES_SCHEMA,
+    "annotations": ANNOTATIONS_SCHEMA,
+    "categories": CATEGORIES_SCHEMA,
+}
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class PartProblem:
+    part: str  # relative to the dataset: images/part-x.parquet
+    problem: str
+    kind: str = "damaged"  # damaged | orphan
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    parts_checked: int = 0
+    problems: list[PartProblem] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)  # where the bad parts went
+    marked_for_relabel: list[str] = field(default_factory=list)  # uris the next label run relabels
+    report_url: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+    def lines(self) -> list[str]:
+        out = [f"{self.dataset}: {self.parts_checked} parts checked, {len(self.problems)} problems"]
+        out += [f"  {p.kind}: {p.part}: {p.problem}" for p in self.problems]
+        out += [f"  quarantined: {q}" for q in self.quarantined]
+        if self.marked_for_relabel:
+            out.append(f"  {len(self.marked_for_relabel)} images marked: the next `maskclip label` relabels them")
+        if self.report_url:
+            out.append(f"  report: {self.report_url}")
+        return out
+
+
+def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *, repair: bool = False) -> CheckReport:
+    """Verify the dataset at ``url``; with ``repair``, quarantine bad parts and mark their images."""
+    store = LabelStore(url, storage_options)
+    report = CheckReport(dataset=url)
+    healthy: dict[str, dict[str, pa.Table]] = {name: {} for name in TABLES}
+    for table, schema in TABLES.items():
+        for path, _ in store._part_files(table):
+            report.parts_checked += 1
+            part = store._relative(path)
+            table_or_problem = _read_part(store, path, schema)
+            if isinstance(table_or_problem, str):
+                report.problems.append(PartProblem(part, table_or_problem))
+            else:
+                healthy[table][part] = table_or_problem
+    _check_annotations_committed(healthy, report)
+    if repair and report.problems:
+        _quarantine(store, report)
+        _mark_lost_labelings(store, healthy, report)
+        stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
+        report.report_url = join_url(url, QUARANTINE, f"report-{stamp}.json")
+        atomic_write_bytes(report.report_url, json.dumps(report.to_dict(), indent=2).encode(), storage_options)
+    return report
+
+
+def _read_part(store: LabelStore, path: str, schema: pa.Schema) -> pa.Table | str:
+    try:
+        data = store.fs.cat_file(path)
+    except FileNotFoundError:
+        return "vanished while checking"
+    if not data:
+        return "zero bytes"
+    try:
+        parquet_file = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as e:
+        return f"not a readable Parquet file ({_first_line(e)})"
+    problem = schema_problem(parquet_file.schema_arrow, schema)
+    if problem is not None:
+        return problem
+    try:
+        table = parquet_file.read().select([n for n in schema.names if n in parquet_file.schema_arrow.names])
+    except (pa.ArrowException, OSError) as e:
+        return f"rows cannot be decoded ({_first_line(e)})"
+    for f in schema:
+        if not f.nullable and table[f.name].null_count:
+            return f"{table[f.name].null_count} rows without required {f.name}"
+    return table
+
+
+def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
+    committed: dict[str, int] = {}
+    for table in healthy["images"].values():
+        labeled = table.filter(pc.equal(table["status"], "labeled"))
+        committed.update(zip(labeled["labeling_id"].to_pylist(), labeled["image_id"].to_pylist(), strict=True))
+    for part, table in list(healthy["annotations"].items()):
+        pairs = set(zip(table["labeling_id"].to_pylist(), table["image_id"].to_pylist(), strict=True))
+        known = [lid for lid, _ in pairs if lid in committed]
+        if not known:
+            report.problems.append(
+                PartProblem(part, f"orphan: none of its {table.num_rows} rows is committed", "orphan")
+            )
+            del healthy["annotations"][part]
+        elif any(lid in committed and committed[lid] != image_id for lid, image_id in pairs):
+            report.problems.append(PartProblem(part, "rows name other images than their images rows"))
+            del healthy["annotations"][part]
+
+
+def _quarantine(store: LabelStore, report: CheckReport) -> None:
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S")
+    for problem in report.problems:
+        src = f"{store.root}/{problem.part}"
+        dest = f"{store.root}/{QUARANTINE}/{stamp}/{problem.part}"
+        store.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        store.fs.mv(src, dest)
+        report.quarantined.append(f"{QUARANTINE}/{stamp}/{problem.part}")
+
+
+def _mark_lost_labelings(store: LabelStore, healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
+    """Failed rows for the current labeled images whose annotations or categories went to quarantine."""
+    lost_parts = {p.part.rsplit("/", 1)[-1] for p in report.problems if p.part.startswith("annotations/")}
+    category_ids = {i for t in healthy["categories"].values() for i in t["id"].to_pylist()}
+    categories_lost = any(p.part.startswith("categories/") for p in report.problems)
+    with_annotations: set[str] = set()
+    bad_category: set[str] = set()
+    for table in healthy["annotations"].values():
+        for lid, cid in zip(table["labeling_id"].to_pylist(), table["category_id"].to_pylist(), strict=True):
+            with_annotations.add(lid)
+            if categories_lost and cid not in category_ids:
+                bad_category.add(lid)
+    sibling_lost: set[str] = set()
+    for part, table in healthy["images"].items():
+        if part.rsplit("/", 1)[-1] in lost_parts:
+            sibling_lost.update(table.filter(pc.equal(table["status"], "labeled"))["labeling_id"].to_pylist())
+    current = store.images(statuses=["labeled"])
+    rows = []
+    for row in current.to_pylist():
+        lid = row["labeling_id"]
+        lost = lid in sibling_lost or lid in bad_category or (lost_parts and lid not in with_annotations)
+        if not lost:
+            continue
+        rows.append(
+            {
+                **row,
+                "status": "failed",
+                "reason": "quarantined: its labels went to quarantine; the next run relabels it",
+                "labeling_id": hashlib.sha256(f"quarantine\x1f{lid}\x1f{row['uri']}".encode()).hexdigest()[:32],
+                "created_at": dt.datetime.now(dt.UTC),
+                "flow_run_id": "dataset-check",
+            }
+        )
+    if rows:
+        store.write_batch(rows, [], part_name="quarantine-" + utc_now().strftime("%Y%m%dT%H%M%S%f"))
+    report.marked_for_relabel = sorted({r["uri"] for r in rows})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,93 @@
+"""The dataset follows its source: files that a complete listing no longer shows are marked ``gone``.
+
+A labeling run lists its source; every uri the dataset shows as current under that source (and the run's
+extension / glob filters) but the listing did not yield left the source (deleted or renamed away). Each gets a
+``gone`` row per config, newer than its last labeling, so exports stop showing it while the history keeps
+every earlier row. A file that comes back is read and labeled (or its labeling reused) again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow.compute as pc
+
+from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder
+from maskclip_core.dataset.fs import resolve, to_uri
+from maskclip_core.dataset.store import GONE, LabelStore, utc_now
+
+
+def uri_digest(uri: str) -> bytes:
+    """The listing's record of one uri (16 bytes, so a million listed files cost 16 MB)."""
+    return hashlib.sha256(uri.encode("utf-8")).digest()[:DIGEST_BYTES]
+
+
+class ListedUris:
+    """Collects the uris a run listed, as compact digests."""
+
+    def __init__(self) -> None:
+        self._builder = DigestSetBuilder()
+
+    def add(self, uri: str) -> None:
+        self._builder.add(uri_digest(uri))
+
+    def build(self) -> DigestSet:
+        return self._builder.build()
+
+
+def mark_gone(
+    store: LabelStore,
+    source: str,
+    listed: DigestSet,
+    *,
+    run_id: str,
+    extensions: Iterable[str] | None = None,
+    glob: str | None = None,
+    source_storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write ``gone`` rows for the current uris under ``source`` that the run's complete listing missed.
+
+    Only call it after the listing finished without error. Returns the uris marked gone (sorted).
+    """
+    fs, root = resolve(source, source_storage_options)
+    root_uri = to_uri(fs, root.rstrip("/") or root)
+    exts = None if extensions is None else tuple("." + e.lower().lstrip(".") for e in extensions)
+    pattern = re.compile(_glob_regex(glob)) if glob else None
+    current = store.images()
+    current = current.filter(pc.not_equal(current["status"], GONE))
+    rows = []
+    for row in current.to_pylist():
+        uri = row["uri"]
+        if uri == root_uri:
+            rel = uri.rsplit("/", 1)[-1]
+        elif uri.startswith(root_uri.rstrip("/") + "/"):
+            rel = uri[len(root_uri.rstrip("/")) + 1 :]
+        else:
+            continue  # another source's file: not ours to judge
+        if exts is not None and not rel.lower().endswith(exts):
+            continue
+        if pattern is not None and pattern.match(rel) is None:
+            continue
+        if uri_digest(uri) in listed:
+            continue
+        gone = dict(row)
+        gone.update(
+            status=GONE,
+            reason=f"gone: not in the listing of {source} by run {run_id}",
+            labeling_id=hashlib.sha256(f"gone\x1f{run_id}\x1f{uri}\x1f{row['config_hash']}".encode()).hexdigest()[:32],
+            flow_run_id=run_id,
+            created_at=utc_now(),
+        )
+        rows.append(gone)
+    if rows:
+        store.write_batch(rows, [], part_name=f"gone-{run_id}")
+    return sorted({r["uri"] for r in rows})
+
+
+def _glob_regex(glob: str) -> str:
+    from fsspec.utils import glob_translate
+
+    return glob_translate(glob.strip("/"))

@@ -1,0 +1,105 @@
+"""The label flow against an untrustworthy world: symlink loops, an output under a file, a damaged dataset, a
+dataset another run holds, and a source that changed (edit, delete) between runs."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
+
+from flows.label_dataset import RunOptions, label_dataset
+from maskclip_core.dataset.lease import acquire_lease
+from maskclip_core.dataset.reader import iter_export_images
+from maskclip_core.dataset.store import LabelStore
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = RunOptions(batch_size=4, retries=0, retry_delay_seconds=0.01, thumbnails=0)
+CLI_MODEL = ["--classes", "red, green, blue", "--model", "maskclip-tiny-ViT", "--pretrained", "none"]
+CLI_MODEL += ["--device", "cpu", "--short-side", "64", "--crop", "64", "--stride", "32", "--retries", "0"]
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(block_image(np.random.default_rng(seed))).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def run(source: Path, output: str) -> dict[str, Any]:
+    state = label_dataset(str(source), output, TINY_SPEC, KEEP_ALL, FAST, return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    return state.result()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    from flows.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_a_symlink_loop_is_recorded_and_the_files_after_it_are_labeled(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(1))
+    os.symlink("b-loop.png", src / "b-loop.png")  # points at itself
+    (src / "c.png").write_bytes(png(2))
+    summary = run(src, str(tmp_path / "out"))
+    assert summary["labeled"] == 2 and summary["failed_by_reason"] == {"unreadable": 1}
+    rows = {Path(r["uri"]).name: r for r in LabelStore(str(tmp_path / "out")).images().to_pylist()}
+    assert rows["b-loop.png"]["status"] == "failed" and "symbolic links" in rows["b-loop.png"]["reason"]
+    assert {rows["a.png"]["status"], rows["c.png"]["status"]} == {"labeled"}
+
+
+def test_source_edits_and_deletions_show_in_the_next_export(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(png(i))
+    run(src, out)
+    (src / "0.png").write_bytes(png(10))
+    os.utime(src / "0.png", (1e9, 1e9))
+    (src / "2.png").unlink()
+    summary = run(src, out)
+    assert summary["labeled"] == 1 and summary["gone"] == 1
+    exported = {Path(i.uri).name: i for i in iter_export_images(LabelStore(out))}
+    assert sorted(exported) == ["0.png", "1.png"]
+    assert exported["0.png"].sha256 == __import__("hashlib").sha256(png(10)).hexdigest()
+
+
+def test_output_under_a_regular_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(png(1))
+    (tmp_path / "file").write_text("not a folder")
+    code, err = cli(capsys, "label", "--source", str(tmp_path / "src"), "--dataset", str(tmp_path / "file" / "out"),
+                    *CLI_MODEL)  # fmt: skip
+    assert code == 2 and "cannot hold a dataset" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("maskclip")]) == 1
+
+
+def test_label_refuses_a_damaged_dataset_and_a_held_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(1))
+    argv = ["label", "--source", str(src), "--dataset", str(out), *CLI_MODEL]
+    with acquire_lease(str(out), owner="other-run"):
+        code, err = cli(capsys, *argv)
+    assert code == 2 and "in use by run other-run" in err and "--force-lease" in err
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "annotations" / "part-x.parquet").write_bytes(b"garbage")
+    code, err = cli(capsys, *argv)
+    assert code == 2 and "annotations/part-x.parquet" in err and "maskclip dataset check" in err
+    assert "Traceback" not in err
+    pq.write_table(pa.table({"x": [1]}), out / "images.parquet")  # stray files beside the tables are not parts
+    code, _ = cli(capsys, "dataset", "check", "--dataset", str(out), "--repair")
+    assert code == 0
+    code, _ = cli(capsys, *argv)
+    assert code == 0
