@@ -129,8 +129,8 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
 def label_parameters(args: argparse.Namespace) -> dict:
     """The label-dataset flow's parameters from ``maskclip label`` arguments."""
     from flows.label_dataset import RunOptions
-    from maskclip_core.labeling.batch import LabelerSpec
     from maskclip_core.labeling.filter import FilterConfig
+    from maskclip_core.labeling.registry import LabelerSpec
 
     if args.labeler == "maskclip":
         if not args.classes:
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
-        from maskclip_core.labeling.batch import StudentUnavailableError
+        from maskclip_core.labeling.registry import StudentUnavailableError
         from maskclip_core.student import BackboneWeightsUnavailable
         from maskclip_core.teacher.clip_loader import WeightsUnavailableError
 

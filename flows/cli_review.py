@@ -88,7 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from maskclip_core.dataset.reviews import import_reviews
+    from maskclip_core.interchange.review_import import import_reviews
 
     summary = import_reviews(
         args.output,
@@ -103,7 +103,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from maskclip_core.dataset.reviews import evaluate_reviewed
+    from maskclip_core.evaluation.reviewed import evaluate_reviewed
 
     report = evaluate_reviewed(args.output, config_hash=args.config_hash, storage_options=args.storage_options)
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))

@@ -36,17 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, iter_source_files
 from maskclip_core.dataset.labelings import labeling_record
-from maskclip_core.labeling.batch import (
-    LabelerSpec,
-    LabelingPlan,
-    SourceItem,
-    labeler_categories,
-    labeler_round,
-    labeling_config_hash,
-    load_labeler,
-)
+from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.registry import LabelerSpec, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
 from tasks.labeling import (
     BatchSetup,

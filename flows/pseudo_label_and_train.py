@@ -25,8 +25,8 @@ from flows.train_student import train_student
 from maskclip_core.dataset.fs import join_url
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.interchange.export import ExportParameters
-from maskclip_core.labeling.batch import LabelerSpec
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.registry import LabelerSpec
 from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks around ``maskclip_core.labeling.batch``: retries with exponential backoff, logging, artifacts.
+"""Prefect tasks around ``maskclip_core.labeling.write``: retries with exponential backoff, logging, artifacts.
 
 Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none persists its result.
 
@@ -32,17 +32,12 @@ from prefect.tasks import Task, exponential_backoff
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url
-from maskclip_core.dataset.store import LabelStore
-from maskclip_core.labeling.batch import (
-    BatchOutcome,
-    LabelerSpec,
-    LabelingPlan,
-    SourceItem,
-    known_sha256_index,
-    label_and_write_batch,
-    load_labeler,
-)
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.labeling.known_content import known_sha256_index
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.registry import LabelerSpec, load_labeler
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.write import BatchOutcome, label_and_write_batch
 
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 2.0  # first retry; then 4, 8, ... (exponential backoff)
@@ -90,7 +85,7 @@ def label_batch(index: int, items: Sequence[SourceItem], setup: BatchSetup, thum
     known: DigestSet | None = None
     if setup.skip_known_content:
         known = known_sha256_index(setup.output, setup.output_storage_options, plan.config_hash, plan.run_id)
-    store = LabelStore(setup.output, setup.output_storage_options)
+    store = LabelDataset(setup.output, setup.output_storage_options)
     outcome = label_and_write_batch(
         index,
         items,
@@ -123,7 +118,7 @@ def ensure_categories(
     output: str, storage_options: Mapping[str, Any], classes: Sequence[tuple[str, Sequence[str]]]
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
-    return LabelStore(output, storage_options).ensure_categories(list(classes))
+    return LabelDataset(output, storage_options).ensure_categories(list(classes))
 
 
 @task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)
@@ -135,7 +130,7 @@ def write_labeling_record(output: str, storage_options: Mapping[str, Any], recor
 @task(name="load-known-sources", cache_policy=NO_CACHE, persist_result=False)
 def load_known_sources(output: str, storage_options: Mapping[str, Any], config_hash: str) -> DigestSet:
     """(uri, source_version) digests already done under the config: files to skip without reading them."""
-    known = LabelStore(output, storage_options).known_sources(config_hash)
+    known = LabelDataset(output, storage_options).known_sources(config_hash)
     get_run_logger().info(
         "%d files already done under config %s (%d KB index)", len(known), config_hash, known.nbytes // 1024
     )
@@ -145,7 +140,7 @@ def load_known_sources(output: str, storage_options: Mapping[str, Any], config_h
 @task(name="compact-index", cache_policy=NO_CACHE, persist_result=False)
 def compact_index(output: str, storage_options: Mapping[str, Any]) -> dict[str, int]:
     """Merge the run's many small images parts so the next run's index load reads few files."""
-    counts = LabelStore(output, storage_options).compact_images()
+    counts = LabelDataset(output, storage_options).compact_images()
     if counts["merged_parts"]:
         get_run_logger().info("merged %(merged_parts)d images parts into %(written_parts)d", counts)
     return counts

@@ -1,6 +1,6 @@
-"""ExportImage records streamed from a LabelStore: what the exporters and the review importers read.
+"""ExportImage records streamed from a LabelDataset: what the exporters and the review importers read.
 
-Annotations are read one annotations part file at a time. ``LabelStore.write_batch`` writes every annotation
+Annotations are read one annotations part file at a time. ``LabelDataset.write_batch`` writes every annotation
 of a labeling into the one annotations part committed by that labeling's images row, so a labeling never
 spans part files and memory stays bounded by one part (plus the current images table, which the store's
 readers hold anyway).
@@ -8,6 +8,7 @@ readers hold anyway).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,13 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from maskclip_core.dataset.parquet import open_dataset
-from maskclip_core.dataset.store import ANNOTATIONS_SCHEMA, LabelStore
-from maskclip_core.interchange.coco import relative_file_name
-from maskclip_core.interchange.records import ExportImage, filter_images, lowest_scored, resolve_classes
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.records import ExportImage, filter_images, lowest_scored, resolve_classes
+from maskclip_core.dataset.schema import stored_schema
 
-_ANNOTATION_COLUMNS = ["id", "image_id", "labeling_id", "category_id", "segmentation", "area", "bbox"]
-_ANNOTATION_COLUMNS += ["iscrowd", "score", "source", "round"]
 _ROW_CHUNK = 4096  # images rows turned into Python objects at a time
 
 
@@ -52,13 +50,22 @@ def common_root(uris: Iterable[str]) -> str | None:
     return "/".join(common)
 
 
-def source_root(store: LabelStore) -> str | None:
+def relative_file_name(uri: str, root: str | None) -> str:
+    """``uri`` relative to the folder ``root`` when it lies below it, else its base name."""
+    if root is not None:
+        prefix = root.rstrip("/") + "/"
+        if uri.startswith(prefix):
+            return uri[len(prefix) :]
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def source_root(store: LabelDataset) -> str | None:
     """``common_root`` of every image in the store: file names under it do not change with the selection."""
     return common_root(store.images().column("uri").to_pylist())
 
 
 def iter_export_images(
-    store: LabelStore,
+    store: LabelDataset,
     *,
     config_hash: str | None = None,
     statuses: Collection[str] = ("labeled",),
@@ -95,7 +102,7 @@ def iter_export_images(
 
 
 def select_images(
-    store: LabelStore,
+    store: LabelDataset,
     *,
     config_hash: str | None = None,
     classes: Iterable[int | str] | None = None,
@@ -103,7 +110,7 @@ def select_images(
     max_score: float | None = None,
     statuses: Collection[str] = ("labeled",),
     rounds: Iterable[int] | None = None,
-    sources: Iterable[str] | None = None,
+    labelers: Iterable[str] | None = None,
     image_ids: Collection[int] | None = None,
     lowest: int | None = None,
     categories: Sequence[Mapping[str, Any]] | None = None,
@@ -111,7 +118,7 @@ def select_images(
 ) -> Iterator[ExportImage]:
     """``iter_export_images`` through ``records.filter_images``, then optionally the ``lowest`` N by score.
 
-    ``classes`` are names, synonyms or ids. With a class, score, round or source filter, images left without
+    ``classes`` are names, synonyms or ids. With a class, score, round or labeler filter, images left without
     any annotation are dropped (an export "of cats" holds images with cats). ``lowest`` ranks what the
     filters left by area-weighted annotation score, lowest first, keeping only N images in memory.
     ``file_name_root`` as for ``iter_export_images``.
@@ -119,7 +126,7 @@ def select_images(
     if categories is None:
         categories = store.categories()
     category_ids = None if classes is None else resolve_classes(categories, classes)
-    by_annotation = any(v is not None for v in (category_ids, min_score, max_score, rounds, sources))
+    by_annotation = any(v is not None for v in (category_ids, min_score, max_score, rounds, labelers))
     images = filter_images(
         iter_export_images(
             store, config_hash=config_hash, statuses=statuses, image_ids=image_ids, file_name_root=file_name_root
@@ -128,7 +135,7 @@ def select_images(
         min_score=min_score,
         max_score=max_score,
         rounds=rounds,
-        sources=sources,
+        labelers=labelers,
         drop_empty=by_annotation,
     )
     if lowest is None:
@@ -137,7 +144,7 @@ def select_images(
         yield from lowest_scored(images, lowest)
 
 
-def known_images(store: LabelStore) -> list[ExportImage]:
+def known_images(store: LabelDataset) -> list[ExportImage]:
     """One annotation-less record per image id in the store (any config or status), for matching reviews.
 
     File names are relative to ``source_root(store)``, as in every export.
@@ -176,17 +183,18 @@ def _select_rows(
 
 
 def _annotation_parts(
-    store: LabelStore, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
+    store: LabelDataset, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
 ) -> Iterator[pa.Table]:
     """Per annotations part file (by path), its rows of ``labeling_ids``, sorted by image and category."""
-    dataset = open_dataset(store.fs, f"{store.root}/annotations", ANNOTATIONS_SCHEMA)
+    dataset = store.table_dataset("annotations")
     if dataset is None:
         return
+    schema = stored_schema("annotations", store.format_version)
     wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
     if image_ids is not None:  # lets Parquet statistics skip row groups
         wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
     for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-        table = fragment.to_table(schema=ANNOTATIONS_SCHEMA, columns=_ANNOTATION_COLUMNS, filter=wanted)
+        table = store.current_names(fragment.to_table(schema=schema, filter=wanted), "annotations")
         if table.num_rows:
             yield table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
 

@@ -1,5 +1,13 @@
 """Exports for review tools (Label Studio, CVAT) and import of the human corrections they produce."""
 
+from maskclip_core.dataset.records import (
+    ExportImage,
+    ReviewedImage,
+    filter_images,
+    label_map_from_annotations,
+    lowest_scored,
+    resolve_classes,
+)
 from maskclip_core.interchange.cvat import cvat_coco_json, cvat_labelmap, export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.label_studio import (
     export_label_studio,
@@ -8,14 +16,6 @@ from maskclip_core.interchange.label_studio import (
     labeling_config,
 )
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
-from maskclip_core.interchange.records import (
-    ExportImage,
-    ReviewedImage,
-    filter_images,
-    label_map_from_annotations,
-    lowest_scored,
-    resolve_classes,
-)
 from maskclip_core.interchange.review_import import (
     evaluate_against_reviewed,
     import_coco_reviews,

@@ -1,4 +1,4 @@
-"""Export a LabelStore to a review tool's format: one entry point for the CLI and the Prefect flow.
+"""Export a LabelDataset to a review tool's format: one entry point for the CLI and the Prefect flow.
 
 Every format streams the same selection (``select_images``) once; ``coco`` writes it with the entries of
 ``maskclip_core.interchange.coco``, as the labeling flow's own COCO export does.
@@ -12,12 +12,13 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import select_images
-from maskclip_core.dataset.store import STATUSES, LabelStore
+from maskclip_core.dataset.records import ExportImage
+from maskclip_core.dataset.schema import STATUSES
 from maskclip_core.interchange.coco import coco_annotation, coco_dict, coco_image, write_coco
 from maskclip_core.interchange.cvat import export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.label_studio import export_label_studio
-from maskclip_core.interchange.records import ExportImage
 
 Format = Literal["coco", "label-studio", "cvat-coco", "cvat-mask"]
 FORMATS = get_args(Format)
@@ -113,7 +114,7 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
 
     ``storage_options`` (fsspec) serve the store, the destination and, with ``include_images``, the images.
     """
-    store = LabelStore(params.output, storage_options)
+    store = LabelDataset(params.output, storage_options)
     categories = store.categories()
     if not categories:
         raise ValueError(f"{params.output} holds no categories: nothing was labeled there")

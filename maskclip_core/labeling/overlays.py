@@ -10,18 +10,20 @@ from PIL import Image, ImageDraw, ImageFont
 from maskclip_core.types import IGNORE_INDEX
 
 
+def voc_colormap(n: int) -> np.ndarray:
+    """[n, 3] uint8 PASCAL VOC palette (index 0 = black): bit-interleaved, distinct, stable, widely known."""
+    idx = np.arange(n)
+    cmap = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(7, -1, -1):
+        for c in range(3):
+            cmap[:, c] |= ((idx >> c) & 1) << shift
+        idx = idx >> 3
+    return cmap.astype(np.uint8)
+
+
 def palette(n: int = 256) -> np.ndarray:
-    """[n, 3] uint8 colours: the PASCAL VOC bit-interleaved colour map (distinct, stable, widely known)."""
-    colours = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i + 1, 0, 0, 0  # +1 so class 0 is not black (black is reserved for ignore)
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours[i] = (r, g, b)
-    return colours
+    """[n, 3] uint8 class colours: VOC entries 1..n, so class 0 is not black (black is reserved for ignore)."""
+    return voc_colormap(n + 1)[1:]
 
 
 def label_png(labels: np.ndarray) -> Image.Image:

@@ -10,7 +10,7 @@
   the rejected ones too) and the reviewed samples, with a fingerprint of exactly what they hold.
 
 Class indices are positions in the training vocabulary (the teacher's classes, in order): the store's category
-ids are mapped to them by name, and reviewed maps (category *positions* in ``LabelStore.categories()``) are
+ids are mapped to them by name, and reviewed maps (category *positions* in ``LabelDataset.categories()``) are
 mapped through a lookup table; categories outside the vocabulary become ignore.
 """
 
@@ -26,8 +26,8 @@ from typing import Any, overload
 import numpy as np
 
 from maskclip_core.dataset.fs import read_bytes, sha256_hex
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, decode_image
 from maskclip_core.student.data import Sample, compress_labels, decompress_labels
 from maskclip_core.types import IGNORE_INDEX
@@ -219,7 +219,7 @@ def load_training_set(
     The pool is the labeled images without the reviewed ones, plus the rejected ones that decoded
     (``pool_rejected``). Reads the annotations once, holding compressed label maps only.
     """
-    store = LabelStore(output_url, storage_options)
+    store = LabelDataset(output_url, storage_options)
     selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
     id_to_index, lut = category_index(store.categories(), class_names)
     reader = reader or ImageReader(image_storage_options, cache_bytes)
@@ -263,7 +263,7 @@ def training_fingerprint(
     pool_rejected: bool = False,
 ) -> str:
     """:attr:`TrainingSet.fingerprint` without painting a label map or reading an image (two table scans)."""
-    store = LabelStore(output_url, storage_options)
+    store = LabelDataset(output_url, storage_options)
     selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
     return _fingerprint(config_hash, class_names, selection.items, selection.pool)
 
@@ -279,7 +279,7 @@ class _Selection:
 
 
 def _select(
-    store: LabelStore,
+    store: LabelDataset,
     output_url: str,
     config_hash: str,
     storage_options: Mapping[str, Any] | None,

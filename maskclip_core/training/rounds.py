@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, resolve
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import read_labeling_record
 from maskclip_core.dataset.metrics import metrics_row, read_metrics, write_metrics
 from maskclip_core.dataset.reader import source_root
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, load_ground_truth
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.student.backbones import BACKBONES
@@ -224,7 +224,7 @@ class TrainingPlan:
         }
 
 
-def teacher_config_hashes(store: LabelStore) -> list[str]:
+def teacher_config_hashes(store: LabelDataset) -> list[str]:
     """Config hashes with labeled images from the teacher (``labeler == "maskclip"``), newest first."""
     images = store.images(statuses=["labeled"])
     images = images.filter(pc.equal(images["labeler"], "maskclip"))
@@ -234,7 +234,7 @@ def teacher_config_hashes(store: LabelStore) -> list[str]:
     return sorted(newest, key=lambda h: newest[h], reverse=True)
 
 
-def training_vocabulary(record: Mapping[str, Any] | None, store: LabelStore) -> Vocabulary:
+def training_vocabulary(record: Mapping[str, Any] | None, store: LabelDataset) -> Vocabulary:
     """The teacher's vocabulary (with its background queries) from the labeling record; without one, the
     dataset's categories in id order, synonyms as extra queries."""
     if record is not None:
@@ -285,7 +285,7 @@ def plan_training(
     student, schedule = student or StudentSpec(), schedule or ScheduleSpec()
     data, options = data or DataSpec(), options or TrainOptions()
     storage_options = dict(options.storage_options)
-    store = LabelStore(output, storage_options)
+    store = LabelDataset(output, storage_options)
     config_hash = data.config_hash
     if config_hash is None:
         hashes = teacher_config_hashes(store)
@@ -391,14 +391,14 @@ def confidence_filter(filters: FilterConfig) -> Callable[[SegmentationResult], n
 # --- evaluation --------------------------------------------------------------------------------------------
 
 
-def _config_refs(store: LabelStore, config_hash: str) -> list[ImageRef]:
+def _config_refs(store: LabelDataset, config_hash: str) -> list[ImageRef]:
     rows = store.images(config_hash=config_hash, statuses=["labeled", "rejected"]).to_pylist()
     return [ImageRef.from_row(r) for r in rows if r["sha256"] and r["height"] is not None and r["width"] is not None]
 
 
 def ground_truth_for(plan: TrainingPlan, spec: GroundTruthSpec) -> GroundTruth:
     """The ground truth of the plan's labeled and rejected images (the dataset's own file-name root)."""
-    store = LabelStore(plan.output, plan.storage_options)
+    store = LabelDataset(plan.output, plan.storage_options)
     vocabulary = Vocabulary.from_json(plan.vocabulary)
     return load_ground_truth(spec, _config_refs(store, plan.config_hash), vocabulary, default_root=source_root(store))
 
@@ -410,7 +410,7 @@ def evaluate_teacher(plan: TrainingPlan, spec: GroundTruthSpec, flow_run_id: str
     from maskclip_core.training.data import category_index
 
     truth = ground_truth_for(plan, spec)
-    store = LabelStore(plan.output, plan.storage_options)
+    store = LabelDataset(plan.output, plan.storage_options)
     id_to_index, _ = category_index(store.categories(), truth.class_names)
     ids = [ref.image_id for ref in truth.refs]
     pseudo = {

@@ -11,6 +11,7 @@ import fsspec
 import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
+from maskclip_core.interchange.records import category_masks
 from support.coco_sample import SAMPLE, load_sample, require_sample
 
 from maskclip_core.interchange import (
@@ -27,7 +28,6 @@ from maskclip_core.interchange import (
     resolve_classes,
 )
 from maskclip_core.interchange.label_studio import image_url
-from maskclip_core.interchange.records import category_masks
 
 
 @pytest.fixture(scope="module")
