@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tasks.json and config.xml; cvat-coco / cvat-mask: a zip to import into a CVAT task.",
     )
     p.add_argument("format", choices=EXPORT_FORMATS)
-    p.add_argument("--from", dest="output", required=True, metavar="OUTPUT", help="output URL of a labeling run")
+    p.add_argument("--from", dest="dataset", required=True, metavar="OUTPUT", help="output URL of a labeling run")
     p.add_argument("--to", dest="destination", required=True, metavar="URL", help="file (coco, cvat-*) or folder")
     g = p.add_argument_group("selection")
     g.add_argument("--config-hash", help="labeler config to export (needed when the store holds several)")
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
     g.add_argument("--status", dest="statuses", type=comma_strings, action="extend", help="labeled (default), rejected")
     g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
-    g.add_argument("--source", dest="sources", type=comma_strings, action="extend", help="only these labelers' labels")
+    g.add_argument("--source", dest="labelers", type=comma_strings, action="extend", help="only these labelers' labels")
     g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
     g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
     g = p.add_argument_group("format options")

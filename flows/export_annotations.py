@@ -36,7 +36,7 @@ def export_store_task(params: ExportParameters, storage_options: dict[str, Any] 
 
 @flow(name="export-annotations")
 def export_annotations(params: ExportParameters, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export ``params.output`` to ``params.destination`` in ``params.format``; returns the summary.
+    """Export ``params.dataset`` to ``params.destination`` in ``params.format``; returns the summary.
 
     ``storage_options`` are fsspec options (endpoint, region); keep credentials in the environment or a
     block, not in flow parameters, which the UI shows.
@@ -45,7 +45,7 @@ def export_annotations(params: ExportParameters, storage_options: dict[str, Any]
     create_markdown_artifact(
         markdown=summary_markdown(summary),
         key=ARTIFACT_KEY,
-        description=f"{summary['format']} export of {summary['output']}",
+        description=f"{summary['format']} export of {summary['dataset']}",
     )
     return summary
 
@@ -58,7 +58,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         "| | |",
         "| --- | --- |",
-        f"| from | `{summary['output']}` |",
+        f"| from | `{summary['dataset']}` |",
         *(f"| file | `{url}` |" for url in summary["files"]),
         f"| images | {summary['images']} |",
         f"| annotations | {summary['annotations']} |",

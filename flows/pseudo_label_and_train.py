@@ -138,7 +138,7 @@ def pseudo_label_and_train(
         destination = export.destination or join_url(relabel_output, "exports", f"{trained['run']}-coco.json")
         params = ExportParameters(
             format="coco",
-            output=relabel_output,
+            dataset=relabel_output,
             destination=destination,
             config_hash=relabeled["config_hash"],
             file_name_root=export.file_name_root,

@@ -1,4 +1,4 @@
-"""Export a LabelDataset to a review tool's format: one entry point for the CLI and the Prefect flow.
+"""Export a dataset to a review tool's format: one entry point for the CLI and the Prefect flow.
 
 Every format streams the same selection (``select_images``) once; ``coco`` writes it with the entries of
 ``maskclip_core.interchange.coco``, as the labeling flow's own COCO export does.
@@ -15,15 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import select_images
 from maskclip_core.dataset.records import ExportImage
-from maskclip_core.dataset.schema import STATUSES
+from maskclip_core.dataset.schema import LABELERS, STATUSES
 from maskclip_core.interchange.coco import coco_annotation, coco_dict, coco_image, write_coco
 from maskclip_core.interchange.cvat import export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.label_studio import export_label_studio
 
 Format = Literal["coco", "label-studio", "cvat-coco", "cvat-mask"]
 FORMATS = get_args(Format)
-Status = Literal["labeled", "rejected", "failed"]
-assert set(Status.__args__) == set(STATUSES)  # keep in step with the store's statuses
+Status = Literal[STATUSES]  # type: ignore[valid-type]  # the images table's statuses
+LabelerValue = Literal[LABELERS]  # type: ignore[valid-type]  # the annotations' labeler values
 
 # Format-specific options and the formats that read them; anything else is a mistake worth an error.
 _OPTION_FORMATS = {
@@ -36,7 +36,7 @@ _OPTION_FORMATS = {
 
 
 class ExportParameters(BaseModel):
-    """What to export, from where, to where (a flow parameter: the deployment UI renders it as a form)."""
+    """What to export, from which dataset, to where (a flow parameter: the deployment UI renders it as a form)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,10 +44,10 @@ class ExportParameters(BaseModel):
         description="coco: instances JSON file; label-studio: folder with tasks.json and config.xml; "
         "cvat-coco: CVAT 'COCO 1.0' zip; cvat-mask: CVAT 'Segmentation mask 1.1' zip."
     )
-    output: str = Field(description="Output URL of the labeling run (the Parquet dataset), e.g. s3://bucket/out.")
+    dataset: str = Field(description="URL of the dataset a labeling run wrote, e.g. s3://bucket/out.")
     destination: str = Field(description="Where to write: a .json file (coco), a folder (label-studio), a .zip.")
     config_hash: str | None = Field(
-        default=None, description="Labeler config to export; needed when the store holds several."
+        default=None, description="Labeler config to export; needed when the dataset holds several."
     )
     classes: list[str] | None = Field(default=None, description="Only these classes (names, synonyms or ids).")
     min_score: float | None = Field(default=None, ge=0.0, le=1.0, description="Only annotations scoring >= this.")
@@ -56,7 +56,7 @@ class ExportParameters(BaseModel):
         default=["labeled"], description="Image statuses to export (rejected images carry no annotations)."
     )
     rounds: list[int] | None = Field(default=None, description="Only annotations of these self-training rounds.")
-    sources: list[str] | None = Field(default=None, description="Only annotations from these labelers.")
+    labelers: list[LabelerValue] | None = Field(default=None, description="Only annotations of these labelers.")
     image_ids: list[int] | None = Field(default=None, description="Only these images (our 63-bit image ids).")
     lowest: int | None = Field(default=None, ge=1, description="Only the N lowest-scored images, to review first.")
     polygons: bool = Field(default=False, description="Polygons instead of masks (label-studio, cvat-coco).")
@@ -88,7 +88,7 @@ class ExportParameters(BaseModel):
 
     def filters(self) -> dict[str, Any]:
         """The selection fields that were set (for summaries)."""
-        names = ("config_hash", "classes", "min_score", "max_score", "rounds", "sources", "image_ids", "lowest")
+        names = ("config_hash", "classes", "min_score", "max_score", "rounds", "labelers", "image_ids", "lowest")
         out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.statuses != ["labeled"]:
             out["statuses"] = self.statuses
@@ -112,28 +112,28 @@ class _Tally:
 def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one export; returns a JSON-able summary (files written, counts per class, filters).
 
-    ``storage_options`` (fsspec) serve the store, the destination and, with ``include_images``, the images.
+    ``storage_options`` (fsspec) serve the dataset, the destination and, with ``include_images``, the images.
     """
-    store = LabelDataset(params.output, storage_options)
-    categories = store.categories()
+    dataset = LabelDataset(params.dataset, storage_options)
+    categories = dataset.categories()
     if not categories:
-        raise ValueError(f"{params.output} holds no categories: nothing was labeled there")
+        raise ValueError(f"{params.dataset} holds no categories: nothing was labeled there")
     options = storage_options
     tally = _Tally()
     images = tally.watch(
         select_images(
-            store,
+            dataset,
             config_hash=params.config_hash,
             classes=params.classes,
             min_score=params.min_score,
             max_score=params.max_score,
             statuses=params.statuses,
             rounds=params.rounds,
-            sources=params.sources,
+            labelers=params.labelers,
             image_ids=params.image_ids,
             lowest=params.lowest,
             categories=categories,
-            file_name_root=params.file_name_root,  # default: the folder of every image in the store
+            file_name_root=params.file_name_root,  # default: the folder of every image in the dataset
         )
     )
     if params.format == "coco":
@@ -175,7 +175,7 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
     names = {int(c["id"]): str(c["name"]) for c in categories}
     return {
         "format": params.format,
-        "output": params.output,
+        "dataset": params.dataset,
         "destination": params.destination,
         "files": files,
         "images": tally.images,

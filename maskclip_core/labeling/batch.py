@@ -173,7 +173,7 @@ def _finish(
         category_ids=plan.category_ids,
         image_id=row["image_id"],
         labeling_id=row["labeling_id"],
-        source=plan.labeler_kind,
+        labeler=plan.labeler_kind,
         round=plan.round,
     )
     rows.append(row)

@@ -85,7 +85,7 @@ def labeling(
             category_ids=CATEGORY_IDS,
             image_id=image_id,
             labeling_id=labeling_id,
-            source="maskclip",
+            labeler="maskclip",
             round=0,
         )
     return row, anns

@@ -230,7 +230,7 @@ def test_unknown_images_fail_unless_skipped(tmp_path, capsys):
     stranger = copy.deepcopy(tasks[0])
     stranger["data"]["image_id"] = "12345"
     path = write_json(tmp_path / "x.json", [*tasks, stranger])
-    assert "12345 is not in the store" in fails(capsys, "import", "label-studio", path, "--into", out)
+    assert "12345 is not in the dataset" in fails(capsys, "import", "label-studio", path, "--into", out)
     assert not (tmp_path / "out" / "reviewed").exists()  # nothing half-imported
     summary = run(capsys, "import", "label-studio", path, "--into", out, "--skip-unknown")
     assert summary["skipped"] == [12345] and summary["images"] == 4
@@ -304,7 +304,7 @@ def test_real_photos_through_cvat_and_back(tmp_path, capsys):
         )
         category_ids = [ids[n] for n in names]
         anns += encode_annotations(
-            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, source="gt", round=0
+            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, labeler="gt", round=0
         )
         expected[image_id] = filtered.labels
         np.testing.assert_array_equal(filtered.labels, index)  # nothing filtered away: the masks as they are

@@ -463,7 +463,7 @@ def test_student_labeler_rows_carry_source_and_round(tmp_path: Path, monkeypatch
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 3)}
     anns = store.annotations()
     assert anns.num_rows > 0
-    assert set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {3}
+    assert set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {3}
 
 
 # --- CLI and COCO ------------------------------------------------------------------------------------------------

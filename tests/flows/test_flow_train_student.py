@@ -141,7 +141,7 @@ def test_train_checkpoint_label_with_the_student_parquet_coco_round_trip(pipelin
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 1)}
     anns = store.annotations()
     assert (
-        anns.num_rows > 0 and set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
+        anns.num_rows > 0 and set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
     )
     # The stored labels are the checkpoint's predictions through the same filter.
     student = StudentLabeler.from_checkpoint(trained["checkpoint"], device="cpu")
@@ -233,7 +233,7 @@ def test_cli_label_with_the_real_student(
     store = LabelDataset(out)
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 1)}
     anns = store.annotations()
-    assert set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
+    assert set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
     # The checkpoint folder (newest round) labels exactly as its newest weights file did in the pipeline.
     expected = {Path(r["uri"]).name: m for r, m in LabelDataset(pipeline["relabeled"]).iter_label_maps()}
     for row, label_map in store.iter_label_maps():

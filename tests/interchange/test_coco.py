@@ -72,7 +72,7 @@ def label_and_store(store: LabelDataset) -> dict[str, FilteredLabels]:
         if filtered.accepted:
             anns += encode_annotations(
                 filtered, category_ids=cat_list, image_id=image_id, labeling_id=labeling_id,
-                source="maskclip", round=0,
+                labeler="maskclip", round=0,
             )  # fmt: skip
             accepted[uri] = filtered
     store.write_batch(rows, anns, part_name="b0")

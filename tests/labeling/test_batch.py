@@ -313,7 +313,7 @@ def test_student_round_comes_from_the_labeler_and_rows_carry_source_and_round() 
         read={"m://a.jpg": jpeg(solid(16, 16, 0))}.__getitem__,
     )
     assert rows.images_rows[0]["labeler"] == "student" and rows.images_rows[0]["round"] == 2
-    assert {(a["source"], a["round"]) for a in rows.annotation_rows} == {("student", 2)}
+    assert {(a["labeler"], a["round"]) for a in rows.annotation_rows} == {("student", 2)}
 
 
 # --- digests and the store's incremental index ---------------------------------------------------------------

@@ -131,7 +131,7 @@ def build_store(
                     category_ids=category_ids,
                     image_id=image_id,
                     labeling_id=labeling_id,
-                    source="student" if student else "maskclip",
+                    labeler="student" if student else "maskclip",
                     round=int(student),
                 )
                 for region in filtered.regions:

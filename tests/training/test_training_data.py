@@ -121,7 +121,7 @@ class Dataset:
                     category_ids=self.category_ids,
                     image_id=image_id,
                     labeling_id=row["labeling_id"],
-                    source="maskclip",
+                    labeler="maskclip",
                     round=0,
                 )
                 self.pseudo[name] = labels
