@@ -27,7 +27,7 @@ from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.interchange.export import ExportParameters
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.registry import LabelerSpec
-from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
 
 class TrainingStep(BaseModel):

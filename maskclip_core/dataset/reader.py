@@ -2,7 +2,7 @@
 
 Annotations are read one annotations part file at a time. ``LabelDataset.write_batch`` writes every annotation
 of a labeling into the one annotations part committed by that labeling's images row, so a labeling never
-spans part files and memory stays bounded by one part (plus the current images table, which the store's
+spans part files and memory stays bounded by one part (plus the current images table, which the dataset's
 readers hold anyway).
 """
 
@@ -59,13 +59,13 @@ def relative_file_name(uri: str, root: str | None) -> str:
     return posixpath.basename(uri.rstrip("/"))
 
 
-def source_root(store: LabelDataset) -> str | None:
-    """``common_root`` of every image in the store: file names under it do not change with the selection."""
-    return common_root(store.images().column("uri").to_pylist())
+def source_root(dataset: LabelDataset) -> str | None:
+    """``common_root`` of every image in the dataset: file names under it do not change with the selection."""
+    return common_root(dataset.images().column("uri").to_pylist())
 
 
 def iter_export_images(
-    store: LabelDataset,
+    dataset: LabelDataset,
     *,
     config_hash: str | None = None,
     statuses: Collection[str] = ("labeled",),
@@ -73,20 +73,20 @@ def iter_export_images(
     with_annotations: bool = True,
     file_name_root: str | None = None,
 ) -> Iterator[ExportImage]:
-    """Current images of the store (with ``statuses``) and their committed annotations, streamed.
+    """Current images of the dataset (with ``statuses``) and their committed annotations, streamed.
 
     Images with annotations come part file by part file (by image id within one), then the rest by uri.
-    ``file_name`` is the uri relative to ``file_name_root`` (default: ``source_root(store)``, as for the
+    ``file_name`` is the uri relative to ``file_name_root`` (default: ``source_root(dataset)``, as for the
     COCO export). Images without a size (failed before decoding) are left out. Raises when an image has
     current labelings under several configs: pass ``config_hash`` then.
     """
-    everything = store.images()
+    everything = dataset.images()
     root = file_name_root if file_name_root is not None else common_root(everything.column("uri").to_pylist())
     current = _select_rows(everything, config_hash, statuses, image_ids)
     emitted = np.zeros(current.num_rows, dtype=bool)
     if with_annotations and current.num_rows:
         row_of = {lid: i for i, lid in enumerate(current.column("labeling_id").to_pylist())}
-        for table in _annotation_parts(store, current.column("labeling_id"), image_ids):
+        for table in _annotation_parts(dataset, current.column("labeling_id"), image_ids):
             groups: dict[str, list[dict[str, Any]]] = {}
             for ann in table.to_pylist():
                 groups.setdefault(ann.pop("labeling_id"), []).append(ann)
@@ -102,7 +102,7 @@ def iter_export_images(
 
 
 def select_images(
-    store: LabelDataset,
+    dataset: LabelDataset,
     *,
     config_hash: str | None = None,
     classes: Iterable[int | str] | None = None,
@@ -124,12 +124,12 @@ def select_images(
     ``file_name_root`` as for ``iter_export_images``.
     """
     if categories is None:
-        categories = store.categories()
+        categories = dataset.categories()
     category_ids = None if classes is None else resolve_classes(categories, classes)
     by_annotation = any(v is not None for v in (category_ids, min_score, max_score, rounds, labelers))
     images = filter_images(
         iter_export_images(
-            store, config_hash=config_hash, statuses=statuses, image_ids=image_ids, file_name_root=file_name_root
+            dataset, config_hash=config_hash, statuses=statuses, image_ids=image_ids, file_name_root=file_name_root
         ),
         category_ids=category_ids,
         min_score=min_score,
@@ -144,12 +144,12 @@ def select_images(
         yield from lowest_scored(images, lowest)
 
 
-def known_images(store: LabelDataset) -> list[ExportImage]:
-    """One annotation-less record per image id in the store (any config or status), for matching reviews.
+def known_images(dataset: LabelDataset) -> list[ExportImage]:
+    """One annotation-less record per image id in the dataset (any config or status), for matching reviews.
 
-    File names are relative to ``source_root(store)``, as in every export.
+    File names are relative to ``source_root(dataset)``, as in every export.
     """
-    table = store.images()
+    table = dataset.images()
     root = common_root(table.column("uri").to_pylist())
     sized = pc.and_(pc.is_valid(table["width"]), pc.is_valid(table["height"]))
     table = table.filter(pc.and_(pc.is_valid(table["image_id"]), sized))
@@ -183,18 +183,18 @@ def _select_rows(
 
 
 def _annotation_parts(
-    store: LabelDataset, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
+    dataset: LabelDataset, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
 ) -> Iterator[pa.Table]:
     """Per annotations part file (by path), its rows of ``labeling_ids``, sorted by image and category."""
-    dataset = store.table_dataset("annotations")
-    if dataset is None:
+    parts = dataset.table_dataset("annotations")
+    if parts is None:
         return
-    schema = stored_schema("annotations", store.format_version)
+    schema = stored_schema("annotations", dataset.format_version)
     wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
     if image_ids is not None:  # lets Parquet statistics skip row groups
         wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
-    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-        table = store.current_names(fragment.to_table(schema=schema, filter=wanted), "annotations")
+    for fragment in sorted(parts.get_fragments(), key=lambda f: f.path):
+        table = dataset.current_names(fragment.to_table(schema=schema, filter=wanted), "annotations")
         if table.num_rows:
             yield table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
 

@@ -1,4 +1,4 @@
-"""COCO instances JSON: export of the label store, import of any COCO file as per-image label maps."""
+"""COCO instances JSON: export of the dataset, import of any COCO file as per-image label maps."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def build_coco_dict(
 ) -> dict[str, Any]:
     """A COCO instances dict of the current labeled images and their annotations.
 
-    ``source`` is a store (its current ``labeled`` rows are read) or current tables
+    ``source`` is a dataset (its current ``labeled`` rows are read) or current tables
     ``(images, annotations, categories)``, of which the ``labeled`` rows are used. ``file_name`` is the
     uri relative to ``file_name_root`` when it lies below it, else the uri's base name; ``coco_url`` is
     the full uri. One image labeled under several configs would appear twice: pass ``config_hash`` then.
@@ -114,7 +114,7 @@ def write_coco(
 
 
 def export_coco(
-    store: LabelDataset,
+    dataset: LabelDataset,
     destination_url: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
@@ -123,18 +123,18 @@ def export_coco(
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``build_coco_dict(store, ...)`` as JSON to ``destination_url`` (atomically); return counts.
+    """Write ``build_coco_dict(dataset, ...)`` as JSON to ``destination_url`` (atomically); return counts.
 
-    ``storage_options`` default to the store's.
+    ``storage_options`` default to the dataset's.
     """
     coco = build_coco_dict(
-        store,
+        dataset,
         config_hash=config_hash,
         image_ids=image_ids,
         file_name_root=file_name_root,
         info=info,
     )
-    return write_coco(coco, destination_url, store.storage_options if storage_options is None else storage_options)
+    return write_coco(coco, destination_url, dataset.storage_options if storage_options is None else storage_options)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from maskclip_core.evaluation.ground_truth import GroundTruthSpec, restrict_summ
 from maskclip_core.evaluation.metrics import SegmentationMetrics
 from maskclip_core.labeling.filter import filter_labels
 from maskclip_core.student import StudentLabeler, load_checkpoint, predict, read_latest
-from maskclip_core.training.rounds import ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import ScheduleSpec, StudentSpec, TrainOptions
 from maskclip_core.types import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")

@@ -31,7 +31,7 @@ from maskclip_core.training.data import (
     load_training_set,
     training_fingerprint,
 )
-from maskclip_core.training.rounds import training_vocabulary
+from maskclip_core.training.plan import training_vocabulary
 from maskclip_core.types import IGNORE_INDEX
 
 H, W = 24, 32
@@ -246,7 +246,8 @@ def test_vocabulary_comes_from_the_labeling_record(dataset: Dataset) -> None:
 
 
 def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_path: Path) -> None:
-    from maskclip_core.training.rounds import DataSpec, ScheduleSpec, StudentSpec, TrainOptions, plan_training
+    from maskclip_core.training.parameters import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.plan import plan_training
 
     student = StudentSpec(backbone="resnet18", backbone_weights="none")
     plan = plan_training(dataset.output, student=student, schedule=ScheduleSpec(iterations=10, rounds=1))
@@ -276,7 +277,7 @@ def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_pa
     Path(dataset.output, "labelings", f"{CONFIG}.json").unlink()
     with pytest.raises(ValueError, match="give the CLIP model"):
         plan_training(dataset.output, student=student)
-    from maskclip_core.training.rounds import ClipSpec
+    from maskclip_core.training.parameters import ClipSpec
 
     given = plan_training(dataset.output, clip=ClipSpec(model="maskclip-tiny-ViT", pretrained="none"), student=student)
     assert given.class_names == ("other", *CLASSES)
