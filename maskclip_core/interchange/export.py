@@ -7,7 +7,7 @@ Every format streams the same selection (``select_images``) once; ``coco`` write
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -136,42 +136,7 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
             file_name_root=params.file_name_root,  # default: the folder of every image in the dataset
         )
     )
-    if params.format == "coco":
-        entries: list[dict[str, Any]] = []
-        annotations: list[dict[str, Any]] = []
-        for image in images:
-            entries.append(coco_image(image.image_id, image.uri, image.file_name, image.width, image.height))
-            annotations.extend(coco_annotation(ann) for ann in image.annotations)
-        write_coco(coco_dict(entries, annotations, categories), params.destination, options)
-        files = [params.destination]
-    elif params.format == "label-studio":
-        written = export_label_studio(
-            images,
-            categories,
-            params.destination,
-            storage_options=options,
-            mode="polygon" if params.polygons else "brush",
-            document_root=params.document_root,
-            model_version=params.model_version or "maskclip",
-            polygon_tolerance=params.polygon_tolerance,
-        )
-        files = [written["tasks"], written["config"]]
-    elif params.format == "cvat-coco":
-        export_cvat_coco(
-            images,
-            categories,
-            params.destination,
-            mode="polygon" if params.polygons else "mask",
-            include_images=params.include_images,
-            polygon_tolerance=params.polygon_tolerance,
-            storage_options=options,
-        )
-        files = [params.destination]
-    else:
-        export_cvat_mask(
-            images, categories, params.destination, include_images=params.include_images, storage_options=options
-        )
-        files = [params.destination]
+    files = _WRITERS[params.format](params, images, categories, options)
     names = {int(c["id"]): str(c["name"]) for c in categories}
     return {
         "format": params.format,
@@ -183,3 +148,67 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
         "annotations_per_class": {names[cid]: n for cid, n in sorted(tally.per_category.items())},
         "filters": params.filters(),
     }
+
+
+# --- one writer per format: (parameters, streamed images, categories, fsspec options) -> files written
+
+
+def _write_coco(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    entries: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image in images:
+        entries.append(coco_image(image.image_id, image.uri, image.file_name, image.width, image.height))
+        annotations.extend(coco_annotation(ann) for ann in image.annotations)
+    write_coco(coco_dict(entries, annotations, categories), params.destination, options)
+    return [params.destination]
+
+
+def _write_label_studio(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    written = export_label_studio(
+        images,
+        categories,
+        params.destination,
+        storage_options=options,
+        mode="polygon" if params.polygons else "brush",
+        document_root=params.document_root,
+        model_version=params.model_version or "maskclip",
+        polygon_tolerance=params.polygon_tolerance,
+    )
+    return [written["tasks"], written["config"]]
+
+
+def _write_cvat_coco(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    export_cvat_coco(
+        images,
+        categories,
+        params.destination,
+        mode="polygon" if params.polygons else "mask",
+        include_images=params.include_images,
+        polygon_tolerance=params.polygon_tolerance,
+        storage_options=options,
+    )
+    return [params.destination]
+
+
+def _write_cvat_mask(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    export_cvat_mask(
+        images, categories, params.destination, include_images=params.include_images, storage_options=options
+    )
+    return [params.destination]
+
+
+_WRITERS: dict[str, Callable[..., list[str]]] = {
+    "coco": _write_coco,
+    "label-studio": _write_label_studio,
+    "cvat-coco": _write_cvat_coco,
+    "cvat-mask": _write_cvat_mask,
+}
+assert set(_WRITERS) == set(FORMATS)

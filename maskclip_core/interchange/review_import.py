@@ -1,4 +1,5 @@
-"""Human corrections -> ReviewedImage records, and pseudo labels scored against them.
+"""Human corrections -> ReviewedImage records, imported into the dataset (:func:`import_reviews`), and pseudo
+labels scored against them.
 
 Label maps here hold category ids (uint8, 255 = not annotated) on both sides; evaluation maps ids to
 contiguous class indices for ``maskclip_core.evaluation.metrics``.
@@ -192,30 +193,8 @@ def import_reviews(
     raw = read_bytes(review_url, review_storage_options)
     doc = json.loads(raw)
     ours = {image.image_id: image for image in known_images(dataset)}
-    if fmt == "label-studio":
-        reviewed = import_label_studio(doc, categories)
-    else:
-        ids = {int(image["id"]) for image in doc.get("images", [])}
-        from_us = (doc.get("info") or {}).get("contributor") == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
-        matchable = None if from_us else list(ours.values())
-        reviewed = import_coco_reviews(doc, categories, images=matchable, strict=strict)
-
-    latest: dict[int, ReviewedImage] = {}  # a task exported twice: its latest review counts
-    skipped: list[int] = []
-    for review in reviewed:
-        image = ours.get(review.image_id)
-        if image is None or (review.sha256 and review.sha256 != image.sha256):
-            if strict:
-                why = "is not in the dataset" if image is None else "has a different sha256 in the dataset"
-                raise ValueError(f"reviewed image {review.image_id} {why} ({dataset_url})")
-            skipped.append(review.image_id)
-            continue
-        if review.label_map.shape != (image.height, image.width):
-            size = (image.height, image.width)
-            raise ValueError(f"review of image {review.image_id} is {review.label_map.shape}, the image is {size}")
-        if review.image_id not in latest or review.reviewed_at >= latest[review.image_id].reviewed_at:
-            latest[review.image_id] = review
-
+    reviewed = _parse_reviews(doc, fmt, categories, ours, strict)
+    latest, skipped = _latest_of_ours(reviewed, ours, strict, dataset_url)
     import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
     when = imported_at or dt.datetime.now(dt.UTC)
     rows = [
@@ -233,3 +212,37 @@ def import_reviews(
         "regions": sum(r["category_id"] is not None for r in rows),
         "skipped": skipped,
     }
+
+
+def _parse_reviews(
+    doc: Any, fmt: str, categories: Sequence[Mapping[str, Any]], ours: Mapping[int, ExportImage], strict: bool
+) -> list[ReviewedImage]:
+    if fmt == "label-studio":
+        return import_label_studio(doc, categories)
+    ids = {int(image["id"]) for image in doc.get("images", [])}
+    from_us = (doc.get("info") or {}).get("contributor") == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
+    matchable = None if from_us else list(ours.values())
+    return import_coco_reviews(doc, categories, images=matchable, strict=strict)
+
+
+def _latest_of_ours(
+    reviewed: Iterable[ReviewedImage], ours: Mapping[int, ExportImage], strict: bool, dataset_url: str
+) -> tuple[dict[int, ReviewedImage], list[int]]:
+    """The latest review per image of the dataset (a task exported twice: its latest review counts), and the
+    ids skipped as not ours (``strict=False``; otherwise they raise)."""
+    latest: dict[int, ReviewedImage] = {}
+    skipped: list[int] = []
+    for review in reviewed:
+        image = ours.get(review.image_id)
+        if image is None or (review.sha256 and review.sha256 != image.sha256):
+            if strict:
+                why = "is not in the dataset" if image is None else "has a different sha256 in the dataset"
+                raise ValueError(f"reviewed image {review.image_id} {why} ({dataset_url})")
+            skipped.append(review.image_id)
+            continue
+        if review.label_map.shape != (image.height, image.width):
+            size = (image.height, image.width)
+            raise ValueError(f"review of image {review.image_id} is {review.label_map.shape}, the image is {size}")
+        if review.image_id not in latest or review.reviewed_at >= latest[review.image_id].reviewed_at:
+            latest[review.image_id] = review
+    return latest, skipped

@@ -84,8 +84,36 @@ def process_batch(
     rows: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     thumbs: list[Thumbnail] = []
-    pending: list[_Decoded] = []
+    pending = _read_and_decode(items, plan, read, is_known, rows, stats)
 
+    clock = time.perf_counter
+    for group in _pixel_groups(pending, plan.max_label_pixels):
+        t0 = clock()
+        with lock if lock is not None else contextlib.nullcontext():
+            t1 = clock()
+            results = _label_safely(labeler, [d.rgb for d in group])
+            stats.seconds["label"] += clock() - t1
+        stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
+        t0 = clock()
+        for i, (dec, result) in enumerate(zip(group, results, strict=True)):
+            results[i] = None  # free each prediction as soon as it is encoded
+            _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
+            dec.rgb = None
+        stats.seconds["post"] += clock() - t0
+    stats.annotations = len(annotations)
+    return BatchResult(rows, annotations, stats, thumbs)
+
+
+def _read_and_decode(
+    items: Sequence[SourceItem],
+    plan: LabelingPlan,
+    read: Callable[[str], bytes],
+    is_known: Callable[[str], bool] | None,
+    rows: list[dict[str, Any]],
+    stats: BatchStats,
+) -> list[_Decoded]:
+    """The decoded images of ``items`` still to label; rows for the unreadable and rejected ones."""
+    pending: list[_Decoded] = []
     clock = time.perf_counter
     for item in items:
         stats.seen += 1
@@ -118,22 +146,7 @@ def process_batch(
         finally:
             stats.seconds["decode"] += clock() - t0
         del data
-
-    for group in _pixel_groups(pending, plan.max_label_pixels):
-        t0 = clock()
-        with lock if lock is not None else contextlib.nullcontext():
-            t1 = clock()
-            results = _label_safely(labeler, [d.rgb for d in group])
-            stats.seconds["label"] += clock() - t1
-        stats.seconds["label_wait"] += t1 - t0  # another batch of this process was labeling
-        t0 = clock()
-        for i, (dec, result) in enumerate(zip(group, results, strict=True)):
-            results[i] = None  # free each prediction as soon as it is encoded
-            _finish(plan, dec, result, rows, annotations, thumbs, thumbnails, stats)
-            dec.rgb = None
-        stats.seconds["post"] += clock() - t0
-    stats.annotations = len(annotations)
-    return BatchResult(rows, annotations, stats, thumbs)
+    return pending
 
 
 def _finish(

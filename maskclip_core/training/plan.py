@@ -119,27 +119,10 @@ def plan_training(
     data, options = data or DataSpec(), options or TrainOptions()
     storage_options = dict(options.storage_options)
     dataset = LabelDataset(dataset_url, storage_options)
-    config_hash = data.config_hash
-    if config_hash is None:
-        hashes = teacher_config_hashes(dataset)
-        if not hashes:
-            raise ValueError(f"{dataset_url} holds no images labeled by the teacher (maskclip): label it first")
-        if len(hashes) > 1:
-            raise ValueError(
-                f"{dataset_url} holds {len(hashes)} teacher labelings ({', '.join(hashes)}, newest first): "
-                "choose one with config_hash"
-            )
-        config_hash = hashes[0]
+    config_hash = data.config_hash or _only_teacher_labeling(dataset)
     record = read_labeling_record(dataset_url, config_hash, storage_options)
     vocabulary = training_vocabulary(record, dataset)
-    if clip is None:
-        config = ((record or {}).get("spec") or {}).get("config")
-        if not config:
-            raise ValueError(
-                f"no teacher CLIP recorded for labeling {config_hash} of {dataset_url} (labelings/{config_hash}.json "
-                "missing or from a student): give the CLIP model (clip / --clip-model, --clip-pretrained)"
-            )
-        clip = ClipSpec.from_labeler_config(config)
+    clip = clip or _teacher_clip(record, config_hash, dataset_url)
     if filters is None:
         filters = FilterConfig(**record["filters"]) if record else FilterConfig()
     fingerprint = training_fingerprint(
@@ -173,6 +156,29 @@ def plan_training(
     plan = TrainingPlan(**{**plan.__dict__, "run": run, "checkpoint_url": checkpoint_url})
     _claim_run(plan, identity)
     return plan
+
+
+def _only_teacher_labeling(dataset: LabelDataset) -> str:
+    hashes = teacher_config_hashes(dataset)
+    if not hashes:
+        raise ValueError(f"{dataset.url} holds no images labeled by the teacher (maskclip): label it first")
+    if len(hashes) > 1:
+        raise ValueError(
+            f"{dataset.url} holds {len(hashes)} teacher labelings ({', '.join(hashes)}, newest first): "
+            "choose one with config_hash"
+        )
+    return hashes[0]
+
+
+def _teacher_clip(record: Mapping[str, Any] | None, config_hash: str, dataset_url: str) -> ClipSpec:
+    """The teacher's CLIP from the labeling record."""
+    config = ((record or {}).get("spec") or {}).get("config")
+    if not config:
+        raise ValueError(
+            f"no teacher CLIP recorded for labeling {config_hash} of {dataset_url} (labelings/{config_hash}.json "
+            "missing or from a student): give the CLIP model (clip / --clip-model, --clip-pretrained)"
+        )
+    return ClipSpec.from_labeler_config(config)
 
 
 def _claim_run(plan: TrainingPlan, identity: Mapping[str, Any]) -> None:

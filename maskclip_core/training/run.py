@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,12 +17,15 @@ from maskclip_core.dataset.metrics import metrics_row, read_metrics, write_metri
 from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, restrict_summary
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.teacher.vocabulary import Vocabulary
-from maskclip_core.training.data import LazyImages, load_training_set
+from maskclip_core.training.data import LazyImages, TrainingSet, load_training_set
 from maskclip_core.training.embeddings import text_embeddings
 from maskclip_core.training.parameters import ClipSpec
 from maskclip_core.training.plan import TrainingPlan
 from maskclip_core.training.teacher_scores import ground_truth_for
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
+
+if TYPE_CHECKING:
+    from maskclip_core.student.train import RoundEnd
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def run_training(
     """
     from maskclip_core.student import checkpoint as ckpt
     from maskclip_core.student.model import StudentConfig
-    from maskclip_core.student.train import RoundEnd, TrainConfig, train_student
+    from maskclip_core.student.train import TrainConfig, train_student
 
     vocabulary = Vocabulary.from_json(plan.vocabulary)
     config = TrainConfig.from_dict(plan.train_config)
@@ -81,6 +84,36 @@ def run_training(
         log.info("run %s: round %d is checkpointed already; nothing to train", plan.run, latest["round"])
         return _outcome(plan, latest, resumed_from=latest["round"], counts={})
 
+    data = _training_set(plan, vocabulary)
+    truth = ground_truth_for(plan, ground_truth) if ground_truth is not None else None
+    eval_pairs = truth.pairs(LazyImages(truth.refs, data.reader)) if truth is not None else None
+    embeddings, class_vocabulary = text_embeddings(ClipSpec(**plan.clip), vocabulary, plan.device)
+    report = _RoundReport(plan, truth, ground_truth, flow_run_id, on_round)
+    result = train_student(
+        StudentConfig.from_dict(plan.student_config),
+        embeddings,
+        class_vocabulary,
+        data.samples,
+        config,
+        unlabeled=data.pool,
+        label_filter=confidence_filter(FilterConfig(**plan.filters)),
+        eval_pairs=eval_pairs,
+        checkpoint_url=plan.checkpoint_url,
+        storage_options=plan.storage_options,
+        device=plan.device,
+        on_round_end=report.round_end,
+        clean=data.clean if plan.data["use_reviewed"] else None,
+        stop_after_round=stop,
+    )
+    stopped = result.stopped_after_round is not None  # the rest is trained by a later run
+    if not stopped and result.resumed_from_round is not None:
+        report.rewrite_resumed(result.metrics, result.resumed_from_round)
+    latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
+    return _outcome(plan, latest, resumed_from=result.resumed_from_round, counts=data.counts, stopped=stopped)
+
+
+def _training_set(plan: TrainingPlan, vocabulary: Vocabulary) -> TrainingSet:
+    """The plan's samples and pool, refused when the data changed since the plan was made."""
     data = load_training_set(
         plan.dataset_url,
         plan.config_hash,
@@ -94,65 +127,58 @@ def run_training(
     if data.fingerprint != plan.fingerprint:
         raise ValueError(f"the data at {plan.dataset_url} changed since run {plan.run} was planned: plan it again")
     log.info("run %s: %s", plan.run, data.counts)
-    truth = ground_truth_for(plan, ground_truth) if ground_truth is not None else None
-    eval_pairs = truth.pairs(LazyImages(truth.refs, data.reader)) if truth is not None else None
-    embeddings, class_vocabulary = text_embeddings(ClipSpec(**plan.clip), vocabulary, plan.device)
+    return data
 
-    def student_row(record: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
-        assert truth is not None and ground_truth is not None
-        return metrics_row(
-            plan.run,
-            "student",
-            _restricted(record, truth),
-            round=int(record["round"]),
-            iteration=int(record["iteration"]),
-            images=len(truth),
-            config_hash=plan.config_hash,
-            checkpoint=checkpoint,
-            ground_truth=ground_truth.url,
-            flow_run_id=flow_run_id,
-        )
 
-    def on_round_end(event: RoundEnd) -> None:
-        if event.metrics is not None and truth is not None:
-            write_metrics(plan.dataset_url, [student_row(event.metrics, event.checkpoint_url)], plan.storage_options)
-        if on_round is not None:
-            on_round(
+@dataclass
+class _RoundReport:
+    """After each round: the student's metrics row (with a ground truth) and the caller's ``on_round``."""
+
+    plan: TrainingPlan
+    truth: GroundTruth | None
+    ground_truth: GroundTruthSpec | None
+    flow_run_id: str | None
+    on_round: Callable[[dict[str, Any]], None] | None
+
+    def round_end(self, event: RoundEnd) -> None:
+        if event.metrics is not None and self.truth is not None:
+            self._write(event.metrics, event.checkpoint_url)
+        if self.on_round is not None:
+            scored = event.metrics is not None and self.truth is not None
+            self.on_round(
                 {
                     "round": event.round,
                     "iteration": event.iteration,
                     "checkpoint": event.checkpoint_url,
-                    "metrics": None if event.metrics is None or truth is None else _restricted(event.metrics, truth),
+                    "metrics": _restricted(event.metrics, self.truth) if scored else None,  # type: ignore[arg-type]
                 }
             )
 
-    result = train_student(
-        StudentConfig.from_dict(plan.student_config),
-        embeddings,
-        class_vocabulary,
-        data.samples,
-        config,
-        unlabeled=data.pool,
-        label_filter=confidence_filter(FilterConfig(**plan.filters)),
-        eval_pairs=eval_pairs,
-        checkpoint_url=plan.checkpoint_url,
-        storage_options=plan.storage_options,
-        device=plan.device,
-        on_round_end=on_round_end,
-        clean=data.clean if plan.data["use_reviewed"] else None,
-        stop_after_round=stop,
-    )
-    if result.stopped_after_round is not None:  # the rest is trained by a later run
-        latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
-        return _outcome(plan, latest, resumed_from=result.resumed_from_round, counts=data.counts, stopped=True)
-    if truth is not None and result.resumed_from_round is not None:
-        # on_round_end wrote this run's rounds; those of the earlier, interrupted run are rewritten as they were
-        for record in result.metrics:
-            if int(record["round"]) <= result.resumed_from_round:
-                weights = ckpt.weights_url(plan.checkpoint_url, int(record["round"]))
-                write_metrics(plan.dataset_url, [student_row(record, weights)], plan.storage_options)
-    latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
-    return _outcome(plan, latest, resumed_from=result.resumed_from_round, counts=data.counts)
+    def rewrite_resumed(self, records: list[dict[str, Any]], resumed_from_round: int) -> None:
+        """``round_end`` wrote this run's rounds; those of the earlier, interrupted run are rewritten as they were."""
+        from maskclip_core.student import checkpoint as ckpt
+
+        if self.truth is None:
+            return
+        for record in records:
+            if int(record["round"]) <= resumed_from_round:
+                self._write(record, ckpt.weights_url(self.plan.checkpoint_url, int(record["round"])))
+
+    def _write(self, record: Mapping[str, Any], checkpoint: str | None) -> None:
+        assert self.truth is not None and self.ground_truth is not None
+        row = metrics_row(
+            self.plan.run,
+            "student",
+            _restricted(record, self.truth),
+            round=int(record["round"]),
+            iteration=int(record["iteration"]),
+            images=len(self.truth),
+            config_hash=self.plan.config_hash,
+            checkpoint=checkpoint,
+            ground_truth=self.ground_truth.url,
+            flow_run_id=self.flow_run_id,
+        )
+        write_metrics(self.plan.dataset_url, [row], self.plan.storage_options)
 
 
 def _restricted(record: Mapping[str, Any], truth: GroundTruth) -> dict[str, Any]:
