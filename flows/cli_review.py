@@ -74,13 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from maskclip_core.interchange.export import ExportParameters, export_store
+    from maskclip_core.interchange.export import ExportParameters, export_dataset
 
     # Every option is named after its ExportParameters field; unset ones keep the model's defaults.
     fields = given(args, {name: name for name in ExportParameters.model_fields})
     with readable_validation_errors():
         params = ExportParameters(**fields)
-    summary = export_store(params, args.storage_options)
+    summary = export_dataset(params, args.storage_options)
     print(json.dumps(summary, indent=2))
     if summary["images"] == 0:
         print("maskclip: warning: no image matched the selection; the export is empty", file=sys.stderr)

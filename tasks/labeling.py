@@ -85,13 +85,13 @@ def label_batch(index: int, items: Sequence[SourceItem], setup: BatchSetup, thum
     known: DigestSet | None = None
     if setup.skip_known_content:
         known = known_sha256_index(setup.output, setup.output_storage_options, plan.config_hash, plan.run_id)
-    store = LabelDataset(setup.output, setup.output_storage_options)
+    dataset = LabelDataset(setup.output, setup.output_storage_options)
     outcome = label_and_write_batch(
         index,
         items,
         labeler,
         plan,
-        store,
+        dataset,
         source_storage_options=setup.source_storage_options,
         known=known,
         thumbnails=thumbnails,

@@ -361,7 +361,7 @@ class LabelDataset:
 
         ``category_to_index`` maps category ids to label values; by default the position of the category in
         ``categories()`` (ids in order), which is the class index when the categories were registered in the
-        labeler's class order on a fresh store.
+        labeler's class order on a fresh dataset.
         """
         if category_to_index is None:
             category_to_index = {c["id"]: i for i, c in enumerate(self.categories())}

@@ -98,7 +98,7 @@ def score_label_maps(
 ) -> dict[str, Any]:
     """Metrics over ``(image_id, pseudo, reviewed)`` category-id label maps, consumed one pair at a time.
 
-    Streaming keeps memory at one image pair, so callers can paint maps lazily from a large store.
+    Streaming keeps memory at one image pair, so callers can paint maps lazily from a large dataset.
     Returns ``evaluation.SegmentationMetrics.summary()`` plus ``images`` (pairs scored).
     """
     ids = [int(c["id"]) for c in categories]

@@ -109,7 +109,7 @@ class _Tally:
             yield image
 
 
-def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def export_dataset(params: ExportParameters, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one export; returns a JSON-able summary (files written, counts per class, filters).
 
     ``storage_options`` (fsspec) serve the dataset, the destination and, with ``include_images``, the images.

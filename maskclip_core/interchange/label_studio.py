@@ -148,7 +148,7 @@ def export_label_studio(
     """Write ``tasks.json`` and ``config.xml`` under the ``dest`` folder URL; returns their URLs.
 
     ``options`` as for ``label_studio_task``; ``storage_options`` go to fsspec. Tasks are written one at a
-    time, so ``images`` may be a stream from a large store.
+    time, so ``images`` may be a stream from a large dataset.
     """
     check_categories(categories)
     mode = options.get("mode", "brush")
