@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Mapping
@@ -10,8 +11,7 @@ from typing import Any
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.label_dataset import LabelDataset
 
-_KNOWN: dict[str, DigestSet] = {}
-_KNOWN_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # concurrent batches of a run wait for one read instead of each reading the index
 
 
 def known_sha256_index(
@@ -23,10 +23,11 @@ def known_sha256_index(
     Only the latest index is kept, so a long-lived worker does not accumulate indexes of past runs.
     """
     key = json.dumps([dataset_url, dict(storage_options or {}), config_hash, token], sort_keys=True, default=str)
-    with _KNOWN_LOCK:
-        index = _KNOWN.get(key)
-        if index is None:
-            index = LabelDataset(dataset_url, storage_options).known_sha256_digests(config_hash)
-            _KNOWN.clear()
-            _KNOWN[key] = index
-        return index
+    with _LOCK:
+        return _read_index(key)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_index(key: str) -> DigestSet:
+    dataset_url, storage_options, config_hash, _ = json.loads(key)
+    return LabelDataset(dataset_url, storage_options).known_sha256_digests(config_hash)
