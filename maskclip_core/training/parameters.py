@@ -37,7 +37,7 @@ class StudentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backbone: Literal["resnet18", "resnet50", "resnet101", "mobilenet_v3_large"] = Field(
+    backbone: Literal[BACKBONES] = Field(  # type: ignore[valid-type]  # the student's backbone registry
         "resnet101", description="Dilated backbone; resnet101 is MaskCLIP+'s, mobilenet_v3_large the light one"
     )
     output_stride: Literal[8, 16] = Field(8, description="Feature stride of the backbone")
@@ -51,7 +51,6 @@ class StudentSpec(BaseModel):
     def config(self, embed_dim: int) -> Any:
         from maskclip_core.student.model import StudentConfig
 
-        assert self.backbone in BACKBONES
         return StudentConfig(embed_dim=embed_dim, **self.model_dump())
 
 
