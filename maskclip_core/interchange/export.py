@@ -23,7 +23,6 @@ from maskclip_core.interchange.label_studio import export_label_studio
 Format = Literal["coco", "label-studio", "cvat-coco", "cvat-mask"]
 FORMATS = get_args(Format)
 Status = Literal[STATUSES]  # type: ignore[valid-type]  # the images table's statuses
-LabelerValue = Literal[LABELERS]  # type: ignore[valid-type]  # the annotations' labeler values
 
 # Format-specific options and the formats that read them; anything else is a mistake worth an error.
 _OPTION_FORMATS = {
@@ -56,7 +55,9 @@ class ExportParameters(BaseModel):
         default=["labeled"], description="Image statuses to export (rejected images carry no annotations)."
     )
     rounds: list[int] | None = Field(default=None, description="Only annotations of these self-training rounds.")
-    labelers: list[LabelerValue] | None = Field(default=None, description="Only annotations of these labelers.")
+    labelers: list[str] | None = Field(
+        default=None, description=f"Only annotations of these labelers ({', '.join(LABELERS)})."
+    )
     image_ids: list[int] | None = Field(default=None, description="Only these images (our 63-bit image ids).")
     lowest: int | None = Field(default=None, ge=1, description="Only the N lowest-scored images, to review first.")
     polygons: bool = Field(default=False, description="Polygons instead of masks (label-studio, cvat-coco).")
