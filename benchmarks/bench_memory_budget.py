@@ -30,8 +30,9 @@ def arm(bombs: int, megapixels: int, budget_mb: int) -> dict:
     from support.bad_inputs import png_bomb
     from support.tiny_labeler import KEEP_ALL
 
-    from maskclip_core.labeling.batch import LabelingPlan, SourceItem, process_batch
+    from maskclip_core.labeling.batch import process_batch
     from maskclip_core.labeling.memory_budget import MemoryBudget
+    from maskclip_core.labeling.plan import LabelingPlan, SourceItem
     from maskclip_core.types import SegmentationResult
 
     classes = ("a", "b", "c")

@@ -73,11 +73,11 @@ def _cmd_history(args: argparse.Namespace) -> int:
     import pyarrow.csv as pacsv
 
     from maskclip_core.dataset.fs import atomic_write_bytes
+    from maskclip_core.dataset.label_dataset import LabelDataset
     from maskclip_core.dataset.parquet import parquet_bytes
-    from maskclip_core.dataset.store import LabelStore
 
     options = args.storage_options or {}
-    table = LabelStore(args.dataset, options).history()
+    table = LabelDataset(args.dataset, options).history()
     if args.uri is not None:
         table = table.filter(pc.equal(table["uri"], args.uri))
     out = args.out.lower()

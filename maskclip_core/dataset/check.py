@@ -1,6 +1,6 @@
 """``maskclip dataset check [--repair]``: verify every part of the dataset, quarantine the bad ones, heal.
 
-Checks, per part under ``images/``, ``annotations/`` and ``categories/``: the Parquet footer, the schema
+Checks, per part of every table (``dataset.schema.TABLES``): the Parquet footer, the schema
 (:func:`~maskclip_core.dataset.integrity.schema_problem`), every row decoded, required columns non-null;
 then each annotations part's rows against the images rows that commit them (its sibling part of the same
 batch name, or any images part once compaction merged the sibling): a part none of whose labelings is
@@ -27,19 +27,9 @@ import pyarrow.parquet as pq
 
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url
 from maskclip_core.dataset.integrity import schema_problem
-from maskclip_core.dataset.store import (
-    ANNOTATIONS_SCHEMA,
-    CATEGORIES_SCHEMA,
-    IMAGES_SCHEMA,
-    LabelStore,
-    utc_now,
-)
+from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
+from maskclip_core.dataset.schema import TABLES, stored_schema
 
-TABLES: dict[str, pa.Schema] = {
-    "images": IMAGES_SCHEMA,
-    "annotations": ANNOTATIONS_SCHEMA,
-    "categories": CATEGORIES_SCHEMA,
-}
 QUARANTINE = "quarantine"
 
 
@@ -79,31 +69,32 @@ class CheckReport:
 
 def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *, repair: bool = False) -> CheckReport:
     """Verify the dataset at ``url``; with ``repair``, quarantine bad parts and mark their images."""
-    store = LabelStore(url, storage_options)
+    dataset = LabelDataset(url, storage_options)
     report = CheckReport(dataset=url)
     healthy: dict[str, dict[str, pa.Table]] = {name: {} for name in TABLES}
-    for table, schema in TABLES.items():
-        for path, _ in store._part_files(table):
+    for table in TABLES:
+        schema = stored_schema(table, dataset.format_version)
+        for path, _ in dataset._part_files(table):
             report.parts_checked += 1
-            part = store._relative(path)
-            table_or_problem = _read_part(store, path, schema)
+            part = dataset.relative(path)
+            table_or_problem = _read_part(dataset, path, schema)
             if isinstance(table_or_problem, str):
                 report.problems.append(PartProblem(part, table_or_problem))
             else:
-                healthy[table][part] = table_or_problem
+                healthy[table][part] = dataset.current_names(table_or_problem, table)
     _check_annotations_committed(healthy, report)
     if repair and report.problems:
-        _quarantine(store, report)
-        _mark_lost_labelings(store, healthy, report)
+        _quarantine(dataset, report)
+        _mark_lost_labelings(dataset, healthy, report)
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
         report.report_url = join_url(url, QUARANTINE, f"report-{stamp}.json")
         atomic_write_bytes(report.report_url, json.dumps(report.to_dict(), indent=2).encode(), storage_options)
     return report
 
 
-def _read_part(store: LabelStore, path: str, schema: pa.Schema) -> pa.Table | str:
+def _read_part(dataset: LabelDataset, path: str, schema: pa.Schema) -> pa.Table | str:
     try:
-        data = store.fs.cat_file(path)
+        data = dataset.fs.cat_file(path)
     except FileNotFoundError:
         return "vanished while checking"
     if not data:
@@ -143,17 +134,17 @@ def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report
             del healthy["annotations"][part]
 
 
-def _quarantine(store: LabelStore, report: CheckReport) -> None:
+def _quarantine(dataset: LabelDataset, report: CheckReport) -> None:
     stamp = utc_now().strftime("%Y%m%dT%H%M%S")
     for problem in report.problems:
-        src = f"{store.root}/{problem.part}"
-        dest = f"{store.root}/{QUARANTINE}/{stamp}/{problem.part}"
-        store.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-        store.fs.mv(src, dest)
+        src = f"{dataset.root}/{problem.part}"
+        dest = f"{dataset.root}/{QUARANTINE}/{stamp}/{problem.part}"
+        dataset.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        dataset.fs.mv(src, dest)
         report.quarantined.append(f"{QUARANTINE}/{stamp}/{problem.part}")
 
 
-def _mark_lost_labelings(store: LabelStore, healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
+def _mark_lost_labelings(dataset: LabelDataset, healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
     """Failed rows for the current labeled images whose annotations or categories went to quarantine."""
     lost_parts = {p.part.rsplit("/", 1)[-1] for p in report.problems if p.part.startswith("annotations/")}
     category_ids = {i for t in healthy["categories"].values() for i in t["id"].to_pylist()}
@@ -169,7 +160,7 @@ def _mark_lost_labelings(store: LabelStore, healthy: dict[str, dict[str, pa.Tabl
     for part, table in healthy["images"].items():
         if part.rsplit("/", 1)[-1] in lost_parts:
             sibling_lost.update(table.filter(pc.equal(table["status"], "labeled"))["labeling_id"].to_pylist())
-    current = store.images(statuses=["labeled"])
+    current = dataset.images(statuses=["labeled"])
     rows = []
     for row in current.to_pylist():
         lid = row["labeling_id"]
@@ -187,7 +178,7 @@ def _mark_lost_labelings(store: LabelStore, healthy: dict[str, dict[str, pa.Tabl
             }
         )
     if rows:
-        store.write_batch(rows, [], part_name="quarantine-" + utc_now().strftime("%Y%m%dT%H%M%S%f"))
+        dataset.write_batch(rows, [], part_name="quarantine-" + utc_now().strftime("%Y%m%dT%H%M%S%f"))
     report.marked_for_relabel = sorted({r["uri"] for r in rows})
 
 

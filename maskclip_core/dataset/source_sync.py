@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder
 from maskclip_core.dataset.fs import resolve, to_uri
-from maskclip_core.dataset.store import GONE, LabelStore, utc_now
+from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
+from maskclip_core.dataset.schema import GONE
 
 
 def uri_digest(uri: str) -> bytes:
@@ -39,7 +40,7 @@ class ListedUris:
 
 
 def mark_gone(
-    store: LabelStore,
+    dataset: LabelDataset,
     source: str,
     listed: DigestSet,
     *,
@@ -56,7 +57,7 @@ def mark_gone(
     root_uri = to_uri(fs, root.rstrip("/") or root)
     exts = None if extensions is None else tuple("." + e.lower().lstrip(".") for e in extensions)
     pattern = re.compile(_glob_regex(glob)) if glob else None
-    current = store.images()
+    current = dataset.images()
     current = current.filter(pc.not_equal(current["status"], GONE))
     rows = []
     for row in current.to_pylist():
@@ -83,7 +84,7 @@ def mark_gone(
         )
         rows.append(gone)
     if rows:
-        store.write_batch(rows, [], part_name=f"gone-{run_id}")
+        dataset.write_batch(rows, [], part_name=f"gone-{run_id}")
     return sorted({r["uri"] for r in rows})
 
 

@@ -12,8 +12,8 @@ from support.review_store import CONFIG, build_store, fails
 
 from maskclip_core.dataset.check import check_dataset
 from maskclip_core.dataset.integrity import DatasetDamaged
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import iter_export_images
-from maskclip_core.dataset.store import LabelStore
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_check_repair_quarantines_and_the_next_label_relabels_exactly_the_lost_i
     assert all((out(built) / q).exists() for q in report["quarantined"]) and not part.exists()
     assert rel in [p["part"] for p in json.loads(Path(report["report_url"]).read_text())["problems"]]
 
-    store = LabelStore(built.store.url)
+    store = LabelDataset(built.store.url)
     assert check_dataset(store.url).healthy
     exported = list(iter_export_images(store, config_hash=CONFIG))  # export works again
     marked = set(report["marked_for_relabel"])

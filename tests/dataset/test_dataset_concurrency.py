@@ -10,7 +10,7 @@ import pytest
 from support.race_workers import register_categories
 
 from maskclip_core.dataset.exclusive import create_exclusive
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 
 TRIALS = 20
 NAMES_A = ["cat", "dog", "shared"]
@@ -36,7 +36,7 @@ def race_categories(urls: list[str], storage_options: dict[str, Any]) -> list[tu
 
 def check_race(urls: list[str], storage_options: dict[str, Any]) -> None:
     for url, ids in race_categories(urls, storage_options):
-        stored = {c["name"]: c["id"] for c in LabelStore(url, storage_options).categories()}
+        stored = {c["name"]: c["id"] for c in LabelDataset(url, storage_options).categories()}
         assert set(NAMES_A) | set(NAMES_B) <= set(stored) <= set(NAMES_A) | set(NAMES_B) | {"sky"}, url
         assert len(set(stored.values())) == len(stored), f"{url}: two names share an id: {stored}"
         assert sorted(stored.values()) == list(range(1, len(stored) + 1))  # dense
@@ -46,9 +46,9 @@ def check_race(urls: list[str], storage_options: dict[str, Any]) -> None:
 
 def test_category_ids_never_collide_between_two_processes_on_local_disk(tmp_path: Path) -> None:
     urls = [str(tmp_path / f"trial{i}") for i in range(TRIALS)]
-    LabelStore(urls[0]).ensure_categories(["sky"])  # one trial starts from an existing vocabulary
+    LabelDataset(urls[0]).ensure_categories(["sky"])  # one trial starts from an existing vocabulary
     check_race(urls, {})
-    assert LabelStore(urls[0]).ensure_categories(["sky"]) == {"sky": 1}
+    assert LabelDataset(urls[0]).ensure_categories(["sky"]) == {"sky": 1}
 
 
 def test_category_ids_never_collide_on_seaweedfs(seaweedfs: Any) -> None:

@@ -17,10 +17,11 @@ from support.tiny_labeler import KEEP_ALL
 
 from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.fs import iter_source_files
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import iter_export_images
 from maskclip_core.dataset.source_sync import ListedUris, mark_gone
-from maskclip_core.dataset.store import LabelStore
-from maskclip_core.labeling.batch import LabelingPlan, SourceItem, label_and_write_batch
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.write import label_and_write_batch
 from maskclip_core.types import SegmentationResult
 
 CLASSES = ("red", "green", "blue")
@@ -53,7 +54,7 @@ def png(h: int, w: int, channel: int) -> bytes:
     return buf.getvalue()
 
 
-def run(src: Path, store: LabelStore, labeler: DominantChannel, n: int) -> dict:
+def run(src: Path, store: LabelDataset, labeler: DominantChannel, n: int) -> dict:
     run_id = f"run{n}"
     ids = store.ensure_categories(list(CLASSES))
     plan = LabelingPlan(run_id, "cfg", CLASSES, tuple(ids[c] for c in CLASSES), KEEP_ALL)
@@ -86,7 +87,7 @@ def test_edit_rename_delete_restore_and_twins(tmp_path: Path) -> None:
     (src / "a.png").write_bytes(png(8, 8, 0))
     (src / "b.png").write_bytes(png(8, 10, 1))
     (src / "c.png").write_bytes(png(8, 12, 2))
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     labeler = DominantChannel()
     first = run(src, store, labeler, 1)
     assert sizes(first["exported"]) == {"a.png": (8, 8), "b.png": (10, 8), "c.png": (12, 8)}
@@ -146,7 +147,7 @@ def test_a_listing_restricted_by_glob_marks_only_its_own_files_gone(tmp_path: Pa
     (src / "x").mkdir(parents=True)
     (src / "x" / "1.png").write_bytes(png(4, 4, 0))
     (src / "y.png").write_bytes(png(4, 4, 1))
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     run(src, store, DominantChannel(), 1)
     listed = ListedUris()  # a run over x/ only, which found nothing
     assert mark_gone(store, str(src), listed.build(), run_id="r2", glob="x/**") == [str(src / "x" / "1.png")]

@@ -16,9 +16,9 @@ from PIL import Image
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 from flows.label_dataset import RunOptions, label_dataset
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.lease import acquire_lease
 from maskclip_core.dataset.reader import iter_export_images
-from maskclip_core.dataset.store import LabelStore
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -54,7 +54,7 @@ def test_a_symlink_loop_is_recorded_and_the_files_after_it_are_labeled(tmp_path:
     (src / "c.png").write_bytes(png(2))
     summary = run(src, str(tmp_path / "out"))
     assert summary["labeled"] == 2 and summary["failed_by_reason"] == {"unreadable": 1}
-    rows = {Path(r["uri"]).name: r for r in LabelStore(str(tmp_path / "out")).images().to_pylist()}
+    rows = {Path(r["uri"]).name: r for r in LabelDataset(str(tmp_path / "out")).images().to_pylist()}
     assert rows["b-loop.png"]["status"] == "failed" and "symbolic links" in rows["b-loop.png"]["reason"]
     assert {rows["a.png"]["status"], rows["c.png"]["status"]} == {"labeled"}
 
@@ -70,7 +70,7 @@ def test_source_edits_and_deletions_show_in_the_next_export(tmp_path: Path) -> N
     (src / "2.png").unlink()
     summary = run(src, out)
     assert summary["labeled"] == 1 and summary["gone"] == 1
-    exported = {Path(i.uri).name: i for i in iter_export_images(LabelStore(out))}
+    exported = {Path(i.uri).name: i for i in iter_export_images(LabelDataset(out))}
     assert sorted(exported) == ["0.png", "1.png"]
     assert exported["0.png"].sha256 == __import__("hashlib").sha256(png(10)).hexdigest()
 

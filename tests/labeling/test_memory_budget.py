@@ -9,8 +9,9 @@ import numpy as np
 from support.bad_inputs import png_bomb
 from support.tiny_labeler import KEEP_ALL
 
-from maskclip_core.labeling.batch import LabelingPlan, SourceItem, process_batch
+from maskclip_core.labeling.batch import process_batch
 from maskclip_core.labeling.memory_budget import BYTES_PER_PIXEL, MemoryBudget
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.types import SegmentationResult
 
 CLASSES = ("dark", "light", "other")

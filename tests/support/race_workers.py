@@ -9,11 +9,11 @@ def register_categories(
     barrier: Any, results: Any, urls: list[str], names: list[str], storage_options: dict[str, Any]
 ) -> None:
     """For each dataset url: wait for the other process, register ``names``, report the ids it got."""
-    from maskclip_core.dataset.store import LabelStore
+    from maskclip_core.dataset.label_dataset import LabelDataset
 
     for url in urls:
         barrier.wait(timeout=120)
-        ids = LabelStore(url, storage_options).ensure_categories(names)
+        ids = LabelDataset(url, storage_options).ensure_categories(names)
         results.put((url, ids))
 
 

@@ -1,15 +1,16 @@
-"""The Parquet dataset at an output URL: schemas, the part-file writer and the readers.
+"""The dataset: the Parquet tables a labeling run writes at a URL, the part-file writer and the readers.
 
-Layout (see docs/ARCHITECTURE.md)::
-
-    OUTPUT/images/part-*.parquet        one row per labeled / rejected / failed image, per labeling
-    OUTPUT/annotations/part-*.parquet   one row per (image, class) region
-    OUTPUT/categories/part-*.parquet    id, name, synonyms
+Tables and their schemas: ``dataset.schema``; the format version: ``dataset.manifest``.
 
 Files are only ever added (never edited), each written whole. A batch writes its annotations part before
 its images part, so the images row is the commit record: readers only show annotations whose
-``labeling_id`` belongs to a *current* images row (the newest row of an image under a config). Orphans of a
+``labeling_id`` belongs to a *current* images row (the newest row of a uri under a config). Orphans of a
 crash between the two writes and superseded labelings are thereby invisible.
+
+The dataset follows its source (format version 3): a file edited in place retires its older content, a file
+that left the source gets a ``gone`` row, and a file whose bytes are already labeled (renamed, copied) gets a
+row of its own sharing that labeling. Every part is checked (footer, schema) before rows are read, so a
+damaged part is refused with one line naming it and ``maskclip dataset check --repair``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import re
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,64 +34,23 @@ from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuil
 from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
 from maskclip_core.dataset.integrity import check_part_schema, reading_part
+from maskclip_core.dataset.manifest import dataset_format, ensure_manifest
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
+from maskclip_core.dataset.schema import (
+    ANNOTATIONS_SCHEMA,
+    CATEGORIES_SCHEMA,
+    DONE_STATUSES,
+    IMAGES_SCHEMA,
+    LABELERS,
+    PART_NAME,
+    ROW_STATUSES,
+    TABLES,
+    stored_schema,
+    to_current_names,
+    to_stored_names,
+)
 from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
 
-STATUSES = ("labeled", "rejected", "failed")
-# A row that says the file left the source (deleted, renamed away): it retires the uri's earlier rows.
-GONE = "gone"
-ROW_STATUSES = (*STATUSES, GONE)
-LABELERS = ("maskclip", "student")
-# Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
-DONE_STATUSES = ("labeled", "rejected")
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.int64()),  # null only for failed rows whose bytes could not be read
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("sha256", pa.string()),  # null only for failed rows whose bytes could not be read
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("status", pa.string(), nullable=False),  # labeled | rejected | failed
-        pa.field("reason", pa.string()),  # rejection / failure reason code and detail
-        pa.field("notes", pa.string()),  # e.g. decode conversions ("CMYK converted to RGB")
-        pa.field("config_hash", pa.string(), nullable=False),
-        pa.field("labeling_id", pa.string(), nullable=False),
-        pa.field("labeler", pa.string(), nullable=False),  # maskclip | student
-        pa.field("round", pa.int32(), nullable=False),
-        pa.field("flow_run_id", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("source_version", pa.string()),  # SourceFile.version when labeled, for change detection
-    ]
-)
-
-SEGMENTATION_TYPE = pa.struct([pa.field("counts", pa.string()), pa.field("size", pa.list_(pa.int32()))])
-
-ANNOTATIONS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("labeling_id", pa.string(), nullable=False),
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("segmentation", SEGMENTATION_TYPE, nullable=False),
-        pa.field("area", pa.int64(), nullable=False),
-        pa.field("bbox", pa.list_(pa.float64()), nullable=False),
-        pa.field("iscrowd", pa.int8(), nullable=False),
-        pa.field("score", pa.float32()),
-        pa.field("source", pa.string()),
-        pa.field("round", pa.int32()),
-    ]
-)
-
-CATEGORIES_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int32(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("synonyms", pa.list_(pa.string())),
-    ]
-)
-
-_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 # Small batches keep known_sha256's memory flat however large the dataset.
 _SCAN_BATCH_ROWS = 64 * 1024
 # The known-image index reads small part files (the flow's one per batch: KBs) this many at once, within this
@@ -106,7 +65,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class LabelStore:
+class LabelDataset:
     """Reads and appends the Parquet dataset at ``url`` (a local path or an fsspec URL such as s3://...)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -115,9 +74,28 @@ class LabelStore:
         self.fs, self.root = resolve(url, self.storage_options)
         self.root = self.root.rstrip("/") or self.root
         self._arrow_fs = arrow_filesystem(self.fs)
+        self._version: int | None = None
+        self._manifest_written = False
 
     def __repr__(self) -> str:
-        return f"LabelStore({self.url!r})"
+        return f"LabelDataset({self.url!r})"
+
+    # --- format version -----------------------------------------------------------------------------
+
+    @property
+    def format_version(self) -> int:
+        """The dataset's format version (read once; raises ``DatasetFormatError`` for one this package
+        cannot read)."""
+        if self._version is None:
+            self._version = dataset_format(self.url, self.storage_options)
+        return self._version
+
+    def _writable_version(self) -> int:
+        """The format version to write in, the manifest written first if the dataset has none yet."""
+        if not self._manifest_written:
+            self._version = ensure_manifest(self.url, self.storage_options)
+            self._manifest_written = True
+        return self.format_version
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -131,6 +109,7 @@ class LabelStore:
         same name get the same one. Ids stay dense: each id is claimed only after every lower one existed.
         """
         items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
+        self._writable_version()
         ids = {c["name"]: c["id"] for c in self.categories()}
         next_id = max(ids.values(), default=0) + 1
         for name, synonyms in items:
@@ -171,7 +150,7 @@ class LabelStore:
         first; ``created_at`` defaults to now. Writing the same batch again under the same part name
         replaces the file with the same content, so task retries are harmless. Returns the URLs written.
         """
-        if not _PART_NAME.fullmatch(part_name):
+        if not PART_NAME.fullmatch(part_name):
             raise ValueError(f"part name {part_name!r}: use letters, digits, '.', '_', '=', '-' (no '/')")
         if not images_rows:
             if annotation_rows:
@@ -180,14 +159,17 @@ class LabelStore:
         images = [_image_row(r) for r in images_rows]
         annotations = [_annotation_row(r) for r in annotation_rows]
         _check_annotations_committed_by(annotations, images)
+        version = self._writable_version()
         written: dict[str, str | None] = {"annotations": None, "images": None}
         if annotations:
             url = self._part_url("annotations", part_name)
             table = pa.Table.from_pylist(annotations, schema=ANNOTATIONS_SCHEMA)
+            table = to_stored_names(table, "annotations", version)
             atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
             written["annotations"] = url
         url = self._part_url("images", part_name)
-        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options)
+        table = to_stored_names(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA), "images", version)
+        atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
         written["images"] = url
         return written
 
@@ -276,22 +258,21 @@ class LabelStore:
         if not parts:
             return
         read_columns = list(dict.fromkeys([*columns, "uri", "status", "created_at", "labeling_id"]))
+        schema = stored_schema("images", self.format_version)
         wanted = pc.field("config_hash") == config_hash
         parquet = ds.ParquetFileFormat()
 
         def fragment(path: str) -> ds.Fragment:
             frag = parquet.make_fragment(path, filesystem=self._arrow_fs)
-            part = self._relative(path)
+            part = self.relative(path)
             with reading_part(self.url, part):
-                check_part_schema(self.url, part, frag.physical_schema, IMAGES_SCHEMA)
+                check_part_schema(self.url, part, frag.physical_schema, schema)
             return frag
 
         def read_whole(path: str) -> pa.Table:
             # The table schema makes older parts with fewer columns read as nulls.
-            with reading_part(self.url, self._relative(path)):
-                return fragment(path).to_table(
-                    schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False
-                )
+            with reading_part(self.url, self.relative(path)):
+                return fragment(path).to_table(schema=schema, columns=read_columns, filter=wanted, use_threads=False)
 
         pool = ThreadPoolExecutor(max_workers=_SCAN_THREADS, thread_name_prefix="maskclip-scan")
         window: deque[tuple[Future[pa.Table], int]] = deque()
@@ -304,13 +285,13 @@ class LabelStore:
                     window_bytes = 0
                     scanner = ds.Scanner.from_fragment(
                         fragment(path),
-                        schema=IMAGES_SCHEMA,
+                        schema=schema,
                         columns=read_columns,
                         filter=wanted,
                         batch_size=_SCAN_BATCH_ROWS,
                         batch_readahead=2,
                     )
-                    with reading_part(self.url, self._relative(path)):
+                    with reading_part(self.url, self.relative(path)):
                         yield from scanner.to_batches()
                     continue
                 while window and (len(window) >= 2 * _SCAN_THREADS or window_bytes + size > _SCAN_WINDOW_BYTES):
@@ -331,13 +312,14 @@ class LabelStore:
         million images in batches of 16 are 62,500 files whose per-file cost (an object-store round trip)
         dominates. Merging changes no row: the merged part is written whole first (named after its members,
         so a retry after a crash rewrites the same file), then its members are deleted. A reader in between
-        sees rows twice, which every reader tolerates (the current row of an image is picked per sha256 and
+        sees rows twice, which every reader tolerates (the current row of a file is picked per uri and
         config; index sets ignore repeats). Annotations parts are left alone: a labeling's annotations stay
         in the one part its batch wrote, which the exporters rely on.
         """
         small = [path for path, size in self._part_files("images") if size <= _SCAN_SMALL_PART_BYTES]
         if len(small) < min_parts:
             return {"merged_parts": 0, "written_parts": 0}
+        schema = stored_schema("images", self._writable_version())
         merged = written = 0
         group: list[str] = []
         tables: list[pa.Table] = []
@@ -361,9 +343,9 @@ class LabelStore:
         for path in small:
             # The table schema makes older parts with fewer columns read as nulls.
             fragment = parquet.make_fragment(path, filesystem=self._arrow_fs)
-            with reading_part(self.url, self._relative(path)):
-                check_part_schema(self.url, self._relative(path), fragment.physical_schema, IMAGES_SCHEMA)
-                table = fragment.to_table(schema=IMAGES_SCHEMA)
+            with reading_part(self.url, self.relative(path)):
+                check_part_schema(self.url, self.relative(path), fragment.physical_schema, schema)
+                table = fragment.to_table(schema=schema)
             if rows + table.num_rows > max_rows and group:
                 flush()
             group.append(path)
@@ -411,11 +393,8 @@ class LabelStore:
     def history(self, config_hash: str | None = None, *, current_only: bool = False) -> pa.Table:
         """Every images row ever written (the dataset's history), sorted by uri, config and time, with a
         ``current`` column: True on the newest row of each (uri, config_hash), the one exports show."""
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
-            return IMAGES_SCHEMA.empty_table()
-        with reading_part(self.url, "images/"):
-            table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
+        wanted = None if config_hash is None else pc.field("config_hash") == config_hash
+        table = self.read_table("images", filter=wanted)
         if current_only:
             return _current_rows(table)
         numbered = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
@@ -431,16 +410,13 @@ class LabelStore:
         """
         if not sha256s:
             return {}
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
-            return {}
         wanted = (pc.field("config_hash") == config_hash) & pc.field("sha256").isin(pa.array(sorted(sha256s)))
-        with reading_part(self.url, "images/"):
-            table = dataset.to_table(filter=wanted)
+        table = self.read_table("images", filter=wanted)
+        if table.num_rows == 0:
+            return {}
         # Current rows of every uri holding one of these contents, then the newest per content.
         uris = pc.unique(table["uri"])
-        with reading_part(self.url, "images/"):
-            rows = dataset.to_table(filter=(pc.field("config_hash") == config_hash) & pc.field("uri").isin(uris))
+        rows = self.read_table("images", filter=(pc.field("config_hash") == config_hash) & pc.field("uri").isin(uris))
         current = _current_rows(rows)
         current = current.filter(pc.is_in(current["status"], value_set=pa.array(list(DONE_STATUSES))))
         current = current.sort_by([("created_at", "descending"), ("labeling_id", "descending")])
@@ -471,13 +447,15 @@ class LabelStore:
         """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
         # Each small part is fetched whole with one GET: a dataset scan would HEAD each part through s3fs's
         # listing cache, which can miss a part another writer added a moment ago.
+        schema = stored_schema("categories", self.format_version)
         rows: list[dict[str, Any]] = []
         for path, _ in self._part_files("categories"):
-            part = self._relative(path)
+            part = self.relative(path)
             with reading_part(self.url, part):
                 parquet_file = pq.ParquetFile(io.BytesIO(self.fs.cat_file(path)))
-                check_part_schema(self.url, part, parquet_file.schema_arrow, CATEGORIES_SCHEMA)
-                rows.extend(parquet_file.read().cast(CATEGORIES_SCHEMA).to_pylist())
+                check_part_schema(self.url, part, parquet_file.schema_arrow, schema)
+                table = parquet_file.read(columns=[n for n in schema.names if n in parquet_file.schema_arrow.names])
+            rows.extend(self.current_names(table, "categories").cast(CATEGORIES_SCHEMA).to_pylist())
         best: dict[str, dict[str, Any]] = {}
         for row in rows:
             if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
@@ -496,7 +474,7 @@ class LabelStore:
 
         ``category_to_index`` maps category ids to label values; by default the position of the category in
         ``categories()`` (ids in order), which is the class index when the categories were registered in the
-        labeler's class order on a fresh store.
+        labeler's class order on a fresh dataset.
         """
         if category_to_index is None:
             category_to_index = {c["id"]: i for i, c in enumerate(self.categories())}
@@ -528,14 +506,12 @@ class LabelStore:
         """
         if not isinstance(labeling_ids, pa.Array | pa.ChunkedArray):
             labeling_ids = pa.array(list(labeling_ids), pa.string())
-        dataset = self._dataset("annotations", ANNOTATIONS_SCHEMA)
-        if dataset is None or len(labeling_ids) == 0:
+        if len(labeling_ids) == 0:
             return ANNOTATIONS_SCHEMA.empty_table()
         wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
         if image_ids is not None:  # lets Parquet statistics skip row groups
             wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
-        with reading_part(self.url, "annotations/"):
-            table = dataset.to_table(filter=wanted)
+        table = self.read_table("annotations", filter=wanted)
         table = table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
         return _drop_repeats(table, ["id"])
 
@@ -544,30 +520,44 @@ class LabelStore:
     def _part_url(self, table: str, part_name: str) -> str:
         return join_url(self.url, table, f"part-{part_name}.parquet")
 
-    def _relative(self, path: str) -> str:
+    def relative(self, path: str) -> str:
         """``images/part-x.parquet`` for a part's path: how messages name it."""
         return path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
 
-    def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
-        return self.checked_dataset(table, schema)
-
     def verify_parts(self) -> None:
         """Raise :class:`DatasetDamaged` for the first part whose footer or schema is bad (reads no rows)."""
-        self.checked_dataset("images", IMAGES_SCHEMA)
-        self.checked_dataset("annotations", ANNOTATIONS_SCHEMA)
+        for table in ("images", "annotations"):
+            self.table_dataset(table)
         self.categories()
 
-    def checked_dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
-        """The dataset of one table, or None when nothing was written yet; every part's footer and schema are
-        checked first, so a damaged or foreign part is refused with :class:`DatasetDamaged` naming it."""
+    def table_dataset(self, table: str) -> ds.Dataset | None:
+        """The pyarrow dataset of one table in its stored column names, or None when nothing was written yet.
+
+        Every part's footer and schema are checked first, so a damaged or foreign part is refused with
+        :class:`~maskclip_core.dataset.integrity.DatasetDamaged` naming it (and the repair command).
+        """
+        schema = stored_schema(table, self.format_version)
         dataset = open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
         if dataset is None:
             return None
         for fragment in dataset.get_fragments():
-            part = self._relative(fragment.path)
+            part = self.relative(fragment.path)
             with reading_part(self.url, part):
                 check_part_schema(self.url, part, fragment.physical_schema, schema)
         return dataset
+
+    def current_names(self, data: pa.Table, table: str) -> pa.Table:
+        """``data`` read from ``table`` of this dataset, with today's column names."""
+        return to_current_names(data, table, self.format_version)
+
+    def read_table(self, table: str, filter: pc.Expression | None = None) -> pa.Table:
+        """The rows of one table with today's column names (``filter`` names stored columns: only renamed ones
+        differ)."""
+        dataset = self.table_dataset(table)
+        if dataset is None:
+            return TABLES[table].empty_table()
+        with reading_part(self.url, f"{table}/"):
+            return self.current_names(dataset.to_table(filter=filter), table)
 
 
 # --- row validation -------------------------------------------------------------------------------------
