@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -59,7 +60,7 @@ def test_a_symlink_loop_is_recorded_and_the_files_after_it_are_labeled(tmp_path:
     assert {rows["a.png"]["status"], rows["c.png"]["status"]} == {"labeled"}
 
 
-def test_source_edits_and_deletions_show_in_the_next_export(tmp_path: Path) -> None:
+def test_source_edits_and_deletions_show_in_the_next_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src, out = tmp_path / "src", str(tmp_path / "out")
     src.mkdir()
     for i in range(3):
@@ -73,6 +74,24 @@ def test_source_edits_and_deletions_show_in_the_next_export(tmp_path: Path) -> N
     exported = {Path(i.uri).name: i for i in iter_export_images(LabelDataset(out))}
     assert sorted(exported) == ["0.png", "1.png"]
     assert exported["0.png"].sha256 == __import__("hashlib").sha256(png(10)).hexdigest()
+
+    # The history keeps every row: 0.png's two contents, 1.png, 2.png labeled then gone.
+    code, _ = cli(capsys, "dataset", "history", "--dataset", out, "--out", str(tmp_path / "history.csv"))
+    history = pacsv.read_csv(tmp_path / "history.csv").to_pylist()
+    assert code == 0 and len(history) == 5
+    by_name: dict[str, list[tuple[str, bool]]] = {}
+    for row in history:
+        by_name.setdefault(Path(row["uri"]).name, []).append((row["status"], row["current"]))
+    assert by_name == {
+        "0.png": [("labeled", False), ("labeled", True)],
+        "1.png": [("labeled", True)],
+        "2.png": [("labeled", False), ("gone", True)],
+    }
+    one = str(tmp_path / "one.jsonl")
+    code, _ = cli(capsys, "dataset", "history", "--dataset", out, "--out", one, "--uri", history[0]["uri"])
+    assert code == 0 and len(Path(one).read_text().splitlines()) == 2
+    code, err = cli(capsys, "dataset", "history", "--dataset", out, "--out", str(tmp_path / "history.txt"))
+    assert code == 2 and err.count("\n") == 1 and ".parquet, .csv or .jsonl" in err
 
 
 def test_output_under_a_regular_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
