@@ -422,15 +422,18 @@ def finish_run(run: LabelingRun) -> None:
     logger = get_run_logger()
     if summary.listing_complete:  # only a complete listing can tell that a file is gone
         listing = run.source_listing
-        summary.gone = run.with_retries(mark_gone_files)(
-            *storage,
-            listing.source,
-            listing.uris.build(),
-            summary.run_id,
-            listing.extensions,
-            listing.glob,
-            listing.storage_options,
-        )
+        try:
+            summary.gone = run.with_retries(mark_gone_files)(
+                *storage,
+                listing.source,
+                listing.uris.build(),
+                summary.run_id,
+                listing.extensions,
+                listing.glob,
+                listing.storage_options,
+            )
+        except Exception as e:  # noqa: BLE001 - the labels are written; the next complete run marks them
+            logger.warning("files that left %s could not be marked gone: %s", listing.source, e)
     if summary.labeled or summary.rejected:
         try:
             run.with_retries(compact_index)(*storage)
