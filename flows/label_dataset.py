@@ -44,6 +44,7 @@ from maskclip_core.labeling.batch import (
     labeler_round,
     labeling_config_hash,
     load_labeler,
+    resolve_labeler,
 )
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
@@ -260,7 +261,8 @@ def _error_of(future: PrefectFuture[Any]) -> str:
 def label_dataset(
     source: str,
     output: str,
-    labeler: LabelerSpec,
+    classes: str | None = None,
+    labeler: LabelerSpec | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
     force: bool = False,
@@ -270,8 +272,9 @@ def label_dataset(
     Args:
         source: fsspec URL of the images: a local folder, ``s3://bucket/prefix``, ``memory://...``.
         output: fsspec URL of the Parquet dataset (images / annotations / categories).
-        labeler: the MaskCLIP teacher's ``config`` (classes, model, weights, inference), or a student
-            ``checkpoint``.
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        labeler: the MaskCLIP teacher's ``config`` (model, weights, inference; default ViT-B-16, OpenAI
+            weights), or a student ``checkpoint``.
         filters: confidence-filter thresholds, with per-class overrides.
         options: listing filters, batch size, parallelism (thread pool or Dask), retries, thumbnails.
         force: relabel images already labeled under the same configuration.
@@ -280,6 +283,7 @@ def label_dataset(
     logger = get_run_logger()
     context = FlowRunContext.get()
     run_id = str(context.flow_run.id) if context and context.flow_run else "local"
+    labeler = resolve_labeler(classes, labeler)
 
     # The labeler is loaded here only for its config and classes; with a thread pool the batches reuse this
     # very instance (per-process cache), with Dask each worker process loads its own.

@@ -419,7 +419,7 @@ def test_asking_for_a_missing_student_fails_clearly(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "maskclip_core.student", None)
     write_folder(tmp_path / "src", images(1))
     spec = LabelerSpec.student(str(tmp_path / "student.safetensors"))
-    state = label_dataset(str(tmp_path / "src"), str(tmp_path / "out"), spec, return_state=True)
+    state = label_dataset(str(tmp_path / "src"), str(tmp_path / "out"), labeler=spec, return_state=True)
     assert state.is_failed()
     with pytest.raises(StudentUnavailableError, match="maskclip_core.student.StudentLabeler"):
         state.result()
