@@ -257,7 +257,9 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
     setup_rss = rss_mb()
     setup_peak = peak_rss_mb()
     t0 = time.perf_counter()
-    summary = label_dataset(source, output, labeler=spec, filters=FilterConfig(), options=RunOptions(batch_size=batch_size))
+    summary = label_dataset(
+        source, output, labeler=spec, filters=FilterConfig(), options=RunOptions(batch_size=batch_size)
+    )
     print(
         json.dumps(
             {

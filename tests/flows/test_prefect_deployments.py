@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from prefect.utilities.callables import parameter_schema
 from pydantic import ValidationError
+from support.prefect_server import PrefectServer, run_prefect
 
 from flows.label_dataset import label_dataset
 from flows.pseudo_label_and_train import pseudo_label_and_train
 from maskclip_core.labeling.batch import LabelerSpec, resolve_labeler
 from maskclip_core.teacher.labeler import LabelerConfig
-from support.prefect_server import PrefectServer, run_prefect
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _api(server: PrefectServer, path: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        f"{server.api_url}{path}", data=data, headers={"Content-Type": "application/json"}, method="POST" if data else "GET"
+        f"{server.api_url}{path}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST" if data else "GET",
     )
     with urllib.request.urlopen(request, timeout=30) as r:
         return json.loads(r.read())
@@ -74,7 +77,9 @@ def test_deploy_all_is_non_interactive_and_ships_what_the_readme_says(prefect_se
     assert "? " not in output and "EOFError" not in output
 
     flow_names = {f["id"]: f["name"] for f in _api(prefect_server, "/flows/filter", {})}
-    deployments = {f"{flow_names[d['flow_id']]}/{d['name']}": d for d in _api(prefect_server, "/deployments/filter", {})}
+    deployments = {
+        f"{flow_names[d['flow_id']]}/{d['name']}": d for d in _api(prefect_server, "/deployments/filter", {})
+    }
     assert set(deployments) == {
         "label-dataset/nightly",
         "label-dataset/new-dataset",

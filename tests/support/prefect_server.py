@@ -93,7 +93,9 @@ def start_prefect_server(home: Path) -> PrefectServer:
     raise RuntimeError(f"prefect server did not answer within {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def run_prefect(server: PrefectServer, *args: str, cwd: Path | str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_prefect(
+    server: PrefectServer, *args: str, cwd: Path | str, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """``prefect ARGS`` against ``server`` with stdin closed (a prompt would read end of input and fail)."""
     return subprocess.run(
         [sys.executable, "-m", "prefect", *args],
