@@ -49,6 +49,7 @@ from maskclip_core.labeling.batch import (
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.report_images import thumbnail_sources
 from tasks.labeling import (
     BatchSetup,
     ProgressArtifact,
@@ -433,7 +434,9 @@ def label_dataset(
     except Exception as e:  # noqa: BLE001 - the labels are written; the report is a convenience
         logger.warning("run report could not be written: %s", e)
     report_progress(force_update=True)
-    publish_summary(summary, markdown)
+    # The artifact shows the overlays inline: a browser cannot open the output's local paths or s3:// URLs.
+    sources = thumbnail_sources(summary.thumbnails, options.output_storage_options)
+    publish_summary(summary, summary.markdown(image_sources=sources))
     result = summary.to_dict()
     _notify("end", summary)
     logger.info(

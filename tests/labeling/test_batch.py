@@ -382,7 +382,7 @@ def test_run_summary_tables_and_markdown() -> None:
     rows = {r["item"]: r for r in summary.table_rows()}
     assert rows["rejected: too_many_pixels"]["images"] == 1 and rows["class: red"]["mean_confidence"] == 0.9
     md = summary.markdown()
-    assert "FAILED" in md and "batch 1 (4 images): OSError: 503 SlowDown" in md and "(out/t.jpg)" in md
+    assert "FAILED" in md and "batch 1 (4 images): OSError: 503 SlowDown" in md and "(../t.jpg)" in md  # relative to reports/
 
 
 def test_digest_set_matches_a_python_set() -> None:

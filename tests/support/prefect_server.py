@@ -68,6 +68,7 @@ def start_prefect_server(home: Path) -> PrefectServer:
     log = home / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env["PREFECT_UI_API_URL"] = f"{url}/api"  # the UI in a browser calls this; its default is port 4200
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
