@@ -24,7 +24,7 @@ RUN_FLOW = textwrap.dedent(
     from flows.label_dataset import RunOptions, label_dataset
     from support.tiny_labeler import KEEP_ALL, TINY_SPEC
 
-    options = RunOptions(thumbnails=3, batch_size=1)  # two thumbnails at most per batch
+    options = RunOptions(thumbnails=6, batch_size=1)  # one image, so one thumbnail, per batch
     label_dataset(sys.argv[1], sys.argv[2], labeler=TINY_SPEC, filters=KEEP_ALL, options=options)
     """
 )
