@@ -190,7 +190,7 @@ def _assert_artifacts(run_id: str) -> None:
     table = json.loads(table) if isinstance(table, str) else table
     items = {row["item"]: row for row in table}
     assert items["labeled"]["images"] == 5 and "class: red" in items
-    assert "thumbnails/" in by_key["label-dataset-report"].data
+    assert "](data:image/jpeg;base64," in by_key["label-dataset-report"].data  # inline: shows in any browser
 
 
 def test_bad_input_corpus_is_recorded_and_exif_labels_follow_display(tmp_path: Path) -> None:
