@@ -34,7 +34,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.submission import submit_bounded
 from maskclip_core.dataset.fs import SourceFile, iter_source_files
-from maskclip_core.labeling.batch import LabelerSpec
+from maskclip_core.labeling.batch import LabelerSpec, resolve_labeler
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
 from maskclip_core.labeling.report import RunSummary
@@ -94,7 +94,8 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
 def label_dataset(
     source: str,
     dataset: str,
-    labeler: LabelerSpec,
+    classes: str | None = None,
+    labeler: LabelerSpec | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
     force: bool = False,
@@ -104,12 +105,14 @@ def label_dataset(
     Args:
         source: fsspec URL of the images: a local folder, ``s3://bucket/prefix``, ``memory://...``.
         dataset: fsspec URL of the Parquet dataset (images / annotations / categories).
-        labeler: the MaskCLIP teacher's ``config`` (classes, model, weights, inference), or a student
-            ``checkpoint``.
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        labeler: the MaskCLIP teacher's ``config`` (model, weights, inference; default ViT-B-16, OpenAI
+            weights), or a student ``checkpoint``.
         filters: confidence-filter thresholds, with per-class overrides.
         options: listing filters, batch size, parallelism (thread pool or Dask), retries, thumbnails.
         force: relabel images already labeled under the same configuration.
     """
+    labeler = resolve_labeler(classes, labeler)
     run = start_run(flow_run.get_id() or "local", source, dataset, labeler, filters, options, force)
     summary = run.summary
     progress = RunProgress(summary, _PROGRESS_LISTENER.get())

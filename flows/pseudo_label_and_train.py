@@ -25,7 +25,7 @@ from flows.train_student import train_student
 from maskclip_core.dataset.fs import join_url
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.interchange.export import ExportParameters
-from maskclip_core.labeling.batch import LabelerSpec
+from maskclip_core.labeling.batch import LabelerSpec, resolve_labeler
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
@@ -72,7 +72,8 @@ class ExportStep(BaseModel):
 def pseudo_label_and_train(
     source: str,
     dataset: str,
-    labeler: LabelerSpec,
+    classes: str | None = None,
+    labeler: LabelerSpec | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
     training: TrainingStep = TrainingStep(),  # noqa: B008
@@ -84,7 +85,9 @@ def pseudo_label_and_train(
     Args:
         source: fsspec URL of the images.
         dataset: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
-        labeler: the teacher (``labeler="maskclip"`` with its ``LabelerConfig``).
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        labeler: the teacher (``labeler="maskclip"``; its ``LabelerConfig``, default ViT-B-16 with OpenAI
+            weights).
         filters: the confidence filter of the teacher's labels, the self-training rounds and the relabeling.
         options: how the labeling runs are carried out (batches, parallelism, retries, storage options).
         training: the student, its schedule, data options, ground truth, run options.
@@ -92,9 +95,10 @@ def pseudo_label_and_train(
         export: whether and where the student's labels are exported as COCO.
     """
     logger = get_run_logger()
+    labeler = resolve_labeler(classes, labeler)
     if labeler.labeler != "maskclip":
         raise ValueError("the pipeline's labeler is the teacher: labeler='maskclip' with its config")
-    teacher = label_dataset(source, dataset, labeler, filters, options)
+    teacher = label_dataset(source, dataset, labeler=labeler, filters=filters, options=options)
     logger.info(
         "teacher: %d labeled, %d rejected (config %s)", teacher["labeled"], teacher["rejected"], teacher["config_hash"]
     )
@@ -132,7 +136,9 @@ def pseudo_label_and_train(
         checkpoint_storage_options=train_options.storage_options,
         device=relabel.device,
     )
-    relabeled = label_dataset(source, relabel_dataset, student_spec, filters, options, relabel.force)
+    relabeled = label_dataset(
+        source, relabel_dataset, labeler=student_spec, filters=filters, options=options, force=relabel.force
+    )
     result["relabel"] = relabeled
     if export.enabled:
         destination = export.destination or join_url(relabel_dataset, "exports", f"{trained['run']}-coco.json")

@@ -54,6 +54,7 @@ from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.planning import BatchDone, PlannedBatch
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.report_images import thumbnail_sources
 
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 2.0  # first retry; then 4, 8, ... (exponential backoff)
@@ -333,7 +334,7 @@ def finish_run(run: LabelingRun) -> None:
         summary.report_urls = report
     except Exception as e:  # noqa: BLE001 - the labels are written; the report is a convenience
         logger.warning("run report could not be written: %s", e)
-    publish_summary(summary)
+    publish_summary(summary, run.setup.dataset_storage_options)
     logger.info(
         "%d images seen: %d labeled, %d skipped, %d rejected, %d failed (%d failed batches) in %.1f s: %s",
         summary.listed,
@@ -403,10 +404,14 @@ class RunProgress:
                 pass
 
 
-def publish_summary(summary: RunSummary) -> None:
-    """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``)."""
+def publish_summary(summary: RunSummary, storage_options: Mapping[str, Any] | None = None) -> None:
+    """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``).
+
+    The report artifact shows the overlays inline: a browser cannot open the dataset's local paths or s3:// URLs.
+    """
     try:
+        markdown = summary.markdown(image_sources=thumbnail_sources(summary.thumbnails, storage_options))
         create_table_artifact(table=summary.table_rows(), key=SUMMARY_ARTIFACT_KEY, description=summary.headline())
-        create_markdown_artifact(summary.markdown(), key=REPORT_ARTIFACT_KEY, description="Labeling run report")
+        create_markdown_artifact(markdown, key=REPORT_ARTIFACT_KEY, description="Labeling run report")
     except Exception as e:  # noqa: BLE001 - the run's data is written already
         get_run_logger().warning("summary artifacts could not be created: %s", e)

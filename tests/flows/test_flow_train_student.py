@@ -103,6 +103,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = pseudo_label_and_train(
         str(src),
         out,
+        None,  # classes: the spec's own
         TINY_SPEC,
         KEEP_ALL,
         FAST,
@@ -185,7 +186,8 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
             student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")
         )
         return pseudo_label_and_train(
-            f"s3://{bucket}/photos", out, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"), *export
+            f"s3://{bucket}/photos", out, None, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"),
+            *export,
         )
 
     result = run()
