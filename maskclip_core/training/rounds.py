@@ -470,11 +470,14 @@ def run_training(
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     flow_run_id: str | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) the plan's student; a metrics row per round is written when ``ground_truth`` is given.
 
     ``on_round`` receives ``{"round", "iteration", "checkpoint", "metrics"}`` after each round's checkpoint.
+    ``logger`` receives the run's messages and the training loss (default: this module's logger).
     """
+    logger = logger or log
     from maskclip_core.student import checkpoint as ckpt
     from maskclip_core.student.model import StudentConfig
     from maskclip_core.student.train import RoundEnd, TrainConfig, fit_student
@@ -484,7 +487,7 @@ def run_training(
     latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
     stop = plan.stop_after_round
     if latest is not None and (latest["round"] >= config.rounds or (stop is not None and latest["round"] >= stop)):
-        log.info("run %s: round %d is checkpointed already; nothing to train", plan.run, latest["round"])
+        logger.info("run %s: round %d is checkpointed already; nothing to train", plan.run, latest["round"])
         return _outcome(plan, latest, resumed_from=latest["round"], counts={})
 
     data = load_training_set(
@@ -499,7 +502,7 @@ def run_training(
     )
     if data.fingerprint != plan.fingerprint:
         raise ValueError(f"the data at {plan.output} changed since run {plan.run} was planned: plan it again")
-    log.info("run %s: %s", plan.run, data.counts)
+    logger.info("run %s: %s", plan.run, data.counts)
     truth = ground_truth_for(plan, ground_truth) if ground_truth is not None else None
     eval_pairs = truth.pairs(LazyImages(truth.refs, data.reader)) if truth is not None else None
     embeddings, class_vocabulary = text_embeddings(ClipSpec(**plan.clip), vocabulary, plan.device)
@@ -549,6 +552,7 @@ def run_training(
             device=plan.device,
             on_round_end=on_round_end,
             clean=data.clean if plan.data["use_reviewed"] else None,
+            logger=logger,
         )
     except _Stop:
         resumed_from = None if latest is None else int(latest["round"])
