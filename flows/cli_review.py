@@ -110,6 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     requires(p, _add_dataset_option(p, "the Parquet dataset with imported reviews", "--reviewed"))
     p.add_argument("--config-hash", help="labeler config to score (needed when the dataset holds several)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--fully-annotated",
+        action="store_true",
+        help="score every pixel of a reviewed image: one the reviewer left without a class counts as 'no class' "
+        "(a pseudo-label there is a false positive), so an emptied mask lowers its class's IoU; default: "
+        "unannotated pixels are not scored",
+    )
     add_storage_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -147,7 +154,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from maskclip_core.dataset.reviews import evaluate_reviewed
 
-    report = evaluate_reviewed(args.dataset, config_hash=args.config_hash, storage_options=args.storage_options)
+    report = evaluate_reviewed(
+        args.dataset,
+        config_hash=args.config_hash,
+        storage_options=args.storage_options,
+        fully_annotated=args.fully_annotated,
+    )
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
     return 0
 
@@ -161,6 +173,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"mIoU {_num(report['miou'])}   pixel accuracy {_num(report['pixel_accuracy'])}   "
         f"images {report['images']} of {report['reviewed_images']} reviewed ({len(report['missing'])} missing)"
+        + ("; unannotated pixels scored as 'no class'" if report.get("fully_annotated") else "")
     )
     return "\n".join(lines)
 

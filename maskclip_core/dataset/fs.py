@@ -11,6 +11,7 @@ import re
 import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +255,30 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any]
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+@contextmanager
+def new_directories(directory: str) -> Iterator[None]:
+    """Create the local ``directory`` (and missing parents) for a write; when the block fails, remove those
+    it created that are still empty, so a failed export leaves no empty folder behind.
+
+    For one writer's destination (an export), not for folders that concurrent writers share.
+    """
+    created = []
+    current = os.path.abspath(directory or ".")
+    while not os.path.exists(current):
+        created.append(current)  # innermost first
+        current = os.path.dirname(current)
+    os.makedirs(directory or ".", exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:  # not empty (someone else's file) or gone: leave it and everything above it
+                break
+        raise
 
 
 def _fsync_directory(directory: str) -> None:

@@ -89,6 +89,9 @@ def import_reviews(
         from_us = (doc.get("info") or {}).get("contributor") == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
         matchable = None if from_us else list(ours.values())
         reviewed = import_coco_reviews(doc, categories, images=matchable, strict=strict)
+    if not reviewed:  # e.g. our own tasks.json (predictions only) or an export made before anyone submitted
+        what = "annotated task" if fmt == "label-studio" else "image with annotations"
+        raise ValueError(f"{review_url} holds no {what}: nothing to import (export again after the review)")
 
     latest: dict[int, ReviewedImage] = {}  # a task exported twice: its latest review counts
     skipped: list[int] = []
@@ -183,12 +186,17 @@ def reviewed_label_maps(
 
 
 def evaluate_reviewed(
-    output_url: str, *, config_hash: str | None = None, storage_options: Mapping[str, Any] | None = None
+    output_url: str,
+    *,
+    config_hash: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    fully_annotated: bool = False,
 ) -> dict[str, Any]:
     """How far the current pseudo-labels are from the reviewed ones: mIoU, per-class IoU, pixel accuracy.
 
     Scores every reviewed image whose current labeling (under ``config_hash``) is ``labeled``, one image at
-    a time; the others are listed under ``missing``. Pixels the reviewer left unannotated are not scored.
+    a time; the others are listed under ``missing``. Pixels the reviewer left unannotated are not scored,
+    unless ``fully_annotated``: then they count as "no class" (``score_label_maps``).
     """
     store = LabelStore(output_url, storage_options)
     categories = store.categories()
@@ -203,9 +211,15 @@ def evaluate_reviewed(
             seen.append(image.image_id)
             yield image.image_id, label_map_from_annotations(image), _target(image, by_image[image.image_id], identity)
 
-    report = score_label_maps(pairs(), categories)
+    report = score_label_maps(pairs(), categories, fully_annotated=fully_annotated)
     missing = sorted(set(by_image) - set(seen))
-    return {**report, "missing": missing, "reviewed_images": len(by_image), "config_hash": config_hash}
+    return {
+        **report,
+        "missing": missing,
+        "reviewed_images": len(by_image),
+        "config_hash": config_hash,
+        "fully_annotated": fully_annotated,
+    }
 
 
 # -------------------------------------------------------------------------------------------- helpers

@@ -12,6 +12,7 @@ import math
 import os
 import posixpath
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ import pycocotools.mask as mask_utils
 from fsspec.implementations.local import LocalFileSystem
 
 from maskclip_core.colors import voc_colormap
+from maskclip_core.dataset.fs import new_directories
 from maskclip_core.types import IGNORE_INDEX
 
 
@@ -243,27 +245,33 @@ def atomic_output(url: str, storage_options: Mapping[str, Any] | None = None) ->
     """Binary file handle whose content appears at ``url`` whole or not at all.
 
     Local: a hidden temp file beside the target, fsynced, then ``os.replace`` (readers skip names starting
-    with '.'). Object stores: a local temp file sent in one upload, which the store publishes whole.
-    Written to disk rather than memory because zips may carry the images.
+    with '.'); its mode follows the umask like any file the user writes (0644, not ``mkstemp``'s 0600: Label
+    Studio or a web server may run as another user), and a failed write removes the folders it created.
+    Object stores: a local temp file sent in one upload, which the store publishes whole. Written to disk
+    rather than memory because zips may carry the images.
     """
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    local = isinstance(fs, LocalFileSystem)
-    parent = os.path.dirname(path) if local else None
-    if local and parent:
-        os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent or None)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if local:
-            os.replace(tmp, path)
-        else:
+    if not isinstance(fs, LocalFileSystem):
+        fd, tmp = tempfile.mkstemp(prefix="maskclip-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
             fs.put_file(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+        finally:
             os.unlink(tmp)
+        return
+    parent = os.path.dirname(path)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    with new_directories(parent):
+        try:
+            with open(tmp, "xb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def write_atomic(
