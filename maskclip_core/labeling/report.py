@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskclip_core.labeling.batch import BatchOutcome, BatchStats
+from maskclip_core.labeling.plan import BatchStats
 from maskclip_core.labeling.planning import BatchDone
+from maskclip_core.labeling.write import BatchOutcome
 
 # A run with millions of images and a broken bucket could fail many batches; the summary keeps the first
 # ones in detail and counts the rest, so it stays small.

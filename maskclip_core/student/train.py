@@ -85,6 +85,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]  # one record per evaluated round
     checkpoint_url: str | None  # weights of the last round
     resumed_from_round: int | None
+    stopped_after_round: int | None = None  # set when ``stop_after_round`` ended training before the last round
 
 
 def phase_ends(iterations: int, rounds: int, pseudo_fraction: float) -> list[int]:
@@ -216,6 +217,7 @@ def fit_student(
     device: torch.device | str | None = None,
     on_round_end: Callable[[RoundEnd], None] | None = None,
     clean: SampleSource | Sequence[Any] | None = None,
+    stop_after_round: int | None = None,
     logger: Logger | None = None,
 ) -> TrainResult:
     """Train a student (pseudo-label phase, then ``config.rounds`` self-training rounds).
@@ -226,8 +228,9 @@ def fit_student(
     and, when ``resume``, a run continues after the newest checkpointed round. ``clean``: samples with
     trusted (human-reviewed) labels, trained on in every self-training round beside the relabelled pool
     (round 0 trains on ``samples``, which should hold them already; leave their images out of ``unlabeled``).
-    ``logger`` receives the loss every ``config.log_every`` iterations and the round results (default: this
-    module's logger).
+    ``stop_after_round``: return once this round is checkpointed (and ``on_round_end`` called); a later call
+    resumes with the next round. ``logger`` receives the loss every ``config.log_every`` iterations and the
+    round results (default: this module's logger).
     """
     logger = logger or log
     if config.batch_size < 2:
@@ -291,5 +294,8 @@ def fit_student(
             ckpt.write_latest(checkpoint_url, r, iteration, storage_options)
         if on_round_end is not None:
             on_round_end(RoundEnd(r, iteration, weights_url, record))
+        if stop_after_round is not None and stop_after_round <= r < len(ends) - 1:
+            model.eval()
+            return TrainResult(model, metrics, weights_url, resumed_from, stopped_after_round=r)
     model.eval()
     return TrainResult(model, metrics, weights_url, resumed_from)

@@ -15,7 +15,7 @@ from support.prefect_server import PrefectServer, run_prefect
 
 from flows.label_dataset import label_dataset
 from flows.pseudo_label_and_train import pseudo_label_and_train
-from maskclip_core.labeling.batch import LabelerSpec, resolve_labeler
+from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
 from maskclip_core.teacher.labeler import LabelerConfig
 
 REPO = Path(__file__).resolve().parents[2]
