@@ -90,6 +90,43 @@ def import_reviews(
         matchable = None if from_us else list(ours.values())
         reviewed = import_coco_reviews(doc, categories, images=matchable, strict=strict)
 
+    import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
+    written = store_reviews(
+        store,
+        reviewed,
+        tool=fmt,
+        import_id=import_id,
+        source_uri=review_url,
+        strict=strict,
+        imported_at=imported_at,
+        known=ours,
+    )
+    return {
+        "import_id": import_id,
+        "format": fmt,
+        "source": review_url,
+        **{k: v for k, v in written.items() if k != "import_id"},
+    }
+
+
+def store_reviews(
+    store: LabelStore,
+    reviewed: Sequence[ReviewedImage],
+    *,
+    tool: str,
+    import_id: str,
+    source_uri: str,
+    strict: bool = True,
+    imported_at: dt.datetime | None = None,
+    known: Mapping[int, ExportImage] | None = None,
+) -> dict[str, Any]:
+    """Write reviewed label maps as one ``reviewed`` part named after ``import_id`` (same id: same part).
+
+    Reviews of images the store does not hold (or whose sha256 differs) raise; with ``strict=False`` they are
+    skipped and listed. A review whose size differs from its image's raises. Of several reviews of one image
+    the latest (``reviewed_at``) counts. ``known``: the store's images by id, when the caller has them.
+    """
+    ours = {image.image_id: image for image in known_images(store)} if known is None else known
     latest: dict[int, ReviewedImage] = {}  # a task exported twice: its latest review counts
     skipped: list[int] = []
     for review in reviewed:
@@ -97,7 +134,7 @@ def import_reviews(
         if image is None or (review.sha256 and review.sha256 != image.sha256):
             if strict:
                 why = "is not in the store" if image is None else "has a different sha256 in the store"
-                raise ValueError(f"reviewed image {review.image_id} {why} ({output_url})")
+                raise ValueError(f"reviewed image {review.image_id} {why} ({store.url})")
             skipped.append(review.image_id)
             continue
         if review.label_map.shape != (image.height, image.width):
@@ -106,21 +143,19 @@ def import_reviews(
         if review.image_id not in latest or review.reviewed_at >= latest[review.image_id].reviewed_at:
             latest[review.image_id] = review
 
-    import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
     when = imported_at or dt.datetime.now(dt.UTC)
     rows = [
         row
         for review in latest.values()
-        for row in _rows(review, ours[review.image_id], fmt, import_id, when, review_url)
+        for row in _rows(review, ours[review.image_id], tool, import_id, when, source_uri)
     ]
     url = None
     if rows:
-        url = join_url(output_url, "reviewed", f"part-{import_id}.parquet")
-        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(rows, schema=REVIEWED_SCHEMA)), storage_options)
+        url = join_url(store.url, "reviewed", f"part-{import_id}.parquet")
+        table = pa.Table.from_pylist(rows, schema=REVIEWED_SCHEMA)
+        atomic_write_bytes(url, parquet_bytes(table), store.storage_options)
     return {
         "import_id": import_id,
-        "format": fmt,
-        "source": review_url,
         "url": url,
         "images": len(latest),
         "regions": sum(r["category_id"] is not None for r in rows),
