@@ -137,8 +137,8 @@ def push(
     client = client or connect(target.url, target.api_key)
     base = target.url.rstrip("/")
     with server_errors(base):
-        project, created = _project(client, target.project, dataset, create=True)
         config = labeling_config(categories, mode)
+        project, created = _project(client, target.project, dataset, label_config=config)
         if not created and _normalized_xml(project.label_config) != _normalized_xml(config):
             client.projects.update(project.id, label_config=config)
         storages = [
@@ -178,8 +178,9 @@ def _description(dataset: str) -> str:
     return f"maskclip-labeler dataset {dataset}"
 
 
-def _project(client: Any, name: str | None, dataset: str, *, create: bool) -> tuple[Any, bool]:
-    """(project, created): by id when ``name`` is a number, else by exact title (default from the dataset).
+def _project(client: Any, name: str | None, dataset: str, *, label_config: str | None = None) -> tuple[Any, bool]:
+    """(project, created): by id when ``name`` is a number, else by exact title (default from the dataset);
+    created with ``label_config`` when there is none (pull passes none: it never creates).
 
     A project found by title must name this dataset in its description (push writes it), so two datasets
     with the same folder name never share a project.
@@ -202,9 +203,9 @@ def _project(client: Any, name: str | None, dataset: str, *, create: bool) -> tu
                 f"({described[len(_description('')) :]}): pass --project with another title"
             )
         return client.projects.get(project.id), False
-    if not create:
+    if label_config is None:
         raise LabelStudioError(f"no Label Studio project titled {title!r}: push the dataset first, or pass --project")
-    return client.projects.create(title=title, description=_description(dataset)), True
+    return client.projects.create(title=title, description=_description(dataset), label_config=label_config), True
 
 
 def _image_locations(uris: Iterable[str], document_root: str | None) -> tuple[list[str], list[str]]:
@@ -357,7 +358,7 @@ def pull(
     client = client or connect(target.url, target.api_key)
     base = target.url.rstrip("/")
     with server_errors(base):
-        project, _ = _project(client, target.project, dataset, create=False)
+        project, _ = _project(client, target.project, dataset)
         exported = client.projects.exports.as_json(project.id)
     annotated = [_review_fields(task) for task in exported if task.get("annotations")]
     # The import id hashes what the reviews say, not the export's volatile fields: an unchanged pull

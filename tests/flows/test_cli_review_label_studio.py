@@ -66,6 +66,11 @@ def _server_tasks(client, project_id: int) -> list:
     return sorted(client.tasks.list(project=project_id, fields="all"), key=lambda t: t.id)
 
 
+def _predictions(task) -> list[dict]:
+    """A task's predictions as plain dicts (the SDK returns models or dicts depending on the endpoint)."""
+    return [p if isinstance(p, dict) else p.model_dump() for p in task.predictions or []]
+
+
 def _decoded(result: list[dict], names: dict[str, int], h: int, w: int) -> dict[int, np.ndarray]:
     """Category id -> mask of brush regions, decoded by label-studio-sdk's converter (not our decoder)."""
     from label_studio_sdk.converter.brush import decode_rle
@@ -104,7 +109,7 @@ def test_push_annotate_pull_evaluate_exact(labeled, label_studio_server: LabelSt
     assert sorted(int(t.data["image_id"]) for t in tasks) == sorted(images)
     for task in tasks:
         image = images[int(task.data["image_id"])]
-        [prediction] = task.predictions
+        [prediction] = _predictions(task)
         masks = _decoded(prediction["result"], names, image.height, image.width)
         expected = category_masks(image)
         assert masks.keys() == expected.keys()
@@ -121,27 +126,26 @@ def test_push_annotate_pull_evaluate_exact(labeled, label_studio_server: LabelSt
 
     # A prediction edited on the server is put back by the next push (and only that task is touched).
     victim = tasks[0]
-    client.predictions.delete(victim.predictions[0]["id"])
+    client.predictions.delete(_predictions(victim)[0]["id"])
     client.predictions.create(task=victim.id, result=[], model_version="maskclip")
     third = run(capsys, *push)
     assert (third["tasks_created"], third["tasks_updated"], third["tasks_unchanged"]) == (0, 1, 2)
-    [restored] = client.tasks.get(victim.id).predictions
-    assert restored["result"] == victim.predictions[0]["result"]
+    [restored] = _predictions(client.tasks.get(victim.id))
+    assert restored["result"] == _predictions(victim)[0]["result"]
 
-    # Review: accept every prediction, but in the first task move the top-left 10 x 12 block's pixels of
-    # its first class to another class.
+    # Review: accept every prediction, but in the first task move the upper half (in raster order) of its
+    # first class's pixels to another class.
     edited_task = tasks[0]
     edited = images[int(edited_task.data["image_id"])]
     pseudo = {image_id: category_masks(image) for image_id, image in images.items()}
     c = next(iter(pseudo[edited.image_id]))
     d = next(cid for cid in names.values() if cid != c)
-    block = np.zeros((edited.height, edited.width), bool)
-    block[:10, :12] = True
-    moved = pseudo[edited.image_id][c] & block
-    assert moved.any()
+    ys, xs = np.nonzero(pseudo[edited.image_id][c])
+    moved = np.zeros((edited.height, edited.width), bool)
+    moved[ys[: (len(ys) + 1) // 2], xs[: (len(ys) + 1) // 2]] = True
     by_id = {v: k for k, v in names.items()}
     for task in tasks:
-        result = task.predictions[0]["result"]
+        result = _predictions(task)[0]["result"]
         if task.id == edited_task.id:
             template = result[0]
             new_masks = {cid: m.copy() for cid, m in pseudo[edited.image_id].items()}

@@ -6,6 +6,10 @@ prepare its data while the server migrates its database (a minute or more on a b
 ``label_studio_server`` waits until ``/health`` answers. The whole process group is stopped at the end of
 the session. Without ``.venv-label-studio`` (``make label-studio`` creates it) the tests skip, saying so.
 
+Migrating a fresh database takes most of the start-up time, so the first session keeps a copy of the freshly
+migrated database (with the test user, nothing else) per Label Studio version under
+``~/.cache/maskclip-tests/`` (``MASKCLIP_TEST_CACHE`` elsewhere); later sessions start from a copy of it.
+
 Register the fixtures in a test module with ``from support.label_studio_server import *  # noqa: F403``
 or by importing the two names.
 """
@@ -13,11 +17,14 @@ or by importing the two names.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +36,17 @@ EXECUTABLE = VENV / "bin" / "label-studio"
 USER = "reviewer@example.com"
 PASSWORD = "maskclip-test-password"
 TOKEN = "maskclip0test0legacy0token0000000000000"  # a legacy token: set at user creation, no UI needed
-STARTUP_TIMEOUT_S = 420.0  # first start migrates a fresh SQLite database: ~90 s on a loaded 2-core machine
+STARTUP_TIMEOUT_S = 420.0  # first start migrates a fresh SQLite database: 90-160 s on a loaded 2-core machine
+DATABASE = "label_studio.sqlite3"  # in the data dir
+
+
+def _template() -> Path | None:
+    """Where this Label Studio version's migrated database is kept between sessions."""
+    versions = sorted(VENV.glob("lib/python*/site-packages/label_studio-*.dist-info"))
+    if not versions:
+        return None
+    cache = Path(os.environ.get("MASKCLIP_TEST_CACHE", Path.home() / ".cache" / "maskclip-tests"))
+    return cache / f"{versions[-1].name.removesuffix('.dist-info')}-{USER}.sqlite3"
 
 
 @dataclass
@@ -40,6 +57,7 @@ class LabelStudioServer:
     data_dir: Path
     log: Path
     process: subprocess.Popen
+    template: Path | None = None  # to fill once the server is up, when no copy was there at start
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Block until ``/health`` answers 200; fail with the log's tail if the server died or never answered."""
@@ -51,6 +69,7 @@ class LabelStudioServer:
                 pytest.fail(f"Label Studio exited with {self.process.returncode}:\n{self._log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    self._keep_template()
                     return
             except httpx.HTTPError:
                 pass
@@ -74,6 +93,17 @@ class LabelStudioServer:
             except ProcessLookupError:
                 pass
 
+    def _keep_template(self) -> None:
+        """Copy the just-migrated database (sqlite's online backup: consistent while the server runs)."""
+        if self.template is None or self.template.exists():
+            return
+        self.template.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.template.with_name(f".{self.template.name}.{os.getpid()}")
+        with closing(sqlite3.connect(self.data_dir / DATABASE)) as source, closing(sqlite3.connect(partial)) as copy:
+            source.backup(copy)
+        os.replace(partial, self.template)
+        self.template = None
+
     def _log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -93,6 +123,10 @@ def label_studio_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     document_root = base / "files"
     data_dir = base / "data"
     document_root.mkdir()
+    data_dir.mkdir()
+    template = _template()
+    if template is not None and template.exists():
+        shutil.copyfile(template, data_dir / DATABASE)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "LABEL_STUDIO_"))}
     env.update(
@@ -133,6 +167,7 @@ def label_studio_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         data_dir=data_dir,
         log=log,
         process=process,
+        template=template,
     )
     try:
         yield server
