@@ -68,7 +68,7 @@ def server_errors(url: str) -> Iterator[None]:
         raise LabelStudioError(f"cannot reach Label Studio at {url}: {exc or type(exc).__name__}") from None
     except ApiError as exc:
         detail = _detail(exc.body)
-        if exc.status_code in (401, 403):
+        if exc.status_code == 401:
             raise LabelStudioError(
                 f"Label Studio at {url} refused the API key (HTTP {exc.status_code}: {detail}); use the access token "
                 "or legacy token from its Account & Settings page (--api-key or LABEL_STUDIO_API_KEY)"
@@ -309,7 +309,8 @@ def _s3_credentials(storage_options: Mapping[str, Any] | None) -> dict[str, str]
 def _tasks_by_image(client: Any, project_id: int) -> dict[int, Any]:
     """The project's tasks by our image id (the first task of an image, if it was imported twice by hand)."""
     out: dict[int, Any] = {}
-    for task in client.tasks.list(project=project_id, fields="all", page_size=500):
+    # resolve_uri=False: the data as imported (s3:// URIs), not the URLs the labeling UI loads
+    for task in client.tasks.list(project=project_id, fields="all", page_size=500, resolve_uri=False):
         image_id = (task.data or {}).get("image_id")
         if image_id is not None and str(image_id).isdigit():
             out.setdefault(int(image_id), task)
@@ -405,9 +406,14 @@ def _normalized_xml(xml: str | None) -> str:
 
 
 def _detail(body: Any) -> str:
-    if isinstance(body, Mapping):
-        for key in ("detail", "validation_errors", "message"):
-            if body.get(key):
-                return _canonical(body[key]) if not isinstance(body[key], str) else body[key]
-        return _canonical(dict(body))[:300]
-    return str(body)[:300] if body else "no details"
+    """The server's reason in one line: its ``detail`` plus any field errors (e.g. a storage path it refused)."""
+    if not isinstance(body, Mapping):
+        return " ".join(str(body).split())[:500] if body else "no details"
+    parts = [str(body["detail"])] if body.get("detail") else []
+    errors = body.get("validation_errors")
+    if isinstance(errors, Mapping):
+        parts += [f"{field}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for field, v in errors.items()]
+    elif errors:
+        parts.append(str(errors))
+    text = "; ".join(parts) if parts else _canonical(dict(body))
+    return " ".join(text.split())[:500]

@@ -9,6 +9,7 @@ The one-line errors that need no server (missing / wrong document root, unreacha
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,13 @@ def labeled(label_studio_process: LabelStudioServer, tmp_path_factory: pytest.Te
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(block_image(rng)).save(root / name)
     dataset = str(tmp_path_factory.mktemp("review") / "dataset")
+    store = _label([str(root / n) for n in NAMES], dataset)
+    images = {image.image_id: image for image in iter_export_images(store)}
+    return {"dataset": dataset, "images": images, "categories": store.categories(), "root": root}
+
+
+def _label(uris: list[str], dataset: str, storage_options: dict | None = None) -> LabelStore:
+    """The images labeled by the tiny teacher, every pixel kept, into a new dataset."""
     labeler = load_labeler(TINY_SPEC)
     store = LabelStore(dataset)
     ids = store.ensure_categories(labeler_categories(labeler))
@@ -56,10 +64,10 @@ def labeled(label_studio_process: LabelStudioServer, tmp_path_factory: pytest.Te
         category_ids=tuple(ids[name] for name in labeler.class_names),
         filters=KEEP_ALL,
     )
-    outcome = label_and_write_batch(0, [SourceItem(str(root / n)) for n in NAMES], labeler, plan, store)
-    assert outcome.stats.labeled == len(NAMES)
-    images = {image.image_id: image for image in iter_export_images(store)}
-    return {"dataset": dataset, "images": images, "categories": store.categories(), "root": root}
+    items = [SourceItem(uri) for uri in uris]
+    outcome = label_and_write_batch(0, items, labeler, plan, store, source_storage_options=storage_options)
+    assert outcome.stats.labeled == len(uris)
+    return store
 
 
 def _server_tasks(client, project_id: int) -> list:
@@ -188,6 +196,52 @@ def test_bad_key_is_one_line(labeled, label_studio_server: LabelStudioServer, ca
         *["--dataset", labeled["dataset"]],
     )
     assert "refused the API key (HTTP 401" in err and len(err.strip().splitlines()) == 1
+
+
+def test_s3_images_are_served_through_presigned_urls(label_studio_server, s3_server, tmp_path, capsys) -> None:  # noqa: F811
+    """s3:// images: push adds an S3 storage with presigning; the UI's URL of each image yields its bytes."""
+    import fsspec
+
+    bucket = s3_server.make_bucket("review")
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    rng = np.random.default_rng(5)
+    blobs = {}
+    for name in ("photos/x.png", "photos/y.png"):
+        path = tmp_path / name.replace("/", "-")
+        Image.fromarray(block_image(rng)).save(path)
+        blobs[f"s3://{bucket}/{name}"] = path.read_bytes()
+        fs.pipe(f"{bucket}/{name}", blobs[f"s3://{bucket}/{name}"])
+    dataset = str(tmp_path / "dataset")
+    _label(sorted(blobs), dataset, s3_server.storage_options)
+    push = ["review", "push", "--label-studio", label_studio_server.url, "--api-key", label_studio_server.api_key]
+    push += ["--dataset", dataset, "--project", "maskclip s3 review"]
+    push += ["--storage-options", json.dumps(s3_server.storage_options)]
+    summary = run(capsys, *push)
+    assert summary["storages"] == [{"type": "s3", "bucket": bucket, "created": True}]
+    assert summary["tasks_created"] == 2
+    client = label_studio_server.client()
+    auth = {"Authorization": f"Token {label_studio_server.api_key}"}
+    stored = {t["id"]: t["data"]["image"] for t in client.projects.exports.as_json(summary["project"])}
+    assert sorted(stored.values()) == sorted(blobs)  # tasks keep the s3:// URIs ...
+    for task in _server_tasks(client, summary["project"]):  # ... which the labeling UI gets resolved
+        resolved = task.data["image"]
+        assert not resolved.startswith("s3://")
+        url = resolved if resolved.startswith("http") else label_studio_server.url + resolved
+        served = httpx.get(url, headers=auth, follow_redirects=True)
+        assert served.status_code == 200 and served.content == blobs[stored[task.id]]
+    again = run(capsys, *push)
+    assert (again["tasks_created"], again["tasks_updated"], again["storages"][0]["created"]) == (0, 0, False)
+
+
+def test_a_server_with_another_document_root_is_one_line(label_studio_server, small, tmp_path, capsys) -> None:  # noqa: F811
+    """Our side sees the images below --document-root, the server's root is elsewhere: its refusal, one line."""
+    err = fails(
+        capsys,
+        *["review", "push", "--label-studio", label_studio_server.url, "--api-key", label_studio_server.api_key],
+        *["--dataset", str(tmp_path / "ds"), "--project", "maskclip wrong root"],
+        *["--document-root", str(tmp_path / "root")],
+    )
+    assert "HTTP 400" in err and "LOCAL_FILES_DOCUMENT_ROOT" in err and len(err.strip().splitlines()) == 1, err
 
 
 # --- no server needed -------------------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def label_studio_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         LATEST_VERSION_CHECK="false",  # no request to pypi.org
         COLLECT_ANALYTICS="false",
         SENTRY_DSN="",
+        SSRF_PROTECTION_ENABLED="false",  # the tests' S3 server (moto) listens on 127.0.0.1, which it blocks
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
     )
