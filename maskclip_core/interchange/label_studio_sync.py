@@ -29,7 +29,7 @@ import fsspec
 
 from maskclip_core.dataset.reader import select_images
 from maskclip_core.dataset.reviews import store_reviews
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.store import STATUSES, LabelStore
 from maskclip_core.interchange.label_studio import import_label_studio, label_studio_task, labeling_config
 
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -119,23 +119,20 @@ def push(
     categories = store.categories()
     if not categories:
         raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
-    images = list(select_images(store, categories=categories, **dict(selection or {})))
+    selection = dict(selection or {})
+    unknown = set(selection.get("statuses") or ()) - set(STATUSES)
+    if unknown:
+        raise ValueError(f"unknown image statuses {sorted(unknown)}: choose from {', '.join(STATUSES)}")
+    # Regions stay compressed RLE until their task is built, one import chunk at a time.
+    images = list(select_images(store, categories=categories, **selection))
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or None
+    # Checked before anything is sent: an image Label Studio could not show stops the push early.
     local_folders, buckets = _image_locations([image.uri for image in images], root)
-    # Every task is built before anything is sent: an image Label Studio could not show stops the push early.
-    tasks = {
-        image.image_id: label_studio_task(
-            image,
-            categories,
-            mode=mode,
-            document_root=root,
-            model_version=model_version,
-            polygon_tolerance=polygon_tolerance,
-        )
-        for image in images
-    }
+    options = {"mode": mode, "document_root": root, "model_version": model_version}
+    options["polygon_tolerance"] = polygon_tolerance
     client = client or connect(target.url, target.api_key)
     base = target.url.rstrip("/")
+    created_tasks = updated = 0
     with server_errors(base):
         config = labeling_config(categories, mode)
         project, created = _project(client, target.project, dataset, label_config=config)
@@ -145,24 +142,28 @@ def push(
             *_local_storages(client, project.id, local_folders),
             *_s3_storages(client, project.id, buckets, storage_options),
         ]
-        existing = _tasks_by_image(client, project.id)
-        new = [task for image_id, task in tasks.items() if image_id not in existing]
-        for start in range(0, len(new), IMPORT_CHUNK):
-            client.projects.import_tasks(project.id, request=new[start : start + IMPORT_CHUNK])
-        updated = 0
-        for image_id, task in tasks.items():
-            if image_id in existing:
-                updated += _update_task(client, existing[image_id], task, model_version)
+        existing = _tasks_by_image(client, project.id, model_version)
+        pending: list[dict[str, Any]] = []
+        for i, image in enumerate(images):
+            task = label_studio_task(image, categories, **options)
+            if image.image_id in existing:
+                updated += _update_task(client, existing[image.image_id], task, model_version)
+            else:
+                pending.append(task)
+            if pending and (len(pending) == IMPORT_CHUNK or i == len(images) - 1):
+                client.projects.import_tasks(project.id, request=pending)
+                created_tasks += len(pending)
+                pending = []
     return {
         "project": project.id,
         "title": project.title,
         "url": f"{base}/projects/{project.id}",
         "project_created": created,
         "storages": storages,
-        "images": len(tasks),
-        "tasks_created": len(new),
+        "images": len(images),
+        "tasks_created": created_tasks,
         "tasks_updated": updated,
-        "tasks_unchanged": len(tasks) - len(new) - updated,
+        "tasks_unchanged": len(images) - created_tasks - updated,
     }
 
 
@@ -306,30 +307,43 @@ def _s3_credentials(storage_options: Mapping[str, Any] | None) -> dict[str, str]
     return {k: str(v) for k, v in values.items() if v}
 
 
-def _tasks_by_image(client: Any, project_id: int) -> dict[int, Any]:
+@dataclass(frozen=True)
+class _ServerTask:
+    """What push compares of a task already on the server (small: a project may hold many)."""
+
+    id: int
+    data: dict[str, Any]
+    predictions: tuple[tuple[int, str, float | None], ...]  # ours: (id, digest of the result, score)
+
+
+def _tasks_by_image(client: Any, project_id: int, model_version: str) -> dict[int, _ServerTask]:
     """The project's tasks by our image id (the first task of an image, if it was imported twice by hand)."""
-    out: dict[int, Any] = {}
+    out: dict[int, _ServerTask] = {}
     # resolve_uri=False: the data as imported (s3:// URIs), not the URLs the labeling UI loads
     for task in client.tasks.list(project=project_id, fields="all", page_size=500, resolve_uri=False):
         image_id = (task.data or {}).get("image_id")
-        if image_id is not None and str(image_id).isdigit():
-            out.setdefault(int(image_id), task)
+        if image_id is None or not str(image_id).isdigit() or int(image_id) in out:
+            continue
+        ours = tuple(
+            (int(_field(p, "id")), _digest(_field(p, "result")), _field(p, "score"))
+            for p in task.predictions or []
+            if _field(p, "model_version") == model_version
+        )
+        out[int(image_id)] = _ServerTask(id=int(task.id), data=dict(task.data), predictions=ours)
     return out
 
 
-def _update_task(client: Any, task: Any, wanted: Mapping[str, Any], model_version: str) -> int:
+def _update_task(client: Any, task: _ServerTask, wanted: Mapping[str, Any], model_version: str) -> int:
     """Bring one existing task to ``wanted`` (data, our prediction); 1 when something changed."""
     changed = 0
-    if dict(task.data or {}) != wanted["data"]:
+    if task.data != wanted["data"]:
         client.tasks.update(str(task.id), data=wanted["data"])
         changed = 1
     prediction = wanted["predictions"][0]
-    ours = [p for p in (task.predictions or []) if _field(p, "model_version") == model_version]
-    same = len(ours) == 1 and _canonical(_field(ours[0], "result")) == _canonical(prediction["result"])
-    if same and _field(ours[0], "score") == prediction.get("score"):
+    if [p[1:] for p in task.predictions] == [(_digest(prediction["result"]), prediction.get("score"))]:
         return changed
-    for old in ours:
-        client.predictions.delete(_field(old, "id"))
+    for prediction_id, _, _ in task.predictions:
+        client.predictions.delete(prediction_id)
     client.predictions.create(
         task=task.id, result=prediction["result"], score=prediction.get("score"), model_version=model_version
     )
@@ -399,6 +413,10 @@ def _field(record: Any, name: str) -> Any:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
 
 
 def _normalized_xml(xml: str | None) -> str:
