@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 from maskclip_core.dataset.reader import iter_export_images
 from maskclip_core.dataset.store import LabelStore
+from maskclip_core.interchange.label_studio import label_studio_task
 from maskclip_core.interchange.label_studio_rle import encode_mask
 from maskclip_core.interchange.label_studio_sync import default_project_title
 from maskclip_core.interchange.records import category_masks
@@ -187,6 +189,36 @@ def test_push_annotate_pull_evaluate_exact(labeled, label_studio_server: LabelSt
         assert report["per_class_iou"][name] == (None if iou is None else pytest.approx(iou, rel=1e-12)), name
     total = sum(area.values())
     assert report["pixel_accuracy"] == pytest.approx((total - k) / total, rel=1e-12)
+
+
+def test_project_follows_the_dataset_and_polygons(labeled, label_studio_server, tmp_path, capsys) -> None:  # noqa: F811
+    """A category added to the dataset reaches the project's label config on the next push; polygon tasks arrive
+    as generated."""
+    dataset = str(tmp_path / "dataset")
+    shutil.copytree(labeled["dataset"], dataset)
+    server = label_studio_server
+    push = ["review", "push", "--label-studio", server.url, "--api-key", server.api_key, "--dataset", dataset]
+    push += ["--document-root", str(server.document_root), "--project", "maskclip polygons", "--polygons"]
+    first = run(capsys, *push)
+    client = server.client()
+    project = client.projects.get(first["project"])
+    assert project.parsed_label_config["tag"]["type"] == "PolygonLabels"
+    categories = LabelStore(dataset).categories()
+    expected = {
+        str(image.image_id): label_studio_task(
+            image, categories, mode="polygon", document_root=str(server.document_root)
+        )
+        for image in labeled["images"].values()
+    }
+    for task in _server_tasks(client, project.id):
+        [prediction] = _predictions(task)
+        assert prediction["result"] == expected[task.data["image_id"]]["predictions"][0]["result"]
+
+    LabelStore(dataset).ensure_categories(["yellow"])
+    again = run(capsys, *push)
+    assert (again["project"], again["tasks_created"], again["tasks_updated"]) == (project.id, 0, 0)
+    labels = client.projects.get(project.id).parsed_label_config["tag"]["labels"]
+    assert labels == [c["name"] for c in labeled["categories"]] + ["yellow"]
 
 
 def test_bad_key_is_one_line(labeled, label_studio_server: LabelStudioServer, capsys) -> None:  # noqa: F811
