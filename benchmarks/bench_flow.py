@@ -103,9 +103,9 @@ def throughput(args: argparse.Namespace) -> dict:
     import s3fs
 
     from flows.label_dataset import RunOptions, label_dataset
-    from maskclip_core.labeling.batch import LabelerSpec, load_labeler
     from maskclip_core.labeling.decode import decode_image
     from maskclip_core.labeling.filter import FilterConfig
+    from maskclip_core.labeling.registry import LabelerSpec, load_labeler
     from maskclip_core.teacher.labeler import LabelerConfig
 
     if not IMAGES.is_dir():
@@ -241,8 +241,8 @@ def tiny_jpegs(directory: Path, n: int) -> None:
 def memory_child(source: str, output: str, batch_size: int) -> None:
     """One size, in a fresh process: RSS after setup, then the flow, then the peak."""
     from flows.label_dataset import RunOptions, label_dataset, progress_listener
-    from maskclip_core.labeling.batch import LabelerSpec, load_labeler
     from maskclip_core.labeling.filter import FilterConfig
+    from maskclip_core.labeling.registry import LabelerSpec, load_labeler
     from maskclip_core.teacher.labeler import LabelerConfig
     from maskclip_core.teacher.window_predictor import InferenceConfig
 

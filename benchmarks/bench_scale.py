@@ -6,7 +6,7 @@
 
 What a ``label-dataset`` run does before any image is decoded, measured without Prefect or a model:
 
-(a) ``LabelStore.known_sources`` and ``LabelStore.known_sha256_digests``: the two indexes of a config, read
+(a) ``LabelDataset.known_sources`` and ``LabelDataset.known_sha256_digests``: the two indexes of a config, read
     from Parquet columns of ``OUTPUT/images/`` (the flow reads the first, every batch process the second);
 (b) the streaming listing (``iter_source_files``) with the per-file (uri, source_version) lookup, which
     skips unchanged files without reading them (``skipped_by_listing``);
@@ -27,8 +27,8 @@ peak RSS (``VmHWM``) is its own; the peak is reset after loading the indexes (``
 ``peak_rss_check_mb`` is the peak of (b) + (c) alone. ``growth`` compares each backend's largest and smallest
 configuration: time ratio / size ratio is ~1 when the cost is linear. ``listing_alone`` lists the source once
 more in a process that loads nothing else: its ``peak_growth_mb`` is what the listing itself holds. The child
-processes import ``maskclip_core.dataset.store`` / ``storage`` / ``digests`` only (no torch): the flow process adds the
-model (and torch, ~0.7-1 GB here) to these figures, independently of the source size.
+processes import ``maskclip_core.dataset.label_dataset`` / ``fs`` / ``digests`` only (no torch): the flow process adds
+the model (and torch, ~0.7-1 GB here) to these figures, independently of the source size.
 
 ``--part-rows 16`` writes the index as the flow does (one images part per batch of 16): the index load then
 costs per part file, not per row. Prints JSON.
@@ -184,7 +184,7 @@ def synthetic_rows(stream: str, start: int, rows: int) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    from maskclip_core.dataset.store import IMAGES_SCHEMA
+    from maskclip_core.dataset.schema import IMAGES_SCHEMA
 
     rng = np.random.default_rng([SEED, 1 if stream == "filler" else 2, start])
     sha = rng.integers(0, 256, size=(rows, 32), dtype=np.uint8)
@@ -243,7 +243,7 @@ def source_rows(source_url: str, storage_options: dict, args: argparse.Namespace
     import pyarrow as pa
 
     from maskclip_core.dataset.fs import iter_source_files
-    from maskclip_core.dataset.store import IMAGES_SCHEMA
+    from maskclip_core.dataset.schema import IMAGES_SCHEMA
     from maskclip_core.labeling.annotations import image_id_from_sha256
 
     rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
@@ -380,14 +380,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from maskclip_core.dataset.digests import sha256_digest, source_digest
     from maskclip_core.dataset.fs import iter_source_files, read_bytes, sha256_hex
-    from maskclip_core.dataset.store import LabelStore
+    from maskclip_core.dataset.label_dataset import LabelDataset
 
     clock = time.perf_counter
     opts = spec["storage_options"]
     out: dict[str, Any] = {"rss_after_imports_mb": rss_mb()}
 
     # (a) the two indexes, from Parquet columns
-    store = LabelStore(spec["output"], opts)
+    store = LabelDataset(spec["output"], opts)
     t0 = clock()
     known = store.known_sources(CONFIG_HASH)
     out["load_known_sources_s"] = round(clock() - t0, 3)

@@ -232,7 +232,7 @@ TEACHER_ONLY = (
 
 def labeler_spec(args: argparse.Namespace):
     """The LabelerSpec of ``maskclip label``; options of the other labeler are refused, not ignored."""
-    from maskclip_core.labeling.batch import LabelerSpec
+    from maskclip_core.labeling.registry import LabelerSpec
 
     typed = given_options(args)
     if args.labeler == "student":
@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
         from flows.cli_server import PrefectServerUnavailable
-        from maskclip_core.labeling.batch import StudentUnavailableError
+        from maskclip_core.labeling.registry import StudentUnavailableError
         from maskclip_core.student import BackboneWeightsUnavailable
         from maskclip_core.teacher.clip_loader import WeightsUnavailableError
 

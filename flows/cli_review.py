@@ -129,14 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from maskclip_core.interchange.export import ExportParameters, export_store
+    from maskclip_core.interchange.export import ExportParameters, export_dataset
 
     # Every option is named after its ExportParameters field; unset ones keep the model's defaults.
-    fields = given(args, {name: name for name in ExportParameters.model_fields if name != "output"})
-    fields["output"] = args.dataset
+    fields = given(args, {name: name for name in ExportParameters.model_fields})
     with readable_validation_errors():
         params = ExportParameters(**fields)
-    summary = export_store(params, args.storage_options)
+    summary = export_dataset(params, args.storage_options)
     print(json.dumps(summary, indent=2))
     if summary["images"] == 0:
         print("maskclip: warning: no image matched the selection; the export is empty", file=sys.stderr)
@@ -144,7 +143,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from maskclip_core.dataset.reviews import import_reviews
+    from maskclip_core.interchange.review_import import import_reviews
 
     summary = import_reviews(
         args.dataset,
@@ -159,7 +158,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from maskclip_core.dataset.reviews import evaluate_reviewed
+    from maskclip_core.evaluation.reviewed import evaluate_reviewed
 
     report = evaluate_reviewed(args.dataset, config_hash=args.config_hash, storage_options=args.storage_options)
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
@@ -178,7 +177,7 @@ def _cmd_review_push(args: argparse.Namespace) -> int:
 
     selection = {
         name: getattr(args, name)
-        for name in ("config_hash", "classes", "min_score", "max_score", "statuses", "rounds", "sources")
+        for name in ("config_hash", "classes", "min_score", "max_score", "statuses", "rounds", "labelers")
         if getattr(args, name) is not None
     }
     selection.update({k: getattr(args, k) for k in ("image_ids", "lowest") if getattr(args, k) is not None})
@@ -258,7 +257,7 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
     labeled_by = g.add_argument(
         "--labeled-by",
-        dest="sources",
+        dest="labelers",
         type=comma_strings,
         action="extend",
         metavar="LABELER",

@@ -122,7 +122,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The train-student flow's parameters from ``maskclip train`` arguments."""
     from maskclip_core.evaluation.ground_truth import GroundTruthSpec
     from maskclip_core.labeling.filter import FilterConfig
-    from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
     clip = None
     if args.clip_model:

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from maskclip_core.interchange.export import ExportParameters, export_store
+from maskclip_core.interchange.export import ExportParameters, export_dataset
 
 ARTIFACT_KEY = "export-summary"
 
@@ -28,24 +28,24 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="export-store", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
-def export_store_task(params: ExportParameters, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+@task(name="export-dataset", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
+def export_dataset_task(params: ExportParameters, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     # Writes are atomic and named by the destination, so a retry rewrites the same files.
-    return export_store(params, storage_options)
+    return export_dataset(params, storage_options)
 
 
 @flow(name="export-annotations")
 def export_annotations(params: ExportParameters, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export ``params.output`` to ``params.destination`` in ``params.format``; returns the summary.
+    """Export ``params.dataset`` to ``params.destination`` in ``params.format``; returns the summary.
 
     ``storage_options`` are fsspec options (endpoint, region); keep credentials in the environment or a
     block, not in flow parameters, which the UI shows.
     """
-    summary = export_store_task(params, storage_options)
+    summary = export_dataset_task(params, storage_options)
     create_markdown_artifact(
         markdown=summary_markdown(summary),
         key=ARTIFACT_KEY,
-        description=f"{summary['format']} export of {summary['output']}",
+        description=f"{summary['format']} export of {summary['dataset']}",
     )
     return summary
 
@@ -58,7 +58,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         "| | |",
         "| --- | --- |",
-        f"| from | `{summary['output']}` |",
+        f"| from | `{summary['dataset']}` |",
         *(f"| file | `{url}` |" for url in summary["files"]),
         f"| images | {summary['images']} |",
         f"| annotations | {summary['annotations']} |",

@@ -34,9 +34,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.submission import submit_bounded
 from maskclip_core.dataset.fs import SourceFile, iter_source_files
-from maskclip_core.labeling.batch import LabelerSpec
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
+from maskclip_core.labeling.registry import LabelerSpec
 from maskclip_core.labeling.report import RunSummary
 from tasks.labeling import (
     BatchSetup,

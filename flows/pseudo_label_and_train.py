@@ -3,9 +3,9 @@
 1. **label** the images under ``source`` with the MaskCLIP teacher (the ``label-dataset`` flow; incremental);
 2. **filter**: the labeling flow's confidence filter (``filters``) decides what the student learns from;
 3. **train** a MaskCLIP+ student on those labels (the ``train-student`` flow: pseudo-label phase, then
-   self-training rounds filtered the same way; checkpoints under ``OUTPUT/checkpoints/<run>/``);
+   self-training rounds filtered the same way; checkpoints under ``DATASET/checkpoints/<run>/``);
 4. **relabel** the images with the trained student (``label-dataset`` with ``labeler="student"``), into the
-   same output or a separate one (``relabel.output``); its annotations carry ``source=student`` and the round;
+   same dataset or a separate one (``relabel.dataset``); its annotations carry ``labeler=student`` and the round;
 5. **export** the student's labels as COCO (the ``export-annotations`` flow).
 
 Each step is idempotent, so a failed or stopped run is simply started again: labeled images are skipped,
@@ -25,9 +25,9 @@ from flows.train_student import train_student
 from maskclip_core.dataset.fs import join_url
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.interchange.export import ExportParameters
-from maskclip_core.labeling.batch import LabelerSpec
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.labeling.registry import LabelerSpec
+from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
 
 class TrainingStep(BaseModel):
@@ -138,7 +138,7 @@ def pseudo_label_and_train(
         destination = export.destination or join_url(relabel_dataset, "exports", f"{trained['run']}-coco.json")
         params = ExportParameters(
             format="coco",
-            output=relabel_dataset,
+            dataset=relabel_dataset,
             destination=destination,
             config_hash=relabeled["config_hash"],
             file_name_root=export.file_name_root,

@@ -1,6 +1,6 @@
 """The ``train-student`` flow: a MaskCLIP+ student trained on the teacher's pseudo-labels of a labeled dataset.
 
-Orchestration only; the work is in ``maskclip_core.training.rounds`` and its Prefect wrappers in ``tasks.training``.
+Orchestration only; the work is in ``maskclip_core.training`` and its Prefect wrappers in ``tasks.training``.
 One run:
 
 1. plans the run (``plan-student-training``): the teacher labeling to learn from, its classes and CLIP model
@@ -26,7 +26,7 @@ from prefect import flow
 from maskclip_core.dataset.metrics import table_rows
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.training.rounds import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 from tasks.training import (
     current_flow_run_id,
     evaluate_teacher_task,
@@ -72,7 +72,7 @@ def train_student(
     publish_metrics(plan, outcome)
     return {
         "run": plan.run,
-        "dataset": plan.output,
+        "dataset": plan.dataset_url,
         "config_hash": plan.config_hash,
         "classes": list(plan.class_names),
         "clip": plan.clip,

@@ -1,4 +1,4 @@
-"""Prefect tasks around ``maskclip_core.labeling.batch``: retries with exponential backoff, logging, artifacts.
+"""Prefect tasks around ``maskclip_core.labeling.write``: retries with exponential backoff, logging, artifacts.
 
 Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none persists its result.
 
@@ -36,24 +36,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, atomic_write_bytes, join_url
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record
-from maskclip_core.dataset.store import LabelStore
-from maskclip_core.labeling.batch import (
-    BatchOutcome,
-    LabelerSpec,
-    LabelingPlan,
-    SourceItem,
-    known_sha256_index,
-    label_and_write_batch,
-    labeler_categories,
-    labeler_round,
-    labeling_config_hash,
-    load_labeler,
-)
+from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.known_content import known_sha256_index
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.planning import BatchDone, PlannedBatch
+from maskclip_core.labeling.registry import LabelerSpec, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.write import BatchOutcome, label_and_write_batch
 
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 2.0  # first retry; then 4, 8, ... (exponential backoff)
@@ -156,13 +149,13 @@ def label_batch(index: int, items: Sequence[SourceItem], setup: BatchSetup, thum
     known: DigestSet | None = None
     if setup.skip_known_content:
         known = known_sha256_index(setup.dataset, setup.dataset_storage_options, plan.config_hash, plan.run_id)
-    store = LabelStore(setup.dataset, setup.dataset_storage_options)
+    dataset = LabelDataset(setup.dataset, setup.dataset_storage_options)
     outcome = label_and_write_batch(
         index,
         items,
         labeler,
         plan,
-        store,
+        dataset,
         source_storage_options=setup.source_storage_options,
         known=known,
         thumbnails=thumbnails,
@@ -189,7 +182,7 @@ def ensure_categories(
     dataset: str, storage_options: Mapping[str, Any], classes: Sequence[tuple[str, Sequence[str]]]
 ) -> dict[str, int]:
     """Category ids of the labeler's classes, registered once in the parent before fanning out."""
-    return LabelStore(dataset, storage_options).ensure_categories(list(classes))
+    return LabelDataset(dataset, storage_options).ensure_categories(list(classes))
 
 
 @task(name="write-labeling-record", cache_policy=NO_CACHE, persist_result=False)
@@ -201,7 +194,7 @@ def write_labeling_record(dataset: str, storage_options: Mapping[str, Any], reco
 @task(name="load-known-sources", cache_policy=NO_CACHE, persist_result=False)
 def load_known_sources(dataset: str, storage_options: Mapping[str, Any], config_hash: str) -> DigestSet:
     """(uri, source_version) digests already done under the config: files to skip without reading them."""
-    known = LabelStore(dataset, storage_options).known_sources(config_hash)
+    known = LabelDataset(dataset, storage_options).known_sources(config_hash)
     get_run_logger().info(
         "%d files already done under config %s (%d KB index)", len(known), config_hash, known.nbytes // 1024
     )
@@ -211,7 +204,7 @@ def load_known_sources(dataset: str, storage_options: Mapping[str, Any], config_
 @task(name="compact-index", cache_policy=NO_CACHE, persist_result=False)
 def compact_index(dataset: str, storage_options: Mapping[str, Any]) -> dict[str, int]:
     """Merge the run's many small images parts so the next run's index load reads few files."""
-    counts = LabelStore(dataset, storage_options).compact_images()
+    counts = LabelDataset(dataset, storage_options).compact_images()
     if counts["merged_parts"]:
         get_run_logger().info("merged %(merged_parts)d images parts into %(written_parts)d", counts)
     return counts

@@ -1,4 +1,4 @@
-"""Prefect tasks around ``maskclip_core.training.rounds``: plan, score the teacher, train; artifacts of the metrics.
+"""Prefect tasks around ``maskclip_core.training``: plan, score the teacher, train; artifacts of the metrics.
 
 Caching policy as in ``tasks.labeling``: nothing is cached (``NO_CACHE``) or persisted. The tasks exchange a
 small :class:`TrainingPlan` and :class:`TrainingOutcome` (URLs, names, metrics rows), never a model or a tensor:
@@ -18,18 +18,10 @@ from prefect.context import FlowRunContext
 from maskclip_core.dataset.metrics import table_rows
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.training.rounds import (
-    ClipSpec,
-    DataSpec,
-    ScheduleSpec,
-    StudentSpec,
-    TrainingOutcome,
-    TrainingPlan,
-    TrainOptions,
-    evaluate_teacher,
-    plan_training,
-    run_training,
-)
+from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.plan import TrainingPlan, plan_training
+from maskclip_core.training.run import TrainingOutcome, run_training
+from maskclip_core.training.teacher_scores import evaluate_teacher
 from tasks.labeling import ProgressArtifact
 
 PROGRESS_ARTIFACT_KEY = "train-student-progress"
@@ -120,7 +112,7 @@ def publish_metrics(plan: TrainingPlan, outcome: TrainingOutcome) -> None:
     lines = [
         f"# Student training run `{plan.run}`: {status}",
         "",
-        f"- dataset: `{plan.output}`, labeling `{plan.config_hash}`",
+        f"- dataset: `{plan.dataset_url}`, labeling `{plan.config_hash}`",
         f"- classes: {', '.join(plan.class_names)}",
         f"- CLIP text embeddings: `{plan.clip['model']}` / `{plan.clip['pretrained']}` "
         f"({plan.clip['templates']} templates)",

@@ -1,2 +1,6 @@
-"""The dataset: the Parquet tables a labeling run writes (images, annotations, categories, labelings,
-reviews, metrics), the fsspec helpers under them and the readers over them."""
+"""The dataset: the Parquet tables a labeling run writes and the readers over them.
+
+schema (every table's schema), manifest (the format version), label_dataset (``LabelDataset``: the images,
+annotations and categories tables), records (``ExportImage`` / ``ReviewedImage`` and filters), reader
+(records streamed for exports), reviews, labelings, metrics, digests, parquet and fs (fsspec helpers, the one
+atomic writer)."""

@@ -1,4 +1,5 @@
-"""fsspec helpers: resolve URLs, stream source listings, read bytes, write whole files atomically.
+"""fsspec helpers: resolve URLs, stream source listings, read bytes, write whole files atomically (the one
+atomic writer of the project: every table part, record, export and thumbnail goes through it).
 
 Every path here is a URL (``s3://bucket/key``, ``memory://x``, ``file:///x``) or a bare local path.
 """
@@ -6,13 +7,16 @@ Every path here is a URL (``s3://bucket/key``, ``memory://x``, ``file:///x``) or
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -225,6 +229,11 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
     return fs.cat_file(path)
 
 
+def read_json(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """The parsed JSON at ``uri``."""
+    return json.loads(read_bytes(uri, storage_options))
+
+
 def sha256_hex(data: bytes) -> str:
     """Hex SHA-256 of ``data`` (image identity: ``image_id`` derives from it)."""
     return hashlib.sha256(data).hexdigest()
@@ -240,12 +249,41 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any]
     if not isinstance(fs, LocalFileSystem):
         fs.pipe_file(path, data)
         return
+    with _local_temp(path) as (_, f):
+        f.write(data)
+
+
+@contextmanager
+def atomic_output(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content appears at ``url`` whole, or not at all (on error).
+
+    For content written piece by piece (zips that may carry the images): on disk, never all in memory.
+    Local: the temporary file of :func:`atomic_write_bytes`, renamed over ``url`` at the end. Object
+    stores: a local temporary file sent in one upload, which the store publishes whole.
+    """
+    fs, path = resolve(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        with _local_temp(path) as (_, f):
+            yield f
+        return
+    fd, tmp = tempfile.mkstemp(prefix="_tmp-maskclip-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        fs.put_file(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+@contextmanager
+def _local_temp(path: str) -> Iterator[tuple[str, IO[bytes]]]:
+    """(temporary path, handle) beside ``path``; fsynced and renamed over ``path`` when the block ends."""
     directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory or ".", exist_ok=True)
     tmp = os.path.join(directory, f"_tmp-{uuid.uuid4().hex}-{name}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield tmp, f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -253,7 +291,7 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any]
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    _fsync_directory(directory or ".")
 
 
 def _fsync_directory(directory: str) -> None:

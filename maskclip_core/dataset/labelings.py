@@ -1,4 +1,4 @@
-"""``OUTPUT/labelings/<config hash>.json``: what produced the labels of one config hash.
+"""``DATASET/labelings/<config hash>.json``: what produced the labels of one config hash.
 
 The images rows only carry the config hash; this record says which labeler (the teacher's ``LabelerConfig``
 or the student checkpoint), which filter thresholds and which classes it stands for, so that later stages
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
+from maskclip_core.dataset.manifest import ensure_manifest
 
 FORMAT = "maskclip-labeling/1"
 FOLDER = "labelings"
@@ -42,28 +43,29 @@ def labeling_record(
     }
 
 
-def record_url(output_url: str, config_hash: str) -> str:
-    return join_url(output_url, FOLDER, f"{config_hash}.json")
+def record_url(dataset_url: str, config_hash: str) -> str:
+    return join_url(dataset_url, FOLDER, f"{config_hash}.json")
 
 
 def write_labeling_record(
-    output_url: str, record: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+    dataset_url: str, record: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
 ) -> str:
     """Write (or rewrite, atomically) the record of ``record["config_hash"]``; returns its URL."""
-    url = record_url(output_url, str(record["config_hash"]))
+    url = record_url(dataset_url, str(record["config_hash"]))
+    ensure_manifest(dataset_url, storage_options)
     atomic_write_bytes(url, json.dumps(record, indent=2, sort_keys=True).encode("utf-8"), storage_options)
     return url
 
 
 def read_labeling_record(
-    output_url: str, config_hash: str, storage_options: Mapping[str, Any] | None = None
+    dataset_url: str, config_hash: str, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The record of ``config_hash``, or None (a dataset labeled before records existed, or by another tool)."""
-    fs, path = resolve(record_url(output_url, config_hash), storage_options)
+    fs, path = resolve(record_url(dataset_url, config_hash), storage_options)
     fs.invalidate_cache(path.rsplit("/", 1)[0])  # s3fs caches listings; the labeling flow may have just written it
     if not fs.exists(path):
         return None
     record = json.loads(fs.cat_file(path))
     if record.get("format") != FORMAT:
-        raise ValueError(f"{record_url(output_url, config_hash)} is not a labeling record ({record.get('format')!r})")
+        raise ValueError(f"{record_url(dataset_url, config_hash)} is not a labeling record ({record.get('format')!r})")
     return record

@@ -1,7 +1,7 @@
-"""``OUTPUT/metrics/part-*.parquet``: scores of the teacher's pseudo-labels and of the student after each round.
+"""``DATASET/metrics/part-*.parquet``: scores of the teacher's pseudo-labels and of the student after each round.
 
 One row per (training run, model, round): mIoU, pixel accuracy and per-class IoU against a ground truth.
-Each row set is written whole as one part file (temporary name + rename locally, one PUT on object stores),
+Each row set is written whole as one part file (``dataset.fs.atomic_write_bytes``),
 named after (run, model, round), so writing the same round again replaces its own file; readers skip names
 starting with ``_`` or ``.`` and keep the newest row per (run, model, round).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,37 +17,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
-from maskclip_core.dataset.parquet import open_dataset, parquet_bytes
-
-MODELS = ("teacher", "student")
-
-METRICS_SCHEMA = pa.schema(
-    [
-        pa.field("run", pa.string(), nullable=False),  # the training run (its checkpoint folder's name)
-        pa.field("round", pa.int32()),  # student: 0 = pseudo-label phase, 1.. self-training; teacher: null
-        pa.field("iteration", pa.int32()),  # training iterations done; teacher: null
-        pa.field("model", pa.string(), nullable=False),  # teacher | student
-        pa.field("miou", pa.float64()),  # over the classes the ground truth names (null: none scored)
-        pa.field("pixel_accuracy", pa.float64()),
-        pa.field("per_class_iou", pa.map_(pa.string(), pa.float64())),  # null IoU: class absent both sides
-        pa.field("images", pa.int32()),  # ground-truth images scored
-        pa.field("config_hash", pa.string()),  # the teacher labeling trained on
-        pa.field("checkpoint", pa.string()),  # student weights URL of the round
-        pa.field("ground_truth", pa.string()),  # URL of the ground truth
-        pa.field("flow_run_id", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
+from maskclip_core.dataset.fs import atomic_write_bytes, join_url
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.manifest import ensure_manifest
+from maskclip_core.dataset.parquet import parquet_bytes
+from maskclip_core.dataset.schema import METRICS_SCHEMA, MODELS, PART_NAME
 
 
-def part_name(run: str, model: str, round: int | None) -> str:
+def metrics_part_name(run: str, model: str, round: int | None) -> str:
     """Deterministic part name of one row set: ``<run>-teacher`` or ``<run>-student-r002``."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    if not _NAME.fullmatch(run):
+    if not PART_NAME.fullmatch(run):
         raise ValueError(f"run name {run!r}: use letters, digits, '.', '_', '=', '-'")
     return f"{run}-teacher" if model == "teacher" else f"{run}-student-r{int(round or 0):03d}"
 
@@ -85,28 +65,26 @@ def metrics_row(
 
 
 def write_metrics(
-    output_url: str, rows: Sequence[Mapping[str, Any]], storage_options: Mapping[str, Any] | None = None
+    dataset_url: str, rows: Sequence[Mapping[str, Any]], storage_options: Mapping[str, Any] | None = None
 ) -> str:
     """Write the rows of one (run, model, round) as ``metrics/part-<name>.parquet``; returns its URL."""
     keys = {(r["run"], r["model"], r["round"]) for r in rows}
     if len(keys) != 1:
         raise ValueError(f"one part holds the rows of one (run, model, round), got {sorted(map(str, keys))}")
     run, model, round_ = keys.pop()
-    url = join_url(output_url, "metrics", f"part-{part_name(run, model, round_)}.parquet")
+    url = join_url(dataset_url, "metrics", f"part-{metrics_part_name(run, model, round_)}.parquet")
     table = pa.Table.from_pylist([_as_arrow_row(r) for r in rows], schema=METRICS_SCHEMA)
+    ensure_manifest(dataset_url, storage_options)
     atomic_write_bytes(url, parquet_bytes(table), storage_options)
     return url
 
 
 def read_metrics(
-    output_url: str, storage_options: Mapping[str, Any] | None = None, *, run: str | None = None
+    dataset_url: str, storage_options: Mapping[str, Any] | None = None, *, run: str | None = None
 ) -> list[dict[str, Any]]:
     """The newest row per (run, model, round), ``per_class_iou`` as a dict; teacher first, then rounds."""
-    fs, root = resolve(output_url, storage_options)
-    dataset = open_dataset(fs, f"{root.rstrip('/')}/metrics", METRICS_SCHEMA)
-    if dataset is None:
-        return []
-    table = dataset.to_table(filter=None if run is None else ds.field("run") == run)
+    dataset = LabelDataset(dataset_url, storage_options)
+    table = dataset.read_table("metrics", filter=None if run is None else ds.field("run") == run)
     newest: dict[tuple[str, str, int | None], dict[str, Any]] = {}
     for row in table.to_pylist():
         row["per_class_iou"] = dict(row["per_class_iou"] or [])

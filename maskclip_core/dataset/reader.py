@@ -1,13 +1,14 @@
-"""ExportImage records streamed from a LabelStore: what the exporters and the review importers read.
+"""ExportImage records streamed from a LabelDataset: what the exporters and the review importers read.
 
-Annotations are read one annotations part file at a time. ``LabelStore.write_batch`` writes every annotation
+Annotations are read one annotations part file at a time. ``LabelDataset.write_batch`` writes every annotation
 of a labeling into the one annotations part committed by that labeling's images row, so a labeling never
-spans part files and memory stays bounded by one part (plus the current images table, which the store's
+spans part files and memory stays bounded by one part (plus the current images table, which the dataset's
 readers hold anyway).
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,13 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from maskclip_core.dataset.parquet import open_dataset
-from maskclip_core.dataset.store import ANNOTATIONS_SCHEMA, LabelStore
-from maskclip_core.interchange.coco import relative_file_name
-from maskclip_core.interchange.records import ExportImage, filter_images, lowest_scored, resolve_classes
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.records import ExportImage, filter_images, lowest_scored, resolve_classes
+from maskclip_core.dataset.schema import stored_schema
 
-_ANNOTATION_COLUMNS = ["id", "image_id", "labeling_id", "category_id", "segmentation", "area", "bbox"]
-_ANNOTATION_COLUMNS += ["iscrowd", "score", "source", "round"]
 _ROW_CHUNK = 4096  # images rows turned into Python objects at a time
 
 
@@ -52,13 +50,22 @@ def common_root(uris: Iterable[str]) -> str | None:
     return "/".join(common)
 
 
-def source_root(store: LabelStore) -> str | None:
-    """``common_root`` of every image in the store: file names under it do not change with the selection."""
-    return common_root(store.images().column("uri").to_pylist())
+def relative_file_name(uri: str, root: str | None) -> str:
+    """``uri`` relative to the folder ``root`` when it lies below it, else its base name."""
+    if root is not None:
+        prefix = root.rstrip("/") + "/"
+        if uri.startswith(prefix):
+            return uri[len(prefix) :]
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def source_root(dataset: LabelDataset) -> str | None:
+    """``common_root`` of every image in the dataset: file names under it do not change with the selection."""
+    return common_root(dataset.images().column("uri").to_pylist())
 
 
 def iter_export_images(
-    store: LabelStore,
+    dataset: LabelDataset,
     *,
     config_hash: str | None = None,
     statuses: Collection[str] = ("labeled",),
@@ -66,20 +73,20 @@ def iter_export_images(
     with_annotations: bool = True,
     file_name_root: str | None = None,
 ) -> Iterator[ExportImage]:
-    """Current images of the store (with ``statuses``) and their committed annotations, streamed.
+    """Current images of the dataset (with ``statuses``) and their committed annotations, streamed.
 
     Images with annotations come part file by part file (by image id within one), then the rest by uri.
-    ``file_name`` is the uri relative to ``file_name_root`` (default: ``source_root(store)``, as for the
+    ``file_name`` is the uri relative to ``file_name_root`` (default: ``source_root(dataset)``, as for the
     COCO export). Images without a size (failed before decoding) are left out. Raises when an image has
     current labelings under several configs: pass ``config_hash`` then.
     """
-    everything = store.images()
+    everything = dataset.images()
     root = file_name_root if file_name_root is not None else common_root(everything.column("uri").to_pylist())
     current = _select_rows(everything, config_hash, statuses, image_ids)
     emitted = np.zeros(current.num_rows, dtype=bool)
     if with_annotations and current.num_rows:
         row_of = {lid: i for i, lid in enumerate(current.column("labeling_id").to_pylist())}
-        for table in _annotation_parts(store, current.column("labeling_id"), image_ids):
+        for table in _annotation_parts(dataset, current.column("labeling_id"), image_ids):
             groups: dict[str, list[dict[str, Any]]] = {}
             for ann in table.to_pylist():
                 groups.setdefault(ann.pop("labeling_id"), []).append(ann)
@@ -95,7 +102,7 @@ def iter_export_images(
 
 
 def select_images(
-    store: LabelStore,
+    dataset: LabelDataset,
     *,
     config_hash: str | None = None,
     classes: Iterable[int | str] | None = None,
@@ -103,7 +110,7 @@ def select_images(
     max_score: float | None = None,
     statuses: Collection[str] = ("labeled",),
     rounds: Iterable[int] | None = None,
-    sources: Iterable[str] | None = None,
+    labelers: Iterable[str] | None = None,
     image_ids: Collection[int] | None = None,
     lowest: int | None = None,
     categories: Sequence[Mapping[str, Any]] | None = None,
@@ -111,24 +118,24 @@ def select_images(
 ) -> Iterator[ExportImage]:
     """``iter_export_images`` through ``records.filter_images``, then optionally the ``lowest`` N by score.
 
-    ``classes`` are names, synonyms or ids. With a class, score, round or source filter, images left without
+    ``classes`` are names, synonyms or ids. With a class, score, round or labeler filter, images left without
     any annotation are dropped (an export "of cats" holds images with cats). ``lowest`` ranks what the
     filters left by area-weighted annotation score, lowest first, keeping only N images in memory.
     ``file_name_root`` as for ``iter_export_images``.
     """
     if categories is None:
-        categories = store.categories()
+        categories = dataset.categories()
     category_ids = None if classes is None else resolve_classes(categories, classes)
-    by_annotation = any(v is not None for v in (category_ids, min_score, max_score, rounds, sources))
+    by_annotation = any(v is not None for v in (category_ids, min_score, max_score, rounds, labelers))
     images = filter_images(
         iter_export_images(
-            store, config_hash=config_hash, statuses=statuses, image_ids=image_ids, file_name_root=file_name_root
+            dataset, config_hash=config_hash, statuses=statuses, image_ids=image_ids, file_name_root=file_name_root
         ),
         category_ids=category_ids,
         min_score=min_score,
         max_score=max_score,
         rounds=rounds,
-        sources=sources,
+        labelers=labelers,
         drop_empty=by_annotation,
     )
     if lowest is None:
@@ -137,12 +144,12 @@ def select_images(
         yield from lowest_scored(images, lowest)
 
 
-def known_images(store: LabelStore) -> list[ExportImage]:
-    """One annotation-less record per image id in the store (any config or status), for matching reviews.
+def known_images(dataset: LabelDataset) -> list[ExportImage]:
+    """One annotation-less record per image id in the dataset (any config or status), for matching reviews.
 
-    File names are relative to ``source_root(store)``, as in every export.
+    File names are relative to ``source_root(dataset)``, as in every export.
     """
-    table = store.images()
+    table = dataset.images()
     root = common_root(table.column("uri").to_pylist())
     sized = pc.and_(pc.is_valid(table["width"]), pc.is_valid(table["height"]))
     table = table.filter(pc.and_(pc.is_valid(table["image_id"]), sized))
@@ -176,17 +183,18 @@ def _select_rows(
 
 
 def _annotation_parts(
-    store: LabelStore, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
+    dataset: LabelDataset, labeling_ids: pa.ChunkedArray, image_ids: Collection[int] | None
 ) -> Iterator[pa.Table]:
     """Per annotations part file (by path), its rows of ``labeling_ids``, sorted by image and category."""
-    dataset = open_dataset(store.fs, f"{store.root}/annotations", ANNOTATIONS_SCHEMA)
-    if dataset is None:
+    parts = dataset.table_dataset("annotations")
+    if parts is None:
         return
+    schema = stored_schema("annotations", dataset.format_version)
     wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
     if image_ids is not None:  # lets Parquet statistics skip row groups
         wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
-    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-        table = fragment.to_table(schema=ANNOTATIONS_SCHEMA, columns=_ANNOTATION_COLUMNS, filter=wanted)
+    for fragment in sorted(parts.get_fragments(), key=lambda f: f.path):
+        table = dataset.current_names(fragment.to_table(schema=schema, filter=wanted), "annotations")
         if table.num_rows:
             yield table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
 

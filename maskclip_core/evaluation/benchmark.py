@@ -334,7 +334,8 @@ def build_labeler(request: BenchmarkRequest, suite: str) -> Labeler:
 def _student_labeler(request: BenchmarkRequest, suite: str) -> Labeler:
     from maskclip_core.student import StudentLabeler
     from maskclip_core.teacher.vocabulary import Vocabulary
-    from maskclip_core.training.rounds import ClipSpec, text_embeddings
+    from maskclip_core.training.embeddings import text_embeddings
+    from maskclip_core.training.parameters import ClipSpec
 
     assert request.checkpoint is not None  # validated
     settings = request.settings(suite)

@@ -29,8 +29,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from maskclip_core.dataset.fs import iter_source_files, read_bytes
+from maskclip_core.dataset.reader import relative_file_name
 from maskclip_core.evaluation.metrics import SegmentationMetrics
-from maskclip_core.interchange.coco import load_coco_annotations, relative_file_name
+from maskclip_core.interchange.coco import load_coco_annotations
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.types import IGNORE_INDEX
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -90,3 +91,40 @@ def evaluate(
     for pred, target in pairs:
         metrics.update(pred, target)
     return metrics
+
+
+def score_label_maps(
+    pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], categories: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Metrics over ``(image_id, pseudo, reviewed)`` category-id label maps, consumed one pair at a time.
+
+    Streaming keeps memory at one image pair, so callers can paint maps lazily from a large dataset.
+    Returns ``evaluation.SegmentationMetrics.summary()`` plus ``images`` (pairs scored).
+    """
+    ids = [int(c["id"]) for c in categories]
+    if any(not 0 <= i < IGNORE_INDEX for i in ids):
+        raise ValueError(f"category ids must lie in 0..{IGNORE_INDEX - 1} to appear in uint8 label maps: {ids}")
+    lut = np.full(256, -1, dtype=np.int64)  # category id -> class index; -1 flags an unknown id
+    lut[ids] = np.arange(len(ids))
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+
+    def to_index(label_map: np.ndarray, image_id: int, side: str) -> np.ndarray:
+        arr = np.asarray(label_map)
+        if arr.dtype != np.uint8 and arr.size and (arr.min() < 0 or arr.max() > IGNORE_INDEX):
+            raise ValueError(f"{side} label map of image {image_id} holds values outside 0..{IGNORE_INDEX}")
+        out = lut[arr.astype(np.uint8)]  # wider ints are range-checked above, so the cast is exact
+        if (out < 0).any():
+            bad = sorted(set(np.unique(arr[out < 0]).tolist()))
+            raise ValueError(f"{side} label map of image {image_id} holds unknown category ids {bad}")
+        return out
+
+    scored = 0
+
+    def indexed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal scored
+        for image_id, pred, target in pairs:
+            scored += 1
+            yield to_index(pred, image_id, "pseudo"), to_index(target, image_id, "reviewed")
+
+    metrics = evaluate(indexed(), len(ids), [str(c["name"]) for c in categories], IGNORE_INDEX)
+    return {**metrics.summary(), "images": scored}

@@ -1,5 +1,15 @@
-"""Exports for review tools (Label Studio, CVAT) and import of the human corrections they produce."""
+"""Exports for review tools (COCO, Label Studio, CVAT) and import of the human corrections they produce.
 
+The records they read and return live in ``dataset.records`` (re-exported here for the exporters' users)."""
+
+from maskclip_core.dataset.records import (
+    ExportImage,
+    ReviewedImage,
+    filter_images,
+    label_map_from_annotations,
+    lowest_scored,
+    resolve_classes,
+)
 from maskclip_core.interchange.cvat import cvat_coco_json, cvat_labelmap, export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.label_studio import (
     export_label_studio,
@@ -8,20 +18,12 @@ from maskclip_core.interchange.label_studio import (
     labeling_config,
 )
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
-from maskclip_core.interchange.records import (
-    ExportImage,
-    ReviewedImage,
-    filter_images,
-    label_map_from_annotations,
-    lowest_scored,
-    resolve_classes,
-)
 from maskclip_core.interchange.review_import import (
     evaluate_against_reviewed,
     import_coco_reviews,
+    import_reviews,
     pseudo_label_maps,
     read_reviews,
-    score_label_maps,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "filter_images",
     "import_coco_reviews",
     "import_label_studio",
+    "import_reviews",
     "label_map_from_annotations",
     "label_studio_tasks",
     "labeling_config",
@@ -45,5 +48,4 @@ __all__ = [
     "pseudo_label_maps",
     "read_reviews",
     "resolve_classes",
-    "score_label_maps",
 ]

@@ -1,4 +1,4 @@
-"""COCO instances JSON: export of the label store, import of any COCO file as per-image label maps."""
+"""COCO instances JSON: export of the dataset, import of any COCO file as per-image label maps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 import io
 import json
-import posixpath
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,14 +16,16 @@ import pyarrow.compute as pc
 from pycocotools.coco import COCO
 
 from maskclip_core.dataset.fs import atomic_write_bytes, read_bytes
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.reader import relative_file_name
 from maskclip_core.labeling.annotations import annotations_to_label_map
 
+COCO_CONTRIBUTOR = "maskclip-labeler"  # info.contributor of our exports: an imported file came from us
 StoreTables = tuple[pa.Table, pa.Table, Sequence[Mapping[str, Any]]]  # images, annotations, categories
 
 
 def build_coco_dict(
-    source: LabelStore | StoreTables,
+    source: LabelDataset | StoreTables,
     *,
     config_hash: str | None = None,
     image_ids: Collection[int] | None = None,
@@ -33,12 +34,12 @@ def build_coco_dict(
 ) -> dict[str, Any]:
     """A COCO instances dict of the current labeled images and their annotations.
 
-    ``source`` is a store (its current ``labeled`` rows are read) or current tables
+    ``source`` is a dataset (its current ``labeled`` rows are read) or current tables
     ``(images, annotations, categories)``, of which the ``labeled`` rows are used. ``file_name`` is the
     uri relative to ``file_name_root`` when it lies below it, else the uri's base name; ``coco_url`` is
     the full uri. One image labeled under several configs would appear twice: pass ``config_hash`` then.
     """
-    if isinstance(source, LabelStore):
+    if isinstance(source, LabelDataset):
         images = source.images(config_hash=config_hash, statuses=["labeled"])
         if image_ids is not None:
             images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
@@ -82,7 +83,7 @@ def coco_dict(
             "description": "MaskCLIP pseudo-labels",
             "version": "1.0",
             "year": now.year,
-            "contributor": "maskclip-labeler",
+            "contributor": COCO_CONTRIBUTOR,
             "date_created": now.isoformat(timespec="seconds"),
             **dict(info or {}),
         },
@@ -113,7 +114,7 @@ def write_coco(
 
 
 def export_coco(
-    store: LabelStore,
+    dataset: LabelDataset,
     destination_url: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
@@ -122,18 +123,18 @@ def export_coco(
     file_name_root: str | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``build_coco_dict(store, ...)`` as JSON to ``destination_url`` (atomically); return counts.
+    """Write ``build_coco_dict(dataset, ...)`` as JSON to ``destination_url`` (atomically); return counts.
 
-    ``storage_options`` default to the store's.
+    ``storage_options`` default to the dataset's.
     """
     coco = build_coco_dict(
-        store,
+        dataset,
         config_hash=config_hash,
         image_ids=image_ids,
         file_name_root=file_name_root,
         info=info,
     )
-    return write_coco(coco, destination_url, store.storage_options if storage_options is None else storage_options)
+    return write_coco(coco, destination_url, dataset.storage_options if storage_options is None else storage_options)
 
 
 @dataclass
@@ -199,15 +200,6 @@ def load_coco_annotations(
         annotations_by_image=by_image,
         overlap=overlap,
     )
-
-
-def relative_file_name(uri: str, root: str | None) -> str:
-    """``uri`` relative to the folder ``root`` when it lies below it, else its base name."""
-    if root is not None:
-        prefix = root.rstrip("/") + "/"
-        if uri.startswith(prefix):
-            return uri[len(prefix) :]
-    return posixpath.basename(uri.rstrip("/"))
 
 
 def coco_annotation(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,15 +25,10 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from maskclip_core.colors import voc_colormap
+from maskclip_core.dataset.fs import atomic_output, read_bytes
+from maskclip_core.dataset.records import ExportImage, annotation_mask, check_categories
+from maskclip_core.interchange.colors import category_colors
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
-from maskclip_core.interchange.records import (
-    ExportImage,
-    annotation_mask,
-    category_colors,
-    check_categories,
-    read_bytes,
-    write_atomic,
-)
 
 COCO_JSON = "annotations/instances_default.json"
 COCO_IMAGES_DIR = "images/default/"
@@ -146,7 +141,7 @@ def export_cvat_coco(
             for image in images:
                 yield COCO_IMAGES_DIR + _safe_name(image.file_name), read_bytes(image.uri, storage_options)
 
-    return write_atomic(dest, lambda f: _write_zip(f, entries()), storage_options)
+    return _write_zip_atomically(dest, entries(), storage_options)
 
 
 # ----------------------------------------------------------------------------------- segmentation mask
@@ -213,7 +208,7 @@ def export_cvat_mask(
             if include_images:
                 yield "JPEGImages/" + _safe_name(image.file_name), read_bytes(image.uri, storage_options)
 
-    return write_atomic(dest, lambda f: _write_zip(f, entries()), storage_options)
+    return _write_zip_atomically(dest, entries(), storage_options)
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -258,3 +253,11 @@ def _unique_names(images: Iterable[ExportImage], strip_extension: bool = False) 
             raise ValueError(f"images {seen[key]} and {image.image_id} share the name {key!r}")
         seen[key] = image.image_id
         yield image
+
+
+def _write_zip_atomically(
+    dest: str, entries: Iterable[tuple[str, bytes | None]], storage_options: Mapping[str, Any] | None
+) -> str:
+    with atomic_output(dest, storage_options) as f:
+        _write_zip(f, entries)
+    return dest

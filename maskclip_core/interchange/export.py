@@ -1,4 +1,4 @@
-"""Export a LabelStore to a review tool's format: one entry point for the CLI and the Prefect flow.
+"""Export a dataset to a review tool's format: one entry point for the CLI and the Prefect flow.
 
 Every format streams the same selection (``select_images``) once; ``coco`` writes it with the entries of
 ``maskclip_core.interchange.coco``, as the labeling flow's own COCO export does.
@@ -7,22 +7,22 @@ Every format streams the same selection (``select_images``) once; ``coco`` write
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import select_images
-from maskclip_core.dataset.store import STATUSES, LabelStore
+from maskclip_core.dataset.records import ExportImage
+from maskclip_core.dataset.schema import LABELERS, STATUSES
 from maskclip_core.interchange.coco import coco_annotation, coco_dict, coco_image, write_coco
 from maskclip_core.interchange.cvat import export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.label_studio import export_label_studio
-from maskclip_core.interchange.records import ExportImage
 
 Format = Literal["coco", "label-studio", "cvat-coco", "cvat-mask"]
 FORMATS = get_args(Format)
-Status = Literal["labeled", "rejected", "failed"]
-assert set(Status.__args__) == set(STATUSES)  # keep in step with the store's statuses
+Status = Literal[STATUSES]  # type: ignore[valid-type]  # the images table's statuses
 
 # Format-specific options and the formats that read them; anything else is a mistake worth an error.
 _OPTION_FORMATS = {
@@ -35,7 +35,7 @@ _OPTION_FORMATS = {
 
 
 class ExportParameters(BaseModel):
-    """What to export, from where, to where (a flow parameter: the deployment UI renders it as a form)."""
+    """What to export, from which dataset, to where (a flow parameter: the deployment UI renders it as a form)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,10 +43,10 @@ class ExportParameters(BaseModel):
         description="coco: instances JSON file; label-studio: folder with tasks.json and config.xml; "
         "cvat-coco: CVAT 'COCO 1.0' zip; cvat-mask: CVAT 'Segmentation mask 1.1' zip."
     )
-    output: str = Field(description="Output URL of the labeling run (the Parquet dataset), e.g. s3://bucket/out.")
+    dataset: str = Field(description="URL of the dataset a labeling run wrote, e.g. s3://bucket/out.")
     destination: str = Field(description="Where to write: a .json file (coco), a folder (label-studio), a .zip.")
     config_hash: str | None = Field(
-        default=None, description="Labeler config to export; needed when the store holds several."
+        default=None, description="Labeler config to export; needed when the dataset holds several."
     )
     classes: list[str] | None = Field(default=None, description="Only these classes (names, synonyms or ids).")
     min_score: float | None = Field(default=None, ge=0.0, le=1.0, description="Only annotations scoring >= this.")
@@ -55,7 +55,9 @@ class ExportParameters(BaseModel):
         default=["labeled"], description="Image statuses to export (rejected images carry no annotations)."
     )
     rounds: list[int] | None = Field(default=None, description="Only annotations of these self-training rounds.")
-    sources: list[str] | None = Field(default=None, description="Only annotations from these labelers.")
+    labelers: list[str] | None = Field(
+        default=None, description=f"Only annotations of these labelers ({', '.join(LABELERS)})."
+    )
     image_ids: list[int] | None = Field(default=None, description="Only these images (our 63-bit image ids).")
     lowest: int | None = Field(default=None, ge=1, description="Only the N lowest-scored images, to review first.")
     polygons: bool = Field(default=False, description="Polygons instead of masks (label-studio, cvat-coco).")
@@ -87,7 +89,7 @@ class ExportParameters(BaseModel):
 
     def filters(self) -> dict[str, Any]:
         """The selection fields that were set (for summaries)."""
-        names = ("config_hash", "classes", "min_score", "max_score", "rounds", "sources", "image_ids", "lowest")
+        names = ("config_hash", "classes", "min_score", "max_score", "rounds", "labelers", "image_ids", "lowest")
         out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.statuses != ["labeled"]:
             out["statuses"] = self.statuses
@@ -108,73 +110,38 @@ class _Tally:
             yield image
 
 
-def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def export_dataset(params: ExportParameters, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one export; returns a JSON-able summary (files written, counts per class, filters).
 
-    ``storage_options`` (fsspec) serve the store, the destination and, with ``include_images``, the images.
+    ``storage_options`` (fsspec) serve the dataset, the destination and, with ``include_images``, the images.
     """
-    store = LabelStore(params.output, storage_options)
-    categories = store.categories()
+    dataset = LabelDataset(params.dataset, storage_options)
+    categories = dataset.categories()
     if not categories:
-        raise ValueError(f"{params.output} holds no categories: nothing was labeled there")
+        raise ValueError(f"{params.dataset} holds no categories: nothing was labeled there")
     options = storage_options
     tally = _Tally()
     images = tally.watch(
         select_images(
-            store,
+            dataset,
             config_hash=params.config_hash,
             classes=params.classes,
             min_score=params.min_score,
             max_score=params.max_score,
             statuses=params.statuses,
             rounds=params.rounds,
-            sources=params.sources,
+            labelers=params.labelers,
             image_ids=params.image_ids,
             lowest=params.lowest,
             categories=categories,
-            file_name_root=params.file_name_root,  # default: the folder of every image in the store
+            file_name_root=params.file_name_root,  # default: the folder of every image in the dataset
         )
     )
-    if params.format == "coco":
-        entries: list[dict[str, Any]] = []
-        annotations: list[dict[str, Any]] = []
-        for image in images:
-            entries.append(coco_image(image.image_id, image.uri, image.file_name, image.width, image.height))
-            annotations.extend(coco_annotation(ann) for ann in image.annotations)
-        write_coco(coco_dict(entries, annotations, categories), params.destination, options)
-        files = [params.destination]
-    elif params.format == "label-studio":
-        written = export_label_studio(
-            images,
-            categories,
-            params.destination,
-            storage_options=options,
-            mode="polygon" if params.polygons else "brush",
-            document_root=params.document_root,
-            model_version=params.model_version or "maskclip",
-            polygon_tolerance=params.polygon_tolerance,
-        )
-        files = [written["tasks"], written["config"]]
-    elif params.format == "cvat-coco":
-        export_cvat_coco(
-            images,
-            categories,
-            params.destination,
-            mode="polygon" if params.polygons else "mask",
-            include_images=params.include_images,
-            polygon_tolerance=params.polygon_tolerance,
-            storage_options=options,
-        )
-        files = [params.destination]
-    else:
-        export_cvat_mask(
-            images, categories, params.destination, include_images=params.include_images, storage_options=options
-        )
-        files = [params.destination]
+    files = _WRITERS[params.format](params, images, categories, options)
     names = {int(c["id"]): str(c["name"]) for c in categories}
     return {
         "format": params.format,
-        "output": params.output,
+        "dataset": params.dataset,
         "destination": params.destination,
         "files": files,
         "images": tally.images,
@@ -182,3 +149,67 @@ def export_store(params: ExportParameters, storage_options: Mapping[str, Any] | 
         "annotations_per_class": {names[cid]: n for cid, n in sorted(tally.per_category.items())},
         "filters": params.filters(),
     }
+
+
+# --- one writer per format: (parameters, streamed images, categories, fsspec options) -> files written
+
+
+def _write_coco(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    entries: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image in images:
+        entries.append(coco_image(image.image_id, image.uri, image.file_name, image.width, image.height))
+        annotations.extend(coco_annotation(ann) for ann in image.annotations)
+    write_coco(coco_dict(entries, annotations, categories), params.destination, options)
+    return [params.destination]
+
+
+def _write_label_studio(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    written = export_label_studio(
+        images,
+        categories,
+        params.destination,
+        storage_options=options,
+        mode="polygon" if params.polygons else "brush",
+        document_root=params.document_root,
+        model_version=params.model_version or "maskclip",
+        polygon_tolerance=params.polygon_tolerance,
+    )
+    return [written["tasks"], written["config"]]
+
+
+def _write_cvat_coco(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    export_cvat_coco(
+        images,
+        categories,
+        params.destination,
+        mode="polygon" if params.polygons else "mask",
+        include_images=params.include_images,
+        polygon_tolerance=params.polygon_tolerance,
+        storage_options=options,
+    )
+    return [params.destination]
+
+
+def _write_cvat_mask(
+    params: ExportParameters, images: Iterable[ExportImage], categories: Sequence[Mapping[str, Any]], options: Any
+) -> list[str]:
+    export_cvat_mask(
+        images, categories, params.destination, include_images=params.include_images, storage_options=options
+    )
+    return [params.destination]
+
+
+_WRITERS: dict[str, Callable[..., list[str]]] = {
+    "coco": _write_coco,
+    "label-studio": _write_label_studio,
+    "cvat-coco": _write_cvat_coco,
+    "cvat-mask": _write_cvat_mask,
+}
+assert set(_WRITERS) == set(FORMATS)

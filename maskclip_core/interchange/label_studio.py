@@ -9,27 +9,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import fsspec
 import numpy as np
 
-from maskclip_core.interchange.label_studio_rle import decode_mask, encode_mask
-from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
-from maskclip_core.interchange.records import (
+from maskclip_core.dataset.fs import atomic_output, atomic_write_bytes, read_json
+from maskclip_core.dataset.records import (
     ExportImage,
     ReviewedImage,
-    category_colors,
     category_lookup,
     category_masks,
     check_categories,
     image_score,
     label_map_from_masks,
-    read_json,
-    write_atomic,
 )
+from maskclip_core.interchange.colors import category_colors
+from maskclip_core.interchange.label_studio_rle import decode_mask, encode_mask
+from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
 
 FROM_NAME = "tag"
 TO_NAME = "image"
@@ -149,23 +148,21 @@ def export_label_studio(
     """Write ``tasks.json`` and ``config.xml`` under the ``dest`` folder URL; returns their URLs.
 
     ``options`` as for ``label_studio_task``; ``storage_options`` go to fsspec. Tasks are written one at a
-    time, so ``images`` may be a stream from a large store.
+    time, so ``images`` may be a stream from a large dataset.
     """
     check_categories(categories)
     mode = options.get("mode", "brush")
     base = dest.rstrip("/")
 
-    def write_tasks(f: IO[bytes]) -> None:
+    tasks_url, config_url = f"{base}/tasks.json", f"{base}/config.xml"
+    with atomic_output(tasks_url, storage_options) as f:
         f.write(b"[")
         for i, image in enumerate(images):
             f.write(b"," if i else b"")
             f.write(json.dumps(label_studio_task(image, categories, **options)).encode())
         f.write(b"]")
-
-    return {
-        "tasks": write_atomic(f"{base}/tasks.json", write_tasks, storage_options),
-        "config": write_atomic(f"{base}/config.xml", labeling_config(categories, mode).encode(), storage_options),
-    }
+    atomic_write_bytes(config_url, labeling_config(categories, mode).encode(), storage_options)
+    return {"tasks": tasks_url, "config": config_url}
 
 
 # ---------------------------------------------------------------------------------------------- import
@@ -206,7 +203,7 @@ def import_label_studio(
                 image_id=int(data["image_id"]),
                 label_map=label_map,
                 sha256=str(data.get("sha256") or ""),
-                source="label-studio",
+                tool="label-studio",
                 reviewer="" if completed_by is None else str(completed_by),
                 reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
             )

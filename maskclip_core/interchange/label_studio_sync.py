@@ -27,10 +27,11 @@ from typing import Any
 
 import fsspec
 
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import select_images
-from maskclip_core.dataset.reviews import store_reviews
-from maskclip_core.dataset.store import STATUSES, LabelStore
+from maskclip_core.dataset.schema import STATUSES
 from maskclip_core.interchange.label_studio import import_label_studio, label_studio_task, labeling_config
+from maskclip_core.interchange.review_import import store_reviews
 
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 TITLE_MAX = 50  # Label Studio's project title column
@@ -109,13 +110,13 @@ def push(
     """Create or update the project of ``dataset`` and import its selected images as tasks with predictions.
 
     ``selection``: keyword arguments of ``dataset.reader.select_images`` (config_hash, classes, min_score,
-    max_score, statuses, rounds, sources, image_ids, lowest). ``document_root``: the server's
+    max_score, statuses, rounds, labelers, image_ids, lowest). ``document_root``: the server's
     LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that variable here), needed for local images, which must
     lie in folders strictly below it. ``storage_options``: the dataset's fsspec options; for ``s3://`` images
     their key, secret and endpoint (else the AWS environment's) go to the project's S3 storage so Label
     Studio can presign the image URLs. Returns a JSON-able summary.
     """
-    store = LabelStore(dataset, storage_options)
+    store = LabelDataset(dataset, storage_options)
     categories = store.categories()
     if not categories:
         raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
@@ -366,7 +367,7 @@ def pull(
     Per task the chosen annotation is the one ``import_label_studio`` chooses (ground truth, else latest).
     Annotated tasks of images the dataset does not hold raise, or with ``strict=False`` are skipped.
     """
-    store = LabelStore(dataset, storage_options)
+    store = LabelDataset(dataset, storage_options)
     categories = store.categories()
     if not categories:
         raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
@@ -381,7 +382,10 @@ def pull(
     digest = hashlib.sha256(b"label-studio\x1f" + _canonical(annotated).encode()).hexdigest()[:32]
     reviewed = import_label_studio(annotated, categories)
     source = f"{base}/projects/{project.id}"
-    written = store_reviews(store, reviewed, tool="label-studio", import_id=digest, source_uri=source, strict=strict)
+    written = store_reviews(
+        dataset, reviewed, tool="label-studio", import_id=digest, source_uri=source, strict=strict,
+        storage_options=storage_options,
+    )
     return {
         "project": project.id,
         "title": project.title,

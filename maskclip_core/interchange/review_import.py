@@ -1,4 +1,5 @@
-"""Human corrections -> ReviewedImage records, and pseudo labels scored against them.
+"""Human corrections -> ReviewedImage records, imported into the dataset (:func:`import_reviews`), and pseudo
+labels scored against them.
 
 Label maps here hold category ids (uint8, 255 = not annotated) on both sides; evaluation maps ids to
 contiguous class indices for ``maskclip_core.evaluation.metrics``.
@@ -6,25 +7,31 @@ contiguous class indices for ``maskclip_core.evaluation.metrics``.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import posixpath
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from maskclip_core.evaluation.metrics import evaluate
-from maskclip_core.interchange.label_studio import import_label_studio
-from maskclip_core.interchange.polygons import polygons_to_mask
-from maskclip_core.interchange.records import (
+from maskclip_core.dataset.fs import read_bytes, read_json
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.reader import known_images
+from maskclip_core.dataset.records import (
     ExportImage,
     ReviewedImage,
     category_lookup,
     label_map_from_annotations,
     label_map_from_masks,
-    read_json,
 )
-from maskclip_core.types import IGNORE_INDEX
+from maskclip_core.dataset.reviews import review_rows, write_reviewed
+from maskclip_core.evaluation.metrics import score_label_maps
+from maskclip_core.interchange.coco import COCO_CONTRIBUTOR
+from maskclip_core.interchange.label_studio import import_label_studio
+from maskclip_core.interchange.polygons import polygons_to_mask
 
 FORMATS = ("label-studio", "coco")
 
@@ -82,7 +89,7 @@ def import_coco_reviews(
             if m is not None:
                 masks.append((cid, m))
         label_map = label_map_from_masks(masks, h, w)
-        reviewed.append(ReviewedImage(image_id=image_id, label_map=label_map, sha256=sha256, source="coco"))
+        reviewed.append(ReviewedImage(image_id=image_id, label_map=label_map, sha256=sha256, tool="coco"))
     return reviewed
 
 
@@ -123,43 +130,6 @@ def evaluate_against_reviewed(
     return {**score_label_maps(pairs, categories), "missing": missing}
 
 
-def score_label_maps(
-    pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], categories: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Metrics over ``(image_id, pseudo, reviewed)`` category-id label maps, consumed one pair at a time.
-
-    Streaming keeps memory at one image pair, so callers can paint maps lazily from a large store.
-    Returns ``evaluation.SegmentationMetrics.summary()`` plus ``images`` (pairs scored).
-    """
-    ids = [int(c["id"]) for c in categories]
-    if any(not 0 <= i < IGNORE_INDEX for i in ids):
-        raise ValueError(f"category ids must lie in 0..{IGNORE_INDEX - 1} to appear in uint8 label maps: {ids}")
-    lut = np.full(256, -1, dtype=np.int64)  # category id -> class index; -1 flags an unknown id
-    lut[ids] = np.arange(len(ids))
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-
-    def to_index(label_map: np.ndarray, image_id: int, side: str) -> np.ndarray:
-        arr = np.asarray(label_map)
-        if arr.dtype != np.uint8 and arr.size and (arr.min() < 0 or arr.max() > IGNORE_INDEX):
-            raise ValueError(f"{side} label map of image {image_id} holds values outside 0..{IGNORE_INDEX}")
-        out = lut[arr.astype(np.uint8)]  # wider ints are range-checked above, so the cast is exact
-        if (out < 0).any():
-            bad = sorted(set(np.unique(arr[out < 0]).tolist()))
-            raise ValueError(f"{side} label map of image {image_id} holds unknown category ids {bad}")
-        return out
-
-    scored = 0
-
-    def indexed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        nonlocal scored
-        for image_id, pred, target in pairs:
-            scored += 1
-            yield to_index(pred, image_id, "pseudo"), to_index(target, image_id, "reviewed")
-
-    metrics = evaluate(indexed(), len(ids), [str(c["name"]) for c in categories], IGNORE_INDEX)
-    return {**metrics.summary(), "images": scored}
-
-
 def _image_linker(images: Iterable[ExportImage] | None) -> Callable[[Mapping[str, Any]], tuple[int, str] | None]:
     """COCO image info -> (our image id, sha256) or None."""
     if images is None:
@@ -194,3 +164,121 @@ def _segmentation_mask(seg: Any, height: int, width: int) -> np.ndarray | None:
         raise ValueError(f"mask size {seg['size']} differs from image size {[height, width]}")
     rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
     return mask_utils.decode(rle).astype(bool)
+
+
+def import_reviews(
+    dataset_url: str,
+    review_url: str,
+    fmt: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    review_storage_options: Mapping[str, Any] | None = None,
+    strict: bool = True,
+    imported_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Import a Label Studio JSON export or a COCO file of reviewed labels into ``dataset_url``'s dataset.
+
+    Label Studio tasks link back through the ``image_id`` our export put in ``data``. COCO images match by
+    our image id when the file came from our COCO export (its ``info.contributor``, or every image id being
+    one of ours), else by ``file_name`` (relative to the dataset's source root, as our exports name them).
+    Reviews of images the dataset does not hold (or whose sha256 differs) raise; with ``strict=False`` they
+    and unknown COCO categories are skipped. Returns what was written.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    dataset = LabelDataset(dataset_url, storage_options)
+    categories = dataset.categories()
+    if not categories:
+        raise ValueError(f"{dataset_url} holds no categories: nothing was labeled there")
+    raw = read_bytes(review_url, review_storage_options)
+    doc = json.loads(raw)
+    ours = {image.image_id: image for image in known_images(dataset)}
+    reviewed = _parse_reviews(doc, fmt, categories, ours, strict)
+    import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
+    written = store_reviews(
+        dataset_url,
+        reviewed,
+        tool=fmt,
+        import_id=import_id,
+        source_uri=review_url,
+        strict=strict,
+        imported_at=imported_at,
+        storage_options=storage_options,
+        known=ours,
+    )
+    return {
+        "import_id": import_id,
+        "format": fmt,
+        "source": review_url,
+        **{k: v for k, v in written.items() if k != "import_id"},
+    }
+
+
+def store_reviews(
+    dataset_url: str,
+    reviewed: Iterable[ReviewedImage],
+    *,
+    tool: str,
+    import_id: str,
+    source_uri: str,
+    strict: bool = True,
+    imported_at: dt.datetime | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    known: Mapping[int, ExportImage] | None = None,
+) -> dict[str, Any]:
+    """Write reviewed label maps as one ``reviewed`` part named after ``import_id`` (same id: same part).
+
+    Of several reviews of one image the latest counts; reviews of images the dataset does not hold raise, or
+    with ``strict=False`` are skipped and listed. ``known``: the dataset's images by id, when the caller has them.
+    """
+    if known is None:
+        known = {image.image_id: image for image in known_images(LabelDataset(dataset_url, storage_options))}
+    latest, skipped = _latest_of_ours(reviewed, known, strict, dataset_url)
+    when = imported_at or dt.datetime.now(dt.UTC)
+    rows = [
+        row
+        for review in latest.values()
+        for row in review_rows(review, known[review.image_id], tool, import_id, when, source_uri)
+    ]
+    url = write_reviewed(dataset_url, rows, storage_options)
+    return {
+        "import_id": import_id,
+        "url": url,
+        "images": len(latest),
+        "regions": sum(r["category_id"] is not None for r in rows),
+        "skipped": skipped,
+    }
+
+
+def _parse_reviews(
+    doc: Any, fmt: str, categories: Sequence[Mapping[str, Any]], ours: Mapping[int, ExportImage], strict: bool
+) -> list[ReviewedImage]:
+    if fmt == "label-studio":
+        return import_label_studio(doc, categories)
+    ids = {int(image["id"]) for image in doc.get("images", [])}
+    from_us = (doc.get("info") or {}).get("contributor") == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
+    matchable = None if from_us else list(ours.values())
+    return import_coco_reviews(doc, categories, images=matchable, strict=strict)
+
+
+def _latest_of_ours(
+    reviewed: Iterable[ReviewedImage], ours: Mapping[int, ExportImage], strict: bool, dataset_url: str
+) -> tuple[dict[int, ReviewedImage], list[int]]:
+    """The latest review per image of the dataset (a task exported twice: its latest review counts), and the
+    ids skipped as not ours (``strict=False``; otherwise they raise)."""
+    latest: dict[int, ReviewedImage] = {}
+    skipped: list[int] = []
+    for review in reviewed:
+        image = ours.get(review.image_id)
+        if image is None or (review.sha256 and review.sha256 != image.sha256):
+            if strict:
+                why = "is not in the dataset" if image is None else "has a different sha256 in the dataset"
+                raise ValueError(f"reviewed image {review.image_id} {why} ({dataset_url})")
+            skipped.append(review.image_id)
+            continue
+        if review.label_map.shape != (image.height, image.width):
+            size = (image.height, image.width)
+            raise ValueError(f"review of image {review.image_id} is {review.label_map.shape}, the image is {size}")
+        if review.image_id not in latest or review.reviewed_at >= latest[review.image_id].reviewed_at:
+            latest[review.image_id] = review
+    return latest, skipped

@@ -35,7 +35,7 @@ def encode_annotations(
     category_ids: Sequence[int],
     image_id: int,
     labeling_id: str,
-    source: str,
+    labeler: str,
     round: int,
 ) -> list[dict[str, Any]]:
     """One COCO annotation record per kept (image, class) region, in class-index order.
@@ -67,7 +67,7 @@ def encode_annotations(
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                 "iscrowd": 0,
                 "score": float(region.mean_confidence),
-                "source": source,
+                "labeler": labeler,
                 "round": int(round),
             }
         )

@@ -109,10 +109,10 @@ class FilteredLabels:
     labeled_fraction: float
     rejection: str | None  # None when the image is kept
     class_names: tuple[str, ...] = ()
-    # Pixels turned to ignore per step ("dropped_class", "low_confidence", "small_region", "weak_region"),
+    # Pixels turned to ignore per step ("denoised_class", "low_confidence", "small_region", "weak_region"),
     # plus "kept" and "total".
     reason_counts: dict[str, int] = field(default_factory=dict)
-    dropped_classes: list[str] = field(default_factory=list)  # classes removed by step 3
+    weak_classes: list[str] = field(default_factory=list)  # classes removed by step 3 (their "weak_region" pixels)
 
     @property
     def accepted(self) -> bool:
@@ -144,7 +144,7 @@ def filter_labels(result: SegmentationResult, config: FilterConfig) -> FilteredL
         raise ValueError(f"dropped has {given.size} entries for {k} classes")
     dropped = np.zeros(256, dtype=bool)
     dropped[: given.size] = given
-    counts["dropped_class"] = _to_ignore(lab, dropped[lab])
+    counts["denoised_class"] = _to_ignore(lab, dropped[lab])
 
     # 1. per-pixel confidence; NaN compares False so it is ignored too.
     threshold = np.zeros(256, dtype=np.float32)
@@ -181,7 +181,7 @@ def filter_labels(result: SegmentationResult, config: FilterConfig) -> FilteredL
         rejection=rejection,
         class_names=names,
         reason_counts=counts,
-        dropped_classes=[names[c] for c in np.flatnonzero(weak)],
+        weak_classes=[names[c] for c in np.flatnonzero(weak)],
     )
 
 

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskclip_core.labeling.batch import BatchOutcome, BatchStats
+from maskclip_core.labeling.plan import BatchStats
 from maskclip_core.labeling.planning import BatchDone
+from maskclip_core.labeling.write import BatchOutcome
 
 # A run with millions of images and a broken bucket could fail many batches; the summary keeps the first
 # ones in detail and counts the rest, so it stays small.

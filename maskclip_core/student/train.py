@@ -82,6 +82,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]  # one record per evaluated round
     checkpoint_url: str | None  # weights of the last round
     resumed_from_round: int | None
+    stopped_after_round: int | None = None  # set when ``stop_after_round`` ended training before the last round
 
 
 def phase_ends(iterations: int, rounds: int, pseudo_fraction: float) -> list[int]:
@@ -208,6 +209,7 @@ def fit_student(
     device: torch.device | str | None = None,
     on_round_end: Callable[[RoundEnd], None] | None = None,
     clean: SampleSource | Sequence[Any] | None = None,
+    stop_after_round: int | None = None,
 ) -> TrainResult:
     """Train a student (pseudo-label phase, then ``config.rounds`` self-training rounds).
 
@@ -217,6 +219,8 @@ def fit_student(
     and, when ``resume``, a run continues after the newest checkpointed round. ``clean``: samples with
     trusted (human-reviewed) labels, trained on in every self-training round beside the relabelled pool
     (round 0 trains on ``samples``, which should hold them already; leave their images out of ``unlabeled``).
+    ``stop_after_round``: return once this round is checkpointed (and ``on_round_end`` called); a later call
+    resumes with the next round.
     """
     if config.batch_size < 2:
         raise ValueError("batch_size must be at least 2: BatchNorm (ASPP's image pooling) needs 2 values")
@@ -279,5 +283,8 @@ def fit_student(
             ckpt.write_latest(checkpoint_url, r, iteration, storage_options)
         if on_round_end is not None:
             on_round_end(RoundEnd(r, iteration, weights_url, record))
+        if stop_after_round is not None and stop_after_round <= r < len(ends) - 1:
+            model.eval()
+            return TrainResult(model, metrics, weights_url, resumed_from, stopped_after_round=r)
     model.eval()
     return TrainResult(model, metrics, weights_url, resumed_from)

@@ -1,2 +1,2 @@
-"""Training a student from the dataset: the training set it reads, and the rounds of pseudo-label
-supervision and self-training."""
+"""Training a student from the dataset: parameters, plan (the run's identity), data (the training set),
+embeddings (the teacher's text classifier), teacher_scores (the baseline), run (the rounds)."""

@@ -2,15 +2,15 @@
 
 - :class:`ImageReader`: images read lazily from their URIs (fsspec) and decoded with the project's
   ``decode_image``, checked against the SHA-256 they were labeled under, kept in an LRU cache bounded in bytes.
-- :class:`StoreSamples`: the student's ``SampleSource`` over the dataset: the teacher's pseudo-labels of one
+- :class:`DatasetSamples`: the student's ``SampleSource`` over the dataset: the teacher's pseudo-labels of one
   config hash (COCO RLE painted to uint8 maps, 255 where no annotation), where a human review exists the
   reviewed label map instead. Label maps are held zlib-compressed (a few percent of their size), images not at
   all: memory stays small whatever the dataset size.
 - :func:`load_training_set`: the samples, the unlabeled pool of self-training (the labeled images, optionally
   the rejected ones too) and the reviewed samples, with a fingerprint of exactly what they hold.
 
-Class indices are positions in the training vocabulary (the teacher's classes, in order): the store's category
-ids are mapped to them by name, and reviewed maps (category *positions* in ``LabelStore.categories()``) are
+Class indices are positions in the training vocabulary (the teacher's classes, in order): the dataset's category
+ids are mapped to them by name, and reviewed maps (category *positions* in ``LabelDataset.categories()``) are
 mapped through a lookup table; categories outside the vocabulary become ignore.
 """
 
@@ -26,8 +26,8 @@ from typing import Any, overload
 import numpy as np
 
 from maskclip_core.dataset.fs import read_bytes, sha256_hex
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, decode_image
 from maskclip_core.student.data import Sample, compress_labels, decompress_labels
 from maskclip_core.types import IGNORE_INDEX
@@ -149,14 +149,14 @@ class LabeledRef:
     ref: ImageRef
     labels: bytes = field(repr=False)
     origin: str  # "pseudo" | "reviewed"
-    labeling_id: str | None = None  # the store labeling of a pseudo-label map
+    labeling_id: str | None = None  # the dataset labeling of a pseudo-label map
     import_id: str | None = None  # the review import of a reviewed map
 
     def label_map(self) -> np.ndarray:
         return decompress_labels(self.labels, self.ref.height, self.ref.width)
 
 
-class StoreSamples(Sequence[Sample]):
+class DatasetSamples(Sequence[Sample]):
     """``SampleSource`` of (image, uint8 label map with 255 = ignore) over dataset images."""
 
     def __init__(self, items: Sequence[LabeledRef], reader: ImageReader) -> None:
@@ -193,16 +193,16 @@ class TrainingSet:
 
     config_hash: str
     class_names: tuple[str, ...]
-    samples: StoreSamples  # round 0: pseudo-labels, reviewed maps in place of theirs
+    samples: DatasetSamples  # round 0: pseudo-labels, reviewed maps in place of theirs
     pool: LazyImages  # relabelled by the student each self-training round (reviewed images left out)
-    clean: StoreSamples  # the reviewed samples, kept in every self-training round
+    clean: DatasetSamples  # the reviewed samples, kept in every self-training round
     reader: ImageReader
     fingerprint: str
     counts: dict[str, int]
 
 
 def load_training_set(
-    output_url: str,
+    dataset_url: str,
     config_hash: str,
     class_names: Sequence[str],
     *,
@@ -219,18 +219,18 @@ def load_training_set(
     The pool is the labeled images without the reviewed ones, plus the rejected ones that decoded
     (``pool_rejected``). Reads the annotations once, holding compressed label maps only.
     """
-    store = LabelStore(output_url, storage_options)
-    selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
-    id_to_index, lut = category_index(store.categories(), class_names)
+    dataset = LabelDataset(dataset_url, storage_options)
+    selection = _select(dataset, dataset_url, config_hash, storage_options, use_reviewed, pool_rejected)
+    id_to_index, lut = category_index(dataset.categories(), class_names)
     reader = reader or ImageReader(image_storage_options, cache_bytes)
 
     wanted = {item.ref.image_id: item.origin for item in selection.items}
     labels: dict[int, bytes] = {}
-    for row, label_map in store.iter_label_maps(config_hash=config_hash, category_to_index=id_to_index):
+    for row, label_map in dataset.iter_label_maps(config_hash=config_hash, category_to_index=id_to_index):
         if wanted.get(int(row["image_id"])) == "pseudo":
             labels[int(row["image_id"])] = compress_labels(label_map)
     if "reviewed" in wanted.values():
-        for row, positions in reviewed_label_maps(output_url, storage_options):
+        for row, positions in reviewed_label_maps(dataset_url, storage_options):
             if wanted.get(int(row["image_id"])) == "reviewed":
                 labels[int(row["image_id"])] = compress_labels(lut[positions])
     items = [replace(item, labels=labels[item.ref.image_id]) for item in selection.items]
@@ -238,9 +238,9 @@ def load_training_set(
     return TrainingSet(
         config_hash=config_hash,
         class_names=tuple(class_names),
-        samples=StoreSamples(items, reader),
+        samples=DatasetSamples(items, reader),
         pool=LazyImages(selection.pool, reader),
-        clean=StoreSamples(clean, reader),
+        clean=DatasetSamples(clean, reader),
         reader=reader,
         fingerprint=_fingerprint(config_hash, class_names, selection.items, selection.pool),
         counts={
@@ -254,7 +254,7 @@ def load_training_set(
 
 
 def training_fingerprint(
-    output_url: str,
+    dataset_url: str,
     config_hash: str,
     class_names: Sequence[str],
     *,
@@ -263,8 +263,8 @@ def training_fingerprint(
     pool_rejected: bool = False,
 ) -> str:
     """:attr:`TrainingSet.fingerprint` without painting a label map or reading an image (two table scans)."""
-    store = LabelStore(output_url, storage_options)
-    selection = _select(store, output_url, config_hash, storage_options, use_reviewed, pool_rejected)
+    dataset = LabelDataset(dataset_url, storage_options)
+    selection = _select(dataset, dataset_url, config_hash, storage_options, use_reviewed, pool_rejected)
     return _fingerprint(config_hash, class_names, selection.items, selection.pool)
 
 
@@ -279,22 +279,22 @@ class _Selection:
 
 
 def _select(
-    store: LabelStore,
-    output_url: str,
+    dataset: LabelDataset,
+    dataset_url: str,
     config_hash: str,
     storage_options: Mapping[str, Any] | None,
     use_reviewed: bool,
     pool_rejected: bool,
 ) -> _Selection:
     """The one selection both :func:`load_training_set` and :func:`training_fingerprint` use."""
-    rows = store.images(config_hash=config_hash, statuses=["labeled", "rejected"]).to_pylist()
+    rows = dataset.images(config_hash=config_hash, statuses=["labeled", "rejected"]).to_pylist()
     decoded = {int(r["image_id"]): r for r in rows if _decoded(r)}  # labeled, or rejected by the filter
     labeled = [i for i, r in decoded.items() if r["status"] == "labeled"]
     if not labeled:
-        raise ValueError(f"{output_url} holds no labeled images under config {config_hash}")
+        raise ValueError(f"{dataset_url} holds no labeled images under config {config_hash}")
     imports: dict[int, str] = {}
-    if use_reviewed:  # a reviewed image of another labeling of this output is not ours
-        table = read_reviewed(output_url, storage_options).select(["image_id", "import_id"]).to_pylist()
+    if use_reviewed:  # a reviewed image of another labeling of this dataset is not ours
+        table = read_reviewed(dataset_url, storage_options).select(["image_id", "import_id"]).to_pylist()
         imports = {int(r["image_id"]): r["import_id"] for r in table if int(r["image_id"]) in decoded}
     items = []
     for image_id in set(labeled) | set(imports):

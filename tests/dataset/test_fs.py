@@ -14,6 +14,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from maskclip_core.dataset import fs as storage
 from maskclip_core.dataset.fs import (
     SourceFile,
+    atomic_output,
     atomic_write_bytes,
     iter_source_files,
     join_url,
@@ -203,6 +204,48 @@ def test_atomic_write_failure_keeps_old_file_and_cleans_up(
         atomic_write_bytes(str(target), b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["x.parquet"]
+
+
+def test_streamed_atomic_output_uses_the_same_temporary_convention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", spy)
+    target = tmp_path / "sub" / "x.zip"
+    with atomic_output(str(target)) as f:
+        f.write(b"one ")
+        assert not target.exists()  # nothing visible until the block ends
+        f.write(b"two")
+    assert target.read_bytes() == b"one two"
+    assert len(seen) == 1 and seen[0].startswith("_tmp-") and seen[0].endswith("-x.zip")
+
+
+def test_streamed_atomic_output_failure_keeps_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "x.zip"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="exporter bug"):
+        with atomic_output(str(target)) as f:
+            f.write(b"half")
+            raise RuntimeError("exporter bug")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.zip"]
+
+
+def test_streamed_atomic_output_to_s3(s3_server, tmp_path: Path) -> None:
+    url, opts = s3_server.fresh_url("zips/x.zip"), s3_server.storage_options
+    with atomic_output(url, opts) as f:
+        f.write(b"zip bytes")
+    assert read_bytes(url, opts) == b"zip bytes"
+    with pytest.raises(RuntimeError):
+        with atomic_output(url, opts) as f:
+            f.write(b"partial")
+            raise RuntimeError("stop")
+    assert read_bytes(url, opts) == b"zip bytes"  # the failed upload never happened
 
 
 def test_memory_filesystem_roundtrip() -> None:

@@ -22,8 +22,8 @@ from support.review_store import Built, H, W, build_store, fails, label_map, run
 
 from flows.cli import main
 from flows.cli_review import format_report
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
@@ -230,7 +230,7 @@ def test_unknown_images_fail_unless_skipped(tmp_path, capsys):
     stranger = copy.deepcopy(tasks[0])
     stranger["data"]["image_id"] = "12345"
     path = write_json(tmp_path / "x.json", [*tasks, stranger])
-    assert "12345 is not in the store" in fails(capsys, "import", "label-studio", path, "--into", out)
+    assert "12345 is not in the dataset" in fails(capsys, "import", "label-studio", path, "--into", out)
     assert not (tmp_path / "out" / "reviewed").exists()  # nothing half-imported
     summary = run(capsys, "import", "label-studio", path, "--into", out, "--skip-unknown")
     assert summary["skipped"] == [12345] and summary["images"] == 4
@@ -279,7 +279,7 @@ def test_real_photos_through_cvat_and_back(tmp_path, capsys):
         pytest.skip("coco-sample data absent")
     rows = [line.split("\t") for line in (SAMPLE / "categories.tsv").read_text().splitlines()[1:]]
     names = tuple(r[1] for r in rows)
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     ids = store.ensure_categories(names)  # fresh store: category position == class index
     index_of = np.full(256, IGNORE_INDEX, np.uint8)  # panoptic id -> class index; 0 (unlabeled) -> ignore
     index_of[[int(r[0]) for r in rows]] = np.arange(len(rows))
@@ -304,7 +304,7 @@ def test_real_photos_through_cvat_and_back(tmp_path, capsys):
         )
         category_ids = [ids[n] for n in names]
         anns += encode_annotations(
-            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, source="gt", round=0
+            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, labeler="gt", round=0
         )
         expected[image_id] = filtered.labels
         np.testing.assert_array_equal(filtered.labels, index)  # nothing filtered away: the masks as they are

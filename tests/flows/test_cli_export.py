@@ -306,7 +306,7 @@ def test_export_flow_writes_files_and_a_summary_artifact(built, tmp_path, prefec
     from maskclip_core.interchange.export import ExportParameters
 
     params = ExportParameters(
-        format="cvat-coco", output=built.store.url, destination=str(tmp_path / "c.zip"), classes=["dog"]
+        format="cvat-coco", dataset=built.store.url, destination=str(tmp_path / "c.zip"), classes=["dog"]
     )
     state = export_annotations(params, return_state=True)
     summary = state.result()

@@ -95,7 +95,7 @@ def test_every_dataset_command_spells_the_same_objects_the_same_way():
 def test_other_renamed_options_keep_working(capsys):
     base = ["export", "coco", "--dataset", "ds"]
     args, err = parse(capsys, *base, "--to", "x.json", "--source", "maskclip", "--labeled-by", "student")
-    assert args.destination == "x.json" and args.sources == ["maskclip", "student"]
+    assert args.destination == "x.json" and args.labelers == ["maskclip", "student"]
     assert err.splitlines() == [
         "maskclip: warning: --to is deprecated; use --out",
         "maskclip: warning: --source is deprecated; use --labeled-by",
@@ -153,7 +153,7 @@ def test_help_defaults_are_the_models_defaults(capsys):
     from maskclip_core.labeling.filter import FilterConfig
     from maskclip_core.teacher.labeler import LabelerConfig
     from maskclip_core.teacher.window_predictor import InferenceConfig
-    from maskclip_core.training.rounds import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.parameters import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
 
     args, _ = parse(capsys, "label", "--source", "s", "--dataset", "d", "--classes", "cat")
     config = cli.labeler_config_from_args(args)

@@ -21,20 +21,16 @@ from support.label_studio_server import LabelStudioServer, label_studio_process,
 from support.review_store import build_store, fails, run
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import iter_export_images
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.records import category_masks
 from maskclip_core.interchange.label_studio import label_studio_task
 from maskclip_core.interchange.label_studio_rle import encode_mask
 from maskclip_core.interchange.label_studio_sync import default_project_title
-from maskclip_core.interchange.records import category_masks
-from maskclip_core.labeling.batch import (
-    LabelingPlan,
-    SourceItem,
-    label_and_write_batch,
-    labeler_categories,
-    labeling_config_hash,
-    load_labeler,
-)
+from maskclip_core.labeling.config_hash import labeling_config_hash
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.registry import labeler_categories, load_labeler
+from maskclip_core.labeling.write import label_and_write_batch
 
 # photos/a.png, photos/b.png and photos/more/c.png below the server's document root: one storage, photos/
 NAMES = ("photos/a.png", "photos/b.png", "photos/more/c.png")
@@ -54,10 +50,10 @@ def labeled(label_studio_process: LabelStudioServer, tmp_path_factory: pytest.Te
     return {"dataset": dataset, "images": images, "categories": store.categories(), "root": root}
 
 
-def _label(uris: list[str], dataset: str, storage_options: dict | None = None) -> LabelStore:
+def _label(uris: list[str], dataset: str, storage_options: dict | None = None) -> LabelDataset:
     """The images labeled by the tiny teacher, every pixel kept, into a new dataset."""
     labeler = load_labeler(TINY_SPEC)
-    store = LabelStore(dataset)
+    store = LabelDataset(dataset)
     ids = store.ensure_categories(labeler_categories(labeler))
     plan = LabelingPlan(
         run_id="review-test",
@@ -203,7 +199,7 @@ def test_project_follows_the_dataset_and_polygons(labeled, label_studio_server, 
     client = server.client()
     project = client.projects.get(first["project"])
     assert project.parsed_label_config["tag"]["type"] == "PolygonLabels"
-    categories = LabelStore(dataset).categories()
+    categories = LabelDataset(dataset).categories()
     expected = {
         str(image.image_id): label_studio_task(
             image, categories, mode="polygon", document_root=str(server.document_root)
@@ -214,7 +210,7 @@ def test_project_follows_the_dataset_and_polygons(labeled, label_studio_server, 
         [prediction] = _predictions(task)
         assert prediction["result"] == expected[task.data["image_id"]]["predictions"][0]["result"]
 
-    LabelStore(dataset).ensure_categories(["yellow"])
+    LabelDataset(dataset).ensure_categories(["yellow"])
     again = run(capsys, *push)
     assert (again["project"], again["tasks_created"], again["tasks_updated"]) == (project.id, 0, 0)
     labels = client.projects.get(project.id).parsed_label_config["tag"]["labels"]

@@ -26,13 +26,13 @@ from PIL import Image, ImageOps
 from support.bad_inputs import write_bad_input_corpus
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
-import maskclip_core.labeling.batch as pipeline_module
+import maskclip_core.labeling.write as pipeline_module
 from flows.label_dataset import LabelingIncomplete, RunOptions, label_dataset
 from maskclip_core.dataset.fs import sha256_hex
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.annotations import segmentation_to_mask
-from maskclip_core.labeling.batch import LabelerSpec, StudentUnavailableError, load_labeler
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
+from maskclip_core.labeling.registry import LabelerSpec, StudentUnavailableError, load_labeler
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -92,7 +92,7 @@ def count_reads() -> Iterator[Counter[str]]:
         pipeline_module.read_bytes = real
 
 
-def label_maps_by_sha(store: LabelStore) -> dict[str, np.ndarray]:
+def label_maps_by_sha(store: LabelDataset) -> dict[str, np.ndarray]:
     return {row["sha256"]: m for row, m in store.iter_label_maps()}
 
 
@@ -142,7 +142,7 @@ def test_local_folder_incremental_runs_and_artifacts(tmp_path: Path) -> None:
     assert state.is_completed()
     assert (summary["images_seen"], summary["labeled"], summary["skipped"], summary["failed"]) == (5, 5, 0, 0)
     assert set(reads) == set(first)
-    store = LabelStore(out)
+    store = LabelDataset(out)
     assert store.images().num_rows == 5 and set(store.images()["status"].to_pylist()) == {"labeled"}
     assert [c["name"] for c in store.categories()] == ["red", "green", "blue"]
     maps = label_maps_by_sha(store)
@@ -183,8 +183,8 @@ def test_local_folder_incremental_runs_and_artifacts(tmp_path: Path) -> None:
     # --force relabels everything; readers still see one current labeling per image
     state, summary = run(str(src), out, force=True)
     assert summary["labeled"] == 7
-    assert LabelStore(out).images().num_rows == 7
-    anns = LabelStore(out).annotations()
+    assert LabelDataset(out).images().num_rows == 7
+    anns = LabelDataset(out).annotations()
     assert len(set(anns["id"].to_pylist())) == anns.num_rows
 
 
@@ -211,7 +211,7 @@ def test_bad_input_corpus_is_recorded_and_exif_labels_follow_display(tmp_path: P
     expected = write_bad_input_corpus(src)
     state, summary = run(str(src), out, options=FAST.model_copy(update={"batch_size": 4}))
     assert state.is_completed()  # bad files are records, not failures
-    rows = {Path(r["uri"]).name: r for r in LabelStore(out).images().to_pylist()}
+    rows = {Path(r["uri"]).name: r for r in LabelDataset(out).images().to_pylist()}
     assert set(rows) == set(expected)
     for name, outcome in expected.items():
         if outcome == "labeled":
@@ -226,7 +226,7 @@ def test_bad_input_corpus_is_recorded_and_exif_labels_follow_display(tmp_path: P
 
     exif = rows["exif_rotated.jpg"]
     assert (exif["height"], exif["width"]) == (64, 48) and "EXIF orientation 6" in exif["notes"]
-    maps = label_maps_by_sha(LabelStore(out))
+    maps = label_maps_by_sha(LabelDataset(out))
     data = (src / "exif_rotated.jpg").read_bytes()
     np.testing.assert_array_equal(maps[exif["sha256"]], expected_label_map(data))
 
@@ -244,7 +244,7 @@ def test_memory_source_with_glob_and_rejection_threshold(tmp_path: Path) -> None
     state, summary = run(root, str(tmp_path / "out"), filters=strict, options=options)
     assert summary["images_seen"] == 3
     assert summary["rejected_by_reason"] == {"low_labeled_fraction": 3}
-    rows = LabelStore(str(tmp_path / "out")).images().to_pylist()
+    rows = LabelDataset(str(tmp_path / "out")).images().to_pylist()
     assert all(r["uri"].startswith("memory://") and r["width"] == 56 for r in rows)
     fs.rm(root, recursive=True)
 
@@ -270,7 +270,7 @@ def test_s3_source_and_output_on_moto(s3_server) -> None:
     out = f"s3://{bucket}/labels"
     state, summary = run(f"s3://{bucket}/incoming/", out, options=options)
     assert state.is_completed() and (summary["images_seen"], summary["labeled"]) == (4, 4)
-    store = LabelStore(out, s3_server.storage_options)
+    store = LabelDataset(out, s3_server.storage_options)
     assert {r["uri"] for r in store.images().to_pylist()} == {f"s3://{bucket}/incoming/{n}" for n in files}
     assert all(r["source_version"].startswith("etag:") for r in store.images().to_pylist())
     assert fs.ls(f"{bucket}/labels/thumbnails", refresh=True)
@@ -296,7 +296,7 @@ def test_real_s3_server_seaweedfs_with_aws_environment(seaweedfs, monkeypatch: p
         out = f"s3://{prefix}/dataset"
         state, summary = run(f"s3://{prefix}/images", out)
         assert state.is_completed() and summary["labeled"] == 4
-        store = LabelStore(out)
+        store = LabelDataset(out)
         assert store.images().num_rows == 4 and store.annotations().num_rows > 0
         state, summary = run(f"s3://{prefix}/images", out)
         assert summary["labeled"] == 0 and summary["skipped_unchanged"] == 4
@@ -334,13 +334,13 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
     committed = {r["labeling_id"] for r in raw_rows(out, "images")}
     orphans = {a["labeling_id"] for a in raw_rows(out, "annotations")} - committed
     assert orphans, "the killed batch should have left an uncommitted annotations part"
-    assert LabelStore(str(out)).images().num_rows == 2
+    assert LabelDataset(str(out)).images().num_rows == 2
 
     state, summary = run(str(src), str(out), options=options)
     assert state.is_completed()
     assert (summary["labeled"], summary["skipped"]) == (5, 2)
 
-    store = LabelStore(str(out))
+    store = LabelDataset(str(out))
     images_rows = raw_rows(out, "images")
     assert Counter(r["uri"] for r in images_rows) == Counter({str(src / n): 1 for n in files})  # each once
     current = store.images()
@@ -390,12 +390,12 @@ def test_storage_error_outliving_retries_fails_its_batch_and_the_next_run_recove
     task_runs = run_and_chunk_task_runs(flow_run_id(state))
     batch_states = {t.name: t.state.type.value for t in task_runs if t.name.startswith("label-batch")}
     assert batch_states == {"label-batch-0": "COMPLETED", "label-batch-1": "FAILED", "label-batch-2": "COMPLETED"}
-    labeled = {Path(r["uri"]).name for r in LabelStore(out).images().to_pylist()}
+    labeled = {Path(r["uri"]).name for r in LabelDataset(out).images().to_pylist()}
     assert labeled == set(names) - set(names[3:6])
 
     state, summary = run(root, out, options=options)
     assert state.is_completed() and summary["labeled"] == 3 and summary["skipped"] == 4
-    assert {Path(r["uri"]).name for r in LabelStore(out).images().to_pylist()} == set(names)
+    assert {Path(r["uri"]).name for r in LabelDataset(out).images().to_pylist()} == set(names)
     fs.rm(root, recursive=True)
 
 
@@ -467,11 +467,11 @@ def test_student_labeler_rows_carry_source_and_round(tmp_path: Path, monkeypatch
     spec = LabelerSpec.student(f"file://{tmp_path}/checkpoints/{uuid.uuid4().hex}")
     state, summary = run(str(tmp_path / "src"), str(tmp_path / "out"), labeler=spec)
     assert state.is_completed() and summary["labeled"] == 3 and summary["labeler"] == "student"
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 3)}
     anns = store.annotations()
     assert anns.num_rows > 0
-    assert set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {3}
+    assert set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {3}
 
 
 # --- CLI and COCO ------------------------------------------------------------------------------------------------
@@ -501,7 +501,7 @@ def test_cli_label_then_export_coco_round_trip(
 
     assert main(["export", "coco", "--from", out, "--to", str(coco_path)]) == 0
     coco = COCO(str(coco_path))
-    store = LabelStore(out)
+    store = LabelDataset(out)
     index = {c["id"]: i for i, c in enumerate(store.categories())}
     compared = 0
     for row, label_map in store.iter_label_maps():
@@ -555,7 +555,7 @@ def test_dask_local_cluster_gives_the_thread_pool_labels(tmp_path: Path) -> None
     assert summary["worker_pids"] and os.getpid() not in summary["worker_pids"]  # batches ran in the workers
 
     def masks(output: str) -> dict[tuple[str, str], np.ndarray]:
-        store = LabelStore(output)
+        store = LabelDataset(output)
         names = {c["id"]: c["name"] for c in store.categories()}
         sha = {r["image_id"]: r["sha256"] for r in store.images().to_pylist()}
         out = {}

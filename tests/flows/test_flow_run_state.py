@@ -17,7 +17,7 @@ from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 import flows.label_dataset as flow_module
 from flows.label_dataset import RunOptions, label_dataset, progress_listener
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -116,7 +116,7 @@ def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
     assert state.is_failed()
     with pytest.raises(PermissionError, match="half-way"):
         state.result()
-    assert LabelStore(out).images().num_rows == 3  # what was listed before the error is labeled
+    assert LabelDataset(out).images().num_rows == 3  # what was listed before the error is labeled
     report = next((Path(out) / "reports").glob("*.md")).read_text()
     assert "completed" not in report and "FAILED: listing stopped after 3 files: PermissionError" in report
     assert events[-1][0] == "end" and events[-1][1].startswith("FAILED") and events[-1][2] == 100.0

@@ -22,14 +22,14 @@ from support.tiny_labeler import KEEP_ALL, TINY_SPEC, H, W, block_image
 from flows.label_dataset import RunOptions
 from flows.pseudo_label_and_train import ExportStep, RelabelStep, TrainingStep, pseudo_label_and_train
 from flows.train_student import train_student
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import read_labeling_record
 from maskclip_core.dataset.metrics import read_metrics
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec, restrict_summary
 from maskclip_core.evaluation.metrics import SegmentationMetrics
 from maskclip_core.labeling.filter import filter_labels
 from maskclip_core.student import StudentLabeler, load_checkpoint, predict, read_latest
-from maskclip_core.training.rounds import ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import ScheduleSpec, StudentSpec, TrainOptions
 from maskclip_core.types import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
@@ -137,11 +137,11 @@ def test_train_checkpoint_label_with_the_student_parquet_coco_round_trip(pipelin
 
     # Labeled again by the real student, in a fresh output: rows and annotations say student, round 1.
     assert result["relabel"]["labeler"] == "student" and result["relabel"]["labeled"] == 6
-    store = LabelStore(relabeled)
+    store = LabelDataset(relabeled)
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 1)}
     anns = store.annotations()
     assert (
-        anns.num_rows > 0 and set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
+        anns.num_rows > 0 and set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
     )
     # The stored labels are the checkpoint's predictions through the same filter.
     student = StudentLabeler.from_checkpoint(trained["checkpoint"], device="cpu")
@@ -197,7 +197,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
         ("student", 0),
         ("student", 1),
     ]
-    store = LabelStore(out, so)
+    store = LabelDataset(out, so)
     rows = store.images().to_pylist()
     assert {(r["labeler"], r["round"]) for r in rows} == {("maskclip", 0), ("student", 1)} and len(rows) == 8
     student_hash = result["relabel"]["config_hash"]
@@ -230,12 +230,12 @@ def test_cli_label_with_the_real_student(
     captured = capsys.readouterr()
     summary = json.loads(captured.out[captured.out.index("{") :])
     assert summary["labeler"] == "student" and summary["labeled"] == 6
-    store = LabelStore(out)
+    store = LabelDataset(out)
     assert {(r["labeler"], r["round"]) for r in store.images().to_pylist()} == {("student", 1)}
     anns = store.annotations()
-    assert set(anns["source"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
+    assert set(anns["labeler"].to_pylist()) == {"student"} and set(anns["round"].to_pylist()) == {1}
     # The checkpoint folder (newest round) labels exactly as its newest weights file did in the pipeline.
-    expected = {Path(r["uri"]).name: m for r, m in LabelStore(pipeline["relabeled"]).iter_label_maps()}
+    expected = {Path(r["uri"]).name: m for r, m in LabelDataset(pipeline["relabeled"]).iter_label_maps()}
     for row, label_map in store.iter_label_maps():
         np.testing.assert_array_equal(label_map, expected[Path(row["uri"]).name])
 
@@ -308,7 +308,7 @@ def test_metrics_of_teacher_and_rounds_in_the_table_and_the_artifact(pipeline: d
     # Independent scores: "Red" and "blue" are named by the ground truth (green is not, sky is no class).
     target = planted_truth()
     target[target == 3] = IGNORE_INDEX
-    store = LabelStore(out)
+    store = LabelDataset(out)
     pseudo = {Path(r["uri"]).name: m for r, m in store.iter_label_maps(config_hash=result["config_hash"])}
     teacher = SegmentationMetrics(3, ("red", "green", "blue"))
     for name in names:

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskclip_core.dataset.fs import read_bytes
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.interchange.coco import build_coco_dict, export_coco, load_coco_annotations
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
 from maskclip_core.labeling.filter import FilterConfig, FilteredLabels, filter_labels
@@ -48,7 +48,7 @@ def quiet_coco(path_or_dataset: str | dict) -> COCO:
         return coco
 
 
-def label_and_store(store: LabelStore) -> dict[str, FilteredLabels]:
+def label_and_store(store: LabelDataset) -> dict[str, FilteredLabels]:
     """Run the data path for a few synthetic images; return the accepted filtered labels by uri."""
     category_ids = store.ensure_categories([(c, []) for c in CLASSES])
     cat_list = [category_ids[c] for c in CLASSES]
@@ -72,7 +72,7 @@ def label_and_store(store: LabelStore) -> dict[str, FilteredLabels]:
         if filtered.accepted:
             anns += encode_annotations(
                 filtered, category_ids=cat_list, image_id=image_id, labeling_id=labeling_id,
-                source="maskclip", round=0,
+                labeler="maskclip", round=0,
             )  # fmt: skip
             accepted[uri] = filtered
     store.write_batch(rows, anns, part_name="b0")
@@ -81,16 +81,16 @@ def label_and_store(store: LabelStore) -> dict[str, FilteredLabels]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[LabelStore, str]:
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[LabelDataset, str]:
     """A store and an export destination on the same backend."""
     if request.param == "local":
-        return LabelStore(str(tmp_path / "out")), str(tmp_path / "exports" / "coco.json")
+        return LabelDataset(str(tmp_path / "out")), str(tmp_path / "exports" / "coco.json")
     server = request.getfixturevalue("s3_server")
     url = server.fresh_url()
-    return LabelStore(f"{url}/out", server.storage_options), f"{url}/exports/coco.json"
+    return LabelDataset(f"{url}/out", server.storage_options), f"{url}/exports/coco.json"
 
 
-def test_end_to_end_export_decodes_to_filtered_labels(target: tuple[LabelStore, str], tmp_path: Path) -> None:
+def test_end_to_end_export_decodes_to_filtered_labels(target: tuple[LabelDataset, str], tmp_path: Path) -> None:
     store, destination = target
     accepted = label_and_store(store)
     summary = export_coco(store, destination)
@@ -123,7 +123,7 @@ def test_end_to_end_export_decodes_to_filtered_labels(target: tuple[LabelStore, 
 
 
 def test_export_works_as_detections_for_cocoeval(tmp_path: Path) -> None:
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     label_and_store(store)
     coco_dict = build_coco_dict(store)
     gt = quiet_coco(coco_dict)
@@ -137,7 +137,7 @@ def test_export_works_as_detections_for_cocoeval(tmp_path: Path) -> None:
 
 
 def test_coco_dict_contents_and_filters(tmp_path: Path) -> None:
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     label_and_store(store)
     coco = build_coco_dict(store, file_name_root="/photos", info={"description": "test set"})
     assert coco["info"]["description"] == "test set" and coco["licenses"] == []
@@ -163,7 +163,7 @@ def test_coco_dict_contents_and_filters(tmp_path: Path) -> None:
 
 
 def test_coco_dict_from_tables_and_config_clash(tmp_path: Path) -> None:
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     label_and_store(store)
     images = store.images()
     tables = (images, store.annotations(), store.categories())

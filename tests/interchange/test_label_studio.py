@@ -13,6 +13,7 @@ import pytest
 from label_studio_sdk.converter import brush
 from support.coco_sample import SAMPLE, load_sample, require_sample
 
+from maskclip_core.dataset.records import category_masks
 from maskclip_core.interchange import (
     ExportImage,
     export_label_studio,
@@ -27,7 +28,6 @@ from maskclip_core.interchange import (
     resolve_classes,
 )
 from maskclip_core.interchange.label_studio import image_url
-from maskclip_core.interchange.records import category_masks
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_brush_round_trip_is_exact(sample):
     reviewed = import_label_studio(as_label_studio_export(tasks), categories)
     assert [r.image_id for r in reviewed] == [img.image_id for img in images]
     for r, image in zip(reviewed, images, strict=True):
-        assert r.sha256 == image.sha256 and r.source == "label-studio" and r.reviewer == "1"
+        assert r.sha256 == image.sha256 and r.tool == "label-studio" and r.reviewer == "1"
         expected = label_map_from_annotations(image)
         assert (expected != 255).any()
         np.testing.assert_array_equal(r.label_map, expected)
@@ -197,7 +197,7 @@ def test_filters(sample):
     assert all(0.5 <= a["score"] <= 0.8 for img in scored for a in img.annotations)
     assert sum(len(i.annotations) for i in scored) < sum(len(i.annotations) for i in images)
     assert all(a["round"] == 2 for i in filter_images(images, rounds=[2]) for a in i.annotations)
-    assert all(a["source"] == "student" for i in filter_images(images, sources=["student"]) for a in i.annotations)
+    assert all(a["labeler"] == "student" for i in filter_images(images, labelers=["student"]) for a in i.annotations)
     assert list(filter_images(images, statuses=["rejected"])) == []
     assert [i.image_id for i in filter_images(images, image_ids=[images[3].image_id])] == [images[3].image_id]
     assert [img.annotations for img in images] == before  # inputs untouched

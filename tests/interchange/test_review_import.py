@@ -122,7 +122,7 @@ def test_label_studio_picks_the_right_annotation():
     expect[left] = 7  # the latest live annotation (id 2) says grass
     np.testing.assert_array_equal(reviewed[1].label_map, expect)
     assert reviewed[1].reviewer == "r@x.org" and reviewed[1].reviewed_at == "2024-05-03T10:00:00Z"
-    assert reviewed[1].sha256 == "abc" and reviewed[1].source == "label-studio"
+    assert reviewed[1].sha256 == "abc" and reviewed[1].tool == "label-studio"
 
     expect = np.full((h, w), 255, np.uint8)
     expect[top] = 7  # ground truth wins over a newer annotation; "lawn" is grass's synonym
@@ -203,7 +203,7 @@ def test_coco_import_of_a_cvat_round_trip(sample):
         reviewed = import_coco_reviews(json.loads(json.dumps(doc)), categories, images=images)
         assert [r.image_id for r in reviewed] == [i.image_id for i in images]
         for r, image in zip(reviewed, images, strict=True):
-            assert r.sha256 == image.sha256 and r.source == "coco"
+            assert r.sha256 == image.sha256 and r.tool == "coco"
             np.testing.assert_array_equal(r.label_map, label_map_from_annotations(image))
         report = evaluate_against_reviewed(pseudo_label_maps(images), reviewed, categories)
         assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0

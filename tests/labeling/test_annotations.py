@@ -67,13 +67,13 @@ def test_encode_record_fields() -> None:
     labels[5, 0] = 2  # one class, two separate parts: still one record
     regions = [Region(0, "a", 6, 0.8), Region(2, "c", 2, 0.7)]
     recs = encode_annotations(
-        (labels, regions), category_ids=[11, 12, 13], image_id=99, labeling_id="L", source="maskclip", round=0
+        (labels, regions), category_ids=[11, 12, 13], image_id=99, labeling_id="L", labeler="maskclip", round=0
     )
     assert [r["category_id"] for r in recs] == [11, 13]
     a, c = recs
     assert a["id"] == stable_id("L", 11) and c["id"] == stable_id("L", 13)
     assert a["image_id"] == 99 and a["labeling_id"] == "L" and a["iscrowd"] == 0
-    assert a["source"] == "maskclip" and a["round"] == 0
+    assert a["labeler"] == "maskclip" and a["round"] == 0
     assert isinstance(a["segmentation"]["counts"], str) and a["segmentation"]["size"] == [6, 8]
     assert a["area"] == 6 and a["bbox"] == [2.0, 1.0, 3.0, 2.0]
     assert c["area"] == 2 and c["bbox"] == [0.0, 4.0, 8.0, 2.0]
@@ -88,7 +88,7 @@ def test_encode_skips_regions_absent_from_the_map() -> None:
         category_ids=[1, 2],
         image_id=1,
         labeling_id="L",
-        source="s",
+        labeler="s",
         round=1,
     )
     assert [r["category_id"] for r in recs] == [1]
@@ -107,7 +107,7 @@ def test_random_label_maps_round_trip_exactly(seed: int) -> None:
         category_ids=category_ids,
         image_id=5,
         labeling_id="x",
-        source="s",
+        labeler="s",
         round=0,
     )
     back = annotations_to_label_map(recs, h, w, {cid: i for i, cid in enumerate(category_ids)})
@@ -128,7 +128,7 @@ def test_filtered_labels_round_trip() -> None:
         result, FilterConfig(min_confidence=0.3, min_region_area=5, min_region_confidence=0.4)
     )
     recs = encode_annotations(
-        filtered, category_ids=[1, 2, 3, 4], image_id=1, labeling_id="L", source="m", round=0
+        filtered, category_ids=[1, 2, 3, 4], image_id=1, labeling_id="L", labeler="m", round=0
     )
     assert [r["score"] for r in recs] == pytest.approx([r.mean_confidence for r in filtered.regions])
     back = annotations_to_label_map(recs, 60, 80, {1: 0, 2: 1, 3: 2, 4: 3})
@@ -226,7 +226,7 @@ def test_real_coco_masks_round_trip(coco_val: dict) -> None:
             category_ids=list(range(256)),
             image_id=img["id"],
             labeling_id="gt",
-            source="coco",
+            labeler="coco",
             round=0,
         )
         np.testing.assert_array_equal(annotations_to_label_map(recs, h, w, identity), label_map)

@@ -15,23 +15,21 @@ from support.tiny_labeler import KEEP_ALL, TINY
 
 from maskclip_core.dataset.digests import DigestSet, DigestSetBuilder, sha256_digest, source_digest
 from maskclip_core.dataset.fs import sha256_hex
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.annotations import annotations_to_label_map
-from maskclip_core.labeling.batch import (
+from maskclip_core.labeling.batch import process_batch
+from maskclip_core.labeling.config_hash import labeling_config_hash
+from maskclip_core.labeling.filter import FilterConfig, filter_labels
+from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.registry import (
     LabelerSpec,
-    LabelingPlan,
-    SourceItem,
     StudentUnavailableError,
-    label_and_write_batch,
     labeler_categories,
     labeler_round,
-    labeling_config_hash,
     load_labeler,
-    process_batch,
-    write_batch_result,
 )
-from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.write import label_and_write_batch, write_batch_result
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 CLASSES = ("red", "green", "blue")
@@ -208,7 +206,7 @@ def test_ids_are_deterministic_per_run_and_differ_across_runs() -> None:
 
 def test_rewriting_a_batch_is_idempotent_and_thumbnails_are_small_jpegs(tmp_path: Path) -> None:
     files = {f"m://{i}.jpg": jpeg(solid(300, 400, i)) for i in range(3)}
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     store.ensure_categories(list(CLASSES))
     result = process_batch([SourceItem(u) for u in files], ColorLabeler(), plan(), read=files.__getitem__, thumbnails=2)
     first = write_batch_result(store, result, "run-1-b000000")
@@ -230,7 +228,7 @@ def test_label_and_write_batch_reads_through_fsspec_and_skips_known(tmp_path: Pa
     src.mkdir()
     for i in range(3):
         (src / f"{i}.jpg").write_bytes(jpeg(solid(16, 16, i)))
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     store.ensure_categories(list(CLASSES))
     items = [SourceItem(str(p), "v") for p in sorted(src.iterdir())]
     outcome = label_and_write_batch(0, items, ColorLabeler(), plan(), store)
@@ -315,7 +313,7 @@ def test_student_round_comes_from_the_labeler_and_rows_carry_source_and_round() 
         read={"m://a.jpg": jpeg(solid(16, 16, 0))}.__getitem__,
     )
     assert rows.images_rows[0]["labeler"] == "student" and rows.images_rows[0]["round"] == 2
-    assert {(a["source"], a["round"]) for a in rows.annotation_rows} == {("student", 2)}
+    assert {(a["labeler"], a["round"]) for a in rows.annotation_rows} == {("student", 2)}
 
 
 # --- digests and the store's incremental index ---------------------------------------------------------------
@@ -337,7 +335,7 @@ def test_digest_set() -> None:
 
 
 def test_store_known_sources_and_sha256_digests(tmp_path: Path) -> None:
-    store = LabelStore(str(tmp_path / "out"))
+    store = LabelDataset(str(tmp_path / "out"))
     files = {f"m://{i}.jpg": jpeg(solid(16, 16, i)) for i in range(3)}
     files["m://bad.jpg"] = b""
     items = [SourceItem(u, f"v{i}") for i, u in enumerate(files)]
@@ -365,7 +363,7 @@ def test_run_summary_tables_and_markdown() -> None:
     corpus = corpus_bytes()
     files = {f"mem://{name}": data for name, (data, _) in corpus.items()}
     result = process_batch([SourceItem(u) for u in files], ColorLabeler(), plan(), read=files.__getitem__)
-    from maskclip_core.labeling.batch import BatchOutcome
+    from maskclip_core.labeling.write import BatchOutcome
 
     summary = RunSummary(
         run_id="r", source="src", dataset="out", config_hash="cfg", labeler="maskclip", classes=CLASSES

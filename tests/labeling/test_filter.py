@@ -136,10 +136,10 @@ def test_weak_class_dropped_on_mean_of_remaining_pixels() -> None:
     cfg = config(min_confidence=0.5, min_region_confidence=0.6)
     out = filter_labels(result(labels, conf, ("weak", "strong")), cfg)
     assert (out.labels[:, :7] == IGNORE_INDEX).all() and (out.labels[:, 7:] == 1).all()
-    assert out.dropped_classes == ["weak"]
+    assert out.weak_classes == ["weak"]
     assert out.regions == [Region(1, "strong", 12, pytest.approx(0.62, rel=1e-6))]
     assert out.reason_counts == {
-        "dropped_class": 0,
+        "denoised_class": 0,
         "low_confidence": 8,
         "small_region": 0,
         "weak_region": 20,
@@ -159,7 +159,7 @@ def test_denoised_classes_are_ignored() -> None:
     labels = np.array([[0, 1, 2]])
     out = filter_labels(result(labels, 0.9, ("a", "b", "c"), dropped=[False, True, False]), config())
     np.testing.assert_array_equal(out.labels, [[0, IGNORE_INDEX, 2]])
-    assert out.reason_counts["dropped_class"] == 1
+    assert out.reason_counts["denoised_class"] == 1
 
 
 # --- step 4: image rejection --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-
 def load_sample(n: int = 10, *, varied: bool = False) -> tuple[list[dict], list[ExportImage]]:
     """First n train images as store records: one compressed-RLE region per (image, class).
 
-    ``varied`` gives regions random scores, alternating sources and rounds (for the export filters);
+    ``varied`` gives regions random scores, alternating labelers and rounds (for the export filters);
     otherwise every region has score 0.5, source teacher, round 0.
     """
     doc = json.loads((SAMPLE / "train" / "annotations.json").read_text())
@@ -45,7 +45,7 @@ def load_sample(n: int = 10, *, varied: bool = False) -> tuple[list[dict], list[
                     "bbox": mask_utils.toBbox(rle).tolist(),
                     "iscrowd": 0,
                     "score": float(rng.uniform(0.3, 1.0)) if varied else 0.5,
-                    "source": ("teacher" if cid % 2 else "student") if varied else "teacher",
+                    "labeler": ("teacher" if cid % 2 else "student") if varied else "teacher",
                     "round": int(cid % 3) if varied else 0,
                 }
             )

@@ -1,7 +1,7 @@
 """A small label store built the way the labeling flow builds one, for the export / review tests.
 
 Synthetic predictions go through ``filtering.filter_labels`` -> ``annotations.encode_annotations`` ->
-``LabelStore.write_batch``. Geometry is simple so expected masks and metrics can be worked out by hand.
+``LabelDataset.write_batch``. Geometry is simple so expected masks and metrics can be worked out by hand.
 Every image is 32 x 48 (1536 px); classes cat, dog, grass get category ids 1, 2, 3:
 
 | image          | pseudo-labels                                                | score | status   |
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from maskclip_core.dataset.store import LabelStore
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.types import SegmentationResult
@@ -43,7 +43,7 @@ CONFIG = "cfg-a"
 class Built:
     """What the tests compare exports against."""
 
-    store: LabelStore
+    store: LabelDataset
     source: Path  # folder holding the image files
     ids: dict[str, int] = field(default_factory=dict)  # relative file name -> image_id
     masks: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # image_id -> category id -> mask
@@ -81,7 +81,7 @@ def write_image(path: Path, seed: int) -> bytes:
 def build_store(
     output_url: str, source: Path, storage_options: dict[str, Any] | None = None, config: str = CONFIG
 ) -> Built:
-    store = LabelStore(output_url, storage_options)
+    store = LabelDataset(output_url, storage_options)
     built = Built(store=store, source=source)
     built.category_ids = store.ensure_categories(CLASSES)
     category_ids = [built.category_ids[n] for n in NAMES]
@@ -131,7 +131,7 @@ def build_store(
                     category_ids=category_ids,
                     image_id=image_id,
                     labeling_id=labeling_id,
-                    source="student" if student else "maskclip",
+                    labeler="student" if student else "maskclip",
                     round=int(student),
                 )
                 for region in filtered.regions:

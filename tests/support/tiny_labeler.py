@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskclip_core.labeling.batch import LabelerSpec
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.registry import LabelerSpec
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.window_predictor import InferenceConfig
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskclip_core.labeling.batch import LabelerSpec, labeling_config_hash, load_labeler
+from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig
+from maskclip_core.labeling.registry import LabelerSpec, load_labeler
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError
 from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
 from maskclip_core.teacher.proxy import load_proxy

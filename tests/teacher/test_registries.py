@@ -50,7 +50,7 @@ def _enum(model, field: str) -> list[str]:
 
 
 def test_literals_are_the_registry_keys():
-    from maskclip_core.training.rounds import ClipSpec, StudentSpec
+    from maskclip_core.training.parameters import ClipSpec, StudentSpec
 
     modes = ("maskclip", "clearclip", "sclip", "naclip")
     assert typing.get_args(dense.AttentionMode) == tuple(dense.ATTENTION_MODES) == modes

@@ -15,14 +15,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from support.coco_sample import SAMPLE
 
+from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record, read_labeling_record, write_labeling_record
 from maskclip_core.dataset.metrics import metrics_row, read_metrics, table_rows, write_metrics
-from maskclip_core.dataset.reviews import import_reviews
-from maskclip_core.dataset.store import LabelStore
 from maskclip_core.evaluation.ground_truth import GroundTruthRef, GroundTruthSpec, load_ground_truth, restrict_summary
+from maskclip_core.interchange.review_import import import_reviews
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
-from maskclip_core.labeling.batch import LabelerSpec
 from maskclip_core.labeling.filter import FilterConfig, Region
+from maskclip_core.labeling.registry import LabelerSpec
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.training.data import (
@@ -31,7 +31,7 @@ from maskclip_core.training.data import (
     load_training_set,
     training_fingerprint,
 )
-from maskclip_core.training.rounds import training_vocabulary
+from maskclip_core.training.plan import training_vocabulary
 from maskclip_core.types import IGNORE_INDEX
 
 H, W = 24, 32
@@ -60,7 +60,7 @@ class Dataset:
     def __init__(self, root: Path) -> None:
         self.source = root / "src"
         self.output = str(root / "out")
-        store = LabelStore(self.output)
+        store = LabelDataset(self.output)
         store.ensure_categories([("other", [])])
         ids = store.ensure_categories([("cat", ["kitty"]), ("dog", []), ("grass", [])])
         self.category_ids = [ids[n] for n in CLASSES]
@@ -121,7 +121,7 @@ class Dataset:
                     category_ids=self.category_ids,
                     image_id=image_id,
                     labeling_id=row["labeling_id"],
-                    source="maskclip",
+                    labeler="maskclip",
                     round=0,
                 )
                 self.pseudo[name] = labels
@@ -235,7 +235,7 @@ def test_images_are_read_lazily_with_a_bounded_cache(dataset: Dataset) -> None:
 
 
 def test_vocabulary_comes_from_the_labeling_record(dataset: Dataset) -> None:
-    store = LabelStore(dataset.output)
+    store = LabelDataset(dataset.output)
     record = read_labeling_record(dataset.output, CONFIG)
     assert record["spec"]["config"]["model"] == "maskclip-tiny-ViT"
     vocabulary = training_vocabulary(record, store)
@@ -246,7 +246,8 @@ def test_vocabulary_comes_from_the_labeling_record(dataset: Dataset) -> None:
 
 
 def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_path: Path) -> None:
-    from maskclip_core.training.rounds import DataSpec, ScheduleSpec, StudentSpec, TrainOptions, plan_training
+    from maskclip_core.training.parameters import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.plan import plan_training
 
     student = StudentSpec(backbone="resnet18", backbone_weights="none")
     plan = plan_training(dataset.output, student=student, schedule=ScheduleSpec(iterations=10, rounds=1))
@@ -276,11 +277,11 @@ def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_pa
     Path(dataset.output, "labelings", f"{CONFIG}.json").unlink()
     with pytest.raises(ValueError, match="give the CLIP model"):
         plan_training(dataset.output, student=student)
-    from maskclip_core.training.rounds import ClipSpec
+    from maskclip_core.training.parameters import ClipSpec
 
     given = plan_training(dataset.output, clip=ClipSpec(model="maskclip-tiny-ViT", pretrained="none"), student=student)
     assert given.class_names == ("other", *CLASSES)
-    store = LabelStore(dataset.output)
+    store = LabelDataset(dataset.output)
     row = store.images(config_hash=CONFIG, statuses=["labeled"]).to_pylist()[0]
     store.write_batch([{**row, "config_hash": "cfg-2", "labeling_id": "lab-2"}], [], part_name="second")
     with pytest.raises(ValueError, match="choose one with config_hash"):

@@ -1,4 +1,4 @@
-"""LabelStore on local disk and on S3 (moto): commit protocol, current rows, crash orphans, readers."""
+"""LabelDataset on local disk and on S3 (moto): commit protocol, current rows, crash orphans, readers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from maskclip_core.dataset import store as store_module
-from maskclip_core.dataset.store import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA, LabelStore
+from maskclip_core.dataset import label_dataset as dataset_module
+from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.dataset.schema import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA
 from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
 from maskclip_core.labeling.filter import Region
 from maskclip_core.types import IGNORE_INDEX
@@ -24,16 +25,16 @@ CATEGORY_IDS = [1, 2, 3]  # class index -> category id on a fresh store
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> LabelStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> LabelDataset:
     if request.param == "local":
-        return LabelStore(str(tmp_path / "out"))
+        return LabelDataset(str(tmp_path / "out"))
     server = request.getfixturevalue("s3_server")
-    return LabelStore(server.fresh_url("out"), storage_options=server.storage_options)
+    return LabelDataset(server.fresh_url("out"), storage_options=server.storage_options)
 
 
 @pytest.fixture
-def local_store(tmp_path: Path) -> LabelStore:
-    return LabelStore(str(tmp_path / "out"))
+def local_store(tmp_path: Path) -> LabelDataset:
+    return LabelDataset(str(tmp_path / "out"))
 
 
 def sha(name: str) -> str:
@@ -84,13 +85,13 @@ def labeling(
             category_ids=CATEGORY_IDS,
             image_id=image_id,
             labeling_id=labeling_id,
-            source="maskclip",
+            labeler="maskclip",
             round=0,
         )
     return row, anns
 
 
-def maps_by_uri(st: LabelStore, **kwargs: object) -> dict[str, np.ndarray]:
+def maps_by_uri(st: LabelDataset, **kwargs: object) -> dict[str, np.ndarray]:
     mapping = {cid: i for i, cid in enumerate(CATEGORY_IDS)}
     return {row["uri"]: m for row, m in st.iter_label_maps(category_to_index=mapping, **kwargs)}
 
@@ -98,7 +99,7 @@ def maps_by_uri(st: LabelStore, **kwargs: object) -> dict[str, np.ndarray]:
 # --- empty / missing output ---------------------------------------------------------------------------
 
 
-def test_missing_output_reads_as_empty(store: LabelStore) -> None:
+def test_missing_output_reads_as_empty(store: LabelDataset) -> None:
     assert store.images().num_rows == 0 and store.images().schema == IMAGES_SCHEMA
     assert store.annotations().num_rows == 0 and store.annotations().schema == ANNOTATIONS_SCHEMA
     assert store.categories() == []
@@ -106,7 +107,7 @@ def test_missing_output_reads_as_empty(store: LabelStore) -> None:
     assert list(store.iter_label_maps()) == []
 
 
-def test_empty_directories_read_as_empty(local_store: LabelStore) -> None:
+def test_empty_directories_read_as_empty(local_store: LabelDataset) -> None:
     for sub in ("images", "annotations", "categories"):
         os.makedirs(os.path.join(local_store.url, sub))
     assert local_store.images().num_rows == 0
@@ -117,7 +118,7 @@ def test_empty_directories_read_as_empty(local_store: LabelStore) -> None:
 # --- categories -------------------------------------------------------------------------------------
 
 
-def test_categories_are_stable(store: LabelStore) -> None:
+def test_categories_are_stable(store: LabelDataset) -> None:
     assert store.ensure_categories([("cat", ["kitty"]), ("dog", []), ("cat", [])]) == {"cat": 1, "dog": 2}
     assert store.ensure_categories([("bird", ["fowl"]), ("cat", ["other"])]) == {"bird": 3, "cat": 1}
     assert store.categories() == [
@@ -134,7 +135,7 @@ def test_categories_are_stable(store: LabelStore) -> None:
 # --- writing and reading ------------------------------------------------------------------------------
 
 
-def test_write_and_read_back(store: LabelStore) -> None:
+def test_write_and_read_back(store: LabelDataset) -> None:
     store.ensure_categories(["a", "b", "c"])
     maps = {f"img{i}": label_map(i) for i in range(4)}
     rows, anns = [], []
@@ -166,7 +167,7 @@ def test_write_and_read_back(store: LabelStore) -> None:
     assert set(store.annotations(image_ids=[one])["image_id"].to_pylist()) == {one}
 
 
-def test_created_at_defaults_to_now(local_store: LabelStore) -> None:
+def test_created_at_defaults_to_now(local_store: LabelDataset) -> None:
     row, _ = labeling("x", "L")
     del row["created_at"]
     before = dt.datetime.now(dt.UTC)
@@ -175,17 +176,17 @@ def test_created_at_defaults_to_now(local_store: LabelStore) -> None:
     assert before - dt.timedelta(seconds=1) <= created <= dt.datetime.now(dt.UTC)
 
 
-def test_crash_between_parts_leaves_annotations_invisible(store: LabelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_parts_leaves_annotations_invisible(store: LabelDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     lab = label_map(7)
     row, anns = labeling("img", "L1", labels=lab)
-    real_write = store_module.atomic_write_bytes
+    real_write = dataset_module.atomic_write_bytes
 
     def crash_on_images(url: str, data: bytes, storage_options: object = None) -> None:
         if "/images/" in url:
             raise ConnectionError("worker died")
         real_write(url, data, storage_options)
 
-    monkeypatch.setattr(store_module, "atomic_write_bytes", crash_on_images)
+    monkeypatch.setattr(dataset_module, "atomic_write_bytes", crash_on_images)
     with pytest.raises(ConnectionError):
         store.write_batch([row], anns, part_name="b1")
     monkeypatch.undo()
@@ -199,7 +200,7 @@ def test_crash_between_parts_leaves_annotations_invisible(store: LabelStore, mon
     np.testing.assert_array_equal(maps_by_uri(store)["/data/img.jpg"], lab)
 
 
-def test_relabeling_shows_only_the_newest(store: LabelStore) -> None:
+def test_relabeling_shows_only_the_newest(store: LabelDataset) -> None:
     old, new = label_map(1), label_map(2)
     row1, anns1 = labeling("img", "L-old", labels=old, created_at=T0)
     row2, anns2 = labeling("img", "L-new", labels=new, created_at=T0 + dt.timedelta(hours=1))
@@ -212,7 +213,7 @@ def test_relabeling_shows_only_the_newest(store: LabelStore) -> None:
     assert not {a["id"] for a in anns1} & {a["id"] for a in anns2}  # ids never collide across labelings
 
 
-def test_newest_failed_hides_older_labels(store: LabelStore) -> None:
+def test_newest_failed_hides_older_labels(store: LabelDataset) -> None:
     row1, anns1 = labeling("img", "L1", labels=label_map(1), created_at=T0)
     row2, _ = labeling("img", "L2", status="failed", reason="oom", created_at=T0 + dt.timedelta(minutes=1))
     store.write_batch([row1], anns1, part_name="a")
@@ -223,7 +224,7 @@ def test_newest_failed_hides_older_labels(store: LabelStore) -> None:
     assert store.known_sha256("cfg") == {sha("img")}  # documented: any labeled / rejected row counts
 
 
-def test_configs_are_independent(local_store: LabelStore) -> None:
+def test_configs_are_independent(local_store: LabelDataset) -> None:
     a, b = label_map(1), label_map(2)
     row_a, anns_a = labeling("img", "La", labels=a, config="A")
     row_b, anns_b = labeling("img", "Lb", labels=b, config="B", created_at=T0 + dt.timedelta(days=1))
@@ -235,7 +236,7 @@ def test_configs_are_independent(local_store: LabelStore) -> None:
     assert local_store.known_sha256("A") == local_store.known_sha256("B") == {sha("img")}
 
 
-def test_same_batch_under_two_part_names_is_not_duplicated(local_store: LabelStore) -> None:
+def test_same_batch_under_two_part_names_is_not_duplicated(local_store: LabelDataset) -> None:
     row, anns = labeling("img", "L", labels=label_map(3))
     local_store.write_batch([row], anns, part_name="try1")
     local_store.write_batch([row], anns, part_name="try2")
@@ -243,7 +244,7 @@ def test_same_batch_under_two_part_names_is_not_duplicated(local_store: LabelSto
     assert local_store.annotations().num_rows == len(anns)
 
 
-def test_failed_rows_without_bytes_are_kept_per_uri(local_store: LabelStore) -> None:
+def test_failed_rows_without_bytes_are_kept_per_uri(local_store: LabelDataset) -> None:
     rows = [
         {"uri": f"/data/unreadable{i}.jpg", "status": "failed", "reason": "read_error", "config_hash": "cfg",
          "labeling_id": f"F{i}", "labeler": "maskclip", "round": 0, "created_at": T0}
@@ -254,7 +255,7 @@ def test_failed_rows_without_bytes_are_kept_per_uri(local_store: LabelStore) -> 
     assert list(local_store.iter_label_maps(statuses=["failed"])) == []
 
 
-def test_many_labelings_have_unique_ids(local_store: LabelStore) -> None:
+def test_many_labelings_have_unique_ids(local_store: LabelDataset) -> None:
     rows, anns = [], []
     for i in range(60):
         row, a = labeling(f"img{i}", f"L{i}", labels=label_map(i))
@@ -280,7 +281,7 @@ def test_many_labelings_have_unique_ids(local_store: LabelStore) -> None:
         ({"sha256": None}, "sha256"),
     ],
 )
-def test_invalid_images_rows(local_store: LabelStore, change: dict, message: str) -> None:
+def test_invalid_images_rows(local_store: LabelDataset, change: dict, message: str) -> None:
     row, _ = labeling("img", "L")
     row.update(change)
     with pytest.raises(ValueError, match=message):
@@ -288,7 +289,7 @@ def test_invalid_images_rows(local_store: LabelStore, change: dict, message: str
     assert local_store.images().num_rows == 0
 
 
-def test_annotations_need_a_labeled_row_in_the_batch(local_store: LabelStore) -> None:
+def test_annotations_need_a_labeled_row_in_the_batch(local_store: LabelDataset) -> None:
     row, anns = labeling("img", "L", labels=label_map(1))
     other, _ = labeling("img2", "L2")
     with pytest.raises(ValueError, match="no labeled images row"):
@@ -302,7 +303,7 @@ def test_annotations_need_a_labeled_row_in_the_batch(local_store: LabelStore) ->
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "_hidden", ".dot", ""])
-def test_bad_part_names(local_store: LabelStore, name: str) -> None:
+def test_bad_part_names(local_store: LabelDataset, name: str) -> None:
     row, _ = labeling("img", "L")
     with pytest.raises(ValueError, match="part name"):
         local_store.write_batch([row], [], part_name=name)
@@ -311,7 +312,7 @@ def test_bad_part_names(local_store: LabelStore, name: str) -> None:
 # --- files on disk ------------------------------------------------------------------------------------
 
 
-def test_parts_readable_by_plain_pyarrow(local_store: LabelStore) -> None:
+def test_parts_readable_by_plain_pyarrow(local_store: LabelDataset) -> None:
     local_store.ensure_categories(["a", "b", "c"])
     row, anns = labeling("img", "L", labels=label_map(1))
     local_store.write_batch([row], anns, part_name="p")
@@ -322,7 +323,7 @@ def test_parts_readable_by_plain_pyarrow(local_store: LabelStore) -> None:
     assert sorted(os.listdir(os.path.join(root, "images"))) == ["part-p.parquet"]
 
 
-def test_temporary_and_hidden_files_are_ignored(local_store: LabelStore) -> None:
+def test_temporary_and_hidden_files_are_ignored(local_store: LabelDataset) -> None:
     row, anns = labeling("img", "L", labels=label_map(1))
     local_store.write_batch([row], anns, part_name="p")
     for sub in ("images", "annotations"):
@@ -332,7 +333,7 @@ def test_temporary_and_hidden_files_are_ignored(local_store: LabelStore) -> None
     assert local_store.annotations().num_rows == len(anns)
 
 
-def test_older_parts_without_new_columns_still_read(local_store: LabelStore) -> None:
+def test_older_parts_without_new_columns_still_read(local_store: LabelDataset) -> None:
     row, _ = labeling("img", "L")
     old_schema = pa.schema([f for f in IMAGES_SCHEMA if f.name != "source_version"])
     os.makedirs(os.path.join(local_store.url, "images"))
@@ -344,7 +345,7 @@ def test_older_parts_without_new_columns_still_read(local_store: LabelStore) -> 
     assert images["source_version"].to_pylist() == [None] and images["uri"].to_pylist() == ["/data/img.jpg"]
 
 
-def test_known_sha256_reads_three_columns_by_part(local_store: LabelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_sha256_reads_three_columns_by_part(local_store: LabelDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     n_parts, per_part = 4, 10_000
     for p in range(n_parts):
         rows = []
@@ -358,23 +359,23 @@ def test_known_sha256_reads_three_columns_by_part(local_store: LabelStore, monke
             )  # fmt: skip
         local_store.write_batch(rows, [], part_name=f"p{p}")
     calls: list[list[str]] = []
-    real_scan = LabelStore._scan_done
+    real_scan = LabelDataset._scan_done
 
-    def spy(self: LabelStore, config_hash: str, columns: list[str]):
+    def spy(self: LabelDataset, config_hash: str, columns: list[str]):
         calls.append(list(columns))
         for batch in real_scan(self, config_hash, columns):
             assert sorted(batch.schema.names) == ["config_hash", "sha256", "status"]  # three columns only
-            assert batch.num_rows <= store_module._SCAN_BATCH_ROWS
+            assert batch.num_rows <= dataset_module._SCAN_BATCH_ROWS
             yield batch
 
-    monkeypatch.setattr(LabelStore, "_scan_done", spy)
+    monkeypatch.setattr(LabelDataset, "_scan_done", spy)
     known = local_store.known_sha256("cfg")
     expected = sum(1 for i in range(per_part) if i % 2 and i % 3 != 2) * n_parts
     assert len(known) == expected
     assert calls == [["sha256"]]
 
 
-def test_known_sha256_digests_match_the_hex_set(local_store: LabelStore) -> None:
+def test_known_sha256_digests_match_the_hex_set(local_store: LabelDataset) -> None:
     """The column-wise hex parsing gives exactly ``sha256_digest`` of each done row (upper case included)."""
     from maskclip_core.dataset.digests import sha256_digest
 
@@ -394,7 +395,7 @@ def test_known_sha256_digests_match_the_hex_set(local_store: LabelStore) -> None
     assert len(local_store.known_sha256_digests("other")) == 0
 
 
-def test_known_sha256_digests_reject_a_malformed_sha256(local_store: LabelStore) -> None:
+def test_known_sha256_digests_reject_a_malformed_sha256(local_store: LabelDataset) -> None:
     row, _ = labeling("img", "l1")
     table = pa.Table.from_pylist([{**row, "sha256": "abcd", "image_id": 1}], schema=IMAGES_SCHEMA)
     os.makedirs(os.path.join(local_store.url, "images"))
@@ -405,12 +406,12 @@ def test_known_sha256_digests_reject_a_malformed_sha256(local_store: LabelStore)
 
 @pytest.mark.parametrize("small_part_bytes", [0, 1 << 40])  # every part streamed / every part read whole
 def test_known_indexes_read_parts_whole_or_streamed(
-    local_store: LabelStore, monkeypatch: pytest.MonkeyPatch, small_part_bytes: int
+    local_store: LabelDataset, monkeypatch: pytest.MonkeyPatch, small_part_bytes: int
 ) -> None:
     from maskclip_core.dataset.digests import sha256_digest, source_digest
 
-    monkeypatch.setattr(store_module, "_SCAN_SMALL_PART_BYTES", small_part_bytes)
-    monkeypatch.setattr(store_module, "_SCAN_WINDOW_BYTES", 1)  # a window of one part at a time
+    monkeypatch.setattr(dataset_module, "_SCAN_SMALL_PART_BYTES", small_part_bytes)
+    monkeypatch.setattr(dataset_module, "_SCAN_WINDOW_BYTES", 1)  # a window of one part at a time
     expected_sources, expected_shas = set(), set()
     for p in range(5):
         rows = []
@@ -435,13 +436,13 @@ def test_known_indexes_read_parts_whole_or_streamed(
 # --- compaction of the images index ---------------------------------------------------------------------
 
 
-def _snapshot(st: LabelStore) -> tuple:
+def _snapshot(st: LabelDataset) -> tuple:
     images = st.images().sort_by("uri").to_pylist()
     maps = {uri: (m.shape, m.tobytes()) for uri, m in maps_by_uri(st).items()}
     return images, maps, st.known_sha256("cfg"), len(st.known_sources("cfg"))
 
 
-def test_compaction_merges_small_images_parts_and_changes_no_reader(store: LabelStore) -> None:
+def test_compaction_merges_small_images_parts_and_changes_no_reader(store: LabelDataset) -> None:
     for i in range(12):  # 12 batches of 2 images, one relabeled later (its newest row must stay current)
         rows, anns = [], []
         for j in range(2):
@@ -462,7 +463,7 @@ def test_compaction_merges_small_images_parts_and_changes_no_reader(store: Label
     np.testing.assert_array_equal(maps_by_uri(store)["/data/img0-0.jpg"], label_map(99))
 
 
-def test_compaction_interrupted_before_deleting_its_members_is_harmless(local_store: LabelStore, monkeypatch) -> None:
+def test_compaction_interrupted_before_deleting_its_members_is_harmless(local_store: LabelDataset, monkeypatch) -> None:
     for i in range(6):
         row, anns = labeling(f"img{i}", f"L{i}", labels=label_map(i), source_version="v")
         local_store.write_batch([row], anns, part_name=f"b{i}")

@@ -1,38 +1,32 @@
-"""Plain records the exporters read and the review importers return, plus filters over them.
+"""Plain records of the dataset's images and reviews, their label maps, and filters over them.
 
-Exporters code against these records, not the Parquet store, so a store reader (or a test) only has to
-build ``ExportImage`` objects. Filters are plain functions over records, for the store-backed CLI to reuse.
+The exporters code against these records, not the Parquet tables, so a dataset reader
+(``dataset.reader``) or a test only has to build ``ExportImage`` objects; the review importers return
+``ReviewedImage`` records. Filters are plain functions over records.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import math
-import os
 import posixpath
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-import fsspec
 import numpy as np
 import pycocotools.mask as mask_utils
-from fsspec.implementations.local import LocalFileSystem
 
-from maskclip_core.colors import voc_colormap
 from maskclip_core.types import IGNORE_INDEX
 
 
 @dataclass(kw_only=True)
 class ExportImage:
-    """One image and its COCO-form annotations, as read from the store.
+    """One image and its COCO-form annotations, as read from the dataset.
 
     ``annotations`` are dicts with id, image_id, category_id, segmentation {"counts": compressed RLE str,
-    "size": [h, w]}, area, bbox, iscrowd, score, source, round.
+    "size": [h, w]}, area, bbox, iscrowd, score, labeler, round.
     """
 
     image_id: int
@@ -57,7 +51,7 @@ class ReviewedImage:
     image_id: int
     label_map: np.ndarray  # [H, W] uint8 category ids, IGNORE_INDEX (255) = not annotated
     sha256: str = ""
-    source: str = ""  # "label-studio" or "coco"
+    tool: str = ""  # the review tool: "label-studio" or "coco"
     reviewer: str = ""
     reviewed_at: str = ""
 
@@ -74,7 +68,7 @@ def annotation_mask(annotation: Mapping[str, Any]) -> np.ndarray:
 def category_masks(image: ExportImage, category_ids: Sequence[int] | None = None) -> dict[int, np.ndarray]:
     """Union mask per category id, in the order of ``category_ids`` (default: first appearance).
 
-    Our store has one region per (image, class), but unions keep exporters right for per-instance inputs.
+    The dataset has one region per (image, class), but unions keep exporters right for per-instance inputs.
     """
     masks: dict[int, np.ndarray] = {}
     for ann in image.annotations:
@@ -121,12 +115,6 @@ def image_score(image: ExportImage) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- categories
-
-
-def category_colors(categories: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, int, int]]:
-    """Distinct non-black RGB colour per category id: VOC palette entry position + 1 (black = unannotated)."""
-    palette = voc_colormap(len(categories) + 1)
-    return {int(c["id"]): tuple(int(v) for v in palette[i + 1]) for i, c in enumerate(categories)}
 
 
 def check_categories(categories: Sequence[Mapping[str, Any]]) -> None:
@@ -181,11 +169,11 @@ def filter_images(
     max_score: float | None = None,
     statuses: Iterable[str] | None = None,
     rounds: Iterable[int] | None = None,
-    sources: Iterable[str] | None = None,
+    labelers: Iterable[str] | None = None,
     image_ids: Iterable[int] | None = None,
     drop_empty: bool = False,
 ) -> Iterator[ExportImage]:
-    """Images (by id / status) with only the annotations that pass the class, score, round and source filters.
+    """Images (by id / status) with only the annotations that pass the class, score, round and labeler filters.
 
     ``None`` means "no filter". Score bounds are inclusive and apply per annotation (an annotation without a
     score fails a score filter). ``drop_empty`` drops images left without annotations, e.g. to export only
@@ -194,7 +182,7 @@ def filter_images(
     cats = None if category_ids is None else {int(c) for c in category_ids}
     stat = None if statuses is None else set(statuses)
     rnds = None if rounds is None else {int(r) for r in rounds}
-    srcs = None if sources is None else set(sources)
+    kinds = None if labelers is None else set(labelers)
     ids = None if image_ids is None else {int(i) for i in image_ids}
 
     def keep(ann: Mapping[str, Any]) -> bool:
@@ -202,7 +190,7 @@ def filter_images(
             return False
         if rnds is not None and (ann.get("round") is None or int(ann["round"]) not in rnds):
             return False
-        if srcs is not None and ann.get("source") not in srcs:
+        if kinds is not None and ann.get("labeler") not in kinds:
             return False
         if min_score is not None or max_score is not None:
             s = ann.get("score")
@@ -233,60 +221,3 @@ def lowest_scored(images: Iterable[ExportImage], n: int) -> list[ExportImage]:
     """
     scored = ((s, img.image_id, img) for img in images if (s := image_score(img)) is not None)
     return [img for _, _, img in heapq.nsmallest(n, scored, key=lambda t: (t[0], t[1]))]
-
-
-# ----------------------------------------------------------------------------------------------- I/O
-
-
-@contextmanager
-def atomic_output(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
-    """Binary file handle whose content appears at ``url`` whole or not at all.
-
-    Local: a hidden temp file beside the target, fsynced, then ``os.replace`` (readers skip names starting
-    with '.'). Object stores: a local temp file sent in one upload, which the store publishes whole.
-    Written to disk rather than memory because zips may carry the images.
-    """
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    local = isinstance(fs, LocalFileSystem)
-    parent = os.path.dirname(path) if local else None
-    if local and parent:
-        os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent or None)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if local:
-            os.replace(tmp, path)
-        else:
-            fs.put_file(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_atomic(
-    url: str,
-    data: bytes | Callable[[IO[bytes]], None],
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Write bytes (or let ``data(f)`` write) atomically to ``url``; returns ``url``."""
-    with atomic_output(url, storage_options) as f:
-        if callable(data):
-            data(f)
-        else:
-            f.write(data)
-    return url
-
-
-def read_json(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Parsed JSON at any fsspec URL (review exports)."""
-    with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
-        return json.load(f)
-
-
-def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
-    """Whole content at any fsspec URL (images put into zips)."""
-    with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
-        return f.read()

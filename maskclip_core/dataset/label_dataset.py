@@ -1,10 +1,6 @@
-"""The Parquet dataset at an output URL: schemas, the part-file writer and the readers.
+"""The dataset: the Parquet tables a labeling run writes at a URL, the part-file writer and the readers.
 
-Layout (see docs/ARCHITECTURE.md)::
-
-    OUTPUT/images/part-*.parquet        one row per labeled / rejected / failed image, per labeling
-    OUTPUT/annotations/part-*.parquet   one row per (image, class) region
-    OUTPUT/categories/part-*.parquet    id, name, synonyms
+Tables and their schemas: ``dataset.schema``; the format version: ``dataset.manifest``.
 
 Files are only ever added (never edited), each written whole. A batch writes its annotations part before
 its images part, so the images row is the commit record: readers only show annotations whose
@@ -17,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,61 +26,23 @@ import pyarrow.fs as pafs
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
 from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
+from maskclip_core.dataset.manifest import dataset_format, ensure_manifest
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
+from maskclip_core.dataset.schema import (
+    ANNOTATIONS_SCHEMA,
+    CATEGORIES_SCHEMA,
+    DONE_STATUSES,
+    IMAGES_SCHEMA,
+    LABELERS,
+    PART_NAME,
+    STATUSES,
+    TABLES,
+    stored_schema,
+    to_current_names,
+    to_stored_names,
+)
 from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
 
-STATUSES = ("labeled", "rejected", "failed")
-LABELERS = ("maskclip", "student")
-# Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
-DONE_STATUSES = ("labeled", "rejected")
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.int64()),  # null only for failed rows whose bytes could not be read
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("sha256", pa.string()),  # null only for failed rows whose bytes could not be read
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("status", pa.string(), nullable=False),  # labeled | rejected | failed
-        pa.field("reason", pa.string()),  # rejection / failure reason code and detail
-        pa.field("notes", pa.string()),  # e.g. decode conversions ("CMYK converted to RGB")
-        pa.field("config_hash", pa.string(), nullable=False),
-        pa.field("labeling_id", pa.string(), nullable=False),
-        pa.field("labeler", pa.string(), nullable=False),  # maskclip | student
-        pa.field("round", pa.int32(), nullable=False),
-        pa.field("flow_run_id", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("source_version", pa.string()),  # SourceFile.version when labeled, for change detection
-    ]
-)
-
-SEGMENTATION_TYPE = pa.struct([pa.field("counts", pa.string()), pa.field("size", pa.list_(pa.int32()))])
-
-ANNOTATIONS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("labeling_id", pa.string(), nullable=False),
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("segmentation", SEGMENTATION_TYPE, nullable=False),
-        pa.field("area", pa.int64(), nullable=False),
-        pa.field("bbox", pa.list_(pa.float64()), nullable=False),
-        pa.field("iscrowd", pa.int8(), nullable=False),
-        pa.field("score", pa.float32()),
-        pa.field("source", pa.string()),
-        pa.field("round", pa.int32()),
-    ]
-)
-
-CATEGORIES_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.int32(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("synonyms", pa.list_(pa.string())),
-    ]
-)
-
-_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 # Small batches keep known_sha256's memory flat however large the dataset.
 _SCAN_BATCH_ROWS = 64 * 1024
 # The known-image index reads small part files (the flow's one per batch: KBs) this many at once, within this
@@ -100,7 +57,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class LabelStore:
+class LabelDataset:
     """Reads and appends the Parquet dataset at ``url`` (a local path or an fsspec URL such as s3://...)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -109,9 +66,28 @@ class LabelStore:
         self.fs, self.root = resolve(url, self.storage_options)
         self.root = self.root.rstrip("/") or self.root
         self._arrow_fs = arrow_filesystem(self.fs)
+        self._version: int | None = None
+        self._manifest_written = False
 
     def __repr__(self) -> str:
-        return f"LabelStore({self.url!r})"
+        return f"LabelDataset({self.url!r})"
+
+    # --- format version -----------------------------------------------------------------------------
+
+    @property
+    def format_version(self) -> int:
+        """The dataset's format version (read once; raises ``DatasetFormatError`` for one this package
+        cannot read)."""
+        if self._version is None:
+            self._version = dataset_format(self.url, self.storage_options)
+        return self._version
+
+    def _writable_version(self) -> int:
+        """The format version to write in, the manifest written first if the dataset has none yet."""
+        if not self._manifest_written:
+            self._version = ensure_manifest(self.url, self.storage_options)
+            self._manifest_written = True
+        return self.format_version
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -123,6 +99,7 @@ class LabelStore:
         two writers registering different new names at once could hand out the same id.
         """
         items = [(c, ()) if isinstance(c, str) else (c[0], tuple(c[1])) for c in classes]
+        self._writable_version()
         ids = {c["name"]: c["id"] for c in self.categories()}
         next_id = max(ids.values(), default=0) + 1
         new_rows = []
@@ -151,7 +128,7 @@ class LabelStore:
         first; ``created_at`` defaults to now. Writing the same batch again under the same part name
         replaces the file with the same content, so task retries are harmless. Returns the URLs written.
         """
-        if not _PART_NAME.fullmatch(part_name):
+        if not PART_NAME.fullmatch(part_name):
             raise ValueError(f"part name {part_name!r}: use letters, digits, '.', '_', '=', '-' (no '/')")
         if not images_rows:
             if annotation_rows:
@@ -160,14 +137,17 @@ class LabelStore:
         images = [_image_row(r) for r in images_rows]
         annotations = [_annotation_row(r) for r in annotation_rows]
         _check_annotations_committed_by(annotations, images)
+        version = self._writable_version()
         written: dict[str, str | None] = {"annotations": None, "images": None}
         if annotations:
             url = self._part_url("annotations", part_name)
             table = pa.Table.from_pylist(annotations, schema=ANNOTATIONS_SCHEMA)
+            table = to_stored_names(table, "annotations", version)
             atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
             written["annotations"] = url
         url = self._part_url("images", part_name)
-        atomic_write_bytes(url, parquet_bytes(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA)), self.storage_options)
+        table = to_stored_names(pa.Table.from_pylist(images, schema=IMAGES_SCHEMA), "images", version)
+        atomic_write_bytes(url, parquet_bytes(table), self.storage_options)
         written["images"] = url
         return written
 
@@ -223,6 +203,7 @@ class LabelStore:
         if not parts:
             return
         read_columns = [*columns, "status", "config_hash"]
+        schema = stored_schema("images", self.format_version)
         wanted = (pc.field("config_hash") == config_hash) & pc.field("status").isin(list(DONE_STATUSES))
         parquet = ds.ParquetFileFormat()
 
@@ -231,7 +212,7 @@ class LabelStore:
 
         def read_whole(path: str) -> pa.Table:
             # The table schema makes older parts with fewer columns read as nulls.
-            return fragment(path).to_table(schema=IMAGES_SCHEMA, columns=read_columns, filter=wanted, use_threads=False)
+            return fragment(path).to_table(schema=schema, columns=read_columns, filter=wanted, use_threads=False)
 
         pool = ThreadPoolExecutor(max_workers=_SCAN_THREADS, thread_name_prefix="maskclip-scan")
         window: deque[tuple[Future[pa.Table], int]] = deque()
@@ -244,7 +225,7 @@ class LabelStore:
                     window_bytes = 0
                     scanner = ds.Scanner.from_fragment(
                         fragment(path),
-                        schema=IMAGES_SCHEMA,
+                        schema=schema,
                         columns=read_columns,
                         filter=wanted,
                         batch_size=_SCAN_BATCH_ROWS,
@@ -277,6 +258,7 @@ class LabelStore:
         small = [path for path, size in self._part_files("images") if size <= _SCAN_SMALL_PART_BYTES]
         if len(small) < min_parts:
             return {"merged_parts": 0, "written_parts": 0}
+        schema = stored_schema("images", self._writable_version())
         merged = written = 0
         group: list[str] = []
         tables: list[pa.Table] = []
@@ -299,7 +281,7 @@ class LabelStore:
         parquet = ds.ParquetFileFormat()
         for path in small:
             # The table schema makes older parts with fewer columns read as nulls.
-            table = parquet.make_fragment(path, filesystem=self._arrow_fs).to_table(schema=IMAGES_SCHEMA)
+            table = parquet.make_fragment(path, filesystem=self._arrow_fs).to_table(schema=schema)
             if rows + table.num_rows > max_rows and group:
                 flush()
             group.append(path)
@@ -335,10 +317,8 @@ class LabelStore:
         ``statuses`` filters after picking the current row, so an image whose newest labeling failed does not
         show its older labeled row. Failed rows without a sha256 are keyed by uri.
         """
-        dataset = self._dataset("images", IMAGES_SCHEMA)
-        if dataset is None:
-            return IMAGES_SCHEMA.empty_table()
-        table = dataset.to_table(filter=None if config_hash is None else pc.field("config_hash") == config_hash)
+        wanted = None if config_hash is None else pc.field("config_hash") == config_hash
+        table = self.read_table("images", filter=wanted)
         table = _current_rows(table)
         if statuses is not None:
             table = table.filter(pc.is_in(table["status"], value_set=pa.array(list(statuses), pa.string())))
@@ -363,11 +343,8 @@ class LabelStore:
 
     def categories(self) -> list[dict[str, Any]]:
         """All categories by id, as ``{"id", "name", "synonyms"}``; a name seen twice keeps its lowest id."""
-        dataset = self._dataset("categories", CATEGORIES_SCHEMA)
-        if dataset is None:
-            return []
         best: dict[str, dict[str, Any]] = {}
-        for row in dataset.to_table().to_pylist():
+        for row in self.read_table("categories").to_pylist():
             if row["name"] not in best or row["id"] < best[row["name"]]["id"]:
                 best[row["name"]] = {**row, "synonyms": list(row["synonyms"] or [])}
         return sorted(best.values(), key=lambda c: c["id"])
@@ -384,7 +361,7 @@ class LabelStore:
 
         ``category_to_index`` maps category ids to label values; by default the position of the category in
         ``categories()`` (ids in order), which is the class index when the categories were registered in the
-        labeler's class order on a fresh store.
+        labeler's class order on a fresh dataset.
         """
         if category_to_index is None:
             category_to_index = {c["id"]: i for i, c in enumerate(self.categories())}
@@ -416,13 +393,12 @@ class LabelStore:
         """
         if not isinstance(labeling_ids, pa.Array | pa.ChunkedArray):
             labeling_ids = pa.array(list(labeling_ids), pa.string())
-        dataset = self._dataset("annotations", ANNOTATIONS_SCHEMA)
-        if dataset is None or len(labeling_ids) == 0:
+        if len(labeling_ids) == 0:
             return ANNOTATIONS_SCHEMA.empty_table()
         wanted = pc.field("labeling_id").isin(pc.unique(labeling_ids))
         if image_ids is not None:  # lets Parquet statistics skip row groups
             wanted = wanted & pc.field("image_id").isin(pa.array(list(image_ids), pa.int64()))
-        table = dataset.to_table(filter=wanted)
+        table = self.read_table("annotations", filter=wanted)
         table = table.sort_by([("image_id", "ascending"), ("category_id", "ascending"), ("id", "ascending")])
         return _drop_repeats(table, ["id"])
 
@@ -431,9 +407,21 @@ class LabelStore:
     def _part_url(self, table: str, part_name: str) -> str:
         return join_url(self.url, table, f"part-{part_name}.parquet")
 
-    def _dataset(self, table: str, schema: pa.Schema) -> ds.Dataset | None:
-        """The dataset of one table, or None when nothing was written yet."""
-        return open_dataset(self.fs, f"{self.root}/{table}", schema, self._arrow_fs)
+    def table_dataset(self, table: str) -> ds.Dataset | None:
+        """The pyarrow dataset of one table in its stored column names, or None when nothing was written yet."""
+        return open_dataset(self.fs, f"{self.root}/{table}", stored_schema(table, self.format_version), self._arrow_fs)
+
+    def current_names(self, data: pa.Table, table: str) -> pa.Table:
+        """``data`` read from ``table`` of this dataset, with today's column names."""
+        return to_current_names(data, table, self.format_version)
+
+    def read_table(self, table: str, filter: pc.Expression | None = None) -> pa.Table:
+        """The rows of one table with today's column names (``filter`` names stored columns: only renamed ones
+        differ)."""
+        dataset = self.table_dataset(table)
+        if dataset is None:
+            return TABLES[table].empty_table()
+        return self.current_names(dataset.to_table(filter=filter), table)
 
 
 # --- row validation -------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The dataset's manifest ``DATASET/_maskclip_dataset.json``: which format version its files follow.
+
+A dataset keeps the format version it was created with: writers write that version's layout
+(``dataset.schema.stored_schema``) and readers map it to today's names, so files of two layouts never mix in
+one dataset. Readers refuse a version newer than this package knows, with one line naming both.
+
+Versions:
+
+- 1: datasets written before the manifest existed (no manifest file); annotations call the labeler ``source``.
+- 2: the manifest; annotations call the labeler ``labeler``, as the images table does.
+
+A change that old readers would misread (another column meaning, image ids of another range, new files they
+must honour) bumps :data:`FORMAT_VERSION` and says what changed above.
+
+The name starts with ``_`` so that table listings and Spark-style readers skip it. It is written atomically
+by the first write to a dataset, before any part file: a dataset with part files and no manifest is
+therefore one written before this format existed (version 1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
+
+FORMAT_VERSION = 2  # what this package writes into new datasets
+LEGACY_VERSION = 1  # a dataset without a manifest
+READABLE_VERSIONS = (1, 2)
+MANIFEST_NAME = "_maskclip_dataset.json"
+FORMAT = "maskclip-dataset"
+PACKAGE = "maskclip-labeler"
+# Folders whose presence means the dataset was written to before (by a version without manifests).
+_DATA_FOLDERS = ("images", "annotations", "categories", "reviewed", "metrics", "labelings")
+
+
+class DatasetFormatError(ValueError):
+    """The dataset's format version is one this package cannot read or write."""
+
+
+def package_version() -> str:
+    """The installed version of this package (written into manifests, named in errors)."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def manifest_url(dataset_url: str) -> str:
+    return join_url(dataset_url, MANIFEST_NAME)
+
+
+def read_manifest(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of the dataset at ``dataset_url``, or None when it has none."""
+    fs, path = resolve(manifest_url(dataset_url), storage_options)
+    fs.invalidate_cache(path.rsplit("/", 1)[0])  # s3fs caches listings; another process may have just written it
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise DatasetFormatError(
+            f"{manifest_url(dataset_url)} is not JSON ({e}): not a maskclip dataset manifest"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetFormatError(f"{manifest_url(dataset_url)} is not a maskclip dataset manifest")
+    return manifest
+
+
+def check_format(version: Any, dataset_url: str) -> int:
+    """``version`` as an int when this package reads it; otherwise one line naming both versions."""
+    known = f"maskclip-labeler {package_version()} reads format versions {READABLE_VERSIONS[0]} to {FORMAT_VERSION}"
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DatasetFormatError(f"dataset {dataset_url} has an unknown format version {version!r}; {known}")
+    if version not in READABLE_VERSIONS:
+        raise DatasetFormatError(
+            f"dataset {dataset_url} has format version {version}, newer than this {known}: upgrade maskclip-labeler"
+        )
+    return version
+
+
+def dataset_format(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """The format version of the dataset at ``dataset_url`` for a reader (no manifest: version 1)."""
+    manifest = read_manifest(dataset_url, storage_options)
+    if manifest is None:
+        return LEGACY_VERSION
+    return check_format(manifest.get("format_version"), dataset_url)
+
+
+def ensure_manifest(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """The format version for a writer: the manifest's; without one, written now (before any part file).
+
+    A dataset that already holds tables but no manifest was written before manifests existed: it keeps
+    version 1 (its layout), recorded now. An empty or new one gets :data:`FORMAT_VERSION`. Concurrent first
+    writers write the same version (each file whole), so the race is harmless.
+    """
+    manifest = read_manifest(dataset_url, storage_options)
+    if manifest is not None:
+        return check_format(manifest.get("format_version"), dataset_url)
+    version = LEGACY_VERSION if _holds_tables(dataset_url, storage_options) else FORMAT_VERSION
+    manifest = {
+        "format": FORMAT,
+        "format_version": version,
+        "writer": {"package": PACKAGE, "version": package_version()},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    atomic_write_bytes(manifest_url(dataset_url), text, storage_options)
+    return version
+
+
+def _holds_tables(dataset_url: str, storage_options: Mapping[str, Any] | None) -> bool:
+    fs, root = resolve(dataset_url, storage_options)
+    root = root.rstrip("/") or root
+    fs.invalidate_cache(root)
+    try:
+        names = fs.ls(root, detail=False)  # one listing request on object stores
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    finally:
+        fs.invalidate_cache(root)
+    return any(name.rstrip("/").rsplit("/", 1)[-1] in _DATA_FOLDERS for name in names)

@@ -1,0 +1,128 @@
+"""Which labeler produces the labels: the registry of labeler kinds and the per-process loader.
+
+In the style of segment-anything's ``sam_model_registry``: :data:`LABELER_REGISTRY` maps each kind to its
+loader, and everything that offers a choice of kind (the ``LabelerSpec.labeler`` field, CLI choices, docs)
+derives from it through :data:`LABELER_KINDS` / :data:`LabelerKind`. The dataset records the kind in its
+``labeler`` columns (``dataset.schema.LABELERS``, kept equal to the registry's kinds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from maskclip_core.dataset.schema import LABELERS
+from maskclip_core.process_cache import ProcessCache
+from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
+from maskclip_core.types import Labeler
+
+
+class StudentUnavailableError(RuntimeError):
+    """``labeler="student"`` was asked for but ``maskclip_core.student.StudentLabeler`` cannot be imported."""
+
+
+def _load_teacher(spec: LabelerSpec, device: str | None) -> Labeler:
+    assert spec.config is not None  # validated
+    return cached_labeler(spec.config, device=device)
+
+
+_STUDENTS: ProcessCache[Labeler] = ProcessCache()  # one load per checkpoint even when batches ask at once
+
+
+def _load_student(spec: LabelerSpec, device: str | None) -> Labeler:
+    key = json.dumps([spec.checkpoint, spec.checkpoint_storage_options, device], sort_keys=True, default=str)
+    return _STUDENTS.get(
+        key,
+        lambda: _student_class().from_checkpoint(
+            spec.checkpoint, device=device, storage_options=spec.checkpoint_storage_options or None
+        ),
+    )
+
+
+# Kind -> loader(spec, device): the one list of labeler kinds; every choice of kind derives from it.
+LABELER_REGISTRY: dict[str, Callable[[LabelerSpec, str | None], Labeler]] = {
+    "maskclip": _load_teacher,
+    "student": _load_student,
+}
+LABELER_KINDS: tuple[str, ...] = tuple(LABELER_REGISTRY)
+LabelerKind = Literal[LABELER_KINDS]  # type: ignore[valid-type]  # pydantic and argparse read it at runtime
+if set(LABELER_KINDS) != set(LABELERS):  # the dataset's labeler columns hold these values
+    raise ImportError(f"labeler kinds {LABELER_KINDS} differ from the dataset's {LABELERS}")
+
+
+class LabelerSpec(BaseModel):
+    """Which labeler produces the labels: the MaskCLIP teacher, or a MaskCLIP+ student checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    labeler: LabelerKind = Field(
+        "maskclip", description="'maskclip' (the teacher, configured by `config`) or 'student' (`checkpoint`)"
+    )
+    config: LabelerConfig | None = Field(None, description="The MaskCLIP teacher's configuration (labeler='maskclip')")
+    checkpoint: str | None = Field(
+        None, description="Student weights file or checkpoint directory URL (labeler='student'; newest round)"
+    )
+    checkpoint_storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options to read the student checkpoint (default: environment)"
+    )
+    device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
+
+    @model_validator(mode="after")
+    def _complete(self) -> LabelerSpec:
+        if self.labeler == "maskclip" and self.config is None:
+            raise ValueError("labeler='maskclip' needs `config` (a LabelerConfig with at least `classes`)")
+        if self.labeler == "student" and not self.checkpoint:
+            raise ValueError("labeler='student' needs `checkpoint` (a weights file or checkpoint directory URL)")
+        return self
+
+    @classmethod
+    def maskclip(cls, config: LabelerConfig, device: str | None = None) -> LabelerSpec:
+        return cls(labeler="maskclip", config=config, device=device)
+
+    @classmethod
+    def student(cls, checkpoint: str, device: str | None = None, **storage_options: Any) -> LabelerSpec:
+        return cls(labeler="student", checkpoint=checkpoint, checkpoint_storage_options=storage_options, device=device)
+
+
+def load_labeler(spec: LabelerSpec, *, device: str | None = None) -> Labeler:
+    """The labeler of ``spec``, loaded once per process and configuration (later calls reuse it).
+
+    ``device`` overrides ``spec.device`` (a flow that only needs the labeler's config loads it on the CPU).
+    """
+    return LABELER_REGISTRY[spec.labeler](spec, device if device is not None else spec.device)
+
+
+def _student_class() -> Any:
+    """``maskclip_core.student.StudentLabeler``, imported only when a student is asked for."""
+    try:
+        from maskclip_core.student import StudentLabeler  # optional and heavy: imported only when asked for
+    except ImportError as e:
+        raise StudentUnavailableError(
+            "labeler='student' needs maskclip_core.student.StudentLabeler, which cannot be imported here "
+            f"({type(e).__name__}: {e}); use labeler='maskclip' or install a version with the student"
+        ) from e
+    return StudentLabeler
+
+
+def labeler_round(labeler: Labeler, kind: LabelerKind) -> int:
+    """The ``round`` recorded on rows (their ``labeler`` is ``kind``): 0 for the teacher, the round of its
+    checkpoint (``labeler.round``, else ``labeler.config()["round"]``) for a student."""
+    if kind == "maskclip":
+        return 0
+    value = getattr(labeler, "round", None)
+    if value is None:
+        value = labeler.config().get("round")
+    return int(value or 0)
+
+
+def labeler_categories(labeler: Labeler) -> list[tuple[str, list[str]]]:
+    """(name, synonyms) per class index, for ``LabelDataset.ensure_categories``."""
+    vocabulary = getattr(labeler, "vocabulary", None)
+    if vocabulary is not None and hasattr(vocabulary, "to_records"):
+        records = vocabulary.to_records()
+        if [r["name"] for r in records] == list(labeler.class_names):
+            return [(r["name"], list(r["synonyms"])) for r in records]
+    return [(name, []) for name in labeler.class_names]
