@@ -283,6 +283,7 @@ def start_run(
         labeler_kind=kind,
         round=labeler_round(lab, kind),
         max_pixels=options.max_pixels,
+        id_bits=LabelDataset(*storage).id_bits,  # the manifest ensure_categories wrote fixes it
     )
     setup = BatchSetup(labeler, plan, *storage, options.source_storage_options, skip_known_content=not force)
     summary = RunSummary(run_id, source, dataset, config_hash, kind, class_names, started_at=started_at)

@@ -8,6 +8,8 @@ Versions:
 
 - 1: datasets written before the manifest existed (no manifest file); annotations call the labeler ``source``.
 - 2: the manifest; annotations call the labeler ``labeler``, as the images table does.
+- 3: image and annotation ids are below 2**53 (53 bits of SHA-256 instead of 63), so JavaScript tools
+  (Label Studio, CVAT, browsers) hold them exactly. Tables are laid out as in version 2.
 
 A change that old readers would misread (another column meaning, image ids of another range, new files they
 must honour) bumps :data:`FORMAT_VERSION` and says what changed above.
@@ -27,9 +29,10 @@ from typing import Any
 
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
 
-FORMAT_VERSION = 2  # what this package writes into new datasets
+FORMAT_VERSION = 3  # what this package writes into new datasets
 LEGACY_VERSION = 1  # a dataset without a manifest
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+_WIDE_ID_VERSIONS = (1, 2)  # image and annotation ids of 63 bits
 MANIFEST_NAME = "_maskclip_dataset.json"
 FORMAT = "maskclip-dataset"
 PACKAGE = "maskclip-labeler"
@@ -39,6 +42,12 @@ _DATA_FOLDERS = ("images", "annotations", "categories", "reviewed", "metrics", "
 
 class DatasetFormatError(ValueError):
     """The dataset's format version is one this package cannot read or write."""
+
+
+def id_bits(version: int) -> int:
+    """Width of the image and annotation ids in a dataset of format ``version``: every writer to one dataset
+    derives ids the same way, so one image keeps one id."""
+    return 63 if version in _WIDE_ID_VERSIONS else 53
 
 
 def package_version() -> str:

@@ -201,19 +201,55 @@ def import_reviews(
     if not reviewed:  # e.g. our own tasks.json (predictions only) or an export made before anyone submitted
         what = "annotated task" if fmt == "label-studio" else "image with annotations"
         raise ValueError(f"{review_url} holds no {what}: nothing to import (export again after the review)")
-    latest, skipped = _latest_of_ours(reviewed, ours, strict, dataset_url)
     import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
-    when = imported_at or dt.datetime.now(dt.UTC)
-    rows = [
-        row
-        for review in latest.values()
-        for row in review_rows(review, ours[review.image_id], fmt, import_id, when, review_url)
-    ]
-    url = write_reviewed(dataset_url, rows, storage_options)
+    written = store_reviews(
+        dataset_url,
+        reviewed,
+        tool=fmt,
+        import_id=import_id,
+        source_uri=review_url,
+        strict=strict,
+        imported_at=imported_at,
+        storage_options=storage_options,
+        known=ours,
+    )
     return {
         "import_id": import_id,
         "format": fmt,
         "source": review_url,
+        **{k: v for k, v in written.items() if k != "import_id"},
+    }
+
+
+def store_reviews(
+    dataset_url: str,
+    reviewed: Iterable[ReviewedImage],
+    *,
+    tool: str,
+    import_id: str,
+    source_uri: str,
+    strict: bool = True,
+    imported_at: dt.datetime | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    known: Mapping[int, ExportImage] | None = None,
+) -> dict[str, Any]:
+    """Write reviewed label maps as one ``reviewed`` part named after ``import_id`` (same id: same part).
+
+    Of several reviews of one image the latest counts; reviews of images the dataset does not hold raise, or
+    with ``strict=False`` are skipped and listed. ``known``: the dataset's images by id, when the caller has them.
+    """
+    if known is None:
+        known = {image.image_id: image for image in known_images(LabelDataset(dataset_url, storage_options))}
+    latest, skipped = _latest_of_ours(reviewed, known, strict, dataset_url)
+    when = imported_at or dt.datetime.now(dt.UTC)
+    rows = [
+        row
+        for review in latest.values()
+        for row in review_rows(review, known[review.image_id], tool, import_id, when, source_uri)
+    ]
+    url = write_reviewed(dataset_url, rows, storage_options)
+    return {
+        "import_id": import_id,
         "url": url,
         "images": len(latest),
         "regions": sum(r["category_id"] is not None for r in rows),
