@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Label Studio for the review push / pull tests: its own virtualenv (its pins clash with ours), started by the tests.
+LS_VENV := .venv-label-studio
+LS_VERSION ?= 1.23.2
+LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
 
 # Offline-friendly defaults: no telemetry, Prefect in ephemeral mode, no model-hub retries in tests.
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo smoke lint bench clean
+.PHONY: install label-studio test demo smoke lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +23,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet 'label-studio==$(LS_VERSION)'
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)
+
+test: $(STAMP) $(LS_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -38,4 +50,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dense.py
 
 clean:
-	rm -rf $(VENV) demo-out smoke-out .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) demo-out smoke-out .pytest_cache

@@ -184,7 +184,7 @@ def throughput(args: argparse.Namespace) -> dict:
         try:
             for name, (source, output, run_options) in runs.items():
                 t0 = time.perf_counter()
-                summaries[name] = label_dataset(source, output, spec, filters, run_options)
+                summaries[name] = label_dataset(source, output, labeler=spec, filters=filters, options=run_options)
                 walls[name] = time.perf_counter() - t0
         finally:
             if moto is not None:
@@ -266,7 +266,9 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
 
     t0 = time.perf_counter()
     with progress_listener(on_event):
-        summary = label_dataset(source, output, spec, FilterConfig(), RunOptions(batch_size=batch_size))
+        summary = label_dataset(
+            source, output, labeler=spec, filters=FilterConfig(), options=RunOptions(batch_size=batch_size)
+        )
     print(
         json.dumps(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -26,10 +27,11 @@ from flows.cli_args import (
 
 EXPORT_FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
 IMPORT_FORMATS = ("label-studio", "coco")
+API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``export``, ``import`` and ``evaluate`` to the ``maskclip`` subcommands."""
+    """Add ``export``, ``import``, ``evaluate`` and ``review`` to the ``maskclip`` subcommands."""
     p = subparsers.add_parser(
         "export",
         help="export pseudo-labels for review (COCO, Label Studio, CVAT)",
@@ -45,38 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_aliases(p, out, "--to")
     requires(p, out)
     add_storage_options(p, "the dataset, --out and the images")
-    g = p.add_argument_group("selection")
-    g.add_argument("--config-hash", help="labeler config to export (needed when the dataset holds several)")
-    g.add_argument("--classes", type=comma_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
-    g.add_argument("--min-score", type=float, help="only annotations scoring at least this")
-    g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
-    g.add_argument(
-        "--status",
-        dest="statuses",
-        type=comma_strings,
-        action="extend",
-        help="image statuses, comma-separated: labeled, rejected (default: labeled)",
-    )
-    g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
-    labeled_by = g.add_argument(
-        "--labeled-by",
-        dest="labelers",
-        type=comma_strings,
-        action="extend",
-        metavar="LABELER",
-        help="only labels from these labelers (maskclip, student...), comma-separated",
-    )
-    # --source names the images everywhere else; as a filter it now reads --labeled-by.
-    g.add_argument(
-        "--source",
-        dest=labeled_by.dest,
-        type=comma_strings,
-        action=DeprecatedExtend,
-        replacement="--labeled-by",
-        help=argparse.SUPPRESS,
-    )
-    g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
-    g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
+    _add_selection_options(p)
     g = p.add_argument_group("format options")
     g.add_argument("--polygons", action="store_true", help="polygons instead of masks (label-studio, cvat-coco)")
     g.add_argument("--polygon-tolerance", type=float, default=0.0, help="simplify polygons by this many pixels")
@@ -110,8 +81,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     requires(p, _add_dataset_option(p, "the Parquet dataset with imported reviews", "--reviewed"))
     p.add_argument("--config-hash", help="labeler config to score (needed when the dataset holds several)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--fully-annotated",
+        action="store_true",
+        help="score every pixel of a reviewed image: one the reviewer left without a class counts as 'no class' "
+        "(a pseudo-label there is a false positive), so an emptied mask lowers its class's IoU; default: "
+        "unannotated pixels are not scored",
+    )
     add_storage_options(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "review",
+        help="push pseudo-labels to a Label Studio server for review, pull the reviews back",
+        description="Review on a live Label Studio server. push: create or update the dataset's project (labeling "
+        "config from its categories, image storage, one task per image with the pseudo-labels as prediction); "
+        "pushing again adds new images and replaces changed predictions, never duplicates a task. pull: read "
+        "the project's annotations into the dataset's reviewed table (then `maskclip evaluate`).",
+        formatter_class=HelpFormatter,
+    )
+    actions = p.add_subparsers(dest="review_action", metavar="ACTION", required=True)
+    push = actions.add_parser(
+        "push",
+        help="create or update the Label Studio project and import the tasks with predictions",
+        description="Local images need a Local Files storage: they must lie in folders strictly below the "
+        "server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (--document-root), and the server needs "
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true. s3:// images get an S3 storage with presigned URLs, "
+        "holding the dataset's S3 credentials (--storage-options, else the AWS environment).",
+        formatter_class=HelpFormatter,
+    )
+    _add_server_options(push, "the Parquet dataset to push")
+    _add_selection_options(push)
+    g = push.add_argument_group("tasks")
+    g.add_argument("--polygons", action="store_true", help="polygons instead of brush masks")
+    g.add_argument("--polygon-tolerance", type=float, default=0.0, help="simplify polygons by this many pixels")
+    g.add_argument(
+        "--document-root",
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for local images "
+        "(default: that variable in this environment)",
+    )
+    g.add_argument("--model-version", default="maskclip", help="model_version of the predictions")
+    push.set_defaults(func=_cmd_review_push)
+
+    pull = actions.add_parser(
+        "pull",
+        help="read the project's annotations into the dataset's reviewed table",
+        description="The chosen annotation of each task is its ground-truth one, else the latest; "
+        "pulling unchanged annotations again changes nothing.",
+        formatter_class=HelpFormatter,
+    )
+    _add_server_options(pull, "the Parquet dataset the reviews belong to")
+    pull.add_argument("--skip-unknown", action="store_true", help="skip tasks of images the dataset does not hold")
+    pull.set_defaults(func=_cmd_review_pull)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -146,8 +167,55 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from maskclip_core.evaluation.reviewed import evaluate_reviewed
 
-    report = evaluate_reviewed(args.dataset, config_hash=args.config_hash, storage_options=args.storage_options)
+    report = evaluate_reviewed(
+        args.dataset,
+        config_hash=args.config_hash,
+        storage_options=args.storage_options,
+        fully_annotated=args.fully_annotated,
+    )
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _label_studio_target(args: argparse.Namespace) -> Any:
+    from maskclip_core.interchange.label_studio_sync import LabelStudioTarget
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV, "")
+    return LabelStudioTarget(url=args.label_studio, api_key=api_key, project=args.project)
+
+
+def _cmd_review_push(args: argparse.Namespace) -> int:
+    from maskclip_core.interchange.label_studio_sync import push
+
+    selection = {
+        name: getattr(args, name)
+        for name in ("config_hash", "classes", "min_score", "max_score", "statuses", "rounds", "labelers")
+        if getattr(args, name) is not None
+    }
+    selection.update({k: getattr(args, k) for k in ("image_ids", "lowest") if getattr(args, k) is not None})
+    summary = push(
+        _label_studio_target(args),
+        args.dataset,
+        selection=selection,
+        mode="polygon" if args.polygons else "brush",
+        document_root=args.document_root,
+        model_version=args.model_version,
+        polygon_tolerance=args.polygon_tolerance,
+        storage_options=args.storage_options,
+    )
+    print(json.dumps(summary, indent=2))
+    if summary["images"] == 0:
+        print("maskclip: warning: no image matched the selection; nothing was pushed", file=sys.stderr)
+    return 0
+
+
+def _cmd_review_pull(args: argparse.Namespace) -> int:
+    from maskclip_core.interchange.label_studio_sync import pull
+
+    summary = pull(
+        _label_studio_target(args), args.dataset, strict=not args.skip_unknown, storage_options=args.storage_options
+    )
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -160,11 +228,65 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"mIoU {_num(report['miou'])}   pixel accuracy {_num(report['pixel_accuracy'])}   "
         f"images {report['images']} of {report['reviewed_images']} reviewed ({len(report['missing'])} missing)"
+        + ("; unannotated pixels scored as 'no class'" if report.get("fully_annotated") else "")
     )
     return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------- helpers
+
+
+def _add_server_options(p: argparse.ArgumentParser, dataset_help: str) -> None:
+    """The Label Studio server, its key and project, and the dataset (``review push`` / ``pull``)."""
+    requires(p, p.add_argument("--label-studio", action=Store, default=None, metavar="URL", help="the server"))
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"access token or legacy token from Label Studio's Account & Settings (default: ${API_KEY_ENV})",
+    )
+    requires(p, p.add_argument("--dataset", action=Store, default=None, metavar="URL", help=dataset_help))
+    p.add_argument(
+        "--project",
+        metavar="TITLE|ID",
+        help='project title or id (default: "maskclip <last two folders of the dataset URL>")',
+    )
+    add_storage_options(p, "the dataset (and, for s3:// images, the credentials Label Studio presigns with)")
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    """The image filters of ``export`` and ``review push`` (ExportParameters' selection fields)."""
+    g = p.add_argument_group("selection")
+    g.add_argument("--config-hash", help="labeler config to export (needed when the dataset holds several)")
+    g.add_argument("--classes", type=comma_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
+    g.add_argument("--min-score", type=float, help="only annotations scoring at least this")
+    g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
+    g.add_argument(
+        "--status",
+        dest="statuses",
+        type=comma_strings,
+        action="extend",
+        help="image statuses, comma-separated: labeled, rejected (default: labeled)",
+    )
+    g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
+    labeled_by = g.add_argument(
+        "--labeled-by",
+        dest="labelers",
+        type=comma_strings,
+        action="extend",
+        metavar="LABELER",
+        help="only labels from these labelers (maskclip, student...), comma-separated",
+    )
+    # --source names the images everywhere else; as a filter it now reads --labeled-by.
+    g.add_argument(
+        "--source",
+        dest=labeled_by.dest,
+        type=comma_strings,
+        action=DeprecatedExtend,
+        replacement="--labeled-by",
+        help=argparse.SUPPRESS,
+    )
+    g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
+    g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
 
 
 def _add_dataset_option(p: argparse.ArgumentParser, help_text: str, old: str) -> argparse.Action:

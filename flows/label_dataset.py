@@ -39,7 +39,7 @@ from flows.submission import submit_bounded
 from maskclip_core.dataset.fs import SourceFile, iter_source_files
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
-from maskclip_core.labeling.registry import LabelerSpec
+from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
 from maskclip_core.labeling.report import RunSummary
 from tasks.labeling import (
     BatchSetup,
@@ -98,7 +98,8 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
 def label_dataset(
     source: str,
     dataset: str,
-    labeler: LabelerSpec,
+    classes: str | None = None,
+    labeler: LabelerSpec | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
     force: bool = False,
@@ -108,12 +109,14 @@ def label_dataset(
     Args:
         source: fsspec URL of the images: a local folder, ``s3://bucket/prefix``, ``memory://...``.
         dataset: fsspec URL of the Parquet dataset (images / annotations / categories).
-        labeler: the MaskCLIP teacher's ``config`` (classes, model, weights, inference), or a student
-            ``checkpoint``.
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        labeler: the MaskCLIP teacher's ``config`` (model, weights, inference; default ViT-B-16, OpenAI
+            weights), or a student ``checkpoint``.
         filters: confidence-filter thresholds, with per-class overrides.
         options: listing filters, batch size, parallelism (thread pool or Dask), retries, thumbnails.
         force: relabel images already labeled under the same configuration.
     """
+    labeler = resolve_labeler(classes, labeler)
     run_id = flow_run.get_id() or "local"
     with dataset_lease(dataset, options, run_id):  # one writing run at a time
         run = start_run(run_id, source, dataset, labeler, filters, options, force)

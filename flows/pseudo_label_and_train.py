@@ -10,6 +10,8 @@
 
 Each step is idempotent, so a failed or stopped run is simply started again: labeled images are skipped,
 training resumes from its newest checkpoint, relabeling skips what the same checkpoint labeled already.
+Each step is a sub-run with its own artifacts; the parent's artifact ``pseudo-label-and-train-steps`` links
+them (``tasks.sub_runs``), also when a step failed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from maskclip_core.dataset.fs import join_url
 from maskclip_core.evaluation.ground_truth import GroundTruthSpec
 from maskclip_core.interchange.export import ExportParameters
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.labeling.registry import LabelerSpec
+from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
 from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from tasks.sub_runs import linked_sub_runs
+
+STEPS_ARTIFACT_KEY = "pseudo-label-and-train-steps"
 
 
 class TrainingStep(BaseModel):
@@ -72,7 +77,8 @@ class ExportStep(BaseModel):
 def pseudo_label_and_train(
     source: str,
     dataset: str,
-    labeler: LabelerSpec,
+    classes: str | None = None,
+    labeler: LabelerSpec | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: RunOptions = RunOptions(),  # noqa: B008
     training: TrainingStep = TrainingStep(),  # noqa: B008
@@ -84,7 +90,9 @@ def pseudo_label_and_train(
     Args:
         source: fsspec URL of the images.
         dataset: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
-        labeler: the teacher (``labeler="maskclip"`` with its ``LabelerConfig``).
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        labeler: the teacher (``labeler="maskclip"``; its ``LabelerConfig``, default ViT-B-16 with OpenAI
+            weights).
         filters: the confidence filter of the teacher's labels, the self-training rounds and the relabeling.
         options: how the labeling runs are carried out (batches, parallelism, retries, storage options).
         training: the student, its schedule, data options, ground truth, run options.
@@ -92,59 +100,82 @@ def pseudo_label_and_train(
         export: whether and where the student's labels are exported as COCO.
     """
     logger = get_run_logger()
+    labeler = resolve_labeler(classes, labeler)
     if labeler.labeler != "maskclip":
         raise ValueError("the pipeline's labeler is the teacher: labeler='maskclip' with its config")
-    teacher = label_dataset(source, dataset, labeler, filters, options)
-    logger.info(
-        "teacher: %d labeled, %d rejected (config %s)", teacher["labeled"], teacher["rejected"], teacher["config_hash"]
-    )
-
-    data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher["config_hash"]})
-    if not data.image_storage_options and options.source_storage_options:
-        data = data.model_copy(update={"image_storage_options": options.source_storage_options})
-    train_options = training.options
-    if not train_options.storage_options and options.dataset_storage_options:
-        train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
-    clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
-    trained = train_student(
-        dataset,
-        ground_truth=training.ground_truth,
-        clip=clip,
-        student=training.student,
-        schedule=training.schedule,
-        filters=filters,
-        data=data,
-        options=train_options,
-    )
-    result: dict[str, Any] = {"teacher": teacher, "training": trained, "relabel": None, "export": None}
-    if not trained["complete"]:
-        logger.warning(
-            "training run %s stopped after round %s: run the pipeline again to finish", trained["run"], trained["round"]
+    # Every step is a sub-run with its own artifacts; the parent's artifact links them all (also on failure).
+    with linked_sub_runs(STEPS_ARTIFACT_KEY, "pseudo-label-and-train: steps") as steps:
+        teacher = steps.run(
+            "teacher labels", label_dataset, source, dataset, labeler=labeler, filters=filters, options=options
         )
-        return result
-    if not relabel.enabled:
-        return result
-
-    relabel_dataset = relabel.dataset or dataset
-    student_spec = LabelerSpec(
-        labeler="student",
-        checkpoint=trained["checkpoint"],
-        checkpoint_storage_options=train_options.storage_options,
-        device=relabel.device,
-    )
-    relabeled = label_dataset(source, relabel_dataset, student_spec, filters, options, relabel.force)
-    result["relabel"] = relabeled
-    if export.enabled:
-        destination = export.destination or join_url(relabel_dataset, "exports", f"{trained['run']}-coco.json")
-        params = ExportParameters(
-            format="coco",
-            dataset=relabel_dataset,
-            destination=destination,
-            config_hash=relabeled["config_hash"],
-            file_name_root=export.file_name_root,
+        logger.info(
+            "teacher: %d labeled, %d rejected (config %s)",
+            teacher["labeled"],
+            teacher["rejected"],
+            teacher["config_hash"],
         )
-        result["export"] = export_annotations(params, options.dataset_storage_options or None)
-    return result
+
+        data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher["config_hash"]})
+        if not data.image_storage_options and options.source_storage_options:
+            data = data.model_copy(update={"image_storage_options": options.source_storage_options})
+        train_options = training.options
+        if not train_options.storage_options and options.dataset_storage_options:
+            train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
+        clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
+        trained = steps.run(
+            "student training",
+            train_student,
+            dataset,
+            ground_truth=training.ground_truth,
+            clip=clip,
+            student=training.student,
+            schedule=training.schedule,
+            filters=filters,
+            data=data,
+            options=train_options,
+        )
+        result: dict[str, Any] = {"teacher": teacher, "training": trained, "relabel": None, "export": None}
+        if not trained["complete"]:
+            logger.warning(
+                "training run %s stopped after round %s: run the pipeline again to finish",
+                trained["run"],
+                trained["round"],
+            )
+            return result
+        if not relabel.enabled:
+            return result
+
+        relabel_dataset = relabel.dataset or dataset
+        student_spec = LabelerSpec(
+            labeler="student",
+            checkpoint=trained["checkpoint"],
+            checkpoint_storage_options=train_options.storage_options,
+            device=relabel.device,
+        )
+        relabeled = steps.run(
+            "student labels",
+            label_dataset,
+            source,
+            relabel_dataset,
+            labeler=student_spec,
+            filters=filters,
+            options=options,
+            force=relabel.force,
+        )
+        result["relabel"] = relabeled
+        if export.enabled:
+            destination = export.destination or join_url(relabel_dataset, "exports", f"{trained['run']}-coco.json")
+            params = ExportParameters(
+                format="coco",
+                dataset=relabel_dataset,
+                destination=destination,
+                config_hash=relabeled["config_hash"],
+                file_name_root=export.file_name_root,
+            )
+            result["export"] = steps.run(
+                "COCO export", export_annotations, params, options.dataset_storage_options or None
+            )
+        return result
 
 
 if __name__ == "__main__":  # e.g. python -m flows.pseudo_label_and_train '{"source": ..., "dataset": ..., ...}'

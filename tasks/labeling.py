@@ -51,6 +51,7 @@ from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.planning import BatchDone, PlannedBatch
 from maskclip_core.labeling.registry import LabelerSpec, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.report_images import thumbnail_sources
 from maskclip_core.labeling.write import BatchOutcome, label_and_write_batch
 
 DEFAULT_RETRIES = 3
@@ -386,6 +387,7 @@ def start_run(
         round=labeler_round(lab, kind),
         max_pixels=options.max_pixels,
         memory_budget=options.memory_budget_mb << 20,
+        id_bits=LabelDataset(*storage).id_bits,  # the manifest ensure_categories wrote fixes it
     )
     setup = BatchSetup(labeler, plan, *storage, options.source_storage_options, skip_known_content=not force)
     summary = RunSummary(run_id, source, dataset, config_hash, kind, class_names, started_at=started_at)
@@ -446,7 +448,7 @@ def finish_run(run: LabelingRun) -> None:
         summary.report_urls = report
     except Exception as e:  # noqa: BLE001 - the labels are written; the report is a convenience
         logger.warning("run report could not be written: %s", e)
-    publish_summary(summary)
+    publish_summary(summary, run.setup.dataset_storage_options)
     logger.info(
         "%d images seen: %d labeled, %d skipped, %d rejected, %d failed (%d failed batches) in %.1f s: %s",
         summary.listed,
@@ -516,10 +518,14 @@ class RunProgress:
                 pass
 
 
-def publish_summary(summary: RunSummary) -> None:
-    """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``)."""
+def publish_summary(summary: RunSummary, storage_options: Mapping[str, Any] | None = None) -> None:
+    """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``).
+
+    The report artifact shows the overlays inline: a browser cannot open the dataset's local paths or s3:// URLs.
+    """
     try:
+        markdown = summary.markdown(image_sources=thumbnail_sources(summary.thumbnails, storage_options))
         create_table_artifact(table=summary.table_rows(), key=SUMMARY_ARTIFACT_KEY, description=summary.headline())
-        create_markdown_artifact(summary.markdown(), key=REPORT_ARTIFACT_KEY, description="Labeling run report")
+        create_markdown_artifact(markdown, key=REPORT_ARTIFACT_KEY, description="Labeling run report")
     except Exception as e:  # noqa: BLE001 - the run's data is written already
         get_run_logger().warning("summary artifacts could not be created: %s", e)

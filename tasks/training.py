@@ -92,7 +92,8 @@ def train_student_task(
             + score,
         )
 
-    outcome = run_training(plan, ground_truth, on_round=on_round, flow_run_id=flow_run_id)
+    # The run logger: the loss and the round results show in the run's logs in the UI and in the worker's output.
+    outcome = run_training(plan, ground_truth, on_round=on_round, flow_run_id=flow_run_id, logger=logger)
     if outcome.round is not None:
         progress.update(
             100.0 * (outcome.round + 1) / total,

@@ -241,3 +241,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``prefect server start`` (API and UI) on 127.0.0.1, its own PREFECT_HOME; stopped after the session.
+
+    For what the in-process harness cannot show: ``prefect deploy``, workers, the UI in a browser.
+    """
+    from support.prefect_server import start_prefect_server
+
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        server.stop()

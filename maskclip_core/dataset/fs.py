@@ -263,13 +263,15 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any]
 def atomic_output(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[IO[bytes]]:
     """A binary file handle whose content appears at ``url`` whole, or not at all (on error).
 
-    For content written piece by piece (zips that may carry the images): on disk, never all in memory.
-    Local: the temporary file of :func:`atomic_write_bytes`, renamed over ``url`` at the end. Object
-    stores: a local temporary file sent in one upload, which the store publishes whole.
+    For content written piece by piece (exports: zips that may carry the images, Label Studio tasks): on disk,
+    never all in memory. Local: the temporary file of :func:`atomic_write_bytes`, renamed over ``url`` at the
+    end (its mode follows the umask, as for any file the user writes); when the content fails half-way, the
+    folders created for it are removed again. Object stores: a local temporary file sent in one upload, which
+    the store publishes whole.
     """
     fs, path = resolve(url, storage_options)
     if isinstance(fs, LocalFileSystem):
-        with _local_temp(path) as (_, f):
+        with new_directories(os.path.dirname(path)), _local_temp(path) as (_, f):
             yield f
         return
     fd, tmp = tempfile.mkstemp(prefix="_tmp-maskclip-", suffix=".part")
@@ -298,6 +300,30 @@ def _local_temp(path: str) -> Iterator[tuple[str, IO[bytes]]]:
             os.unlink(tmp)
         raise
     _fsync_directory(directory or ".")
+
+
+@contextmanager
+def new_directories(directory: str) -> Iterator[None]:
+    """Create the local ``directory`` (and missing parents) for a write; when the block fails, remove those
+    it created that are still empty, so a failed export leaves no empty folder behind.
+
+    For one writer's destination (an export), not for folders that concurrent writers share.
+    """
+    created = []
+    current = os.path.abspath(directory or ".")
+    while not os.path.exists(current):
+        created.append(current)  # innermost first
+        current = os.path.dirname(current)
+    os.makedirs(directory or ".", exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:  # not empty (someone else's file) or gone: leave it and everything above it
+                break
+        raise
 
 
 def _fsync_directory(directory: str) -> None:

@@ -7,7 +7,7 @@ its images part, so the images row is the commit record: readers only show annot
 ``labeling_id`` belongs to a *current* images row (the newest row of a uri under a config). Orphans of a
 crash between the two writes and superseded labelings are thereby invisible.
 
-The dataset follows its source (format version 3): a file edited in place retires its older content, a file
+The dataset follows its source (format version 4): a file edited in place retires its older content, a file
 that left the source gets a ``gone`` row, and a file whose bytes are already labeled (renamed, copied) gets a
 row of its own sharing that labeling. Every part is checked (footer, schema) before rows are read, so a
 damaged part is refused with one line naming it and ``maskclip dataset check --repair``.
@@ -34,7 +34,7 @@ from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuil
 from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
 from maskclip_core.dataset.integrity import check_part_schema, reading_part
-from maskclip_core.dataset.manifest import dataset_format, ensure_manifest
+from maskclip_core.dataset.manifest import dataset_format, ensure_manifest, id_bits
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
 from maskclip_core.dataset.schema import (
     ANNOTATIONS_SCHEMA,
@@ -89,6 +89,12 @@ class LabelDataset:
         if self._version is None:
             self._version = dataset_format(self.url, self.storage_options)
         return self._version
+
+    @property
+    def id_bits(self) -> int:
+        """Width of the image and annotation ids writers derive for this dataset (53 bits; 63 in datasets of
+        format 1 and 2). Writes the manifest of a new dataset, which fixes its format."""
+        return id_bits(self._writable_version())
 
     def _writable_version(self) -> int:
         """The format version to write in, the manifest written first if the dataset has none yet."""
@@ -156,10 +162,10 @@ class LabelDataset:
             if annotation_rows:
                 raise ValueError("annotations without images rows would never become visible")
             return {"annotations": None, "images": None}
-        images = [_image_row(r) for r in images_rows]
+        version = self._writable_version()
+        images = [_image_row(r, id_bits(version)) for r in images_rows]
         annotations = [_annotation_row(r) for r in annotation_rows]
         _check_annotations_committed_by(annotations, images)
-        version = self._writable_version()
         written: dict[str, str | None] = {"annotations": None, "images": None}
         if annotations:
             url = self._part_url("annotations", part_name)
@@ -563,7 +569,7 @@ class LabelDataset:
 # --- row validation -------------------------------------------------------------------------------------
 
 
-def _image_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def _image_row(row: Mapping[str, Any], bits: int) -> dict[str, Any]:
     _check_keys(row, IMAGES_SCHEMA, "images")
     out = {name: row.get(name) for name in IMAGES_SCHEMA.names}
     if out["created_at"] is None:
@@ -576,8 +582,8 @@ def _image_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if out["status"] in DONE_STATUSES and (out["sha256"] is None or out["image_id"] is None):
         raise ValueError(f"images row {out['uri']}: a {out['status']} row needs sha256 and image_id")
     if out["sha256"] is not None and out["image_id"] is not None:
-        if image_id_from_sha256(out["sha256"]) != out["image_id"]:
-            raise ValueError(f"images row {out['uri']}: image_id does not derive from sha256")
+        if image_id_from_sha256(out["sha256"], bits) != out["image_id"]:
+            raise ValueError(f"images row {out['uri']}: image_id does not derive from sha256 in {bits} bits")
     if out["status"] == "labeled" and (out["width"] is None or out["height"] is None):
         raise ValueError(f"images row {out['uri']}: a labeled row needs width and height")
     return out

@@ -8,14 +8,16 @@ Versions:
 
 - 1: datasets written before the manifest existed (no manifest file); annotations call the labeler ``source``.
 - 2: the manifest; annotations call the labeler ``labeler``, as the images table does.
-- 3: the dataset follows its source. The current row is the newest per (uri, config), not per content, so a
+- 3: image and annotation ids are below 2**53 (53 bits of SHA-256 instead of 63), so JavaScript tools
+  (Label Studio, CVAT, browsers) hold them exactly. Tables are laid out as in version 2.
+- 4: the dataset follows its source. The current row is the newest per (uri, config), not per content, so a
   file edited in place retires its older content; images rows may have status ``gone`` (the file left the
   source); two uris may share one ``labeling_id`` (identical bytes, or a renamed file: one labeling, its
-  annotations shared); categories are claimed one id per part (``categories/part-id-<id>.parquet``).
-  Version 2 readers would show an edited file twice: a writer of this package upgrades a version 2
-  dataset to 3 in place (same layout) before its first write, so older packages refuse it instead.
-  A version 1 dataset keeps version 1 (its files' column names): packages older than manifests cannot be
-  told to refuse anything.
+  annotations shared); categories are claimed one id per part (``categories/part-id-<id>.parquet``). Ids and
+  layout as in version 3. Version 3 readers would show an edited file twice: a writer of this package
+  upgrades a version 3 dataset to 4 in place before its first write, so older packages refuse it instead.
+  Datasets of versions 1 and 2 keep their version (their column names, their 63-bit ids): this package
+  follows the source in them too, but packages that read only those versions cannot be told to refuse.
 
 A change that old readers would misread (another column meaning, image ids of another range, new files they
 must honour) bumps :data:`FORMAT_VERSION` and says what changed above.
@@ -35,12 +37,13 @@ from typing import Any
 
 from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
 
-FORMAT_VERSION = 3  # what this package writes into new datasets
+FORMAT_VERSION = 4  # what this package writes into new datasets
 LEGACY_VERSION = 1  # a dataset without a manifest
-READABLE_VERSIONS = (1, 2, 3)
-# Versions a writer upgrades in place: the same files, read the same way, but older readers would misread
-# what this package adds (see version 3 above).
-UPGRADED_IN_PLACE = {2: 3}
+READABLE_VERSIONS = (1, 2, 3, 4)
+_WIDE_ID_VERSIONS = (1, 2)  # image and annotation ids of 63 bits
+# Versions a writer upgrades in place: the same files and ids, read the same way, but older readers would
+# misread what this package adds (see version 4 above).
+UPGRADED_IN_PLACE = {3: 4}
 MANIFEST_NAME = "_maskclip_dataset.json"
 FORMAT = "maskclip-dataset"
 PACKAGE = "maskclip-labeler"
@@ -50,6 +53,12 @@ _DATA_FOLDERS = ("images", "annotations", "categories", "reviewed", "metrics", "
 
 class DatasetFormatError(ValueError):
     """The dataset's format version is one this package cannot read or write."""
+
+
+def id_bits(version: int) -> int:
+    """Width of the image and annotation ids in a dataset of format ``version``: every writer to one dataset
+    derives ids the same way, so one image keeps one id."""
+    return 63 if version in _WIDE_ID_VERSIONS else 53
 
 
 def package_version() -> str:

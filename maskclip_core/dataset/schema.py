@@ -25,7 +25,7 @@ import pyarrow as pa
 # Values of the coded columns.
 STATUSES = ("labeled", "rejected", "failed")  # images.status of a labeling (what exports select from)
 # images.status of a row that says the file left the source (deleted, renamed away): it retires the uri's
-# earlier rows (format version 3).
+# earlier rows (format version 4).
 GONE = "gone"
 ROW_STATUSES = (*STATUSES, GONE)  # every images.status a row may have
 # Images under a config with one of these statuses need no work on a re-run ("failed" is retried).

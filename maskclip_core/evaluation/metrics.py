@@ -94,19 +94,27 @@ def evaluate(
 
 
 def score_label_maps(
-    pairs: Iterable[tuple[int, np.ndarray, np.ndarray]], categories: Sequence[Mapping[str, Any]]
+    pairs: Iterable[tuple[int, np.ndarray, np.ndarray]],
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    fully_annotated: bool = False,
 ) -> dict[str, Any]:
     """Metrics over ``(image_id, pseudo, reviewed)`` category-id label maps, consumed one pair at a time.
 
     Streaming keeps memory at one image pair, so callers can paint maps lazily from a large dataset.
     Returns ``evaluation.SegmentationMetrics.summary()`` plus ``images`` (pairs scored).
+
+    By default a pixel the reviewer left unannotated (255) is not scored, so emptying a wrong mask in review
+    does not lower its class's IoU. ``fully_annotated`` scores every reviewed pixel: unannotated ones are
+    "no class", a pseudo-label there is a false positive of its class, and pseudo 255 there is a hit (of the
+    "no class" class, which the mIoU leaves out; pixel accuracy counts it).
     """
     ids = [int(c["id"]) for c in categories]
     if any(not 0 <= i < IGNORE_INDEX for i in ids):
         raise ValueError(f"category ids must lie in 0..{IGNORE_INDEX - 1} to appear in uint8 label maps: {ids}")
     lut = np.full(256, -1, dtype=np.int64)  # category id -> class index; -1 flags an unknown id
     lut[ids] = np.arange(len(ids))
-    lut[IGNORE_INDEX] = IGNORE_INDEX
+    lut[IGNORE_INDEX] = len(ids) if fully_annotated else IGNORE_INDEX  # index K: the "no class" class
 
     def to_index(label_map: np.ndarray, image_id: int, side: str) -> np.ndarray:
         arr = np.asarray(label_map)
@@ -126,5 +134,13 @@ def score_label_maps(
             scored += 1
             yield to_index(pred, image_id, "pseudo"), to_index(target, image_id, "reviewed")
 
-    metrics = evaluate(indexed(), len(ids), [str(c["name"]) for c in categories], IGNORE_INDEX)
-    return {**metrics.summary(), "images": scored}
+    names = [str(c["name"]) for c in categories]
+    if not fully_annotated:
+        metrics = evaluate(indexed(), len(ids), names, IGNORE_INDEX)
+        return {**metrics.summary(), "images": scored}
+    metrics = evaluate(indexed(), len(ids) + 1, [*names, ""], IGNORE_INDEX)
+    summary = metrics.summary()
+    iou = metrics.iou()[: len(ids)]
+    per_class = {name: summary["per_class_iou"][name] for name in names}
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return {**summary, "miou": miou, "per_class_iou": per_class, "images": scored}

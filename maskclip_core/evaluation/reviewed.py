@@ -16,12 +16,17 @@ from maskclip_core.labeling.annotations import annotations_to_label_map
 
 
 def evaluate_reviewed(
-    dataset_url: str, *, config_hash: str | None = None, storage_options: Mapping[str, Any] | None = None
+    dataset_url: str,
+    *,
+    config_hash: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    fully_annotated: bool = False,
 ) -> dict[str, Any]:
     """How far the current pseudo-labels are from the reviewed ones: mIoU, per-class IoU, pixel accuracy.
 
     Scores every reviewed image whose current labeling (under ``config_hash``) is ``labeled``, one image at
-    a time; the others are listed under ``missing``. Pixels the reviewer left unannotated are not scored.
+    a time; the others are listed under ``missing``. Pixels the reviewer left unannotated are not scored,
+    unless ``fully_annotated``: then they count as "no class" (``score_label_maps``).
     """
     dataset = LabelDataset(dataset_url, storage_options)
     categories = dataset.categories()
@@ -36,9 +41,15 @@ def evaluate_reviewed(
             seen.append(image.image_id)
             yield image.image_id, label_map_from_annotations(image), _target(image, by_image[image.image_id], identity)
 
-    report = score_label_maps(pairs(), categories)
+    report = score_label_maps(pairs(), categories, fully_annotated=fully_annotated)
     missing = sorted(set(by_image) - set(seen))
-    return {**report, "missing": missing, "reviewed_images": len(by_image), "config_hash": config_hash}
+    return {
+        **report,
+        "missing": missing,
+        "reviewed_images": len(by_image),
+        "config_hash": config_hash,
+        "fully_annotated": fully_annotated,
+    }
 
 
 def _target(image: ExportImage, rows: Sequence[Mapping[str, Any]], category_to_index: Mapping[int, int]) -> np.ndarray:

@@ -169,20 +169,24 @@ def export_label_studio(
 
 
 def import_label_studio(
-    tasks: Iterable[Mapping[str, Any]] | str,
+    tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any] | str,
     categories: Sequence[Mapping[str, Any]],
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[ReviewedImage]:
-    """Reviewed label maps from a Label Studio JSON export (a task list, or the URL of one).
+    """Reviewed label maps from a Label Studio export in its JSON or JSON-MIN format (parsed, or the URL).
 
     Per task the chosen annotation is the ground-truth one if any, else the latest (updated_at /
     created_at, then list order); cancelled annotations and tasks without annotations are skipped.
     Brush and polygon regions are painted in result order (later regions win where they overlap); other
-    result types (choices, text) carry no mask and are ignored. Unknown label names raise.
+    result types (choices, text) carry no mask and are ignored. Unknown label names raise, and so does a
+    file that is neither format.
     """
     if isinstance(tasks, str):
         tasks = read_json(tasks, storage_options)
+    tasks = [tasks] if isinstance(tasks, Mapping) else list(tasks)  # a one-task export is a bare object
+    if export_format(tasks) == "json-min":
+        tasks = tasks_from_json_min(tasks)
     lookup = category_lookup(categories)
     reviewed = []
     for task in tasks:
@@ -209,6 +213,79 @@ def import_label_studio(
             )
         )
     return reviewed
+
+
+# What Label Studio's JSON-MIN export puts beside a task's data fields (label_studio_sdk's
+# Converter.convert_to_json_min): one record per annotation, its regions under the control tag's name.
+JSON_MIN_KEYS = ("id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement")
+
+
+def export_format(tasks: Sequence[Any]) -> str:
+    """``"json"`` (tasks with ``data``) or ``"json-min"`` (flat records with ``annotation_id``); raises otherwise."""
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            raise ValueError(f"not a Label Studio export: item {i} is a {type(task).__name__}, not a task object")
+        if "data" in task or "annotations" in task:
+            return "json"
+        if "annotation_id" in task or "annotator" in task:
+            return "json-min"
+        raise ValueError(
+            f"not a Label Studio JSON or JSON-MIN export: item {i} has neither `data` nor `annotation_id` "
+            f"(keys: {', '.join(sorted(map(str, task))[:8])}); export the project as JSON"
+        )
+    return "json"
+
+
+def tasks_from_json_min(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """JSON-MIN records as JSON tasks: the data fields back under ``data``, one annotation per record.
+
+    JSON-MIN keeps each region's value (``rle`` or ``points``, and ``brushlabels`` / ``polygonlabels``, which
+    name its type) and the image size, in a list under the control's name, but no region ids and no
+    ``ground_truth`` flag: of several annotations of a task the latest is chosen. Records of tasks without an
+    annotation (``annotation_id`` null) are skipped.
+    """
+    tasks: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        controls = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and _is_regions(v)}
+        data = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and k not in controls}
+        task = tasks.setdefault(record.get("id"), {"id": record.get("id"), "data": data, "annotations": []})
+        if record.get("annotation_id") is None:
+            continue
+        results = []
+        for control, regions in controls.items():
+            for region in regions:
+                value = dict(region)
+                result: dict[str, Any] = {"id": f"{record['annotation_id']}-{len(results)}", "from_name": control}
+                result["type"] = _region_kind(value)
+                for key in ("original_width", "original_height"):
+                    if key in value:
+                        result[key] = value.pop(key)
+                results.append({**result, "to_name": TO_NAME, "value": value})
+        task["annotations"].append(
+            {
+                "id": record["annotation_id"],
+                "result": results,
+                "completed_by": record.get("annotator"),
+                "created_at": record.get("created_at"),
+                "updated_at": record.get("updated_at"),
+            }
+        )
+    return list(tasks.values())
+
+
+def _region_kind(value: Mapping[str, Any]) -> str | None:
+    """The result type of a JSON-MIN region value, which lost its ``type``: its ``...labels`` key."""
+    kinds = [k for k, v in value.items() if str(k).endswith("labels") and isinstance(v, list)]
+    return str(kinds[0]).lower() if len(kinds) == 1 else None
+
+
+def _is_regions(value: Any) -> bool:
+    """A JSON-MIN control's regions: a list of value objects such as ``{"format", "rle", "brushlabels"}``."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(r, Mapping) and _region_kind(r) is not None for r in value)
+    )
 
 
 def _chosen_annotation(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

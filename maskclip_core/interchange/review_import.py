@@ -118,16 +118,19 @@ def evaluate_against_reviewed(
     pseudo: Mapping[int, np.ndarray],
     reviewed: Mapping[int, np.ndarray] | Iterable[ReviewedImage],
     categories: Sequence[Mapping[str, Any]],
+    *,
+    fully_annotated: bool = False,
 ) -> dict[str, Any]:
     """mIoU, per-class IoU (by name) and pixel accuracy of pseudo label maps against reviewed ones.
 
-    Pixels the reviewer left unannotated (255) are not scored; pseudo 255 on an annotated pixel is a miss.
-    Reviewed images without a pseudo map are skipped and listed under ``missing``.
+    Pixels the reviewer left unannotated (255) are not scored (with ``fully_annotated``: scored as "no
+    class"); pseudo 255 on an annotated pixel is a miss. Reviewed images without a pseudo map are skipped and
+    listed under ``missing``.
     """
     targets = reviewed if isinstance(reviewed, Mapping) else {r.image_id: r.label_map for r in reviewed}
     missing = [image_id for image_id in targets if image_id not in pseudo]
     pairs = ((i, pseudo[i], target) for i, target in targets.items() if i in pseudo)
-    return {**score_label_maps(pairs, categories), "missing": missing}
+    return {**score_label_maps(pairs, categories, fully_annotated=fully_annotated), "missing": missing}
 
 
 def _image_linker(images: Iterable[ExportImage] | None) -> Callable[[Mapping[str, Any]], tuple[int, str] | None]:
@@ -176,7 +179,8 @@ def import_reviews(
     strict: bool = True,
     imported_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Import a Label Studio JSON export or a COCO file of reviewed labels into ``dataset_url``'s dataset.
+    """Import a Label Studio JSON (or JSON-MIN) export or a COCO file of reviewed labels into ``dataset_url``'s
+    dataset; a file holding no review is refused.
 
     Label Studio tasks link back through the ``image_id`` our export put in ``data``. COCO images match by
     our image id when the file came from our COCO export (its ``info.contributor``, or every image id being
@@ -194,19 +198,58 @@ def import_reviews(
     doc = json.loads(raw)
     ours = {image.image_id: image for image in known_images(dataset)}
     reviewed = _parse_reviews(doc, fmt, categories, ours, strict)
-    latest, skipped = _latest_of_ours(reviewed, ours, strict, dataset_url)
+    if not reviewed:  # e.g. our own tasks.json (predictions only) or an export made before anyone submitted
+        what = "annotated task" if fmt == "label-studio" else "image with annotations"
+        raise ValueError(f"{review_url} holds no {what}: nothing to import (export again after the review)")
     import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
-    when = imported_at or dt.datetime.now(dt.UTC)
-    rows = [
-        row
-        for review in latest.values()
-        for row in review_rows(review, ours[review.image_id], fmt, import_id, when, review_url)
-    ]
-    url = write_reviewed(dataset_url, rows, storage_options)
+    written = store_reviews(
+        dataset_url,
+        reviewed,
+        tool=fmt,
+        import_id=import_id,
+        source_uri=review_url,
+        strict=strict,
+        imported_at=imported_at,
+        storage_options=storage_options,
+        known=ours,
+    )
     return {
         "import_id": import_id,
         "format": fmt,
         "source": review_url,
+        **{k: v for k, v in written.items() if k != "import_id"},
+    }
+
+
+def store_reviews(
+    dataset_url: str,
+    reviewed: Iterable[ReviewedImage],
+    *,
+    tool: str,
+    import_id: str,
+    source_uri: str,
+    strict: bool = True,
+    imported_at: dt.datetime | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    known: Mapping[int, ExportImage] | None = None,
+) -> dict[str, Any]:
+    """Write reviewed label maps as one ``reviewed`` part named after ``import_id`` (same id: same part).
+
+    Of several reviews of one image the latest counts; reviews of images the dataset does not hold raise, or
+    with ``strict=False`` are skipped and listed. ``known``: the dataset's images by id, when the caller has them.
+    """
+    if known is None:
+        known = {image.image_id: image for image in known_images(LabelDataset(dataset_url, storage_options))}
+    latest, skipped = _latest_of_ours(reviewed, known, strict, dataset_url)
+    when = imported_at or dt.datetime.now(dt.UTC)
+    rows = [
+        row
+        for review in latest.values()
+        for row in review_rows(review, known[review.image_id], tool, import_id, when, source_uri)
+    ]
+    url = write_reviewed(dataset_url, rows, storage_options)
+    return {
+        "import_id": import_id,
         "url": url,
         "images": len(latest),
         "regions": sum(r["category_id"] is not None for r in rows),

@@ -16,17 +16,28 @@ from maskclip_core.types import IGNORE_INDEX
 _ID_SEPARATOR = "\x1f"
 
 
-def stable_id(*parts: object) -> int:
-    """First 63 bits of sha256 of the joined parts: a non-negative int64 that is the same on every run."""
+# Ids below 2**53 survive JavaScript's doubles (Label Studio, CVAT, browsers hold ids as Number). Datasets of
+# format versions 1 and 2 used 63 bits; their ids keep that width (``dataset.manifest.id_bits``).
+ID_BITS = 53
+
+
+def stable_id(*parts: object, bits: int = ID_BITS) -> int:
+    """First ``bits`` bits of sha256 of the joined parts: a non-negative id that is the same on every run."""
     digest = hashlib.sha256(_ID_SEPARATOR.join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return int.from_bytes(digest[:8], "big") >> (64 - _check_bits(bits))
 
 
-def image_id_from_sha256(hex_digest: str) -> int:
-    """``image_id`` of an image: the first 63 bits of the SHA-256 of its bytes."""
+def image_id_from_sha256(hex_digest: str, bits: int = ID_BITS) -> int:
+    """``image_id`` of an image: the first ``bits`` bits of the SHA-256 of its bytes."""
     if len(hex_digest) != 64:
         raise ValueError(f"expected a 64-character hex SHA-256, got {hex_digest!r}")
-    return int(hex_digest[:16], 16) >> 1
+    return int(hex_digest[:16], 16) >> (64 - _check_bits(bits))
+
+
+def _check_bits(bits: int) -> int:
+    if not 1 <= bits <= 63:  # int64 columns: at most 63 bits keep ids non-negative
+        raise ValueError(f"id width must be 1..63 bits, got {bits}")
+    return bits
 
 
 def encode_annotations(
@@ -37,11 +48,12 @@ def encode_annotations(
     labeling_id: str,
     labeler: str,
     round: int,
+    id_bits: int = ID_BITS,
 ) -> list[dict[str, Any]]:
     """One COCO annotation record per kept (image, class) region, in class-index order.
 
     ``category_ids[class_index]`` is the category id of a class. ``id`` is
-    ``stable_id(labeling_id, category_id)``, so re-running the same labeling writes the same ids.
+    ``stable_id(labeling_id, category_id, bits=id_bits)``, so re-running the same labeling writes the same ids.
     """
     labels, regions = (filtered.labels, filtered.regions) if isinstance(filtered, FilteredLabels) else filtered
     labels = np.asarray(labels)
@@ -58,7 +70,7 @@ def encode_annotations(
         category_id = int(category_ids[region.class_index])
         records.append(
             {
-                "id": stable_id(labeling_id, category_id),
+                "id": stable_id(labeling_id, category_id, bits=id_bits),
                 "image_id": int(image_id),
                 "labeling_id": labeling_id,
                 "category_id": category_id,

@@ -288,6 +288,7 @@ def _finish(
         labeling_id=row["labeling_id"],
         labeler=plan.labeler_kind,
         round=plan.round,
+        id_bits=plan.id_bits,
     )
     rows.append(row)
     annotations.extend(records)
@@ -319,7 +320,7 @@ def _row(
     height: int | None = None,
 ) -> dict[str, Any]:
     return {
-        "image_id": image_id_from_sha256(sha256) if sha256 else None,
+        "image_id": image_id_from_sha256(sha256, plan.id_bits) if sha256 else None,
         "uri": item.uri,
         "sha256": sha256,
         "width": width,

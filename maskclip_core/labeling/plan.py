@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from maskclip_core.labeling.annotations import ID_BITS
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
@@ -39,6 +40,7 @@ class LabelingPlan:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_label_pixels: int = DEFAULT_MAX_LABEL_PIXELS
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of decoded images a worker process holds at once
+    id_bits: int = ID_BITS  # the dataset's id width (``LabelDataset.id_bits``)
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.category_ids):

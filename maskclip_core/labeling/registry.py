@@ -25,7 +25,8 @@ class StudentUnavailableError(RuntimeError):
 
 
 def _load_teacher(spec: LabelerSpec, device: str | None) -> Labeler:
-    assert spec.config is not None  # validated
+    if spec.config is None:
+        raise ValueError("labeler='maskclip' needs classes: pass `classes` or `labeler.config.classes`")
     return cached_labeler(spec.config, device=device)
 
 
@@ -61,7 +62,11 @@ class LabelerSpec(BaseModel):
     labeler: LabelerKind = Field(
         "maskclip", description="'maskclip' (the teacher, configured by `config`) or 'student' (`checkpoint`)"
     )
-    config: LabelerConfig | None = Field(None, description="The MaskCLIP teacher's configuration (labeler='maskclip')")
+    config: LabelerConfig | None = Field(
+        None,
+        description="The MaskCLIP teacher's model, weights and inference settings (labeler='maskclip'); "
+        "default: ViT-B-16 with OpenAI weights and the flow's `classes`",
+    )
     checkpoint: str | None = Field(
         None, description="Student weights file or checkpoint directory URL (labeler='student'; newest round)"
     )
@@ -72,8 +77,7 @@ class LabelerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> LabelerSpec:
-        if self.labeler == "maskclip" and self.config is None:
-            raise ValueError("labeler='maskclip' needs `config` (a LabelerConfig with at least `classes`)")
+        # labeler='maskclip' without `config` is completed by `with_classes` (the flows' `classes` parameter).
         if self.labeler == "student" and not self.checkpoint:
             raise ValueError("labeler='student' needs `checkpoint` (a weights file or checkpoint directory URL)")
         return self
@@ -85,6 +89,31 @@ class LabelerSpec(BaseModel):
     @classmethod
     def student(cls, checkpoint: str, device: str | None = None, **storage_options: Any) -> LabelerSpec:
         return cls(labeler="student", checkpoint=checkpoint, checkpoint_storage_options=storage_options, device=device)
+
+    def with_classes(self, classes: str | None) -> LabelerSpec:
+        """This spec with the flows' top-level ``classes`` (the Run form's third field) applied.
+
+        ``classes`` replaces ``config.classes`` of a teacher (the default ``LabelerConfig`` when ``config`` is
+        unset); a teacher needs classes from one of the two; a student's classes come from its checkpoint.
+        """
+        if self.labeler == "student":
+            if classes:
+                raise ValueError("`classes` is for the MaskCLIP teacher; a student's classes come from its checkpoint")
+            return self
+        if classes is not None and not classes.strip():
+            raise ValueError("`classes` is empty: name the classes, comma separated (synonyms after ';')")
+        if self.config is None:
+            if not classes:
+                raise ValueError("name the classes: `classes` (e.g. 'car, road, tree stump')")
+            return self.model_copy(update={"config": LabelerConfig(classes=classes)})
+        if classes and classes != self.config.classes:
+            return self.model_copy(update={"config": self.config.model_copy(update={"classes": classes})})
+        return self
+
+
+def resolve_labeler(classes: str | None, labeler: LabelerSpec | None) -> LabelerSpec:
+    """The flows' ``classes`` and optional ``labeler`` parameters as one complete :class:`LabelerSpec`."""
+    return (labeler or LabelerSpec()).with_classes(classes)
 
 
 def load_labeler(spec: LabelerSpec, *, device: str | None = None) -> Labeler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,7 +231,10 @@ class RunSummary:
             f"{self.batches_submitted} batches; {counts}"
         )
 
-    def markdown(self, max_thumbnails: int = 8) -> str:
+    def markdown(self, max_thumbnails: int = 8, image_sources: Mapping[str, str] | None = None) -> str:
+        """The report. ``image_sources`` maps thumbnail URLs to what a browser loads (``report_images``: inline
+        ``data:`` URIs or presigned links), for the Prefect artifact; without it thumbnails are linked relative
+        to ``reports/<run>.md``, for the stored report."""
         status = "completed" if self.status == "completed" else f"**{self.status}**"
         lines = [
             f"# Labeling run `{self.run_id}`: {status}",
@@ -260,6 +264,17 @@ class RunSummary:
             lines += ["", "## Examples", ""]
             for t in self.thumbnails[:max_thumbnails]:
                 name = t["uri"].rsplit("/", 1)[-1]
-                lines.append(f"[![{name}]({t['url']})]({t['url']}) `{t['uri']}`")
+                if image_sources is None:
+                    src = self._relative_to_reports(t["url"])
+                    lines.append(f"[![{name}]({src})]({src}) `{t['uri']}`")
+                elif t["url"] in image_sources:
+                    lines.append(f"![{name}]({image_sources[t['url']]}) `{t['uri']}`")
+                else:
+                    continue  # could not be read: named nowhere rather than shown broken
                 lines.append("")
         return "\n".join(lines).rstrip() + "\n"
+
+    def _relative_to_reports(self, url: str) -> str:
+        """``../thumbnails/<run>/x.jpg`` for a thumbnail under the dataset (the report is in ``reports/``)."""
+        root = self.dataset.rstrip("/") + "/"
+        return "../" + url[len(root) :] if url.startswith(root) else url

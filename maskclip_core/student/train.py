@@ -31,6 +31,9 @@ from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 log = logging.getLogger(__name__)
 
+# Where progress messages go: this module's logger, or the caller's (a Prefect run logger, passed in by tasks/).
+Logger = logging.Logger | logging.LoggerAdapter
+
 LabelFilter = Callable[[SegmentationResult], np.ndarray]
 
 
@@ -122,7 +125,11 @@ class _Images(Sequence[np.ndarray]):
 
 
 def relabel(
-    model: StudentNet, pool: Sequence[np.ndarray], label_filter: LabelFilter, config: TrainConfig
+    model: StudentNet,
+    pool: Sequence[np.ndarray],
+    label_filter: LabelFilter,
+    config: TrainConfig,
+    logger: Logger = log,
 ) -> LabeledPool:
     """Label the pool with the student and filter the predictions into uint8 maps (255 = ignore)."""
     labels = CompressedLabels()
@@ -137,7 +144,7 @@ def relabel(
             labels.append(lab)
             kept += int((lab != IGNORE_INDEX).sum())
     if kept == 0:
-        log.warning("the label filter ignored every pixel of the unlabeled pool; this round learns nothing")
+        logger.warning("the label filter ignored every pixel of the unlabeled pool; this round learns nothing")
     return LabeledPool(pool, labels)
 
 
@@ -164,6 +171,7 @@ def _train_steps(
     start: int,
     end: int,
     device: torch.device,
+    logger: Logger = log,
 ) -> None:
     """Iterations [start, end) of the schedule: one round."""
     model.train()
@@ -179,7 +187,7 @@ def _train_steps(
         loss.backward()
         optimizer.step()
         if config.log_every and (it + 1) % config.log_every == 0:
-            log.info("round %d iteration %d/%d loss %.4f", round_index, it + 1, config.iterations, loss.item())
+            logger.info("round %d iteration %d/%d loss %.4f", round_index, it + 1, config.iterations, loss.item())
 
 
 def _check_same_student(saved: ckpt.StudentCheckpoint, model: StudentNet, url: str) -> None:
@@ -210,6 +218,7 @@ def fit_student(
     on_round_end: Callable[[RoundEnd], None] | None = None,
     clean: SampleSource | Sequence[Any] | None = None,
     stop_after_round: int | None = None,
+    logger: Logger | None = None,
 ) -> TrainResult:
     """Train a student (pseudo-label phase, then ``config.rounds`` self-training rounds).
 
@@ -220,8 +229,10 @@ def fit_student(
     trusted (human-reviewed) labels, trained on in every self-training round beside the relabelled pool
     (round 0 trains on ``samples``, which should hold them already; leave their images out of ``unlabeled``).
     ``stop_after_round``: return once this round is checkpointed (and ``on_round_end`` called); a later call
-    resumes with the next round.
+    resumes with the next round. ``logger`` receives the loss every ``config.log_every`` iterations and the
+    round results (default: this module's logger).
     """
+    logger = logger or log
     if config.batch_size < 2:
         raise ValueError("batch_size must be at least 2: BatchNorm (ASPP's image pooling) needs 2 values")
     if config.rounds > 0 and label_filter is None:
@@ -258,7 +269,7 @@ def fit_student(
             raise ValueError(f"checkpoint at {checkpoint_url} was trained with another TrainConfig")
         first_round, iteration, resumed_from = saved.round + 1, saved.iteration, saved.round
         metrics = info["metrics"]
-        log.info("resuming after round %d (iteration %d) from %s", saved.round, iteration, checkpoint_url)
+        logger.info("resuming after round %d (iteration %d) from %s", saved.round, iteration, checkpoint_url)
 
     weights_url = None if latest is None else ckpt.resolve_checkpoint(checkpoint_url, storage_options)
     for r in range(first_round, len(ends)):
@@ -266,16 +277,16 @@ def fit_student(
         if r == 0:
             source: Any = samples
         else:
-            source = relabel(model, pool, label_filter, config)  # type: ignore[arg-type]
+            source = relabel(model, pool, label_filter, config, logger)  # type: ignore[arg-type]
             if clean is not None and len(clean):
                 source = ConcatSource(source, clean)
-        _train_steps(model, optimizer, source, config, r, start, ends[r], device)
+        _train_steps(model, optimizer, source, config, r, start, ends[r], device, logger)
         iteration = ends[r]
         record = None
         if eval_pairs:
             record = {"round": r, "iteration": iteration, **evaluate_student(model, eval_pairs, config)}
             metrics.append(record)
-            log.info("round %d: mIoU %.4f pixel accuracy %.4f", r, record["miou"], record["pixel_accuracy"])
+            logger.info("round %d: mIoU %.4f pixel accuracy %.4f", r, record["miou"], record["pixel_accuracy"])
         if checkpoint_url:
             weights_url = ckpt.save_weights(checkpoint_url, model, r, iteration, storage_options)
             info = {"iteration": iteration, "metrics": metrics, "train_config": config.to_dict()}

@@ -67,11 +67,14 @@ def run_training(
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     flow_run_id: str | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) the plan's student; a metrics row per round is written when ``ground_truth`` is given.
 
     ``on_round`` receives ``{"round", "iteration", "checkpoint", "metrics"}`` after each round's checkpoint.
+    ``logger`` receives the run's messages and the training loss (default: this module's logger).
     """
+    logger = logger or log
     from maskclip_core.student import checkpoint as ckpt
     from maskclip_core.student.model import StudentConfig
     from maskclip_core.student.train import TrainConfig, fit_student
@@ -81,10 +84,11 @@ def run_training(
     latest = ckpt.read_latest(plan.checkpoint_url, plan.storage_options)
     stop = plan.stop_after_round
     if latest is not None and (latest["round"] >= config.rounds or (stop is not None and latest["round"] >= stop)):
-        log.info("run %s: round %d is checkpointed already; nothing to train", plan.run, latest["round"])
+        logger.info("run %s: round %d is checkpointed already; nothing to train", plan.run, latest["round"])
         return _outcome(plan, latest, resumed_from=latest["round"], counts={})
 
     data = _training_set(plan, vocabulary)
+    logger.info("run %s: %s", plan.run, data.counts)
     truth = ground_truth_for(plan, ground_truth) if ground_truth is not None else None
     eval_pairs = truth.pairs(LazyImages(truth.refs, data.reader)) if truth is not None else None
     embeddings, class_vocabulary = text_embeddings(ClipSpec(**plan.clip), vocabulary, plan.device)
@@ -104,6 +108,7 @@ def run_training(
         on_round_end=report.round_end,
         clean=data.clean if plan.data["use_reviewed"] else None,
         stop_after_round=stop,
+        logger=logger,
     )
     stopped = result.stopped_after_round is not None  # the rest is trained by a later run
     if not stopped and result.resumed_from_round is not None:
@@ -126,7 +131,6 @@ def _training_set(plan: TrainingPlan, vocabulary: Vocabulary) -> TrainingSet:
     )
     if data.fingerprint != plan.fingerprint:
         raise ValueError(f"the data at {plan.dataset_url} changed since run {plan.run} was planned: plan it again")
-    log.info("run %s: %s", plan.run, data.counts)
     return data
 
 

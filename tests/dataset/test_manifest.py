@@ -54,9 +54,9 @@ V1_ANNOTATIONS_SCHEMA = pa.schema(
 )
 
 
-def labeling(name: str, labeler: str = "maskclip", round_: int = 0) -> tuple[dict, list[dict]]:
+def labeling(name: str, labeler: str = "maskclip", round_: int = 0, bits: int = 53) -> tuple[dict, list[dict]]:
     digest = hashlib.sha256(name.encode()).hexdigest()
-    image_id = image_id_from_sha256(digest)
+    image_id = image_id_from_sha256(digest, bits)
     labels = np.zeros((4, 6), np.uint8)
     labels[:, 3:] = 1
     row = {
@@ -75,14 +75,14 @@ def labeling(name: str, labeler: str = "maskclip", round_: int = 0) -> tuple[dic
     regions = [Region(0, "a", 12, 0.9), Region(1, "b", 12, 0.8)]
     anns = encode_annotations(
         (labels, regions), category_ids=[1, 2], image_id=image_id, labeling_id=row["labeling_id"],
-        labeler=labeler, round=round_,
+        labeler=labeler, round=round_, id_bits=bits,
     )  # fmt: skip
     return row, anns
 
 
 def write_v1_dataset(root: Path) -> None:
     """A dataset as the code before the manifest wrote it: parts only, annotations with ``source``."""
-    row, anns = labeling("old", labeler="student", round_=2)
+    row, anns = labeling("old", labeler="student", round_=2, bits=63)
     legacy = [{("source" if k == "labeler" else k): v for k, v in a.items()} for a in anns]
     for table, rows, schema in [
         ("categories", [{"id": 1, "name": "a", "synonyms": []}, {"id": 2, "name": "b", "synonyms": []}], None),
@@ -105,12 +105,12 @@ def test_first_write_creates_the_manifest(tmp_path: Path) -> None:
     dataset = LabelDataset(str(root))
     dataset.ensure_categories(["a", "b"])
     saved = read_manifest_file(root)
-    assert saved["format_version"] == FORMAT_VERSION == 3
+    assert saved["format_version"] == FORMAT_VERSION == 4
     assert saved["writer"] == {"package": "maskclip-labeler", "version": package_version()}
     row, anns = labeling("new")
     dataset.write_batch([row], anns, part_name="b0")
     assert read_manifest_file(root) == saved  # written once
-    assert LabelDataset(str(root)).format_version == 3
+    assert LabelDataset(str(root)).format_version == 4
     on_disk = pq.read_table(root / "annotations" / "part-b0.parquet")
     assert "labeler" in on_disk.column_names and "source" not in on_disk.column_names
     assert not [p for p in os.listdir(root) if p.startswith("_tmp")]  # the manifest was written atomically
@@ -148,7 +148,11 @@ def test_dataset_without_manifest_still_reads(tmp_path: Path) -> None:
 def test_old_dataset_keeps_its_layout_when_written_to(tmp_path: Path) -> None:
     root = tmp_path / "old"
     write_v1_dataset(root)
-    row, anns = labeling("new")
+    row, anns = labeling("new", bits=63)
+    narrow_row, narrow_anns = labeling("narrow")
+    with pytest.raises(ValueError, match="image_id does not derive from sha256 in 63 bits"):
+        LabelDataset(str(root)).write_batch([narrow_row], narrow_anns, part_name="b2")  # its ids keep their width
+    assert LabelDataset(str(root)).id_bits == 63
     LabelDataset(str(root)).write_batch([row], anns, part_name="b1")
     assert read_manifest_file(root)["format_version"] == 1  # recorded as what it is, not upgraded
     on_disk = pq.read_table(root / "annotations" / "part-b1.parquet")
@@ -158,7 +162,7 @@ def test_old_dataset_keeps_its_layout_when_written_to(tmp_path: Path) -> None:
     assert sorted(set(by_image.values())) == ["maskclip", "student"]
 
 
-@pytest.mark.parametrize("version", [4, 99])
+@pytest.mark.parametrize("version", [5, 99])
 def test_newer_version_is_refused_with_both_versions(tmp_path: Path, version: int) -> None:
     root = tmp_path / "future"
     root.mkdir()
@@ -166,7 +170,7 @@ def test_newer_version_is_refused_with_both_versions(tmp_path: Path, version: in
     (root / MANIFEST_NAME).write_text(text)
     expected = (
         f"dataset {root} has format version {version}, newer than this maskclip-labeler {package_version()} "
-        "reads format versions 1 to 3: upgrade maskclip-labeler"
+        "reads format versions 1 to 4: upgrade maskclip-labeler"
     )
     dataset = LabelDataset(str(root))
     with pytest.raises(DatasetFormatError) as info:
@@ -184,36 +188,59 @@ def test_newer_version_is_refused_with_both_versions(tmp_path: Path, version: in
 
 @pytest.mark.parametrize("version", ["2", None, 0, 1.5, True])
 def test_unknown_version_is_refused(version: object) -> None:
-    with pytest.raises(DatasetFormatError, match=r"has an unknown format version .*reads format versions 1 to 3"):
+    with pytest.raises(DatasetFormatError, match=r"has an unknown format version .*reads format versions 1 to 4"):
         check_format(version, "s3://b/x")
 
 
 def test_known_versions_pass() -> None:
-    assert [check_format(v, "x") for v in (1, 2, 3)] == [1, 2, 3]
+    assert [check_format(v, "x") for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
 
 
-def test_version_2_dataset_reads_and_is_upgraded_in_place_by_its_first_write(tmp_path: Path) -> None:
-    """Version 3 only adds meanings (gone rows, shared labelings, current row per uri) to version 2's layout:
-    a version 2 dataset reads as it is, and a writer records version 3 before adding anything, so packages
-    that read only version 2 refuse it instead of showing an edited file twice."""
-    root = tmp_path / "v2"
+def test_new_datasets_have_ids_javascript_holds_exactly(tmp_path: Path) -> None:
+    """Format 3 on: image and annotation ids below 2**53; a format-2 dataset keeps its 63-bit ids (and its
+    version: it is not upgraded in place)."""
+    new = LabelDataset(str(tmp_path / "new"))
+    assert new.id_bits == 53 and read_manifest_file(tmp_path / "new")["format_version"] == FORMAT_VERSION
+    rows = [labeling(f"img{i}") for i in range(200)]
+    new.write_batch([r for r, _ in rows], [a for _, anns in rows for a in anns], part_name="b0")
+    ids = new.images()["image_id"].to_pylist() + new.annotations()["id"].to_pylist()
+    assert len(ids) == 600 and all(0 <= i < 2**53 for i in ids)
+    assert max(ids) >= 2**50  # the full 53 bits are used, not a narrower range
+
+    old = tmp_path / "v2"
+    old.mkdir()
+    text = json.dumps({"format": manifest.FORMAT, "format_version": 2, "writer": {"version": "0.9"}})
+    (old / MANIFEST_NAME).write_text(text)
+    assert LabelDataset(str(old)).id_bits == 63
+    wide_row, wide_anns = labeling("wide", bits=63)
+    LabelDataset(str(old)).write_batch([wide_row], wide_anns, part_name="b0")
+    [image_id] = LabelDataset(str(old)).images()["image_id"].to_pylist()
+    assert image_id == image_id_from_sha256(hashlib.sha256(b"wide").hexdigest(), 63)
+    assert read_manifest_file(old)["format_version"] == 2
+
+
+def test_version_3_dataset_reads_and_is_upgraded_in_place_by_its_first_write(tmp_path: Path) -> None:
+    """Version 4 only adds meanings (gone rows, shared labelings, current row per uri) to version 3's layout and
+    ids: a version 3 dataset reads as it is, and a writer records version 4 before adding anything, so packages
+    that read only up to version 3 refuse it instead of showing an edited file twice."""
+    root = tmp_path / "v3"
     root.mkdir()
-    v2 = {"format": manifest.FORMAT, "format_version": 2, "writer": {"package": "maskclip-labeler", "version": "0.9"}}
-    (root / MANIFEST_NAME).write_text(json.dumps(v2))
+    v3 = {"format": manifest.FORMAT, "format_version": 3, "writer": {"package": "maskclip-labeler", "version": "0.9"}}
+    (root / MANIFEST_NAME).write_text(json.dumps(v3))
     row, anns = labeling("old")
     (root / "images").mkdir()
     pq.write_table(pa.Table.from_pylist([row], schema=IMAGES_SCHEMA), root / "images" / "part-old.parquet")
     dataset = LabelDataset(str(root))
-    assert dataset.format_version == 2 and dataset.images()["uri"].to_pylist() == [row["uri"]]
-    assert read_manifest_file(root) == v2  # reading writes nothing
+    assert dataset.format_version == 3 and dataset.images()["uri"].to_pylist() == [row["uri"]]
+    assert read_manifest_file(root) == v3  # reading writes nothing
     new_row, new_anns = labeling("new")
     dataset.write_batch([new_row], new_anns, part_name="b1")
     saved = read_manifest_file(root)
-    assert saved["format_version"] == 3 and saved["writer"] == v2["writer"]
-    assert saved["upgraded"]["from"] == 2 and saved["upgraded"]["by"] == package_version()
-    assert LabelDataset(str(root)).images().num_rows == 2
+    assert saved["format_version"] == 4 and saved["writer"] == v3["writer"]
+    assert saved["upgraded"]["from"] == 3 and saved["upgraded"]["by"] == package_version()
+    assert LabelDataset(str(root)).images().num_rows == 2 and LabelDataset(str(root)).id_bits == 53
     on_disk = pq.read_table(root / "annotations" / "part-b1.parquet")
-    assert on_disk.schema == stored_schema("annotations", 2) == stored_schema("annotations", 3)
+    assert on_disk.schema == stored_schema("annotations", 3) == stored_schema("annotations", 4)
 
 
 def test_a_file_that_is_no_manifest_is_refused(tmp_path: Path) -> None:

@@ -146,6 +146,68 @@ def test_label_studio_round_trip(tmp_path, capsys):
     np.testing.assert_array_equal(by_id, np.where(expected == 255, 255, expected + 1))
 
 
+def test_label_studio_json_min_export_imports_like_the_json_export(tmp_path, capsys):
+    """Label Studio's JSON-MIN export (made here by label-studio-sdk's own converter from the JSON export):
+    the same reviews, the same hand-computed scores."""
+    from label_studio_sdk.converter import Converter
+
+    built = build_store(str(tmp_path / "out"), tmp_path / "src")
+    tasks = export_tasks(built, str(tmp_path / "ls"), capsys)
+    review = write_json(tmp_path / "export.json", reviewed_export(tasks, built, edit=True))
+    converter = Converter(str(tmp_path / "ls" / "config.xml"), str(tmp_path))
+    converter.convert_to_json_min(review, str(tmp_path / "min"), is_dir=False)
+    json_min = tmp_path / "min" / "result.json"
+    records = json.loads(json_min.read_text())
+    assert len(records) == 4 and all("data" not in r and "annotation_id" in r and "tag" in r for r in records)
+
+    summary = run(capsys, "import", "label-studio", str(json_min), "--dataset", built.store.url)
+    assert summary["images"] == 4 and summary["regions"] == 6 and summary["skipped"] == []
+    check_edited(run(capsys, "evaluate", "--dataset", built.store.url, "--json"), built)
+    row, a = next(reviewed_label_maps(built.store.url))
+    assert row["review"]["reviewer"] == "7" and row["review"]["reviewed_at"] == "2025-03-01T10:00:00Z"
+    expected = positions(built, built.ids["a/img.png"])
+    expected[BLOCK] = 0
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_import_refuses_a_file_without_reviews_in_one_line(tmp_path, capsys):
+    built = build_store(str(tmp_path / "out"), tmp_path / "src")
+    export_tasks(built, str(tmp_path / "ls"), capsys)
+    # Our own tasks.json (predictions, no annotation): nothing was reviewed.
+    err = fails(capsys, "import", "label-studio", str(tmp_path / "ls" / "tasks.json"), "--dataset", built.store.url)
+    assert "holds no annotated task" in err and len(err.strip().splitlines()) == 1
+    # Neither JSON nor JSON-MIN (e.g. the CSV-like records of another tool).
+    other = write_json(tmp_path / "other.json", [{"name": "a.png", "label": "cat"}])
+    err = fails(capsys, "import", "label-studio", other, "--dataset", built.store.url)
+    assert "not a Label Studio JSON or JSON-MIN export" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "reviewed").exists()
+
+
+def test_an_emptied_mask_is_not_scored_unless_reviewed_images_count_as_fully_annotated(tmp_path, capsys):
+    built = build_store(str(tmp_path / "out"), tmp_path / "src")
+    out = built.store.url
+    exported = reviewed_export(export_tasks(built, str(tmp_path / "ls"), capsys), built, edit=False)
+    [a] = [t for t in exported if t["data"]["file_name"] == "a/img.png"]
+    a["annotations"][0]["result"] = [r for r in a["annotations"][0]["result"] if r["value"]["brushlabels"] != ["dog"]]
+    run(capsys, "import", "label-studio", write_json(tmp_path / "export.json", exported), "--dataset", out)
+
+    # The reviewer deleted a/img.png's dog mask (768 px): those pixels are unannotated, so not scored.
+    default = run(capsys, "evaluate", "--dataset", out, "--json")
+    assert default["per_class_iou"] == pytest.approx({"cat": 1.0, "dog": 1.0, "grass": 1.0})
+    assert default["pixel_accuracy"] == 1.0 and default["fully_annotated"] is False
+    # Fully annotated: they are "no class", so a's 768 dog pixels are false positives.
+    #   dog: pseudo a 768 + other 1472 = 2240; reviewed other 1472; overlap 1472 -> 1472 / 2240
+    #   pixels: a 1536 + b 1536 + other 1536 (its 64 unlabeled px agree: no class) = 4608, wrong 768
+    full = run(capsys, "evaluate", "--dataset", out, "--json", "--fully-annotated")
+    assert full["per_class_iou"] == pytest.approx({"cat": 1.0, "dog": 1472 / 2240, "grass": 1.0})
+    assert full["miou"] == pytest.approx((2 + 1472 / 2240) / 3)
+    assert full["pixel_accuracy"] == pytest.approx(3840 / 4608) and full["images"] == 3
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", out, "--fully-annotated"]) == 0
+    table = capsys.readouterr().out
+    assert "dog    0.657" in table and "unannotated pixels scored as 'no class'" in table
+
+
 def test_coco_import_by_our_ids_then_by_file_name(tmp_path, capsys):
     built = build_store(str(tmp_path / "out"), tmp_path / "src")
     out = built.store.url

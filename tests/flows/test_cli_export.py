@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -120,9 +122,27 @@ def test_label_studio_reads_back_with_the_sdk(built, tmp_path, capsys):
 
 
 def test_label_studio_needs_a_document_root_for_local_files(built, tmp_path, capsys):
-    err = fails(capsys, "export", "label-studio", "--dataset", built.store.url, "--out", str(tmp_path / "ls"))
-    assert "document_root" in err
-    assert not (tmp_path / "ls" / "tasks.json").exists()
+    err = fails(capsys, "export", "label-studio", "--dataset", built.store.url, "--out", str(tmp_path / "ls" / "x"))
+    assert "document_root" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no half-written file, and no empty folder left behind
+    # A folder that was there already stays, and so does what it holds.
+    (tmp_path / "ls").mkdir()
+    (tmp_path / "ls" / "notes.txt").write_text("mine")
+    fails(capsys, *export(built, "label-studio", tmp_path / "ls" / "x"))
+    assert [p.name for p in (tmp_path / "ls").iterdir()] == ["notes.txt"]
+
+
+def test_label_studio_files_are_readable_by_the_label_studio_user(built, tmp_path, capsys):
+    """Label Studio, a web server or a colleague reading the export may run as another user: 0644, as any file
+    the user writes under the usual umask, not the 0600 of a temporary file."""
+    previous = os.umask(0o022)
+    try:
+        run(capsys, *export(built, "label-studio", tmp_path / "ls", "--document-root", str(built.source)))
+        run(capsys, *export(built, "coco", tmp_path / "coco.json"))
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "ls" / "tasks.json", tmp_path / "ls" / "config.xml", tmp_path / "coco.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_cvat_coco_reads_back_with_datumaro(built, tmp_path, capsys):

@@ -203,7 +203,7 @@ def _assert_artifacts(run_id: str) -> None:
     table = json.loads(table) if isinstance(table, str) else table
     items = {row["item"]: row for row in table}
     assert items["labeled"]["images"] == 5 and "class: red" in items
-    assert "thumbnails/" in by_key["label-dataset-report"].data
+    assert "](data:image/jpeg;base64," in by_key["label-dataset-report"].data  # inline: shows in any browser
 
 
 def test_bad_input_corpus_is_recorded_and_exif_labels_follow_display(tmp_path: Path) -> None:
@@ -427,7 +427,7 @@ def test_asking_for_a_missing_student_fails_clearly(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "maskclip_core.student", None)
     write_folder(tmp_path / "src", images(1))
     spec = LabelerSpec.student(str(tmp_path / "student.safetensors"))
-    state = label_dataset(str(tmp_path / "src"), str(tmp_path / "out"), spec, return_state=True)
+    state = label_dataset(str(tmp_path / "src"), str(tmp_path / "out"), labeler=spec, return_state=True)
     assert state.is_failed()
     with pytest.raises(StudentUnavailableError, match="maskclip_core.student.StudentLabeler"):
         state.result()

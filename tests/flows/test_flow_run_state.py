@@ -69,7 +69,9 @@ def retained_after_run(tmp_path: Path, n_images: int, chunk_batches: int) -> dic
 
     options = ONE_PER_BATCH.model_copy(update={"chunk_batches": chunk_batches})
     with progress_listener(on_event):
-        summary = label_dataset(str(src), str(tmp_path / f"ds-{src.name}"), TINY_SPEC, KEEP_ALL, options)
+        summary = label_dataset(
+            str(src), str(tmp_path / f"ds-{src.name}"), labeler=TINY_SPEC, filters=KEEP_ALL, options=options
+        )
     assert summary["labeled"] == n_images and peak
     return peak
 
@@ -112,7 +114,7 @@ def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
     out = str(tmp_path / "ds")
     options = ONE_PER_BATCH.model_copy(update={"retries": 1, "retry_delay_seconds": 0.01})
     with progress_listener(lambda e, s: events.append((e, s.status, s.progress_percent()))):
-        state = label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, options, return_state=True)
+        state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=options, return_state=True)
     assert state.is_failed()
     with pytest.raises(PermissionError, match="half-way"):
         state.result()
@@ -130,8 +132,8 @@ def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
 def test_a_run_with_nothing_new_ends_at_100_percent_saying_nothing_new(tmp_path: Path) -> None:
     src, out = tmp_path / "src", str(tmp_path / "ds")
     write_images(src, 3, seed=2)
-    label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, ONE_PER_BATCH)
-    state = label_dataset(str(src), out, TINY_SPEC, KEEP_ALL, ONE_PER_BATCH, return_state=True)
+    label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH)
+    state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True)
     assert state.is_completed() and state.result()["skipped"] == 3
     progress = run_artifacts(str(state.state_details.flow_run_id))["label-dataset-progress"]
     assert progress.data == 100.0

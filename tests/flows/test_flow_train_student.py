@@ -100,17 +100,27 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("pipeline")
     src, out, relabeled = root / "src", str(root / "out"), str(root / "relabeled")
     write_images(src, 6)
-    result = pseudo_label_and_train(
+    schedule = SCHEDULE.model_copy(update={"log_every": 1})  # the loss of every iteration in the run's logs
+    state = pseudo_label_and_train(
         str(src),
         out,
+        None,  # classes: the spec's own
         TINY_SPEC,
         KEEP_ALL,
         FAST,
-        TrainingStep(student=STUDENT, schedule=SCHEDULE, options=TrainOptions(device="cpu")),
+        TrainingStep(student=STUDENT, schedule=schedule, options=TrainOptions(device="cpu")),
         RelabelStep(dataset=relabeled, device="cpu"),
         ExportStep(),
+        return_state=True,
     )
-    return {"root": root, "src": src, "out": out, "relabeled": relabeled, "result": result}
+    return {
+        "root": root,
+        "src": src,
+        "out": out,
+        "relabeled": relabeled,
+        "result": state.result(),
+        "flow_run_id": state.state_details.flow_run_id,
+    }
 
 
 def test_train_checkpoint_label_with_the_student_parquet_coco_round_trip(pipeline: dict[str, Any]) -> None:
@@ -163,6 +173,83 @@ def test_train_checkpoint_label_with_the_student_parquet_coco_round_trip(pipelin
         np.testing.assert_array_equal(painted, label_map)
 
 
+def _child_runs(parent: uuid.UUID) -> list[tuple[str, Any]]:
+    """(flow name, flow run) of the direct sub-runs of ``parent``, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
+        )
+        runs = sorted(runs, key=lambda r: r.created)
+        return [(client.read_flow(r.flow_id).name, r) for r in runs]
+
+
+def _artifacts_of(flow_run_ids: list[uuid.UUID]) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = ArtifactFilterFlowRunId(any_=flow_run_ids)
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=runs))
+
+
+def test_parent_run_links_its_sub_runs_and_their_artifacts(pipeline: dict[str, Any]) -> None:
+    children = _child_runs(pipeline["flow_run_id"])
+    assert [name for name, _ in children] == ["label-dataset", "train-student", "label-dataset", "export-annotations"]
+    [links] = _artifacts_of([pipeline["flow_run_id"]])
+    assert links.key == "pseudo-label-and-train-steps" and links.type == "markdown"
+    rows = [line for line in links.data.splitlines() if line.startswith("| ") and "/runs/flow-run/" in line]
+    steps = ["teacher labels", "student training", "student labels", "COCO export"]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == steps
+    child_artifacts = _artifacts_of([run.id for _, run in children])
+    assert {"label-dataset-report", "train-student-report", "export-summary"} <= {a.key for a in child_artifacts}
+    for row, (_, run) in zip(rows, children, strict=True):
+        assert f"[{run.name}](" in row and f"/runs/flow-run/{run.id})" in row and "| Completed |" in row
+        mine = [a for a in child_artifacts if a.flow_run_id == run.id]
+        assert mine, row
+        for artifact in mine:  # each of the sub-run's artifacts, in its row, linked by id
+            assert f"/artifacts/artifact/{artifact.id})" in row, (artifact.key, row)
+
+
+def test_parent_run_links_a_failed_sub_run_and_the_training_loss_is_in_the_run_logs(
+    pipeline: dict[str, Any], tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    # The loss of the pipeline's training went to the train-student run's logs (its Prefect run logger).
+    APILogHandler().flush()  # the run logger sends its records in the background
+    [train_run] = [run for name, run in _child_runs(pipeline["flow_run_id"]) if name == "train-student"]
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[train_run.id])))
+    losses = [log.message for log in logs if " loss " in log.message]
+    assert [m.split(" loss ")[0] for m in losses] == [
+        f"round {0 if it <= 3 else 1} iteration {it}/6" for it in range(1, 7)
+    ], losses
+    assert all(float(m.split(" loss ")[1]) > 0 for m in losses)
+
+    # A pipeline whose training fails (its ground truth is missing) still links the sub-runs, the failed one too.
+    training = TrainingStep(
+        student=STUDENT,
+        schedule=SCHEDULE,
+        options=TrainOptions(device="cpu"),
+        ground_truth=GroundTruthSpec(url=str(tmp_path / "missing.json")),
+    )
+    state = pseudo_label_and_train(
+        str(pipeline["src"]), pipeline["out"], None, TINY_SPEC, KEEP_ALL, FAST, training, return_state=True
+    )
+    assert state.is_failed()
+    [links] = [a for a in _artifacts_of([state.state_details.flow_run_id]) if a.key == "pseudo-label-and-train-steps"]
+    rows = [line for line in links.data.splitlines() if "/runs/flow-run/" in line]
+    assert len(rows) == 2
+    assert rows[0].startswith("| teacher labels |") and "| Completed |" in rows[0]
+    assert rows[1].startswith("| student training |") and "| Failed |" in rows[1]
+    assert "storage" not in links.data  # Prefect's records of the failure's result are no artifacts to link
+
+
 def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path) -> None:
     """Source, dataset, checkpoints, metrics, ground truth and export on S3 (moto); the student's labels go
     into the teacher's own dataset under their own config hash."""
@@ -185,7 +272,8 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
             student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")
         )
         return pseudo_label_and_train(
-            f"s3://{bucket}/photos", out, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"), *export
+            f"s3://{bucket}/photos", out, None, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"),
+            *export,
         )
 
     result = run()

@@ -152,6 +152,66 @@ def test_label_studio_errors():
         import_label_studio([task(1, [{"result": [brush("a", "cat", np.ones((4, 6), bool))]}])], CATS)
 
 
+def test_label_studio_json_min_export_reads_like_the_json_export(tmp_path):
+    """Polygons, several annotations per task, an empty submission and an unannotated task, through
+    label-studio-sdk's own JSON -> JSON-MIN converter."""
+    from label_studio_sdk.converter import Converter
+
+    from maskclip_core.interchange.label_studio import labeling_config
+
+    h, w = 5, 6
+    ell = [[100 * x / w, 100 * y / h] for x, y in [(3, 0), (6, 0), (6, 4), (5, 4), (5, 1), (3, 1)]]
+    box = [[0.0, 0.0], [50.0, 0.0], [50.0, 100.0], [0.0, 100.0]]
+
+    def polygon(region_id, label, points):
+        value = {"points": points, "polygonlabels": [label], "closed": True}
+        return {"id": region_id, "type": "polygonlabels", "from_name": "tag", "to_name": "image", "value": value}
+
+    def sized(result):
+        return [{**r, "original_width": w, "original_height": h} for r in result]
+
+    tasks = [
+        task(
+            1,
+            [
+                {"id": 1, "result": sized([polygon("a", "cat", box)]), "created_at": "2024-05-01T00:00:00Z"},
+                {
+                    "id": 2,
+                    "result": sized([polygon("b", "cat", box), polygon("c", "grass", ell)]),
+                    "created_at": "2024-05-02T00:00:00Z",
+                    "updated_at": "2024-05-02T00:00:00Z",
+                    "completed_by": 5,
+                },
+            ],
+        ),
+        task(2, []),
+        task(3, [{"id": 3, "result": [], "created_at": "2024-05-03T00:00:00Z"}]),
+    ]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    converter = Converter(labeling_config(CATS, mode="polygon"), str(tmp_path))
+    converter.convert_to_json_min(str(tmp_path / "export.json"), str(tmp_path / "min"), is_dir=False)
+    records = json.loads((tmp_path / "min" / "result.json").read_text())
+    assert len(records) == 4 and all("data" not in r for r in records)  # one record per annotation
+
+    from_min = {r.image_id: r for r in import_label_studio(str(tmp_path / "min" / "result.json"), CATS)}
+    from_json = {r.image_id: r for r in import_label_studio(tasks, CATS)}
+    assert sorted(from_min) == sorted(from_json) == [1, 3]
+    for image_id, review in from_json.items():
+        np.testing.assert_array_equal(from_min[image_id].label_map, review.label_map)
+        assert from_min[image_id].reviewed_at == review.reviewed_at and from_min[image_id].sha256 == "abc"
+    assert from_min[1].reviewer == "5" and set(np.unique(from_min[1].label_map)) == {3, 7, 255}
+    assert (from_min[3].label_map == 255).all()  # submitted with nothing drawn
+
+
+def test_label_studio_refuses_what_is_no_export():
+    with pytest.raises(ValueError, match="neither `data` nor `annotation_id`.*export the project as JSON"):
+        import_label_studio([{"image": "x.jpg", "label": "cat"}], CATS)
+    with pytest.raises(ValueError, match="item 0 is a int"):
+        import_label_studio([1, 2], CATS)
+    single = task(1, [{"result": [brush("a", "cat", np.ones((5, 6), bool))]}])
+    assert len(import_label_studio(single, CATS)) == 1  # a one-task export is a bare object
+
+
 def test_label_studio_corrections_on_real_images(sample, tmp_path):
     categories, images = sample
     images = images[:4]
@@ -270,3 +330,14 @@ def test_evaluate_small_known_case():
         evaluate_against_reviewed({1: np.array([[5]], np.uint8)}, {1: np.array([[3]], np.uint8)}, CATS)
     with pytest.raises(ValueError, match="shape"):
         evaluate_against_reviewed({1: np.zeros((2, 2), np.uint8) + 3}, {1: np.zeros((2, 3), np.uint8) + 3}, CATS)
+
+
+def test_evaluate_fully_annotated_scores_unannotated_pixels_as_no_class():
+    pred = {1: np.array([[3, 3, 7], [7, 7, 255]], np.uint8)}
+    target = {1: np.array([[3, 255, 7], [255, 255, 255]], np.uint8)}
+    default = evaluate_against_reviewed(pred, target, CATS)
+    assert default["per_class_iou"] == {"cat": 1.0, "grass": 1.0} and default["pixel_accuracy"] == 1.0
+    full = evaluate_against_reviewed(pred, target, CATS, fully_annotated=True)
+    # cat: tp 1, fp 1 (on no class) -> 1/2; grass: tp 1, fp 2 -> 1/3; right: 3 px of 6 (no class at [1, 2])
+    assert full["per_class_iou"] == {"cat": pytest.approx(1 / 2), "grass": pytest.approx(1 / 3)}
+    assert full["miou"] == pytest.approx((1 / 2 + 1 / 3) / 2) and full["pixel_accuracy"] == pytest.approx(3 / 6)

@@ -35,26 +35,32 @@ def regions_of(labels: np.ndarray, names: list[str] | None = None) -> list[Regio
 # --- ids -----------------------------------------------------------------------------------------
 
 
-def test_stable_id_is_first_63_bits_of_sha256() -> None:
-    expected = int.from_bytes(hashlib.sha256(b"lab-1\x1f7").digest()[:8], "big") >> 1
-    assert stable_id("lab-1", 7) == expected
+def test_stable_id_is_first_53_bits_of_sha256() -> None:
+    first64 = int.from_bytes(hashlib.sha256(b"lab-1\x1f7").digest()[:8], "big")
+    assert stable_id("lab-1", 7) == first64 >> 11
     assert stable_id("lab-1", 7) == stable_id("lab-1", "7")
+    assert stable_id("lab-1", 7, bits=63) == first64 >> 1  # datasets of format 1 and 2
 
 
 def test_stable_id_range_and_separation() -> None:
     ids = {stable_id("labeling", i) for i in range(5000)}
     assert len(ids) == 5000
-    assert all(0 <= i < 2**63 for i in ids)
+    assert all(0 <= i < 2**53 for i in ids)  # exact as a JavaScript Number
+    assert all(float(i) == i for i in ids)
     assert stable_id("ab", "c") != stable_id("a", "bc")
     assert stable_id("a", "b") != stable_id("b", "a")
 
 
 def test_image_id_from_sha256() -> None:
     digest = hashlib.sha256(b"image bytes").hexdigest()
-    assert image_id_from_sha256(digest) == int(digest[:16], 16) >> 1
-    assert image_id_from_sha256("f" * 64) == 2**63 - 1
+    assert image_id_from_sha256(digest) == int(digest[:16], 16) >> 11
+    assert image_id_from_sha256("f" * 64) == 2**53 - 1  # Number.MAX_SAFE_INTEGER
+    assert image_id_from_sha256("f" * 64, 63) == 2**63 - 1
+    assert image_id_from_sha256(digest, 63) == int(digest[:16], 16) >> 1
     with pytest.raises(ValueError):
         image_id_from_sha256("abc")
+    with pytest.raises(ValueError, match="1..63 bits"):
+        image_id_from_sha256(digest, 64)
 
 
 # --- encoding ---------------------------------------------------------------------------------------

@@ -68,3 +68,6 @@ def test_offline_download_failure_names_the_local_checkpoint_fix(monkeypatch):
         load_clip("ViT-B-16", "openai", device="cpu")
     message = str(info.value)
     assert "--pretrained /path/to/ViT-B-16.pt" in message and "--pretrained none" in message
+    # deployment runs have no command line: the message names the parameter of the Run form too
+    assert "labeler.config.pretrained=/path/to/ViT-B-16.pt" in message
+    assert '--param labeler=\'{"config": {"pretrained": "/path/to/ViT-B-16.pt"}}\'' in message

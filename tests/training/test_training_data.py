@@ -296,7 +296,7 @@ def test_clean_samples_stay_in_every_self_training_round(monkeypatch) -> None:
 
     seen = []
 
-    def fake_steps(model, optimizer, source, config, round_index, start, end, device) -> None:
+    def fake_steps(model, optimizer, source, config, round_index, start, end, device, logger) -> None:
         seen.append((round_index, len(source), source[len(source) - 1].labels.copy()))
 
     monkeypatch.setattr(train_module, "_train_steps", fake_steps)
