@@ -35,7 +35,7 @@ def png(seed: int) -> bytes:
 
 
 def run(source: Path, output: str) -> dict[str, Any]:
-    state = label_dataset(str(source), output, TINY_SPEC, KEEP_ALL, FAST, return_state=True)
+    state = label_dataset(str(source), output, labeler=TINY_SPEC, filters=KEEP_ALL, options=FAST, return_state=True)
     assert state.is_completed(), state.result(raise_on_failure=False)
     return state.result()
 
