@@ -98,8 +98,9 @@ _SCLIP_SUITES: dict[str, dict[str, Any]] = {
     "cityscapes": {"short_side": 560},
     "coco-stuff": {"short_side": 448},
 }
+_SCLIP_DEFAULTS = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
 CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
-    "sclip": (SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip"), _SCLIP_SUITES),
+    "sclip": (_SCLIP_DEFAULTS, _SCLIP_SUITES),
     "clearclip": (
         SuiteSettings(448, 448, 224, 50.0, 0.0, "proxyclip"),
         {
@@ -110,7 +111,7 @@ CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
         },
     ),
     "naclip": (
-        SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip"),
+        _SCLIP_DEFAULTS,
         {
             "voc21": {"prob_threshold": 0.1, "crop": None},
             "voc20": {"crop": None},
