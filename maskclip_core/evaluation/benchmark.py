@@ -198,6 +198,11 @@ def _method(
     defaults, per_suite = CONFIGS[configs]
     own = extras.get("per_suite", {})
     merged = {s: {**per_suite.get(s, {}), **own.get(s, {})} for s in {*per_suite, *own}}
+    # A misspelt suite or setting would otherwise be ignored silently (or fail only when that suite runs).
+    unknown = [s for s in merged if s not in SUITE_NAMES]
+    unknown += [f"{s}.{k}" for s, fields in merged.items() for k in fields if k not in SuiteSettings.__annotations__]
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown suites or settings {unknown}")
     return MethodProtocol(
         name,
         title,
