@@ -15,8 +15,9 @@ side with the rest. ``speed_vs_maskclip`` = labeler images/s / MaskCLIP images/s
 slower), with the range of the ratios per call (``--batch`` photos). Before timing, each labeler labels one
 448 x 448 crop (text classifier, allocator, per-shape caches).
 
-Memory: peak resident memory (ru_maxrss) of a fresh process that loads only what the labeler needs and labels
-the first ``--memory-images`` photos; ``loaded_rss_mb`` is its resident memory before the first photo.
+Memory: peak resident memory (VmHWM) of a fresh process that loads only what the labeler needs and labels the
+first ``--memory-images`` photos (on CUDA also its peak allocated GPU memory); ``loaded_rss_mb`` is its resident
+memory before the first photo.
 
 Prints JSON (and writes it to ``--out`` after every photo, so a long run that is stopped keeps its numbers).
 """
@@ -129,9 +130,13 @@ def memory_worker(name: str, args: argparse.Namespace) -> dict[str, float]:
     images = load_images(args.images, args.memory_images)
     labeler = Models(args.device, TextClassifierCache(args.text_cache)).labeler(name)
     loaded = _resident_mb()
+    cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
     for start in range(0, len(images), args.batch):
         labeler.label(images[start : start + args.batch])
-    return {"loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb()}
+    out = {"loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb()}
+    if cuda:  # the models and the working tensors live on the GPU there
+        out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def measure_memory(name: str, args: argparse.Namespace, text_cache: str) -> dict[str, float]:
