@@ -182,6 +182,12 @@ def write_json(path: Path, report: dict) -> None:
 
 
 def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-labelers-text-") as text_cache:
+        run(text_cache)
+
+
+def run(text_cache: str) -> None:
+    """The benchmark; ``text_cache`` holds the text classifier, encoded once and read by the memory workers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_image_arguments(parser)
     parser.add_argument("--device", default=None, help="default: CUDA when present")
@@ -202,7 +208,6 @@ def main() -> None:
     images = load_images(args.images, args.limit)
     available = len(list(args.images.glob("*.jpg")))
     names = [REFERENCE, *[n for n in (args.only or LABELERS) if n != REFERENCE]]
-    text_cache = tempfile.mkdtemp(prefix="bench-labelers-text-")
     models = Models(args.device, TextClassifierCache(text_cache))
     labelers = {name: models.labeler(name) for name in names}  # the text classifier is encoded once, here
     device = models.clip.device
