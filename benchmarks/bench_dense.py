@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,21 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from maskclip_core.labeling.decode import decode_image  # noqa: E402
+from _common import VOC, add_image_arguments, device_name, load_images, machine, peak_rss_mb  # noqa: E402
+
 from maskclip_core.teacher.clip_loader import load_clip  # noqa: E402
 from maskclip_core.teacher.dense import image_embedding  # noqa: E402
 from maskclip_core.teacher.labeler import MaskCLIPLabeler  # noqa: E402
 from maskclip_core.teacher.vocabulary import Vocabulary  # noqa: E402
 from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
-
-IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
-VOC = (
-    "aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, "
-    "person, potted plant, sheep, sofa, train, tv monitor"
-)
 
 
 def bare_windows(labeler: MaskCLIPLabeler, images: list[np.ndarray]) -> list[torch.Tensor]:
@@ -88,19 +80,14 @@ def write_profile(labeler: MaskCLIPLabeler, images: list[np.ndarray], batch: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=IMAGES)
-    parser.add_argument("--limit", type=int, default=100)
+    add_image_arguments(parser)
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
     parser.add_argument("--window-batch", type=int, default=8, help="windows per encoder forward")
     parser.add_argument("--profile", type=Path, default=None, help="also write a torch.profiler table here")
     args = parser.parse_args()
-    if not args.images.is_dir():
-        sys.exit(f"no images at {args.images} (the shared COCO sample must sit beside the repo)")
-
-    paths = sorted(args.images.glob("*.jpg"))[: args.limit]
-    images = [decode_image(p.read_bytes()).rgb for p in paths]
+    images = load_images(args.images, args.limit)
     bundle = load_clip(args.model, "none", device=args.device)
     labeler = MaskCLIPLabeler(bundle, Vocabulary.parse(VOC), InferenceConfig(window_batch=args.window_batch))
     labeler.label([images[0]])  # warm-up: allocator, kernels
@@ -129,10 +116,10 @@ def main() -> None:
             {
                 "benchmark": "bench_dense",
                 "model": args.model,
-                "device": torch.cuda.get_device_name(bundle.device) if bundle.device.type == "cuda" else "cpu",
+                "device": device_name(bundle.device),
                 "half_precision_autocast": bundle.device.type == "cuda",
                 "window_batch": args.window_batch,
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+                "machine": machine(),
                 "images": len(images),
                 "windows": n_windows,
                 "classes": len(labeler.class_names),
@@ -141,7 +128,7 @@ def main() -> None:
                 "images_per_second": round(len(images) / t_label, 3),
                 "ratio_labeler_to_bare_forward": round(t_label / t_bare, 3),
                 "target_ratio": 1.15,
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": peak_rss_mb(),
             },
             indent=2,
         )

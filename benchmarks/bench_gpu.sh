@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command on a CUDA machine: images/s of the MaskCLIP teacher and of the MaskCLIP+ students, as JSON.
+# One command on a CUDA machine: images/s of the MaskCLIP teacher, of the MaskCLIP+ students and of every
+# training-free labeler relative to MaskCLIP (bench_labelers), as JSON.
 #
 #   benchmarks/bench_gpu.sh                    # the COCO sample beside the repo (../shared/data/coco-sample)
 #   IMAGES=/data/photos benchmarks/bench_gpu.sh  # any folder of .jpg files
@@ -28,3 +29,4 @@ $PY benchmarks/bench_dense.py --device cuda --images "$IMAGES" --limit "$LIMIT" 
     --window-batch "$WINDOW_BATCH"
 $PY benchmarks/bench_student.py --device cuda --images "$IMAGES" --limit "$LIMIT" --batch "$BATCH" \
     --variants light,resnet18,resnet50,resnet101_v2 --student-precision both
+$PY benchmarks/bench_labelers.py --device cuda --images "$IMAGES" --limit "$LIMIT" --batch "$BATCH"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,50 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import STUDENT_VARIANTS as VARIANTS  # noqa: E402
+from _common import VOC, add_image_arguments, load_images, machine, peak_rss_mb, random_student  # noqa: E402
 
 from maskclip_core.device import default_device  # noqa: E402
-from maskclip_core.labeling.decode import decode_image  # noqa: E402
-from maskclip_core.student import (  # noqa: E402
-    AugmentConfig,
-    ClassVocabulary,
-    StudentConfig,
-    StudentLabeler,
-    build_student,
-    make_batch,
-)
+from maskclip_core.student import AugmentConfig, StudentLabeler, make_batch  # noqa: E402
 
-IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
-VOC = (
-    "aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, "
-    "person, potted plant, sheep, sofa, train, tv monitor"
-)
-EMBED_DIM = 512  # ViT-B/16's joint embedding dimension
 SHORT_SIDE = 448  # teacher and students label at the same resolution
-VARIANTS = {
-    name: StudentConfig(
-        embed_dim=EMBED_DIM,
-        backbone=backbone,
-        output_stride=stride,
-        head=head,
-        head_channels=channels,
-        backbone_weights="none",
-    )
-    for name, backbone, stride, head, channels in [
-        ("light", "mobilenet_v3_large", 16, "deeplabv3", 256),
-        ("resnet18", "resnet18", 16, "deeplabv3", 256),
-        ("resnet50", "resnet50", 8, "deeplabv3", 256),
-        ("resnet101_v2", "resnet101", 8, "deeplabv2", 512),  # MaskCLIP+'s own student
-    ]
-}
-
-
-def _student(variant: str, device: str) -> torch.nn.Module:
-    names = tuple(c.strip() for c in VOC.split(","))
-    torch.manual_seed(0)
-    text = torch.randn(len(names), EMBED_DIM)
-    return build_student(VARIANTS[variant], text, ClassVocabulary(names)).to(device)
 
 
 def _throughput(label, images: list[np.ndarray], batch: int, passes: int) -> dict:
@@ -115,7 +78,7 @@ def _teacher(device: str):
 
 def train_step_worker(variant: str, device: str, crop: int, batch: int) -> dict:
     """One SGD iteration after a warm-up one; run in a fresh process so that peak RSS is this step's."""
-    model = _student(variant, device).train()
+    model = random_student(variant, device).train()
     rng = np.random.default_rng(0)
     samples = [
         (rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), rng.integers(0, 20, (480, 640), dtype=np.uint8))
@@ -133,7 +96,7 @@ def train_step_worker(variant: str, device: str, crop: int, batch: int) -> dict:
         opt.step()
 
     step(0)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -144,9 +107,8 @@ def train_step_worker(variant: str, device: str, crop: int, batch: int) -> dict:
     out = {"seconds": round(time.perf_counter() - start, 2)}
     if device.startswith("cuda"):
         out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["peak_rss_mb"] = round(rss, 1)
-    out["peak_rss_mb_before_timed_step"] = round(rss_before, 1)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb_before_timed_step"] = rss_before
     return out
 
 
@@ -159,8 +121,7 @@ def _train_step(variant: str, device: str, crop: int, batch: int, threads: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=IMAGES)
-    parser.add_argument("--limit", type=int, default=100)
+    add_image_arguments(parser)
     parser.add_argument("--variants", default="light,resnet50", help=f"comma separated, of {list(VARIANTS)}")
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--batch", type=int, default=4, help="images per labeler call")
@@ -180,10 +141,7 @@ def main() -> None:
     if args.train_step_worker:
         print(json.dumps(train_step_worker(args.train_step_worker, args.device, args.crop, args.train_batch)))
         return
-    if not args.images.is_dir():
-        sys.exit(f"no images at {args.images} (the shared COCO sample must sit beside the repo)")
-    paths = sorted(args.images.glob("*.jpg"))[: args.limit]
-    images = [decode_image(p.read_bytes()).rgb for p in paths]
+    images = load_images(args.images, args.limit)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
     passes = args.passes or (2 if args.device.startswith("cuda") else 1)
@@ -200,7 +158,7 @@ def main() -> None:
         }
     for variant in variants:
         for half in precisions:
-            model = _student(variant, args.device)
+            model = random_student(variant, args.device)
             labeler = StudentLabeler(
                 model, short_side=SHORT_SIDE, batch_size=8, device=args.device, half_precision=half
             )
@@ -225,7 +183,7 @@ def main() -> None:
     result = {
         "benchmark": "bench_student",
         "device": args.device,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads",
+        "machine": machine(),
         "images": len(images),
         "short_side": SHORT_SIDE,
         "classes": len(VOC.split(",")),

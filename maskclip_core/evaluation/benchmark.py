@@ -88,7 +88,9 @@ class MethodProtocol:
 
 
 NO_REFINEMENTS = {"key_smoothing": False, "prompt_denoising": False}
-# SCLIP's configs (the protocol NACLIP and ClearCLIP / ProxyCLIP tables reuse): background at prob < 0.1.
+
+# Each repository's evaluation configs: its defaults and its per-suite overrides. SCLIP's are also where the
+# successors' tables evaluate MaskCLIP (and NACLIP starts from them): background at prob < 0.1.
 _SCLIP_SUITES: dict[str, dict[str, Any]] = {
     "voc21": {"prob_threshold": 0.1},
     "context60": {"prob_threshold": 0.1},
@@ -96,105 +98,125 @@ _SCLIP_SUITES: dict[str, dict[str, Any]] = {
     "cityscapes": {"short_side": 560},
     "coco-stuff": {"short_side": 448},
 }
-
-METHODS: dict[str, MethodProtocol] = {
-    m.name: m
-    for m in (
-        MethodProtocol(
-            "maskclip",
-            "MaskCLIP (Zhou et al., ECCV 2022), no key smoothing / prompt denoising",
-            "SCLIP's configs, where the successors' tables evaluate MaskCLIP",
-            inference={"attention": "maskclip", **NO_REFINEMENTS},
-            per_suite=_SCLIP_SUITES,
-            published_average=30.3,
-        ),
-        MethodProtocol(
-            "maskclip-kspd",
-            "MaskCLIP with key smoothing and prompt denoising",
-            "SCLIP's configs; MaskCLIP's refinements on",
-            inference={"attention": "maskclip", "key_smoothing": True, "prompt_denoising": True},
-            per_suite=_SCLIP_SUITES,
-        ),
-        MethodProtocol(
-            "sclip",
-            "SCLIP (Wang et al., ECCV 2024)",
-            "wangf3014/SCLIP configs/cfg_*.py (area_thd on VOC21 not applied)",
-            inference={"attention": "sclip", **NO_REFINEMENTS},
-            per_suite={
-                **_SCLIP_SUITES,
-                "voc21": {"prob_threshold": 0.1, "logit_scale": 65.0},
-                "context60": {"prob_threshold": 0.1, "logit_scale": 50.0},
-                "coco-object": {"prob_threshold": 0.1, "logit_scale": 50.0},
-            },
-            published_average=38.2,
-        ),
-        MethodProtocol(
-            "clearclip",
-            "ClearCLIP (Lan et al., ECCV 2024)",
-            "mc-lan/ClearCLIP configs/cfg_*.py and segmentor defaults (448 windows, stride 224, logit scale 50)",
-            inference={"attention": "clearclip", **NO_REFINEMENTS},
-            defaults=SuiteSettings(448, 448, 224, 50.0, 0.0, "proxyclip"),
-            per_suite={
-                "voc21": {"prob_threshold": 0.5},
-                "context60": {"prob_threshold": 0.15},
-                "coco-object": {"prob_threshold": 0.4},
-                "cityscapes": {"crop": 224},
-            },
-            published_average=38.1,
-        ),
-        MethodProtocol(
-            "naclip",
-            "NACLIP (Hajimiri et al., WACV 2025), without PAMR",
-            "sinahmr/NACLIP configs/cfg_*.py and segmentor defaults (VOC whole image, PAMR off)",
-            inference={"attention": "naclip", **NO_REFINEMENTS},
-            per_suite={
-                "voc21": {"prob_threshold": 0.1, "crop": None},
-                "voc20": {"crop": None},
-                "context60": {"prob_threshold": 0.1},
-                "coco-object": {"prob_threshold": 0.1},
-                "cityscapes": {"short_side": 560},
-            },
-            published_average=39.4,
-        ),
-        MethodProtocol(
-            "naclip-pamr",
-            "NACLIP with PAMR (10 iterations, dilations 8 and 16), its repository's default",
-            "sinahmr/NACLIP as above, PAMR on (ours refines each window before stitching; NACLIP the whole image)",
-            inference={"attention": "naclip", **NO_REFINEMENTS, "pamr": True, "pamr_iterations": 10},
-            per_suite={
-                "voc21": {"prob_threshold": 0.1, "crop": None},
-                "voc20": {"crop": None},
-                "context60": {"prob_threshold": 0.1},
-                "coco-object": {"prob_threshold": 0.1},
-                "cityscapes": {"short_side": 560},
-            },
-        ),
-        MethodProtocol(
-            "proxyclip",
-            "ProxyCLIP (Lan et al., ECCV 2024), DINO ViT-B/8 proxy",
-            "mc-lan/ProxyCLIP configs/cfg_*.py and segmentor defaults (336 windows, stride 112, beta 1.2, gamma 3)",
-            # The proxy's attention replaces the last block's, so the attention mode stays at CLIP's value path.
-            inference={"attention": "maskclip", **NO_REFINEMENTS},
-            labeler_options={"proxy": "dino_vitb8"},
-            defaults=SuiteSettings(336, 336, 112, 40.0, 0.0, "proxyclip"),
-            per_suite={
-                "voc21": {"prob_threshold": 0.2},
-                "context60": {"prob_threshold": 0.15},
-                "coco-object": {"prob_threshold": 0.25},
-                "ade20k": {"short_side": 448},
-                "cityscapes": {"short_side": 448, "crop": 224},
-            },
-            published_average=42.3,
-        ),
-        MethodProtocol(
-            "student",
-            "A MaskCLIP+ student checkpoint (its classifier re-pointed at each suite's classes)",
-            "the maskclip protocol's sizes and thresholds",
-            labeler="student",
-            per_suite=_SCLIP_SUITES,
-        ),
-    )
+_SCLIP_DEFAULTS = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
+CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
+    "sclip": (_SCLIP_DEFAULTS, _SCLIP_SUITES),
+    "clearclip": (
+        SuiteSettings(448, 448, 224, 50.0, 0.0, "proxyclip"),
+        {
+            "voc21": {"prob_threshold": 0.5},
+            "context60": {"prob_threshold": 0.15},
+            "coco-object": {"prob_threshold": 0.4},
+            "cityscapes": {"crop": 224},
+        },
+    ),
+    "naclip": (
+        _SCLIP_DEFAULTS,
+        {
+            "voc21": {"prob_threshold": 0.1, "crop": None},
+            "voc20": {"crop": None},
+            "context60": {"prob_threshold": 0.1},
+            "coco-object": {"prob_threshold": 0.1},
+            "cityscapes": {"short_side": 560},
+        },
+    ),
+    "proxyclip": (
+        SuiteSettings(336, 336, 112, 40.0, 0.0, "proxyclip"),
+        {
+            "voc21": {"prob_threshold": 0.2},
+            "context60": {"prob_threshold": 0.15},
+            "coco-object": {"prob_threshold": 0.25},
+            "ade20k": {"short_side": 448},
+            "cityscapes": {"short_side": 448, "crop": 224},
+        },
+    ),
 }
+# SCLIP's own temperatures where they differ from its shared configs.
+_SCLIP_LOGIT_SCALES = {
+    "voc21": {"logit_scale": 65.0},
+    "context60": {"logit_scale": 50.0},
+    "coco-object": {"logit_scale": 50.0},
+}
+
+# One row per method: name, title, configs (a CONFIGS key), where its settings are read from, inference
+# fields (attention mode, refinements), published eight-suite average (ViT-B/16, percent), and extras
+# (labeler kind, other LabelerConfig fields, per-suite overrides on top of the configs').
+_METHOD_TABLE: tuple[tuple[str, str, str, str, dict[str, Any], float | None, dict[str, Any]], ...] = (
+    (
+        "maskclip", "MaskCLIP (Zhou et al., ECCV 2022), no key smoothing / prompt denoising", "sclip",
+        "SCLIP's configs, where the successors' tables evaluate MaskCLIP",
+        {"attention": "maskclip", **NO_REFINEMENTS}, 30.3, {},
+    ),
+    (
+        "maskclip-kspd", "MaskCLIP with key smoothing and prompt denoising", "sclip",
+        "SCLIP's configs; MaskCLIP's refinements on",
+        {"attention": "maskclip", "key_smoothing": True, "prompt_denoising": True}, None, {},
+    ),
+    (
+        "sclip", "SCLIP (Wang et al., ECCV 2024)", "sclip",
+        "wangf3014/SCLIP configs/cfg_*.py (area_thd on VOC21 not applied)",
+        {"attention": "sclip", **NO_REFINEMENTS}, 38.2, {"per_suite": _SCLIP_LOGIT_SCALES},
+    ),
+    (
+        "clearclip", "ClearCLIP (Lan et al., ECCV 2024)", "clearclip",
+        "mc-lan/ClearCLIP configs/cfg_*.py and segmentor defaults (448 windows, stride 224, logit scale 50)",
+        {"attention": "clearclip", **NO_REFINEMENTS}, 38.1, {},
+    ),
+    (
+        "naclip", "NACLIP (Hajimiri et al., WACV 2025), without PAMR", "naclip",
+        "sinahmr/NACLIP configs/cfg_*.py and segmentor defaults (VOC whole image, PAMR off)",
+        {"attention": "naclip", **NO_REFINEMENTS}, 39.4, {},
+    ),
+    (
+        "naclip-pamr", "NACLIP with PAMR (10 iterations, dilations 8 and 16), its repository's default", "naclip",
+        "sinahmr/NACLIP as above, PAMR on (ours refines each window before stitching; NACLIP the whole image)",
+        {"attention": "naclip", **NO_REFINEMENTS, "pamr": True, "pamr_iterations": 10}, None, {},
+    ),
+    (
+        # The proxy's attention replaces the last block's, so the attention mode stays at CLIP's value path.
+        "proxyclip", "ProxyCLIP (Lan et al., ECCV 2024), DINO ViT-B/8 proxy", "proxyclip",
+        "mc-lan/ProxyCLIP configs/cfg_*.py and segmentor defaults (336 windows, stride 112, beta 1.2, gamma 3)",
+        {"attention": "maskclip", **NO_REFINEMENTS}, 42.3, {"labeler_options": {"proxy": "dino_vitb8"}},
+    ),
+    (
+        "student", "A MaskCLIP+ student checkpoint (its classifier re-pointed at each suite's classes)", "sclip",
+        "the maskclip protocol's sizes and thresholds",
+        {}, None, {"labeler": "student"},
+    ),
+)  # fmt: skip
+
+
+def _method(
+    name: str,
+    title: str,
+    configs: str,
+    source: str,
+    inference: dict[str, Any],
+    published: float | None,
+    extras: dict[str, Any],
+) -> MethodProtocol:
+    defaults, per_suite = CONFIGS[configs]
+    own = extras.get("per_suite", {})
+    merged = {s: {**per_suite.get(s, {}), **own.get(s, {})} for s in {*per_suite, *own}}
+    # A misspelt suite or setting would otherwise be ignored silently (or fail only when that suite runs).
+    unknown = [s for s in merged if s not in SUITE_NAMES]
+    unknown += [f"{s}.{k}" for s, fields in merged.items() for k in fields if k not in SuiteSettings.__annotations__]
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown suites or settings {unknown}")
+    return MethodProtocol(
+        name,
+        title,
+        source,
+        labeler=extras.get("labeler", "maskclip"),
+        inference=inference,
+        labeler_options=extras.get("labeler_options", {}),
+        defaults=defaults,
+        per_suite=merged,
+        published_average=published,
+    )
+
+
+METHODS: dict[str, MethodProtocol] = {row[0]: _method(*row) for row in _METHOD_TABLE}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 

@@ -1,0 +1,27 @@
+"""The method table: rows are checked when they are built, and each method inherits its repository's configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskclip_core.evaluation.benchmark import CONFIGS, METHODS, _method
+
+
+def test_a_misspelt_suite_or_setting_in_a_row_fails_at_once() -> None:
+    row = ("m", "title", "sclip", "source", {"attention": "maskclip"}, None)
+    assert _method(*row, {"per_suite": {"voc21": {"logit_scale": 9.0}}}).settings("voc21").logit_scale == 9.0
+    with pytest.raises(ValueError, match=r"unknown suites or settings \['voc-21'\]"):
+        _method(*row, {"per_suite": {"voc-21": {"logit_scale": 9.0}}})
+    with pytest.raises(ValueError, match=r"\['voc21.logit'\]"):
+        _method(*row, {"per_suite": {"voc21": {"logit": 9.0}}})
+
+
+def test_own_overrides_merge_over_the_configs_per_setting() -> None:
+    sclip, maskclip = METHODS["sclip"].settings("voc21"), METHODS["maskclip"].settings("voc21")
+    assert (sclip.logit_scale, sclip.prob_threshold) == (65.0, 0.1)  # its own scale, the configs' threshold
+    assert (maskclip.logit_scale, maskclip.prob_threshold) == (40.0, 0.1)
+    # Methods on the same configs share every setting the method does not override.
+    defaults, per_suite = CONFIGS["naclip"]
+    for name in ("naclip", "naclip-pamr"):
+        assert METHODS[name].defaults == defaults and dict(METHODS[name].per_suite) == per_suite
+    assert METHODS["naclip-pamr"].inference == {**METHODS["naclip"].inference, "pamr": True, "pamr_iterations": 10}
