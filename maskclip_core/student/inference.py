@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from maskclip_core.student.model import StudentNet
 from maskclip_core.student.preprocess import image_to_tensor, network_size, normalize, resize_image
-from maskclip_core.types import SegmentationResult
+from maskclip_core.types import SegmentationResult, label_dtype
 
 
 def _batches(sizes: list[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:
@@ -30,7 +30,8 @@ def _result(logits: torch.Tensor, size: tuple[int, int], class_names: tuple[str,
     probs = up.softmax(dim=0)
     confidence, labels = probs.max(dim=0)
     return SegmentationResult(
-        labels=labels.cpu().numpy().astype(np.int64),
+        # Narrowed on the device: 8x fewer bytes to copy back and to hold than int64.
+        labels=labels.to(getattr(torch, label_dtype(len(class_names)).name)).cpu().numpy(),
         confidence=confidence.cpu().numpy().astype(np.float32),
         class_scores=probs.amax(dim=(1, 2)).cpu().numpy().astype(np.float32),
         dropped=np.zeros(len(class_names), dtype=bool),

@@ -15,11 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.profiler import record_function
 
 from maskclip_core.teacher.dense import AttentionMode, dense_features, describe_attention_modes
+from maskclip_core.teacher.fast_paths import (
+    PRECISION_HELP,
+    Precision,
+    autocast_dtype,
+    check_precision,
+    compiled,
+    quantised_copy,
+)
 from maskclip_core.teacher.pamr import pamr
 from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, padding_multiple, proxy_dense_features
 from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep, suppress_classes
 from maskclip_core.teacher.text_classifier import TextClassifier
-from maskclip_core.types import SegmentationResult
+from maskclip_core.types import SegmentationResult, label_dtype
 
 
 class InferenceConfig(BaseModel):
@@ -43,6 +51,8 @@ class InferenceConfig(BaseModel):
     prompt_denoising: bool = True
     prompt_denoising_threshold: float = Field(0.5, ge=0, le=1, description="Drop classes whose max prob is below")
     half_precision: bool = Field(True, description="fp16 autocast for the encoder on CUDA (ignored on CPU)")
+    precision: Precision = Field("fp32", description=PRECISION_HELP)
+    compile: bool = Field(False, description="torch.compile the encoder (slow first call per window shape)")
     pamr: bool = Field(False, description="PAMR: refine each window's probabilities along colour edges")
     pamr_iterations: int = Field(10, ge=1, le=100, description="PAMR iterations")
     pamr_dilations: tuple[int, ...] = Field((8, 16), min_length=1, description="PAMR neighbourhood dilations (px)")
@@ -60,7 +70,9 @@ class InferenceConfig(BaseModel):
     def identity(self, *, proxy: bool = False) -> dict:
         """The settings that determine labels, for config hashes: speed-only settings left out, and so are
         the options of refinements that are off (adding an option never changes existing hashes)."""
-        data = self.model_dump(mode="json", exclude={"window_batch", "half_precision"})
+        data = self.model_dump(mode="json", exclude={"window_batch", "half_precision", "compile"})
+        if self.precision == "fp32":
+            data.pop("precision")  # the default: hashes from before the option existed stay valid
         if not self.pamr:
             for name in ("pamr", "pamr_iterations", "pamr_dilations"):
                 data.pop(name)
@@ -168,6 +180,11 @@ class DensePredictor:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._normalisation = (tuple(mean), tuple(std))
+        is_vit = hasattr(getattr(model, "visual", model), "transformer")
+        check_precision(self.config.precision, self.device, is_vit=is_vit)
+        self.encoder = quantised_copy(model) if self.config.precision == "int8" else model
+        self._autocast = autocast_dtype(self.config.precision, self.device, self.config.half_precision)
+        self._label_dtype = getattr(torch, label_dtype(classifier.num_classes).name)
 
     # -- steps ---------------------------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -203,25 +220,34 @@ class DensePredictor:
             crop = F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1]))
             groups[(ph, pw)].append((win, crop))
         cfg = self.config
-        autocast = self.device.type == "cuda" and cfg.half_precision
+        dense = self._dense_function()
+        dtype, autocast = self._autocast or torch.float16, self._autocast is not None
         for items in groups.values():
             for start in range(0, len(items), cfg.window_batch):
                 chunk = items[start : start + cfg.window_batch]
                 batch = torch.stack([c for _, c in chunk])
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=autocast):
-                    features, keys = self._dense(batch)
+                with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=autocast):
+                    features, keys = dense(batch)
                 logits = self.classifier.cosine(features.float()) * cfg.logit_scale
                 for i, (win, _) in enumerate(chunk):
                     gh, gw = win.grid
                     win.logits = logits[i, :, :gh, :gw]
                     win.keys = keys[i, :, :gh, :gw].float() if cfg.key_smoothing else None
 
+    def _dense_function(self):
+        if not self.config.compile:
+            return self._dense
+        cfg = self.config
+        proxy = None if self.proxy is None else id(self.proxy.model)
+        key = (cfg.attention, proxy, self._normalisation, cfg.proxy_beta, cfg.proxy_gamma)
+        return compiled(self.encoder, key, lambda: self._dense)
+
     def _dense(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         if self.proxy is None:
-            return dense_features(self.model, batch, cfg.attention)
+            return dense_features(self.encoder, batch, cfg.attention)
         return proxy_dense_features(
-            self.model, batch, self.proxy, self._normalisation, beta=cfg.proxy_beta, gamma=cfg.proxy_gamma
+            self.encoder, batch, self.proxy, self._normalisation, beta=cfg.proxy_beta, gamma=cfg.proxy_gamma
         )
 
     def _refine_windows(self, windows: list[_Window], num_images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -278,7 +304,7 @@ class DensePredictor:
             canvas[:, y0:y1, x0:x1] += up[0]
             count[:, y0:y1, x0:x1] += 1
             win.probs = None
-        return canvas / count
+        return canvas.div_(count)  # in place: one K x H x W buffer fewer
 
     # -- entry point ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -295,18 +321,36 @@ class DensePredictor:
             # One transfer for the whole batch instead of two per image.
             class_max_np = class_max.cpu().numpy()
             dropped = ~keep.cpu().numpy() if keep is not None else np.zeros(class_max_np.shape, dtype=bool)
-        results = []
-        for i, (image, px, windows) in enumerate(zip(images, pixels, per_image, strict=True)):
+        maps = []
+        for image, px, windows in zip(images, pixels, per_image, strict=True):
             with record_function("maskclip.stitch"):
-                probs = self._stitch(px, windows)
-                labels, conf = upsample_argmax(probs, (image.shape[0], image.shape[1]))
-                results.append(
-                    SegmentationResult(
-                        labels=labels.cpu().numpy().astype(np.int64, copy=False),
-                        confidence=conf.float().cpu().numpy(),
-                        class_scores=class_max_np[i].copy(),
-                        dropped=dropped[i].copy(),
-                        class_names=self.classifier.class_names,
-                    )
-                )
-        return results
+                labels, conf = upsample_argmax(self._stitch(px, windows), (image.shape[0], image.shape[1]))
+                # Narrow on the device: uint8 labels are 8x fewer bytes to copy and to hold than int64.
+                maps.append((labels.to(self._label_dtype), conf.float()))
+        with record_function("maskclip.to_host"):
+            host = _to_host(maps)
+        return [
+            SegmentationResult(
+                labels=labels,
+                confidence=conf,
+                class_scores=class_max_np[i].copy(),
+                dropped=dropped[i].copy(),
+                class_names=self.classifier.class_names,
+            )
+            for i, (labels, conf) in enumerate(host)
+        ]
+
+
+def _to_host(maps: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Label and confidence maps as numpy arrays; from a GPU in one copy of each per batch (a copy per image
+    costs a synchronisation and a launch each). The arrays of one batch then share one buffer."""
+    if not maps or maps[0][0].device.type == "cpu":
+        return [(labels.numpy(), conf.numpy()) for labels, conf in maps]
+    sizes = [labels.numel() for labels, _ in maps]
+    flat_labels = torch.cat([labels.reshape(-1) for labels, _ in maps]).cpu().numpy()
+    flat_conf = torch.cat([conf.reshape(-1) for _, conf in maps]).cpu().numpy()
+    offsets = np.cumsum([0, *sizes])
+    return [
+        (flat_labels[a:b].reshape(labels.shape), flat_conf[a:b].reshape(labels.shape))
+        for (labels, _), a, b in zip(maps, offsets[:-1], offsets[1:], strict=True)
+    ]

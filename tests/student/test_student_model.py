@@ -284,7 +284,7 @@ def test_student_labeler_contract() -> None:
     assert sorted(seen_sizes) == sorted([(2, 3, 64, 96), (1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 64)])
     for image, res in zip(images, results, strict=True):
         assert res.size == image.shape[:2]
-        assert res.labels.dtype == np.int64 and res.labels.min() >= 0 and res.labels.max() < K
+        assert res.labels.dtype == np.uint8 and res.labels.min() >= 0 and res.labels.max() < K
         assert res.confidence.dtype == np.float32 and res.confidence.shape == image.shape[:2]
         assert res.confidence.min() >= 1 / K - 1e-6 and res.confidence.max() <= 1 + 1e-6
         assert res.class_scores.dtype == np.float32 and res.class_scores.shape == (K,)

@@ -222,5 +222,5 @@ def test_training_input_errors() -> None:
             vocab,
             samples,
             config,
-            label_filter=lambda r: r.labels,  # int64
+            label_filter=lambda r: r.labels.astype(np.int64),
         )
