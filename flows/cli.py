@@ -96,6 +96,20 @@ def _add_labeler_options(p: argparse.ArgumentParser, classes_default: str | None
     g.add_argument(
         "--templates", action=Store, choices=cli_choices.TEMPLATE_SETS, default="maskclip", help="prompt template set"
     )
+    g.add_argument(
+        "--precision",
+        action=Store,
+        choices=cli_choices.PRECISIONS,
+        default="fp32",
+        help="encoder arithmetic: fp32 (exact; fp16 autocast on CUDA), bf16 autocast (CPUs with AVX512-BF16/AMX, "
+        "CUDA), fp16 autocast, int8 dynamic quantisation of the ViT's MLPs (CPU). Faster, but labels differ "
+        "slightly (README: CPU speed paths); a value other than fp32 is part of the configuration hash",
+    )
+    g.add_argument(
+        "--compile",
+        action=Flag,
+        help="torch.compile the encoder: faster after a slow first batch per window shape (not hashed)",
+    )
     return classes
 
 
@@ -129,6 +143,8 @@ def labeler_config_from_args(args: argparse.Namespace):
             key_smoothing_threshold=args.ks_threshold,
             prompt_denoising=not args.no_prompt_denoising,
             prompt_denoising_threshold=args.pd_threshold,
+            precision=args.precision,
+            compile=args.compile,
         ),
     )
 
@@ -237,6 +253,8 @@ TEACHER_ONLY = (
     "ks_threshold",
     "pd_threshold",
     "templates",
+    "precision",
+    "compile",
 )
 
 

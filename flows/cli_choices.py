@@ -37,5 +37,6 @@ class RegistryChoices(Sequence[str]):
 
 ATTENTION_MODES = RegistryChoices("maskclip_core.teacher.dense", "ATTENTION_MODES")
 TEMPLATE_SETS = RegistryChoices("maskclip_core.teacher.prompts", "TEMPLATE_SETS")
+PRECISIONS = RegistryChoices("maskclip_core.teacher.fast_paths", "PRECISIONS")
 BACKBONES = RegistryChoices("maskclip_core.student.backbones", "BACKBONES")
 HEADS = RegistryChoices("maskclip_core.student.model", "HEADS")

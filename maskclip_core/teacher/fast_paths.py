@@ -9,12 +9,12 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRECISION_HELP = (
     "fp32 (default; fp16 autocast on CUDA unless half_precision is off); bf16: bf16 autocast for the encoder "
     "(CPUs with AVX512-BF16 / AMX, and CUDA); fp16: fp16 autocast; int8: dynamic int8 quantisation of the "

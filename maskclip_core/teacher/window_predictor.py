@@ -111,19 +111,22 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def upsample_argmax(
-    probs: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25
+    probs: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25, *, dtype: torch.dtype = torch.long
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear upsampling of [K, h, w] probabilities to ``size``, then per-pixel argmax and max.
+    """Bilinear upsampling of [K, h, w] probabilities to ``size``, then per-pixel argmax (as ``dtype``) and max.
 
     Equals ``F.interpolate(..., mode="bilinear", align_corners=False)`` followed by max, but works on row
     bands so a many-class prediction of a 12-megapixel photo never materialises K x H x W floats.
+
+    Upsampling class planes one at a time would hold one plane instead of K, but PyTorch's CPU kernel rounds
+    differently (last bit) depending on the channel count and output size, which would change labels.
     """
     K, h, w = probs.shape
     H, W = size
     if K * H * W <= max_elements:
         up = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         conf, labels = up.max(dim=0)
-        return labels, conf
+        return labels.to(dtype), conf
     # Source coordinates exactly as interpolate computes them (align_corners=False, clamped at 0); with
     # border padding grid_sample clamps at the far edge the same way interpolate does.
     ys = ((torch.arange(H, device=probs.device, dtype=torch.float64) + 0.5) * (h / H) - 0.5).clamp_min(0)
@@ -140,7 +143,7 @@ def upsample_argmax(
             probs[None], grid[None].to(probs.dtype), mode="bilinear", padding_mode="border", align_corners=False
         )[0]
         conf[r0:r1], labels[r0:r1] = up.max(dim=0)
-    return labels, conf
+    return labels.to(dtype), conf
 
 
 @dataclass
@@ -324,9 +327,10 @@ class DensePredictor:
         maps = []
         for image, px, windows in zip(images, pixels, per_image, strict=True):
             with record_function("maskclip.stitch"):
-                labels, conf = upsample_argmax(self._stitch(px, windows), (image.shape[0], image.shape[1]))
-                # Narrow on the device: uint8 labels are 8x fewer bytes to copy and to hold than int64.
-                maps.append((labels.to(self._label_dtype), conf.float()))
+                # Labels narrowed on the device: uint8 is 8x fewer bytes to copy and to hold than int64.
+                size = (image.shape[0], image.shape[1])
+                labels, conf = upsample_argmax(self._stitch(px, windows), size, dtype=self._label_dtype)
+                maps.append((labels, conf.float()))
         with record_function("maskclip.to_host"):
             host = _to_host(maps)
         return [
