@@ -18,7 +18,7 @@ from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, t
 from maskclip_core.teacher.proxy import ProxyBundle, cached_proxy
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.vocabulary import Vocabulary
-from maskclip_core.teacher.window_predictor import DensePredictor, InferenceConfig
+from maskclip_core.teacher.window_predictor import DensePredictor, ImageInput, InferenceConfig
 from maskclip_core.types import SegmentationResult
 
 
@@ -118,8 +118,9 @@ class MaskCLIPLabeler:
     def class_names(self) -> tuple[str, ...]:
         return self.vocabulary.names
 
-    def label(self, images: Sequence[np.ndarray | Image.Image]) -> list[SegmentationResult]:
-        """Dense labels for RGB images (uint8 arrays [H, W, 3] or PIL images)."""
+    def label(self, images: Sequence[ImageInput | Image.Image]) -> list[SegmentationResult]:
+        """Dense labels for RGB images: uint8 arrays [H, W, 3], PIL images, or uint8 tensors [3, H, W] on any
+        device (JPEGs decoded on the GPU by :mod:`maskclip_core.labeling.device_decode` stay there)."""
         arrays = [np.asarray(im.convert("RGB")) if isinstance(im, Image.Image) else im for im in images]
         return self.predictor.predict(arrays)
 

@@ -1,7 +1,7 @@
 """The CUDA paths give the CPU's numbers: CLIP's dense features, the teacher's and the student's labels
 (fp32, and fp16 autocast within its tolerance), the text-classifier cache across devices, and a student
 trained on the GPU that resumes on the CPU. Skipped where PyTorch sees no CUDA device (CI has none); run
-on a GPU machine with ``pytest tests/test_cuda.py``."""
+on a GPU machine with ``pytest tests/gpu``."""
 
 from __future__ import annotations
 
@@ -158,3 +158,68 @@ def test_student_trained_on_cuda_resumes_and_labels_on_cpu(tmp_path: Path) -> No
         on_gpu = gpu.label(eval_images)
         compare_results(on_gpu, on_cpu, label_agreement=agreement, prob_atol=atol)
         assert miou([r.labels for r in on_gpu], eval_masks) > miou(pseudo, masks) + 0.05
+
+
+# --- fast paths (issue 13): precision on CUDA, one pinned upload per batch, JPEGs decoded on the GPU ----------
+
+
+def _teacher(cache: Path, **inference) -> MaskCLIPLabeler:
+    inference = InferenceConfig(window_batch=4, **inference)
+    cfg = LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=inference)
+    return MaskCLIPLabeler.from_config(cfg, device="cuda", text_cache_dir=str(cache))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_precision_option_on_cuda_within_the_fp16_tolerance(labeled_on_cpu, precision: str) -> None:
+    cache, images, expected = labeled_on_cpu
+    labeler = _teacher(cache, precision=precision, half_precision=False)  # the option alone decides
+    assert labeler.predictor._autocast == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    compare_results(labeler.label(images), expected, label_agreement=0.97, prob_atol=0.03)
+
+
+def test_int8_is_refused_on_cuda(labeled_on_cpu) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        _teacher(labeled_on_cpu[0], precision="int8")
+
+
+def test_one_pinned_upload_per_batch_equals_tensors_uploaded_one_by_one(labeled_on_cpu) -> None:
+    cache, images, expected = labeled_on_cpu
+    labeler = _teacher(cache, half_precision=False)
+    batched = labeler.label(images)  # numpy arrays: one pinned buffer, one copy, one copy back per map kind
+    tensors = [torch.from_numpy(im).permute(2, 0, 1).contiguous().cuda() for im in images]
+    one_by_one = [labeler.label([t])[0] for t in tensors]
+    for result, image in zip(batched, images, strict=True):
+        assert result.labels.dtype == np.uint8 and result.labels.shape == image.shape[:2]
+        assert result.confidence.dtype == np.float32 and result.confidence.shape == image.shape[:2]
+    compare_results(one_by_one, batched, label_agreement=0.999, prob_atol=1e-3)
+    compare_results(batched, expected, label_agreement=0.999, prob_atol=1e-3)
+
+
+def test_jpegs_decoded_on_the_gpu_label_like_cpu_decoded_ones(labeled_on_cpu) -> None:
+    import io
+
+    from PIL import Image
+
+    from maskclip_core.labeling.decode import decode_image
+    from maskclip_core.labeling.device_decode import decode_jpegs_on_device
+
+    cache, images, _ = labeled_on_cpu
+    jpegs = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, "JPEG", quality=95)
+        jpegs.append(buf.getvalue())
+    on_gpu = decode_jpegs_on_device([*jpegs, b"not a jpeg"], "cuda")
+    assert on_gpu[-1] is None  # left for the CPU decoder and its rejection reason
+    on_cpu = [decode_image(data).rgb for data in jpegs]
+    for g, c in zip(on_gpu, on_cpu, strict=False):
+        assert g is not None and g.is_cuda and g.dtype == torch.uint8 and g.shape == (3, *c.shape[:2])
+        # nvJPEG and libjpeg-turbo use different IDCTs: a grey level here and there
+        assert np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - c).mean() < 1.0
+    labeler = _teacher(cache, half_precision=False)
+    expected = MaskCLIPLabeler.from_config(
+        LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=InferenceConfig(window_batch=4)),
+        device="cpu",
+        text_cache_dir=str(cache),
+    ).label(on_cpu)
+    compare_results(labeler.label(on_gpu[:-1]), expected, label_agreement=0.97, prob_atol=0.03)
