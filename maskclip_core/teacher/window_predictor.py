@@ -231,6 +231,8 @@ class DensePredictor:
         return out
 
     def _prepare(self, image: ImageInput) -> torch.Tensor:
+        if self.device.type == "cuda" and not isinstance(image, torch.Tensor):
+            (image,) = self._upload([image])  # callers outside predict (benchmarks) hand arrays one by one
         if isinstance(image, torch.Tensor):
             x = image.to(self.device).float().div_(255.0)
         else:

@@ -162,3 +162,14 @@ def test_autocast_choice_per_device():
     assert autocast_dtype("fp32", cuda, half_precision=False) is None
     assert autocast_dtype("bf16", cuda, half_precision=True) == torch.bfloat16
     assert autocast_dtype("int8", cpu, half_precision=True) is None
+
+
+def test_uint8_tensors_in_torchvision_layout_label_like_arrays(fp32_results):
+    lab = labeler()
+    tensors = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for im in IMAGES]
+    for r, e in zip(lab.label(tensors), fp32_results, strict=True):
+        assert r.labels.shape == e.labels.shape
+        assert (r.labels == e.labels).mean() >= 0.999
+        np.testing.assert_allclose(r.confidence, e.confidence, atol=1e-4)
+    with pytest.raises(ValueError, match=r"uint8 tensor \[3, H, W\]"):
+        lab.label([torch.from_numpy(IMAGES[0])])  # [H, W, 3]: the numpy layout as a tensor
