@@ -14,7 +14,7 @@ from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
 from maskclip_core.labeling.registry import LabelerKind
 
 # Pixels handed to one ``labeler.label`` call: bounds the memory of a batch of large photos (the labeler
-# returns int64 labels and float32 confidence at full size) without shrinking batches of small images.
+# returns uint8 labels and float32 confidence at full size) without shrinking batches of small images.
 DEFAULT_MAX_LABEL_PIXELS = 32_000_000
 
 

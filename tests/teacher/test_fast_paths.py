@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskclip_core.labeling.batch import labeling_config_hash
+from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.teacher import fast_paths
 from maskclip_core.teacher.fast_paths import autocast_dtype, check_precision
