@@ -67,13 +67,14 @@ def quantised_copy(model: torch.nn.Module) -> torch.nn.Module:
     return hit
 
 
-_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, Callable]] = weakref.WeakKeyDictionary()
+_COMPILED_ATTRIBUTE = "_maskclip_compiled"
 
 
 def compiled(model: torch.nn.Module, key: tuple, build: Callable[[], Callable]) -> Callable:
-    """``torch.compile(build())``, one per (model, key) per process: compiling ViT-B/16 takes tens of seconds
-    on a CPU, so a labeler that switches vocabulary keeps its compiled encoder."""
-    per_model = _COMPILED.setdefault(model, {})
+    """``torch.compile(build())``, one per (model, key) per process: compiling ViT-B/16 takes minutes on a
+    CPU, so a labeler that switches vocabulary keeps its compiled encoder. Kept on the model itself: the
+    compiled function refers to the model, so a weak-keyed cache would keep both alive forever."""
+    per_model = model.__dict__.setdefault(_COMPILED_ATTRIBUTE, {})  # not a submodule or parameter
     hit = per_model.get(key)
     if hit is None:
         hit = per_model[key] = torch.compile(build())
