@@ -201,8 +201,11 @@ def test_demo_keeps_the_users_classes(capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     "teacher",
-    [["--classes", "cat"], ["--model", "ViT-B-16"], ["--short-side", "448"], ["--no-key-smoothing"], ["--seed", "0"]],
-)
+    [
+        ["--classes", "cat"], ["--model", "ViT-B-16"], ["--short-side", "448"], ["--no-key-smoothing"], ["--seed", "0"],
+        ["--pamr"], ["--proxy", "dino_vitb8"], ["--precision", "int8"],
+    ],
+)  # fmt: skip
 def test_student_refuses_teacher_options(capsys, teacher):
     """Even a teacher option given with its default value: the user meant something by typing it."""
     argv = ["label", "--source", "s", "--dataset", "d", "--labeler", "student", "--checkpoint", "ck", *teacher]
@@ -241,3 +244,12 @@ def test_advertised_python_m_entry_points_exist():
         [sys.executable, "-m", "flows.cli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "usage: maskclip" in done.stdout
+
+
+def test_every_teacher_option_is_refused_with_the_student() -> None:
+    """TEACHER_ONLY lists every option of the "MaskCLIP teacher" group of ``maskclip label``: a new teacher
+    option cannot be silently ignored by ``--labeler student``."""
+    parser = cli.build_parser()
+    label = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" label"))
+    [group] = [g for g in label._action_groups if g.title == "MaskCLIP teacher"]
+    assert {a.dest for a in group._group_actions} == set(cli.TEACHER_ONLY)
