@@ -115,13 +115,7 @@ def pseudo_label_and_train(
             teacher["config_hash"],
         )
 
-        data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher["config_hash"]})
-        if not data.image_storage_options and options.source_storage_options:
-            data = data.model_copy(update={"image_storage_options": options.source_storage_options})
-        train_options = training.options
-        if not train_options.storage_options and options.dataset_storage_options:
-            train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
-        clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
+        data, train_options, clip = _training_inputs(training, options, labeler, teacher["config_hash"])
         trained = steps.run(
             "student training",
             train_student,
@@ -176,6 +170,20 @@ def pseudo_label_and_train(
                 "COCO export", export_annotations, params, options.dataset_storage_options or None
             )
         return result
+
+
+def _training_inputs(
+    training: TrainingStep, options: RunOptions, labeler: LabelerSpec, teacher_config_hash: str
+) -> tuple[DataSpec, TrainOptions, ClipSpec]:
+    """The student's data, run options and CLIP: the teacher's labels, storage and model unless set."""
+    data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher_config_hash})
+    if not data.image_storage_options and options.source_storage_options:
+        data = data.model_copy(update={"image_storage_options": options.source_storage_options})
+    train_options = training.options
+    if not train_options.storage_options and options.dataset_storage_options:
+        train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
+    clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
+    return data, train_options, clip
 
 
 if __name__ == "__main__":  # e.g. python -m flows.pseudo_label_and_train '{"source": ..., "dataset": ..., ...}'
