@@ -59,21 +59,12 @@ def mark_gone(
     pattern = re.compile(_glob_regex(glob)) if glob else None
     current = dataset.images()
     current = current.filter(pc.not_equal(current["status"], GONE))
+    # Decide on the uri column alone; only the rows that left become Python dicts (a million-image dataset
+    # as dicts would take gigabytes).
+    missing = [i for i, uri in enumerate(current["uri"].to_pylist()) if _left(uri, root_uri, exts, pattern, listed)]
     rows = []
-    for row in current.to_pylist():
+    for row in current.take(missing).to_pylist() if missing else []:
         uri = row["uri"]
-        if uri == root_uri:
-            rel = uri.rsplit("/", 1)[-1]
-        elif uri.startswith(root_uri.rstrip("/") + "/"):
-            rel = uri[len(root_uri.rstrip("/")) + 1 :]
-        else:
-            continue  # another source's file: not ours to judge
-        if exts is not None and not rel.lower().endswith(exts):
-            continue
-        if pattern is not None and pattern.match(rel) is None:
-            continue
-        if uri_digest(uri) in listed:
-            continue
         gone = dict(row)
         gone.update(
             status=GONE,
@@ -86,6 +77,24 @@ def mark_gone(
     if rows:
         dataset.write_batch(rows, [], part_name=f"gone-{run_id}")
     return sorted({r["uri"] for r in rows})
+
+
+def _left(
+    uri: str, root_uri: str, exts: tuple[str, ...] | None, pattern: re.Pattern[str] | None, listed: DigestSet
+) -> bool:
+    """Whether ``uri`` is a file of this source (root, extensions, glob) that the complete listing missed."""
+    root = root_uri.rstrip("/")
+    if uri == root_uri:
+        rel = uri.rsplit("/", 1)[-1]
+    elif uri.startswith(root + "/"):
+        rel = uri[len(root) + 1 :]
+    else:
+        return False  # another source's file: not ours to judge
+    if exts is not None and not rel.lower().endswith(exts):
+        return False
+    if pattern is not None and pattern.match(rel) is None:
+        return False
+    return uri_digest(uri) not in listed
 
 
 def _glob_regex(glob: str) -> str:
