@@ -9,6 +9,7 @@ readers hold anyway).
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -112,7 +113,7 @@ def iter_export_images(
 
 
 def alias_image_id(image_id: int, uri: str) -> int:
-    """The export id of a second (third...) file with the bytes of ``image_id``: stable, 63 bits."""
+    """The export id of a second (third...) file with the bytes of ``image_id``: stable, below 2**53."""
     return stable_id("alias", image_id, uri)
 
 
@@ -167,6 +168,8 @@ def select_images(
 def known_images(dataset: LabelDataset) -> list[ExportImage]:
     """One annotation-less record per image id in the dataset (any config or status), for matching reviews.
 
+    A file whose bytes another uri holds too gets a record under each id an export may give it (the content's
+    and its :func:`alias_image_id`), since which uri keeps the content's id depends on the export's selection.
     File names are relative to ``source_root(dataset)``, as in every export.
     """
     table = dataset.images()
@@ -174,9 +177,16 @@ def known_images(dataset: LabelDataset) -> list[ExportImage]:
     sized = pc.and_(pc.is_valid(table["width"]), pc.is_valid(table["height"]))
     table = table.filter(pc.and_(pc.is_valid(table["image_id"]), sized))
     images: dict[int, ExportImage] = {}
+    first_row: dict[tuple[int, str], dict[str, Any]] = {}
     for row in table.to_pylist():
         if row["image_id"] not in images:
             images[row["image_id"]] = _export_image(row, root, [])
+        first_row.setdefault((row["image_id"], row["uri"]), row)
+    uris_per_id = Counter(image_id for image_id, _ in first_row)
+    for (image_id, _), row in first_row.items():
+        if uris_per_id[image_id] > 1:
+            alias = _export_image(row, root, [], alias=True)
+            images.setdefault(alias.image_id, alias)
     return list(images.values())
 
 

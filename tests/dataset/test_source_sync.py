@@ -18,7 +18,7 @@ from support.tiny_labeler import KEEP_ALL
 from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.fs import iter_source_files
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.reader import iter_export_images
+from maskclip_core.dataset.reader import iter_export_images, known_images
 from maskclip_core.dataset.source_sync import ListedUris, mark_gone
 from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.write import label_and_write_batch
@@ -130,6 +130,10 @@ def test_edit_rename_delete_restore_and_twins(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids))
     strip = [{k: v for k, v in a.items() if k not in ("id", "image_id")} for a in twins["c-copy.png"].annotations]
     assert strip == [{k: v for k, v in a.items() if k not in ("id", "image_id")} for a in twins["c.png"].annotations]
+    # Reviews come back under the export's ids (Label Studio tasks, COCO files): both twins are matched.
+    known = {image.image_id: image.uri for image in known_images(store)}
+    assert known[twins["c.png"].image_id] == str(src / "c.png")
+    assert known[twins["c-copy.png"].image_id] == str(src / "c-copy.png")
 
     # The history keeps every row; exactly one current row per uri.
     history = store.history("cfg")
