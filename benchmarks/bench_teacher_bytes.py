@@ -25,20 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import IMAGES, VOC  # noqa: E402  (also puts the repository on the path)
 
 from maskclip_core.labeling.decode import decode_image  # noqa: E402
 from maskclip_core.teacher.clip_loader import load_clip  # noqa: E402
 from maskclip_core.teacher.labeler import MaskCLIPLabeler  # noqa: E402
 from maskclip_core.teacher.vocabulary import Vocabulary  # noqa: E402
 from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
-
-IMAGES = ROOT.parent / "shared" / "data" / "coco-sample" / "val" / "images"
-VOC = (
-    "aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, "
-    "person, potted plant, sheep, sofa, train, tv monitor"
-)
 
 
 def cpu_pass(labeler: MaskCLIPLabeler, batches: list[list[bytes]], pool: ThreadPoolExecutor) -> int:
