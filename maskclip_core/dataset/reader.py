@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from maskclip_core.dataset.integrity import reading_part
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.records import ExportImage, filter_images, lowest_scored, resolve_classes
-from maskclip_core.dataset.schema import stored_schema
+from maskclip_core.dataset.schema import STATUSES, stored_schema
 from maskclip_core.labeling.annotations import stable_id
 
 _ROW_CHUNK = 4096  # images rows turned into Python objects at a time
@@ -196,6 +196,9 @@ def known_images(dataset: LabelDataset) -> list[ExportImage]:
 def _select_rows(
     table: pa.Table, config_hash: str | None, statuses: Collection[str], image_ids: Collection[int] | None
 ) -> pa.Table:
+    unknown = set(statuses) - set(STATUSES)
+    if unknown:  # a misspelt status would select nothing, silently
+        raise ValueError(f"unknown image statuses {sorted(unknown)}: choose from {', '.join(STATUSES)}")
     keep = pc.is_in(table["status"], value_set=pa.array(list(statuses), pa.string()))
     keep = pc.and_(keep, pc.is_valid(table["width"]))
     keep = pc.and_(keep, pc.is_valid(table["height"]))

@@ -29,7 +29,6 @@ import fsspec
 
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import select_images
-from maskclip_core.dataset.schema import STATUSES
 from maskclip_core.interchange.label_studio import import_label_studio, label_studio_task, labeling_config
 from maskclip_core.interchange.review_import import store_reviews
 
@@ -121,9 +120,6 @@ def push(
     if not categories:
         raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
     selection = dict(selection or {})
-    unknown = set(selection.get("statuses") or ()) - set(STATUSES)
-    if unknown:
-        raise ValueError(f"unknown image statuses {sorted(unknown)}: choose from {', '.join(STATUSES)}")
     # Regions stay compressed RLE until their task is built, one import chunk at a time.
     images = list(select_images(store, categories=categories, **selection))
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or None

@@ -259,3 +259,13 @@ def test_manifest_on_s3(s3_server) -> None:  # noqa: ANN001 - the conftest fixtu
     dataset.write_batch([row], anns, part_name="b0")
     assert dataset_format(url, s3_server.storage_options) == FORMAT_VERSION
     assert LabelDataset(url, s3_server.storage_options).annotations()["labeler"].to_pylist() == ["maskclip"] * 2
+
+
+def test_a_misspelt_status_is_refused_by_the_shared_reader(tmp_path: Path) -> None:
+    """Export and review push select through one reader: a misspelt status is one error, never an empty result."""
+    dataset = LabelDataset(str(tmp_path / "d"))
+    row, anns = labeling("one")
+    dataset.write_batch([row], anns, part_name="b0")
+    assert [i.image_id for i in iter_export_images(dataset, statuses=("labeled",))] == [row["image_id"]]
+    with pytest.raises(ValueError, match=r"unknown image statuses \['labelled'\]: choose from labeled, rejected"):
+        list(iter_export_images(dataset, statuses=("labelled",)))
