@@ -102,19 +102,19 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def throughput(args: argparse.Namespace) -> dict:
     import s3fs
 
-    from flows.label_dataset import RunOptions, label_dataset
+    from flows.label_dataset import LabelingRunParameters, label_dataset
     from maskclip_core.labeling.decode import decode_image
     from maskclip_core.labeling.filter import FilterConfig
-    from maskclip_core.labeling.registry import LabelerSpec, load_labeler
+    from maskclip_core.labeling.registry import LabelerParameters, load_labeler
     from maskclip_core.teacher.labeler import LabelerConfig
 
     if not IMAGES.is_dir():
         return {"skipped": f"{IMAGES} not found"}
     files = sorted(IMAGES.glob("*.jpg"))[: args.limit]
     config = LabelerConfig(model=args.model, pretrained="none", classes=VOC)
-    spec = LabelerSpec.maskclip(config, device=args.device)
+    spec = LabelerParameters.maskclip(config, device=args.device)
     filters = FilterConfig()
-    options = RunOptions(batch_size=args.batch_size, thumbnails=6)
+    options = LabelingRunParameters(batch_size=args.batch_size, thumbnails=6)
     out: dict = {
         "images": len(files),
         "model": args.model,
@@ -148,7 +148,7 @@ def throughput(args: argparse.Namespace) -> dict:
         src.mkdir()
         for p in files:
             shutil.copy(p, src / p.name)
-        runs: dict[str, tuple[str, str, RunOptions]] = {}
+        runs: dict[str, tuple[str, str, LabelingRunParameters]] = {}
         if "local" in args.sources:
             runs["flow_local"] = (str(src), str(Path(tmp) / "out"), options)
         if "dask" in args.sources:
@@ -240,9 +240,9 @@ def tiny_jpegs(directory: Path, n: int) -> None:
 
 def memory_child(source: str, output: str, batch_size: int) -> None:
     """One size, in a fresh process: RSS after setup, then the flow, then the peak."""
-    from flows.label_dataset import RunOptions, label_dataset, progress_listener
+    from flows.label_dataset import LabelingRunParameters, label_dataset, progress_listener
     from maskclip_core.labeling.filter import FilterConfig
-    from maskclip_core.labeling.registry import LabelerSpec, load_labeler
+    from maskclip_core.labeling.registry import LabelerParameters, load_labeler
     from maskclip_core.teacher.labeler import LabelerConfig
     from maskclip_core.teacher.window_predictor import InferenceConfig
 
@@ -252,7 +252,7 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
         classes="red, green, blue",
         inference=InferenceConfig(short_side=64, crop=64, stride=32),
     )
-    spec = LabelerSpec.maskclip(config, device="cpu")
+    spec = LabelerParameters.maskclip(config, device="cpu")
     load_labeler(spec)
     setup_rss = rss_mb()
     setup_peak = peak_rss_mb()
@@ -267,7 +267,7 @@ def memory_child(source: str, output: str, batch_size: int) -> None:
     t0 = time.perf_counter()
     with progress_listener(on_event):
         summary = label_dataset(
-            source, output, labeler=spec, filters=FilterConfig(), options=RunOptions(batch_size=batch_size)
+            source, output, labeler=spec, filters=FilterConfig(), options=LabelingRunParameters(batch_size=batch_size)
         )
     print(
         json.dumps(

@@ -64,7 +64,7 @@ PLAIN = {"key_smoothing": False, "prompt_denoising": False}
 
 
 @dataclass(frozen=True)
-class LabelerSpec:
+class LabelerParameters:
     """A teacher (``InferenceConfig`` fields, optionally a ProxyCLIP proxy) or a student variant."""
 
     inference: dict[str, Any] = field(default_factory=dict)
@@ -72,18 +72,18 @@ class LabelerSpec:
     student: str | None = None
 
 
-LABELERS: dict[str, LabelerSpec] = {
-    "maskclip": LabelerSpec(PLAIN),
-    "maskclip+ks+pd": LabelerSpec({}),
-    "clearclip": LabelerSpec({**PLAIN, "attention": "clearclip"}),
-    "sclip": LabelerSpec({**PLAIN, "attention": "sclip"}),
-    "naclip": LabelerSpec({**PLAIN, "attention": "naclip"}),
-    "proxyclip-dino-b8": LabelerSpec(PLAIN, proxy="dino_vitb8"),
-    "proxyclip-dinov2-b14-reg": LabelerSpec(PLAIN, proxy="dinov2_vitb14_reg"),
-    "maskclip+pamr": LabelerSpec({**PLAIN, "pamr": True}),
-    "naclip+pamr": LabelerSpec({**PLAIN, "attention": "naclip", "pamr": True}),
-    "student-light": LabelerSpec(student="light"),
-    "student-resnet101-v2": LabelerSpec(student="resnet101_v2"),
+LABELERS: dict[str, LabelerParameters] = {
+    "maskclip": LabelerParameters(PLAIN),
+    "maskclip+ks+pd": LabelerParameters({}),
+    "clearclip": LabelerParameters({**PLAIN, "attention": "clearclip"}),
+    "sclip": LabelerParameters({**PLAIN, "attention": "sclip"}),
+    "naclip": LabelerParameters({**PLAIN, "attention": "naclip"}),
+    "proxyclip-dino-b8": LabelerParameters(PLAIN, proxy="dino_vitb8"),
+    "proxyclip-dinov2-b14-reg": LabelerParameters(PLAIN, proxy="dinov2_vitb14_reg"),
+    "maskclip+pamr": LabelerParameters({**PLAIN, "pamr": True}),
+    "naclip+pamr": LabelerParameters({**PLAIN, "attention": "naclip", "pamr": True}),
+    "student-light": LabelerParameters(student="light"),
+    "student-resnet101-v2": LabelerParameters(student="resnet101_v2"),
 }
 
 

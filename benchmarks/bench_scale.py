@@ -242,9 +242,9 @@ def source_rows(source_url: str, storage_options: dict, args: argparse.Namespace
     another uri), and the expected counts of the check."""
     import pyarrow as pa
 
-    from maskclip_core.dataset.fs import iter_source_files
+    from maskclip_core.dataset.ids import image_id_from_sha256
     from maskclip_core.dataset.schema import IMAGES_SCHEMA
-    from maskclip_core.labeling.annotations import image_id_from_sha256
+    from maskclip_core.storage.fs import iter_source_files
 
     rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
     expected = {"listed": 0, "skipped_by_listing": 0, "skipped_by_sha": 0, "new": 0}
@@ -379,8 +379,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from maskclip_core.dataset.digests import sha256_digest, source_digest
-    from maskclip_core.dataset.fs import iter_source_files, read_bytes, sha256_hex
     from maskclip_core.dataset.label_dataset import LabelDataset
+    from maskclip_core.storage.fs import iter_source_files, read_bytes, sha256_hex
 
     clock = time.perf_counter
     opts = spec["storage_options"]
@@ -493,7 +493,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def listing_child(spec: dict[str, Any]) -> dict[str, Any]:
     """The listing alone, in a process that holds nothing else: its own peak and what it keeps afterwards."""
-    from maskclip_core.dataset.fs import iter_source_files
+    from maskclip_core.storage.fs import iter_source_files
 
     rss0 = rss_mb()
     t0 = time.perf_counter()

@@ -14,7 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from maskclip_core.evaluation.benchmark import BenchmarkRequest, get_method, report_of
+from maskclip_core.benchmark.protocols import get_method
+from maskclip_core.benchmark.run import BenchmarkParameters, report_of
 from tasks.benchmark import benchmark_suite_task
 
 TABLE_ARTIFACT_KEY = "benchmark-miou"
@@ -36,7 +37,7 @@ class BenchmarkIncomplete(RuntimeError):
     description="mIoU of a labeler on the standard segmentation benchmarks under a method's protocol.",
     validate_parameters=True,
 )
-def benchmark(request: BenchmarkRequest) -> dict[str, Any]:
+def benchmark(request: BenchmarkParameters) -> dict[str, Any]:
     """Score ``request.method`` on ``request.suites``; returns the report (mIoU in percent per suite, the
     eight-suite average when all eight ran in full, images/s)."""
     logger = get_run_logger()

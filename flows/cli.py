@@ -264,8 +264,8 @@ TEACHER_ONLY = (
 
 
 def labeler_spec(args: argparse.Namespace):
-    """The LabelerSpec of ``maskclip label``; options of the other labeler are refused, not ignored."""
-    from maskclip_core.labeling.registry import LabelerSpec
+    """The LabelerParameters of ``maskclip label``; options of the other labeler are refused, not ignored."""
+    from maskclip_core.labeling.registry import LabelerParameters
 
     typed = given_options(args)
     if args.labeler == "student":
@@ -277,17 +277,17 @@ def labeler_spec(args: argparse.Namespace):
             )
         if not args.checkpoint:
             raise ValueError("--labeler student needs --checkpoint (a weights file or checkpoint folder URL)")
-        return LabelerSpec(labeler="student", checkpoint=args.checkpoint, device=args.device)
+        return LabelerParameters(labeler="student", checkpoint=args.checkpoint, device=args.device)
     if args.checkpoint:
         raise ValueError("--checkpoint is the student's; give --labeler student with it")
     if not args.classes:
         raise ValueError("--classes is required with --labeler maskclip")
-    return LabelerSpec(labeler="maskclip", config=labeler_config_from_args(args), device=args.device)
+    return LabelerParameters(labeler="maskclip", config=labeler_config_from_args(args), device=args.device)
 
 
 def label_parameters(args: argparse.Namespace) -> dict:
     """The label-dataset flow's parameters from ``maskclip label`` arguments."""
-    from flows.label_dataset import RunOptions
+    from flows.label_dataset import LabelingRunParameters
     from maskclip_core.labeling.filter import FilterConfig
 
     with readable_validation_errors():
@@ -317,7 +317,7 @@ def label_parameters(args: argparse.Namespace) -> dict:
     if args.extensions is not None:
         options["extensions"] = [e.strip() for e in args.extensions.split(",") if e.strip()]
     with readable_validation_errors():
-        run_options = RunOptions(**options)
+        run_options = LabelingRunParameters(**options)
     return {
         "source": args.source,
         "dataset": args.dataset,

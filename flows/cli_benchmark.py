@@ -14,10 +14,8 @@ from typing import Any
 
 from flows import cli_choices
 from flows.cli_args import HelpFormatter, json_object, readable_validation_errors
-from maskclip_core.evaluation.benchmark_suites import SUITE_NAMES as SUITES
-
-# maskclip_core.evaluation.benchmark.METHOD_NAMES, spelled out so building the parser does not import torch.
-METHODS = ("maskclip", "maskclip-kspd", "sclip", "clearclip", "naclip", "naclip-pamr", "proxyclip", "student")
+from maskclip_core.benchmark.protocols import METHOD_NAMES as METHODS  # torch-free: the parser stays light
+from maskclip_core.benchmark.suites import SUITE_NAMES as SUITES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,8 +92,8 @@ def parse_roots(values: list[str], suites: list[str]) -> tuple[str | None, dict[
 
 
 def request_from_args(args: argparse.Namespace) -> Any:
-    from maskclip_core.evaluation.benchmark import BenchmarkRequest
-    from maskclip_core.evaluation.benchmark_suites import parse_suites
+    from maskclip_core.benchmark.run import BenchmarkParameters
+    from maskclip_core.benchmark.suites import parse_suites
 
     suites = parse_suites(args.suite)
     data_root, suite_roots = parse_roots(args.root, suites)
@@ -113,7 +111,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
     elif args.crop is not None or args.stride is not None:
         inference["mode"] = "slide"
     with readable_validation_errors():
-        return BenchmarkRequest(
+        return BenchmarkParameters(
             suites=suites,
             data_root=data_root,
             suite_roots=suite_roots,
@@ -157,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from maskclip_core.dataset.fs import atomic_write_bytes
-    from maskclip_core.evaluation.benchmark import run_benchmark
+    from maskclip_core.benchmark.run import run_benchmark
+    from maskclip_core.storage.fs import atomic_write_bytes
     from maskclip_core.teacher.clip_loader import is_random
 
     console = Console(stderr=True)

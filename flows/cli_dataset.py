@@ -72,9 +72,9 @@ def _cmd_history(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    from maskclip_core.dataset.fs import atomic_write_bytes
     from maskclip_core.dataset.label_dataset import LabelDataset
     from maskclip_core.dataset.parquet import parquet_bytes
+    from maskclip_core.storage.fs import atomic_write_bytes
 
     options = args.storage_options or {}
     table = LabelDataset(args.dataset, options).history()

@@ -26,7 +26,7 @@ from flows.cli_args import (
     requires,
 )
 
-BACKBONES = cli_choices.BACKBONES  # StudentSpec.backbone derives from the same registry
+BACKBONES = cli_choices.BACKBONES  # StudentParameters.backbone derives from the same registry
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,19 +120,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The train-student flow's parameters from ``maskclip train`` arguments."""
-    from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+    from maskclip_core.evaluation.ground_truth import GroundTruthParameters
     from maskclip_core.labeling.filter import FilterConfig
-    from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.parameters import (
+        ClipParameters,
+        DataParameters,
+        ScheduleParameters,
+        StudentParameters,
+        TrainingRunParameters,
+    )
 
     clip = None
     if args.clip_model:
-        clip = ClipSpec(
+        clip = ClipParameters(
             **given(args, {"clip_model": "model", "clip_pretrained": "pretrained", "clip_seed": "seed"}),
             **given(args, {"templates": "templates"}),
         )
     elif args.clip_pretrained is not None or args.clip_seed is not None or args.templates is not None:
         raise ValueError("--clip-pretrained, --clip-seed and --templates need --clip-model")
-    student = StudentSpec(
+    student = StudentParameters(
         **given(
             args,
             {
@@ -180,7 +186,7 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
             if not sep or not gt_name.strip() or not class_name.strip():
                 raise ValueError(f"--gt-alias {item!r}: expected GT_NAME=CLASS")
             aliases[gt_name.strip()] = class_name.strip()
-        ground_truth = GroundTruthSpec(
+        ground_truth = GroundTruthParameters(
             url=args.ground_truth,
             class_map=args.gt_class_map,
             root=args.gt_root,
@@ -200,10 +206,10 @@ def train_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "ground_truth": ground_truth,
         "clip": clip,
         "student": student,
-        "schedule": ScheduleSpec(**schedule),
+        "schedule": ScheduleParameters(**schedule),
         "filters": FilterConfig(**filter_overrides) if filter_overrides else None,
-        "data": DataSpec(**data),
-        "options": TrainOptions(**options),
+        "data": DataParameters(**data),
+        "options": TrainingRunParameters(**options),
     }
 
 

@@ -36,15 +36,15 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.submission import submit_bounded
-from maskclip_core.dataset.fs import SourceFile, iter_source_files
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
-from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
+from maskclip_core.labeling.registry import LabelerParameters, resolve_labeler
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.storage.fs import SourceFile, iter_source_files
 from tasks.labeling import (
     BatchSetup,
+    LabelingRunParameters,
     ProgressListener,
-    RunOptions,
     RunProgress,
     batch_done,
     dataset_lease,
@@ -54,7 +54,7 @@ from tasks.labeling import (
     with_retries,
 )
 
-__all__ = ["LabelingIncomplete", "RunOptions", "label_dataset", "progress_listener"]
+__all__ = ["LabelingIncomplete", "LabelingRunParameters", "label_dataset", "progress_listener"]
 
 
 class LabelingIncomplete(RuntimeError):
@@ -99,9 +99,9 @@ def label_dataset(
     source: str,
     dataset: str,
     classes: str | None = None,
-    labeler: LabelerSpec | None = None,
+    labeler: LabelerParameters | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
-    options: RunOptions = RunOptions(),  # noqa: B008
+    options: LabelingRunParameters = LabelingRunParameters(),  # noqa: B008
     force: bool = False,
 ) -> dict[str, Any]:
     """Label the images under ``source`` into the dataset at ``dataset``; returns the run summary.
@@ -165,7 +165,7 @@ def label_chunk(
 
 
 def run_chunk(
-    chunk: list[PlannedBatch], setup: BatchSetup, options: RunOptions, scheduler_address: str | None
+    chunk: list[PlannedBatch], setup: BatchSetup, options: LabelingRunParameters, scheduler_address: str | None
 ) -> Iterator[BatchDone]:
     """One ``label-chunk`` sub-run over ``chunk`` on a fresh task runner; failed batches come out like the others."""
     sub_run = label_chunk.with_options(
@@ -189,7 +189,7 @@ def raise_if_incomplete(summary: RunSummary, error: Exception | None) -> None:
         )
 
 
-def local_cluster_kwargs(options: RunOptions) -> dict[str, Any]:
+def local_cluster_kwargs(options: LabelingRunParameters) -> dict[str, Any]:
     return {
         "n_workers": options.workers,
         "processes": True,  # each worker process loads the model once (per-process cache)
@@ -200,7 +200,7 @@ def local_cluster_kwargs(options: RunOptions) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def dask_scheduler(options: RunOptions) -> Iterator[str | None]:
+def dask_scheduler(options: LabelingRunParameters) -> Iterator[str | None]:
     """The Dask scheduler every chunk's runner connects to: a local cluster started here once for ``workers``
     (its processes keep their loaded model across chunks), ``dask_address``, or None for the thread pool."""
     if options.workers is None:
@@ -212,7 +212,7 @@ def dask_scheduler(options: RunOptions) -> Iterator[str | None]:
         yield cluster.scheduler_address
 
 
-def make_task_runner(options: RunOptions, scheduler_address: str | None = None) -> TaskRunner:
+def make_task_runner(options: LabelingRunParameters, scheduler_address: str | None = None) -> TaskRunner:
     """The default thread pool, or Dask: the scheduler at ``scheduler_address`` / ``dask_address``, else a
     local cluster of ``workers`` processes."""
     if not options.uses_dask:
@@ -226,7 +226,7 @@ def make_task_runner(options: RunOptions, scheduler_address: str | None = None) 
 
 
 def iter_listing(
-    source: str, options: RunOptions, *, sleep: Callable[[float], None] = time.sleep
+    source: str, options: LabelingRunParameters, *, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[SourceFile]:
     """The source listing, restarted with exponential backoff when the storage fails mid-way.
 

@@ -22,33 +22,39 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.export_annotations import export_annotations
-from flows.label_dataset import RunOptions, label_dataset
+from flows.label_dataset import LabelingRunParameters, label_dataset
 from flows.train_student import train_student
-from maskclip_core.dataset.fs import join_url
-from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+from maskclip_core.evaluation.ground_truth import GroundTruthParameters
 from maskclip_core.interchange.export import ExportParameters
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
-from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.labeling.registry import LabelerParameters, resolve_labeler
+from maskclip_core.storage.fs import join_url
+from maskclip_core.training.parameters import (
+    ClipParameters,
+    DataParameters,
+    ScheduleParameters,
+    StudentParameters,
+    TrainingRunParameters,
+)
 from tasks.sub_runs import linked_sub_runs
 
 STEPS_ARTIFACT_KEY = "pseudo-label-and-train-steps"
 
 
-class TrainingStep(BaseModel):
+class TrainingStepParameters(BaseModel):
     """The train-student subflow's parameters (the data's labeling and storage come from the pipeline)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    clip: ClipSpec | None = Field(None, description="CLIP of the text embeddings; default: the teacher's")
-    student: StudentSpec = Field(default_factory=StudentSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    ground_truth: GroundTruthSpec | None = Field(None, description="Human masks to score the teacher and student")
-    options: TrainOptions = Field(default_factory=TrainOptions)
+    clip: ClipParameters | None = Field(None, description="CLIP of the text embeddings; default: the teacher's")
+    student: StudentParameters = Field(default_factory=StudentParameters)
+    schedule: ScheduleParameters = Field(default_factory=ScheduleParameters)
+    data: DataParameters = Field(default_factory=DataParameters)
+    ground_truth: GroundTruthParameters | None = Field(None, description="Human masks to score the teacher and student")
+    options: TrainingRunParameters = Field(default_factory=TrainingRunParameters)
 
 
-class RelabelStep(BaseModel):
+class RelabelStepParameters(BaseModel):
     """Labeling the images again with the trained student."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +65,7 @@ class RelabelStep(BaseModel):
     force: bool = Field(False, description="Relabel images the same checkpoint labeled already")
 
 
-class ExportStep(BaseModel):
+class ExportStepParameters(BaseModel):
     """COCO export of the student's labels."""
 
     model_config = ConfigDict(extra="forbid")
@@ -78,12 +84,12 @@ def pseudo_label_and_train(
     source: str,
     dataset: str,
     classes: str | None = None,
-    labeler: LabelerSpec | None = None,
+    labeler: LabelerParameters | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
-    options: RunOptions = RunOptions(),  # noqa: B008
-    training: TrainingStep = TrainingStep(),  # noqa: B008
-    relabel: RelabelStep = RelabelStep(),  # noqa: B008
-    export: ExportStep = ExportStep(),  # noqa: B008
+    options: LabelingRunParameters = LabelingRunParameters(),  # noqa: B008
+    training: TrainingStepParameters = TrainingStepParameters(),  # noqa: B008
+    relabel: RelabelStepParameters = RelabelStepParameters(),  # noqa: B008
+    export: ExportStepParameters = ExportStepParameters(),  # noqa: B008
 ) -> dict[str, Any]:
     """Label ``source`` into ``dataset`` with the teacher, train a student on it, relabel, export COCO.
 
@@ -140,7 +146,7 @@ def pseudo_label_and_train(
             return result
 
         relabel_dataset = relabel.dataset or dataset
-        student_spec = LabelerSpec(
+        student_spec = LabelerParameters(
             labeler="student",
             checkpoint=trained["checkpoint"],
             checkpoint_storage_options=train_options.storage_options,
@@ -173,8 +179,11 @@ def pseudo_label_and_train(
 
 
 def _training_inputs(
-    training: TrainingStep, options: RunOptions, labeler: LabelerSpec, teacher_config_hash: str
-) -> tuple[DataSpec, TrainOptions, ClipSpec]:
+    training: TrainingStepParameters,
+    options: LabelingRunParameters,
+    labeler: LabelerParameters,
+    teacher_config_hash: str,
+) -> tuple[DataParameters, TrainingRunParameters, ClipParameters]:
     """The student's data, run options and CLIP: the teacher's labels, storage and model unless set."""
     data = training.data.model_copy(update={"config_hash": training.data.config_hash or teacher_config_hash})
     if not data.image_storage_options and options.source_storage_options:
@@ -182,7 +191,7 @@ def _training_inputs(
     train_options = training.options
     if not train_options.storage_options and options.dataset_storage_options:
         train_options = train_options.model_copy(update={"storage_options": options.dataset_storage_options})
-    clip = training.clip or ClipSpec.from_labeler_config(labeler.config)  # type: ignore[arg-type]
+    clip = training.clip or ClipParameters.from_labeler_config(labeler.config)  # type: ignore[arg-type]
     return data, train_options, clip
 
 

@@ -23,10 +23,16 @@ from typing import Any
 
 from prefect import flow
 
-from maskclip_core.dataset.metrics import table_rows
-from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+from maskclip_core.dataset.metrics_table import table_rows
+from maskclip_core.evaluation.ground_truth import GroundTruthParameters
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import (
+    ClipParameters,
+    DataParameters,
+    ScheduleParameters,
+    StudentParameters,
+    TrainingRunParameters,
+)
 from tasks.training import (
     current_flow_run_id,
     evaluate_teacher_task,
@@ -43,13 +49,13 @@ from tasks.training import (
 )
 def train_student(
     dataset: str,
-    ground_truth: GroundTruthSpec | None = None,
-    clip: ClipSpec | None = None,
-    student: StudentSpec = StudentSpec(),  # noqa: B008 - pydantic defaults show in the deployment form
-    schedule: ScheduleSpec = ScheduleSpec(),  # noqa: B008
+    ground_truth: GroundTruthParameters | None = None,
+    clip: ClipParameters | None = None,
+    student: StudentParameters = StudentParameters(),  # noqa: B008 - pydantic defaults show in the deployment form
+    schedule: ScheduleParameters = ScheduleParameters(),  # noqa: B008
     filters: FilterConfig | None = None,
-    data: DataSpec = DataSpec(),  # noqa: B008
-    options: TrainOptions = TrainOptions(),  # noqa: B008
+    data: DataParameters = DataParameters(),  # noqa: B008
+    options: TrainingRunParameters = TrainingRunParameters(),  # noqa: B008
 ) -> dict[str, Any]:
     """Train (or continue) a student on the dataset at ``dataset``; returns the run's summary.
 

@@ -1,6 +1,6 @@
-"""Prefect task around ``maskclip_core.evaluation.benchmark``: one suite scored in a worker.
+"""Prefect task around ``maskclip_core.benchmark.run``: one suite scored in a worker.
 
-The task gets the small :class:`BenchmarkRequest` and a suite name, builds the labeler itself (weights are
+The task gets the small :class:`BenchmarkParameters` and a suite name, builds the labeler itself (weights are
 loaded in the worker, never shipped), reads the suite's files from their folder and returns a
 :class:`SuiteResult` (scores and counts, no arrays). Nothing is cached: a re-run scores again.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maskclip_core.evaluation.benchmark import BenchmarkRequest, SuiteResult, benchmark_suite
+from maskclip_core.benchmark.run import BenchmarkParameters, SuiteResult, benchmark_suite
 
 
 @task(name="benchmark-suite", cache_policy=NO_CACHE, task_run_name="benchmark-{suite}")
-def benchmark_suite_task(request: BenchmarkRequest, suite: str) -> SuiteResult:
+def benchmark_suite_task(request: BenchmarkParameters, suite: str) -> SuiteResult:
     logger = get_run_logger()
     every = max(1, (request.limit or 500) // 10)
 

@@ -6,7 +6,7 @@ Caching policy: no task here is cached (``cache_policy=NO_CACHE``) and none pers
   whose earlier output was deleted, would silently write nothing), so it must run every time it is
   submitted. It is idempotent instead: its part names are deterministic per (flow run, batch), so a retry
   overwrites its own parts atomically.
-- No task receives a model: batches receive a small :class:`LabelerSpec` and load the model through the
+- No task receives a model: batches receive a small :class:`LabelerParameters` and load the model through the
   per-process cache (``load_labeler`` / ``cached_labeler``), so a model never enters a parameter hash or a
   cache key, and each worker process loads it once.
 - The other tasks read or write storage whose content changes between runs; caching them would be wrong.
@@ -36,7 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
-from maskclip_core.dataset.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, atomic_write_bytes, join_url
 from maskclip_core.dataset.integrity import DatasetDamaged
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record
@@ -49,10 +48,11 @@ from maskclip_core.labeling.known_content import known_sha256_index
 from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
 from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.planning import BatchDone, PlannedBatch
-from maskclip_core.labeling.registry import LabelerSpec, labeler_categories, labeler_round, load_labeler
+from maskclip_core.labeling.registry import LabelerParameters, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
 from maskclip_core.labeling.report_images import thumbnail_sources
 from maskclip_core.labeling.write import BatchOutcome, label_and_write_batch
+from maskclip_core.storage.fs import DEFAULT_IMAGE_EXTENSIONS, SourceFile, atomic_write_bytes, join_url
 
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY_S = 2.0  # first retry; then 4, 8, ... (exponential backoff)
@@ -84,7 +84,7 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-class RunOptions(BaseModel):
+class LabelingRunParameters(BaseModel):
     """How a run is carried out (none of this changes the labels, so none of it is in the config hash)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -137,7 +137,7 @@ class RunOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_runner(self) -> RunOptions:
+    def _one_runner(self) -> LabelingRunParameters:
         if self.workers is not None and self.dask_address:
             raise ValueError("give `workers` (a local Dask cluster) or `dask_address` (an existing one), not both")
         return self
@@ -157,7 +157,7 @@ class RunOptions(BaseModel):
 class BatchSetup:
     """Run-wide settings every batch needs (a few KB, sent with each batch to threads or Dask workers)."""
 
-    labeler: LabelerSpec
+    labeler: LabelerParameters
     plan: LabelingPlan
     dataset: str
     dataset_storage_options: Mapping[str, Any] = field(default_factory=dict)
@@ -312,7 +312,7 @@ class SourceListing:
 
 
 @contextlib.contextmanager
-def dataset_lease(dataset: str, options: RunOptions, run_id: str) -> Iterator[Lease]:
+def dataset_lease(dataset: str, options: LabelingRunParameters, run_id: str) -> Iterator[Lease]:
     """The dataset's lease for this run (one writing run at a time; it expires if this process is killed),
     released when the run ends however it ends."""
     lease = acquire_lease(
@@ -348,9 +348,9 @@ def start_run(
     run_id: str,
     source: str,
     dataset: str,
-    labeler: LabelerSpec,
+    labeler: LabelerParameters,
     filters: FilterConfig,
-    options: RunOptions,
+    options: LabelingRunParameters,
     force: bool,
 ) -> LabelingRun:
     """Load the labeler for its config and classes, register the categories, write the labeling record and read

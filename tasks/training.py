@@ -15,10 +15,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from maskclip_core.dataset.metrics import table_rows
-from maskclip_core.evaluation.ground_truth import GroundTruthSpec
+from maskclip_core.dataset.metrics_table import table_rows
+from maskclip_core.evaluation.ground_truth import GroundTruthParameters
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import (
+    ClipParameters,
+    DataParameters,
+    ScheduleParameters,
+    StudentParameters,
+    TrainingRunParameters,
+)
 from maskclip_core.training.plan import TrainingPlan, plan_training
 from maskclip_core.training.run import TrainingOutcome, run_training
 from maskclip_core.training.teacher_scores import evaluate_teacher
@@ -37,12 +43,12 @@ def current_flow_run_id() -> str | None:
 @task(name="plan-student-training", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)
 def plan_training_task(
     dataset: str,
-    clip: ClipSpec | None,
-    student: StudentSpec,
-    schedule: ScheduleSpec,
+    clip: ClipParameters | None,
+    student: StudentParameters,
+    schedule: ScheduleParameters,
     filters: FilterConfig | None,
-    data: DataSpec,
-    options: TrainOptions,
+    data: DataParameters,
+    options: TrainingRunParameters,
 ) -> TrainingPlan:
     """Which labeling, classes, CLIP, network and schedule; the run's name and checkpoint folder."""
     plan = plan_training(
@@ -62,7 +68,7 @@ def plan_training_task(
 
 @task(name="evaluate-teacher", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=2)
 def evaluate_teacher_task(
-    plan: TrainingPlan, ground_truth: GroundTruthSpec, flow_run_id: str | None = None
+    plan: TrainingPlan, ground_truth: GroundTruthParameters, flow_run_id: str | None = None
 ) -> dict[str, Any]:
     """The teacher's pseudo-labels against the ground truth: a metrics row (written to OUTPUT/metrics/)."""
     row = evaluate_teacher(plan, ground_truth, flow_run_id=flow_run_id)
@@ -72,7 +78,7 @@ def evaluate_teacher_task(
 
 @task(name="train-student", cache_policy=NO_CACHE, persist_result=False)
 def train_student_task(
-    plan: TrainingPlan, ground_truth: GroundTruthSpec | None, flow_run_id: str | None = None
+    plan: TrainingPlan, ground_truth: GroundTruthParameters | None, flow_run_id: str | None = None
 ) -> TrainingOutcome:
     """Train or resume the student (a retry of this task resumes from its newest checkpoint)."""
     logger = get_run_logger()

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url
 from maskclip_core.dataset.integrity import schema_problem
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
 from maskclip_core.dataset.schema import TABLES, stored_schema
+from maskclip_core.storage.fs import atomic_write_bytes, join_url
 
 QUARANTINE = "quarantine"
 

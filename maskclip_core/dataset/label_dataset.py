@@ -31,11 +31,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder, sha256_digest, source_digest
-from maskclip_core.dataset.exclusive import create_exclusive
-from maskclip_core.dataset.fs import atomic_write_bytes, is_hidden, join_url, resolve
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.integrity import check_part_schema, reading_part
 from maskclip_core.dataset.manifest import dataset_format, ensure_manifest, id_bits
 from maskclip_core.dataset.parquet import arrow_filesystem, open_dataset, parquet_bytes
+from maskclip_core.dataset.rle import annotations_to_label_map
 from maskclip_core.dataset.schema import (
     ANNOTATIONS_SCHEMA,
     CATEGORIES_SCHEMA,
@@ -49,7 +49,8 @@ from maskclip_core.dataset.schema import (
     to_current_names,
     to_stored_names,
 )
-from maskclip_core.labeling.annotations import annotations_to_label_map, image_id_from_sha256
+from maskclip_core.storage.exclusive import create_exclusive
+from maskclip_core.storage.fs import atomic_write_bytes, is_hidden, join_url, resolve
 
 # Small batches keep known_sha256's memory flat however large the dataset.
 _SCAN_BATCH_ROWS = 64 * 1024

@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
 from maskclip_core.dataset.manifest import ensure_manifest
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, resolve
 
 FORMAT = "maskclip-labeling/1"
 FOLDER = "labelings"
@@ -29,7 +29,7 @@ def labeling_record(
     *,
     max_pixels: int,
 ) -> dict[str, Any]:
-    """The record of a labeling: ``spec`` is the flow's ``LabelerSpec``, ``filters`` its ``FilterConfig``."""
+    """The record of a labeling: ``spec`` is the flow's ``LabelerParameters``, ``filters`` its ``FilterConfig``."""
     spec_json = spec.model_dump(mode="json", exclude={"checkpoint_storage_options", "device"})
     return {
         "format": FORMAT,

@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from maskclip_core.dataset.exclusive import create_exclusive
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
+from maskclip_core.storage.exclusive import create_exclusive
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, resolve
 
 LEASE_DIR = "_lease"
 DEFAULT_TTL_S = 120.0

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, resolve
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, resolve
 
 FORMAT_VERSION = 4  # what this package writes into new datasets
 LEGACY_VERSION = 1  # a dataset without a manifest

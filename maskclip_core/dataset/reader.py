@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from maskclip_core.dataset.ids import stable_id
 from maskclip_core.dataset.integrity import reading_part
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.records import ExportImage, filter_images, lowest_scored, resolve_classes
 from maskclip_core.dataset.schema import STATUSES, stored_schema
-from maskclip_core.labeling.annotations import stable_id
 
 _ROW_CHUNK = 4096  # images rows turned into Python objects at a time
 

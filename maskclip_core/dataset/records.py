@@ -16,9 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-import pycocotools.mask as mask_utils
 
-from maskclip_core.types import IGNORE_INDEX
+from maskclip_core.dataset.rle import annotation_mask, label_map_from_masks
 
 
 @dataclass(kw_only=True)
@@ -59,12 +58,6 @@ class ReviewedImage:
 # ---------------------------------------------------------------------------------------------- masks
 
 
-def annotation_mask(annotation: Mapping[str, Any]) -> np.ndarray:
-    """[H, W] bool mask of one annotation's compressed COCO RLE."""
-    seg = annotation["segmentation"]
-    return mask_utils.decode({"size": list(seg["size"]), "counts": seg["counts"]}).astype(bool)
-
-
 def category_masks(image: ExportImage, category_ids: Sequence[int] | None = None) -> dict[int, np.ndarray]:
     """Union mask per category id, in the order of ``category_ids`` (default: first appearance).
 
@@ -85,20 +78,10 @@ def category_masks(image: ExportImage, category_ids: Sequence[int] | None = None
     return {cid: masks[cid] for cid in category_ids if cid in masks}
 
 
-def label_map_from_masks(masks: Iterable[tuple[int, np.ndarray]], height: int, width: int) -> np.ndarray:
-    """Paint (category_id, mask) pairs in order into a uint8 map (later wins on overlap, 255 elsewhere)."""
-    out = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
-    for cid, m in masks:
-        if not 0 <= cid < IGNORE_INDEX:
-            raise ValueError(f"category id {cid} does not fit a uint8 label map (0..{IGNORE_INDEX - 1})")
-        out[m] = cid
-    return out
-
-
 def label_map_from_annotations(image: ExportImage) -> np.ndarray:
     """[H, W] uint8 map of category ids (255 = no annotation) from an image's annotations, in list order."""
     pairs = ((int(a["category_id"]), annotation_mask(a)) for a in image.annotations)
-    return label_map_from_masks(pairs, image.height, image.width)
+    return label_map_from_masks(pairs, image.height, image.width, overlap="last")
 
 
 def image_score(image: ExportImage) -> float | None:

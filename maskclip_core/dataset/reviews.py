@@ -4,7 +4,7 @@ One row per (reviewed image, category), the category's pixels as compressed COCO
 ``image_id`` / ``sha256``. A reviewed image without any annotated pixel keeps one row with a null
 ``category_id`` and ``segmentation``, so it still supersedes older reviews of that image.
 
-Each import writes one part file whole (``dataset.fs.atomic_write_bytes``), named after a hash of the
+Each import writes one part file whole (``storage.fs.atomic_write_bytes``), named after a hash of the
 imported file: importing the same file again rewrites the same part. Readers skip names starting with ``_``
 or ``.`` (unfinished writes). The current review of an image is the one from its newest import
 (``imported_at``, then ``import_id``); older imports stay on disk as history. Reading the review tools'
@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.manifest import ensure_manifest
 from maskclip_core.dataset.parquet import parquet_bytes
 from maskclip_core.dataset.records import ExportImage, ReviewedImage
+from maskclip_core.dataset.rle import annotations_to_label_map
 from maskclip_core.dataset.schema import REVIEW_TOOLS, REVIEWED_SCHEMA
-from maskclip_core.labeling.annotations import annotations_to_label_map
+from maskclip_core.storage.fs import atomic_write_bytes, join_url
 from maskclip_core.types import IGNORE_INDEX
 
 

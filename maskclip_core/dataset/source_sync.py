@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow.compute as pc
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder
-from maskclip_core.dataset.fs import resolve, to_uri
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
 from maskclip_core.dataset.schema import GONE
+from maskclip_core.storage.fs import resolve, to_uri
 
 
 def uri_digest(uri: str) -> bytes:

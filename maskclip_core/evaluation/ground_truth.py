@@ -28,15 +28,15 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from maskclip_core.dataset.fs import iter_source_files, read_bytes
 from maskclip_core.dataset.reader import relative_file_name
-from maskclip_core.evaluation.metrics import SegmentationMetrics
 from maskclip_core.interchange.coco import load_coco_annotations
+from maskclip_core.segmentation_metrics import SegmentationMetrics
+from maskclip_core.storage.fs import iter_source_files, read_bytes
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.types import IGNORE_INDEX
 
 
-class GroundTruthSpec(BaseModel):
+class GroundTruthParameters(BaseModel):
     """Where the human masks are and how they line up with the dataset (a flow parameter)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -161,7 +161,7 @@ def class_lookup(vocabulary: Vocabulary, aliases: Mapping[str, str] | None = Non
 
 
 def load_ground_truth(
-    spec: GroundTruthSpec,
+    spec: GroundTruthParameters,
     refs: Sequence[Any],
     vocabulary: Vocabulary,
     *,
@@ -204,7 +204,7 @@ def _name_index(refs: Sequence[Any], root: str | None) -> tuple[dict[str, Any], 
 
 
 def _coco(
-    spec: GroundTruthSpec, refs: Sequence[Any], lookup: Mapping[str, int], root: str | None
+    spec: GroundTruthParameters, refs: Sequence[Any], lookup: Mapping[str, int], root: str | None
 ) -> tuple[list[Any], list[Callable[[], np.ndarray]], list[str]]:
     coco = load_coco_annotations(spec.url, storage_options=spec.storage_options, overlap="ignore")
     to_index = {
@@ -238,7 +238,11 @@ def _coco(
 
 
 def _masks(
-    spec: GroundTruthSpec, refs: Sequence[Any], lookup: Mapping[str, int], root: str | None, vocabulary: Vocabulary
+    spec: GroundTruthParameters,
+    refs: Sequence[Any],
+    lookup: Mapping[str, int],
+    root: str | None,
+    vocabulary: Vocabulary,
 ) -> tuple[list[Any], list[Callable[[], np.ndarray]], list[str]]:
     if spec.class_map is not None:
         values = read_class_map(spec.class_map, spec.storage_options)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import iter_export_images
-from maskclip_core.dataset.records import ExportImage, label_map_from_annotations
+from maskclip_core.dataset.records import ExportImage, ReviewedImage, label_map_from_annotations
 from maskclip_core.dataset.reviews import read_reviewed, rows_by_image
-from maskclip_core.evaluation.metrics import score_label_maps
-from maskclip_core.labeling.annotations import annotations_to_label_map
+from maskclip_core.dataset.rle import annotations_to_label_map
+from maskclip_core.segmentation_metrics import score_label_maps
 
 
 def evaluate_reviewed(
@@ -55,3 +55,27 @@ def evaluate_reviewed(
 def _target(image: ExportImage, rows: Sequence[Mapping[str, Any]], category_to_index: Mapping[int, int]) -> np.ndarray:
     anns = [r for r in rows if r["category_id"] is not None]
     return annotations_to_label_map(anns, image.height, image.width, category_to_index)
+
+
+def pseudo_label_maps(images: Iterable[ExportImage]) -> dict[int, np.ndarray]:
+    """Category-id label maps of our own annotations, keyed by image id."""
+    return {img.image_id: label_map_from_annotations(img) for img in images}
+
+
+def evaluate_against_reviewed(
+    pseudo: Mapping[int, np.ndarray],
+    reviewed: Mapping[int, np.ndarray] | Iterable[ReviewedImage],
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    fully_annotated: bool = False,
+) -> dict[str, Any]:
+    """mIoU, per-class IoU (by name) and pixel accuracy of pseudo label maps against reviewed ones.
+
+    Pixels the reviewer left unannotated (255) are not scored (with ``fully_annotated``: scored as "no
+    class"); pseudo 255 on an annotated pixel is a miss. Reviewed images without a pseudo map are skipped and
+    listed under ``missing``.
+    """
+    targets = reviewed if isinstance(reviewed, Mapping) else {r.image_id: r.label_map for r in reviewed}
+    missing = [image_id for image_id in targets if image_id not in pseudo]
+    pairs = ((i, pseudo[i], target) for i, target in targets.items() if i in pseudo)
+    return {**score_label_maps(pairs, categories, fully_annotated=fully_annotated), "missing": missing}

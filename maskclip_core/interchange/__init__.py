@@ -19,10 +19,8 @@ from maskclip_core.interchange.label_studio import (
 )
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
 from maskclip_core.interchange.review_import import (
-    evaluate_against_reviewed,
     import_coco_reviews,
     import_reviews,
-    pseudo_label_maps,
     read_reviews,
 )
 
@@ -31,7 +29,6 @@ __all__ = [
     "ReviewedImage",
     "cvat_coco_json",
     "cvat_labelmap",
-    "evaluate_against_reviewed",
     "export_cvat_coco",
     "export_cvat_mask",
     "export_label_studio",
@@ -45,7 +42,6 @@ __all__ = [
     "lowest_scored",
     "mask_to_polygons",
     "polygons_to_mask",
-    "pseudo_label_maps",
     "read_reviews",
     "resolve_classes",
 ]

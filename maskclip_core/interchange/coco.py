@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pycocotools.coco import COCO
 
-from maskclip_core.dataset.fs import atomic_write_bytes, read_bytes
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import relative_file_name
-from maskclip_core.labeling.annotations import annotations_to_label_map
+from maskclip_core.dataset.rle import annotations_to_label_map
+from maskclip_core.storage.fs import atomic_write_bytes, read_bytes
 
 COCO_CONTRIBUTOR = "maskclip-labeler"  # info.contributor of our exports: an imported file came from us
 StoreTables = tuple[pa.Table, pa.Table, Sequence[Mapping[str, Any]]]  # images, annotations, categories

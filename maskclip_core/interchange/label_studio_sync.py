@@ -379,7 +379,12 @@ def pull(
     reviewed = import_label_studio(annotated, categories)
     source = f"{base}/projects/{project.id}"
     written = store_reviews(
-        dataset, reviewed, tool="label-studio", import_id=digest, source_uri=source, strict=strict,
+        dataset,
+        reviewed,
+        tool="label-studio",
+        import_id=digest,
+        source_uri=source,
+        strict=strict,
         storage_options=storage_options,
     )
     return {

@@ -1,8 +1,7 @@
-"""Human corrections -> ReviewedImage records, imported into the dataset (:func:`import_reviews`), and pseudo
-labels scored against them.
+"""Human corrections -> ReviewedImage records, imported into the dataset (:func:`import_reviews`).
 
-Label maps here hold category ids (uint8, 255 = not annotated) on both sides; evaluation maps ids to
-contiguous class indices for ``maskclip_core.evaluation.metrics``.
+Label maps here hold category ids (uint8, 255 = not annotated); ``evaluation.reviewed`` scores pseudo-labels
+against them.
 """
 
 from __future__ import annotations
@@ -17,21 +16,15 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from maskclip_core.dataset.fs import read_bytes, read_json
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import known_images
-from maskclip_core.dataset.records import (
-    ExportImage,
-    ReviewedImage,
-    category_lookup,
-    label_map_from_annotations,
-    label_map_from_masks,
-)
+from maskclip_core.dataset.records import ExportImage, ReviewedImage, category_lookup
 from maskclip_core.dataset.reviews import review_rows, write_reviewed
-from maskclip_core.evaluation.metrics import score_label_maps
+from maskclip_core.dataset.rle import label_map_from_masks
 from maskclip_core.interchange.coco import COCO_CONTRIBUTOR
 from maskclip_core.interchange.label_studio import import_label_studio
 from maskclip_core.interchange.polygons import polygons_to_mask
+from maskclip_core.storage.fs import read_bytes, read_json
 
 FORMATS = ("label-studio", "coco")
 
@@ -107,30 +100,6 @@ def read_reviews(
     if fmt == "coco":
         return import_coco_reviews(source, categories, images=images, storage_options=storage_options)
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-
-
-def pseudo_label_maps(images: Iterable[ExportImage]) -> dict[int, np.ndarray]:
-    """Category-id label maps of our own annotations, keyed by image id."""
-    return {img.image_id: label_map_from_annotations(img) for img in images}
-
-
-def evaluate_against_reviewed(
-    pseudo: Mapping[int, np.ndarray],
-    reviewed: Mapping[int, np.ndarray] | Iterable[ReviewedImage],
-    categories: Sequence[Mapping[str, Any]],
-    *,
-    fully_annotated: bool = False,
-) -> dict[str, Any]:
-    """mIoU, per-class IoU (by name) and pixel accuracy of pseudo label maps against reviewed ones.
-
-    Pixels the reviewer left unannotated (255) are not scored (with ``fully_annotated``: scored as "no
-    class"); pseudo 255 on an annotated pixel is a miss. Reviewed images without a pseudo map are skipped and
-    listed under ``missing``.
-    """
-    targets = reviewed if isinstance(reviewed, Mapping) else {r.image_id: r.label_map for r in reviewed}
-    missing = [image_id for image_id in targets if image_id not in pseudo]
-    pairs = ((i, pseudo[i], target) for i, target in targets.items() if i in pseudo)
-    return {**score_label_maps(pairs, categories, fully_annotated=fully_annotated), "missing": missing}
 
 
 def _image_linker(images: Iterable[ExportImage] | None) -> Callable[[Mapping[str, Any]], tuple[int, str] | None]:

@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from maskclip_core.dataset.fs import read_bytes, sha256_hex
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.dataset.ids import image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.config_hash import make_labeling_id
 from maskclip_core.labeling.decode import ImageRejected, decode_image, header_pixels
 from maskclip_core.labeling.filter import filter_labels
 from maskclip_core.labeling.memory_budget import MemoryBudget, process_budget
 from maskclip_core.labeling.plan import BatchStats, LabelingPlan, SourceItem, reason_code
 from maskclip_core.labeling.thumbnails import Thumbnail, thumbnail_jpeg
+from maskclip_core.storage.fs import read_bytes, sha256_hex
 from maskclip_core.types import Labeler, SegmentationResult
 
 # Reading these fails the same way on every retry (a symlink loop, a directory, no permission, a name too
@@ -233,9 +234,7 @@ class _Batch:
             t0 = clock()
             for i, (dec, result) in enumerate(zip(group, results, strict=True)):
                 results[i] = None  # free each prediction as soon as it is encoded
-                _finish(
-                    self.plan, dec, result, self.rows, self.annotations, self.thumbs, self.thumbnails, self.stats
-                )
+                _finish(self.plan, dec, result, self.rows, self.annotations, self.thumbs, self.thumbnails, self.stats)
                 dec.rgb = None
                 self.budget.release(dec.reserved)
                 dec.reserved = 0

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskclip_core.labeling.annotations import ID_BITS
+from maskclip_core.dataset.ids import ID_BITS
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from maskclip_core.dataset.digests import DigestSet, source_digest
-from maskclip_core.dataset.fs import SourceFile
 from maskclip_core.labeling.plan import SourceItem
 from maskclip_core.labeling.write import BatchOutcome
+from maskclip_core.storage.fs import SourceFile
 
 if TYPE_CHECKING:  # report.py imports this module
     from maskclip_core.labeling.report import RunSummary

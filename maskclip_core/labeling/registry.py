@@ -1,7 +1,7 @@
 """Which labeler produces the labels: the registry of labeler kinds and the per-process loader.
 
 In the style of segment-anything's ``sam_model_registry``: :data:`LABELER_REGISTRY` maps each kind to its
-loader, and everything that offers a choice of kind (the ``LabelerSpec.labeler`` field, CLI choices, docs)
+loader, and everything that offers a choice of kind (the ``LabelerParameters.labeler`` field, CLI choices, docs)
 derives from it through :data:`LABELER_KINDS` / :data:`LabelerKind`. The dataset records the kind in its
 ``labeler`` columns (``dataset.schema.LABELERS``, kept equal to the registry's kinds).
 """
@@ -24,7 +24,7 @@ class StudentUnavailableError(RuntimeError):
     """``labeler="student"`` was asked for but ``maskclip_core.student.StudentLabeler`` cannot be imported."""
 
 
-def _load_teacher(spec: LabelerSpec, device: str | None) -> Labeler:
+def _load_teacher(spec: LabelerParameters, device: str | None) -> Labeler:
     if spec.config is None:
         raise ValueError("labeler='maskclip' needs classes: pass `classes` or `labeler.config.classes`")
     return cached_labeler(spec.config, device=device)
@@ -33,7 +33,7 @@ def _load_teacher(spec: LabelerSpec, device: str | None) -> Labeler:
 _STUDENTS: ProcessCache[Labeler] = ProcessCache()  # one load per checkpoint even when batches ask at once
 
 
-def _load_student(spec: LabelerSpec, device: str | None) -> Labeler:
+def _load_student(spec: LabelerParameters, device: str | None) -> Labeler:
     key = json.dumps([spec.checkpoint, spec.checkpoint_storage_options, device], sort_keys=True, default=str)
     return _STUDENTS.get(
         key,
@@ -44,7 +44,7 @@ def _load_student(spec: LabelerSpec, device: str | None) -> Labeler:
 
 
 # Kind -> loader(spec, device): the one list of labeler kinds; every choice of kind derives from it.
-LABELER_REGISTRY: dict[str, Callable[[LabelerSpec, str | None], Labeler]] = {
+LABELER_REGISTRY: dict[str, Callable[[LabelerParameters, str | None], Labeler]] = {
     "maskclip": _load_teacher,
     "student": _load_student,
 }
@@ -54,7 +54,7 @@ if set(LABELER_KINDS) != set(LABELERS):  # the dataset's labeler columns hold th
     raise ImportError(f"labeler kinds {LABELER_KINDS} differ from the dataset's {LABELERS}")
 
 
-class LabelerSpec(BaseModel):
+class LabelerParameters(BaseModel):
     """Which labeler produces the labels: the MaskCLIP teacher, or a MaskCLIP+ student checkpoint."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -76,21 +76,21 @@ class LabelerSpec(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
 
     @model_validator(mode="after")
-    def _complete(self) -> LabelerSpec:
+    def _complete(self) -> LabelerParameters:
         # labeler='maskclip' without `config` is completed by `with_classes` (the flows' `classes` parameter).
         if self.labeler == "student" and not self.checkpoint:
             raise ValueError("labeler='student' needs `checkpoint` (a weights file or checkpoint directory URL)")
         return self
 
     @classmethod
-    def maskclip(cls, config: LabelerConfig, device: str | None = None) -> LabelerSpec:
+    def maskclip(cls, config: LabelerConfig, device: str | None = None) -> LabelerParameters:
         return cls(labeler="maskclip", config=config, device=device)
 
     @classmethod
-    def student(cls, checkpoint: str, device: str | None = None, **storage_options: Any) -> LabelerSpec:
+    def student(cls, checkpoint: str, device: str | None = None, **storage_options: Any) -> LabelerParameters:
         return cls(labeler="student", checkpoint=checkpoint, checkpoint_storage_options=storage_options, device=device)
 
-    def with_classes(self, classes: str | None) -> LabelerSpec:
+    def with_classes(self, classes: str | None) -> LabelerParameters:
         """This spec with the flows' top-level ``classes`` (the Run form's third field) applied.
 
         ``classes`` replaces ``config.classes`` of a teacher (the default ``LabelerConfig`` when ``config`` is
@@ -111,12 +111,12 @@ class LabelerSpec(BaseModel):
         return self
 
 
-def resolve_labeler(classes: str | None, labeler: LabelerSpec | None) -> LabelerSpec:
-    """The flows' ``classes`` and optional ``labeler`` parameters as one complete :class:`LabelerSpec`."""
-    return (labeler or LabelerSpec()).with_classes(classes)
+def resolve_labeler(classes: str | None, labeler: LabelerParameters | None) -> LabelerParameters:
+    """The flows' ``classes`` and optional ``labeler`` parameters as one complete :class:`LabelerParameters`."""
+    return (labeler or LabelerParameters()).with_classes(classes)
 
 
-def load_labeler(spec: LabelerSpec, *, device: str | None = None) -> Labeler:
+def load_labeler(spec: LabelerParameters, *, device: str | None = None) -> Labeler:
     """The labeler of ``spec``, loaded once per process and configuration (later calls reuse it).
 
     ``device`` overrides ``spec.device`` (a flow that only needs the labeler's config loads it on the CPU).

@@ -220,9 +220,7 @@ class RunSummary:
 
     def progress_text(self) -> str:
         """The progress artifact's description: counts, and what the run is doing or how it ended."""
-        counts = (
-            f"{self.labeled} labeled, {self.skipped} skipped, {self.rejected} rejected, {self.failed} failed"
-        )
+        counts = f"{self.labeled} labeled, {self.skipped} skipped, {self.rejected} rejected, {self.failed} failed"
         if self.finished and self.ok and not self.submitted_images:
             return f"completed: nothing new ({self.listed} images seen, {self.skipped} already labeled)"
         stage = self.status if self.finished else ("listing complete" if self.listing_complete else "listing")

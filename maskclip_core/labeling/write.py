@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskclip_core.dataset.digests import DigestSet, sha256_digest
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.batch import BatchResult, label_lock, process_batch
 from maskclip_core.labeling.config_hash import batch_part_name
 from maskclip_core.labeling.plan import BatchStats, LabelingPlan, SourceItem
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, read_bytes
 from maskclip_core.types import Labeler
 
 

@@ -63,7 +63,7 @@ def _mobilenet(output_stride: int) -> tuple[nn.Module, int]:
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class BackboneEntry:
     """How to build one backbone: ``build(output_stride) -> (torchvision model, feature channels)`` and the
     torchvision ImageNet-1k weights its feature layers accept."""
 
@@ -73,16 +73,16 @@ class BackboneSpec:
 
 # The backbone registry: ``BackboneName`` (the configs' Literal), the CLI's choices and the docs derive from
 # its keys; a new backbone is one entry here.
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(partial(_resnet, "resnet18"), models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet50": BackboneSpec(partial(_resnet, "resnet50"), models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": BackboneSpec(partial(_resnet, "resnet101"), models.ResNet101_Weights.IMAGENET1K_V1),
-    "mobilenet_v3_large": BackboneSpec(_mobilenet, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+BACKBONES: dict[str, BackboneEntry] = {
+    "resnet18": BackboneEntry(partial(_resnet, "resnet18"), models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": BackboneEntry(partial(_resnet, "resnet50"), models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": BackboneEntry(partial(_resnet, "resnet101"), models.ResNet101_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_large": BackboneEntry(_mobilenet, models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 
 
-def backbone_spec(name: str) -> BackboneSpec:
+def backbone_spec(name: str) -> BackboneEntry:
     """The registered backbone ``name``; a clear error for an unknown one."""
     try:
         return BACKBONES[name]

@@ -23,7 +23,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, resolve
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, read_bytes, resolve
 from maskclip_core.student.classifier import ClassVocabulary
 from maskclip_core.student.model import StudentConfig, StudentNet, build_student
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import maskclip_core.student.checkpoint as ckpt
 from maskclip_core.device import resolve_device
-from maskclip_core.evaluation.metrics import SegmentationMetrics
-from maskclip_core.student import checkpoint as ckpt
+from maskclip_core.segmentation_metrics import SegmentationMetrics
 from maskclip_core.student.augment import AugmentConfig
 from maskclip_core.student.classifier import ClassVocabulary
 from maskclip_core.student.data import CompressedLabels, ConcatSource, LabeledPool, SampleSource, as_sample, make_batch

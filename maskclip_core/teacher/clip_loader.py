@@ -133,7 +133,7 @@ def _offline_message(model_name: str, pretrained: str, cause: Exception) -> str:
         f"This machine cannot download them (no access to the model hub). Fixes:\n"
         f"  - pass a local checkpoint: --pretrained /path/to/{model_name}.pt on the command line, or the "
         f"deployment parameter labeler.config.pretrained=/path/to/{model_name}.pt (in the Run form or "
-        f"`--param labeler='{{\"config\": {{\"pretrained\": \"/path/to/{model_name}.pt\"}}}}'`): an OpenAI "
+        f'`--param labeler=\'{{"config": {{"pretrained": "/path/to/{model_name}.pt"}}}}\'`): an OpenAI '
         f".pt archive or an open_clip state dict, on the machine that runs the flow, or\n"
         f"  - copy the hub cache from a connected machine (HF_HOME / ~/.cache/huggingface), or\n"
         f"  - use --pretrained none (labeler.config.pretrained=none) for random weights (labels are then "

@@ -211,8 +211,6 @@ def _naclip_block(
     return block.ls_1(block.attn.out_proj(_merge_heads(out))), k
 
 
-
-
 # The attention-mode registry (as segment-anything's ``sam_model_registry``): a new training-free variant is
 # one entry here; ``AttentionMode`` (the config's Literal), the CLI's choices and the docs derive from it.
 ATTENTION_MODES: dict[str, LastBlock] = {

@@ -14,7 +14,7 @@ SYNONYM_SEPARATOR = ";"
 
 
 @dataclass(frozen=True)
-class ClassSpec:
+class VocabularyEntry:
     """One output class; its score is the max over its queries (the name first, then synonyms)."""
 
     name: str
@@ -29,12 +29,12 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def parse_class(text: str) -> ClassSpec:
+def parse_class(text: str) -> VocabularyEntry:
     """``"person; man; woman"`` -> class ``person`` queried as person, man and woman."""
     queries = tuple(dict.fromkeys(q for q in (_clean(p) for p in text.split(SYNONYM_SEPARATOR)) if q))
     if not queries:
         raise ValueError(f"empty class in {text!r}")
-    return ClassSpec(queries[0], queries)
+    return VocabularyEntry(queries[0], queries)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Vocabulary:
     named classes go somewhere other than the nearest named class.
     """
 
-    classes: tuple[ClassSpec, ...]
+    classes: tuple[VocabularyEntry, ...]
     background: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -78,9 +78,9 @@ class Vocabulary:
         return cls(specs, bg)
 
     @property
-    def all_classes(self) -> tuple[ClassSpec, ...]:
+    def all_classes(self) -> tuple[VocabularyEntry, ...]:
         if self.background:
-            return self.classes + (ClassSpec(BACKGROUND, self.background),)
+            return self.classes + (VocabularyEntry(BACKGROUND, self.background),)
         return self.classes
 
     @property
@@ -106,7 +106,7 @@ class Vocabulary:
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:
         data = json.loads(text)
-        return cls(tuple(ClassSpec(q[0], tuple(q)) for q in data["classes"]), tuple(data.get("background", ())))
+        return cls(tuple(VocabularyEntry(q[0], tuple(q)) for q in data["classes"]), tuple(data.get("background", ())))
 
     def describe(self) -> str:
         parts = [SYNONYM_SEPARATOR.join(c.queries) for c in self.classes]

@@ -25,10 +25,10 @@ from typing import Any, overload
 
 import numpy as np
 
-from maskclip_core.dataset.fs import read_bytes, sha256_hex
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS, decode_image
+from maskclip_core.storage.fs import read_bytes, sha256_hex
 from maskclip_core.student.data import Sample, compress_labels, decompress_labels
 from maskclip_core.types import IGNORE_INDEX
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from maskclip_core.teacher.vocabulary import Vocabulary
-from maskclip_core.training.parameters import ClipSpec
+from maskclip_core.training.parameters import ClipParameters
 
 
-def clip_embed_dim(clip: ClipSpec) -> int:
+def clip_embed_dim(clip: ClipParameters) -> int:
     """The joint embedding size of the CLIP model, from its open_clip config (no weights loaded)."""
     import open_clip
 
@@ -20,7 +20,7 @@ def clip_embed_dim(clip: ClipSpec) -> int:
     return int(config["embed_dim"])
 
 
-def text_embeddings(clip: ClipSpec, vocabulary: Vocabulary, device: str | None = None) -> tuple[Any, Any]:
+def text_embeddings(clip: ClipParameters, vocabulary: Vocabulary, device: str | None = None) -> tuple[Any, Any]:
     """([Q, D] CPU tensor, ``ClassVocabulary``): the teacher's text classifier for ``vocabulary``, built as
     the teacher builds it (same CLIP weights, prompt templates and per-query ensembles; same cache)."""
     from maskclip_core.student.classifier import ClassVocabulary

@@ -1,8 +1,8 @@
 """The parameters of a training run (flow parameters: their bounds and descriptions show in the deployment form).
 
-:class:`ClipSpec` (the teacher's CLIP, whose text embeddings become the student's classifier),
-:class:`StudentSpec` (the network), :class:`ScheduleSpec` (iterations, rounds, optimisation),
-:class:`DataSpec` (which labels and images) and :class:`TrainOptions` (how the run is carried out).
+:class:`ClipParameters` (the teacher's CLIP, whose text embeddings become the student's classifier),
+:class:`StudentParameters` (the network), :class:`ScheduleParameters` (iterations, rounds, optimisation),
+:class:`DataParameters` (which labels and images) and :class:`TrainingRunParameters` (how the run is carried out).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from maskclip_core.teacher.prompts import TemplateSetName
 
 
-class ClipSpec(BaseModel):
+class ClipParameters(BaseModel):
     """The CLIP model whose text embeddings are the student's frozen classifier (the teacher's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,13 +29,13 @@ class ClipSpec(BaseModel):
     templates: TemplateSetName = Field("maskclip", description="Prompt templates of the teacher")
 
     @classmethod
-    def from_labeler_config(cls, config: Mapping[str, Any]) -> ClipSpec:
+    def from_labeler_config(cls, config: Mapping[str, Any]) -> ClipParameters:
         """From a ``LabelerConfig`` (object or dict)."""
         data = config.model_dump() if hasattr(config, "model_dump") else dict(config)
         return cls(model=data["model"], pretrained=data["pretrained"], seed=data["seed"], templates=data["templates"])
 
 
-class StudentSpec(BaseModel):
+class StudentParameters(BaseModel):
     """The student network (``StudentConfig`` without the embedding size, which is the CLIP's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,7 +57,7 @@ class StudentSpec(BaseModel):
         return StudentConfig(embed_dim=embed_dim, **self.model_dump())
 
 
-class ScheduleSpec(BaseModel):
+class ScheduleParameters(BaseModel):
     """Iterations, rounds and optimisation (``TrainConfig``); the defaults are MaskCLIP+'s."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,7 +84,7 @@ class ScheduleSpec(BaseModel):
     log_every: int = Field(50, ge=0, description="Log the loss every N iterations (0: never)")
 
     @model_validator(mode="after")
-    def _fits(self) -> ScheduleSpec:
+    def _fits(self) -> ScheduleParameters:
         if self.iterations < self.rounds + 1:
             raise ValueError(
                 f"{self.iterations} iterations cannot hold the pseudo-label phase and {self.rounds} rounds"
@@ -111,7 +111,7 @@ class ScheduleSpec(BaseModel):
         return TrainConfig(**fields, augment=augment)
 
 
-class DataSpec(BaseModel):
+class DataParameters(BaseModel):
     """Which labels and images of the dataset the student learns from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,7 +127,7 @@ class DataSpec(BaseModel):
     )
 
 
-class TrainOptions(BaseModel):
+class TrainingRunParameters(BaseModel):
     """How a training run is carried out (none of it changes the student, so none of it names the run)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

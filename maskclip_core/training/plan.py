@@ -15,14 +15,20 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url, read_bytes, resolve
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import read_labeling_record
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.teacher.vocabulary import ClassSpec, Vocabulary
+from maskclip_core.storage.fs import atomic_write_bytes, join_url, read_bytes, resolve
+from maskclip_core.teacher.vocabulary import Vocabulary, VocabularyEntry
 from maskclip_core.training.data import training_fingerprint
 from maskclip_core.training.embeddings import clip_embed_dim
-from maskclip_core.training.parameters import ClipSpec, DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import (
+    ClipParameters,
+    DataParameters,
+    ScheduleParameters,
+    StudentParameters,
+    TrainingRunParameters,
+)
 
 RUN_MANIFEST = "run.json"
 
@@ -89,34 +95,34 @@ def training_vocabulary(record: Mapping[str, Any] | None, dataset: LabelDataset)
 
             return LabelerConfig(**config).vocabulary()
         if record.get("classes"):
-            return Vocabulary(tuple(ClassSpec(c["name"], (c["name"], *c["synonyms"])) for c in record["classes"]))
+            return Vocabulary(tuple(VocabularyEntry(c["name"], (c["name"], *c["synonyms"])) for c in record["classes"]))
     categories = dataset.categories()
     if not categories:
         raise ValueError(f"{dataset.url} holds no categories: nothing was labeled there")
     specs = []
     for c in categories:
         queries = tuple(dict.fromkeys([c["name"], *c["synonyms"]]))
-        specs.append(ClassSpec(c["name"], queries))
+        specs.append(VocabularyEntry(c["name"], queries))
     return Vocabulary(tuple(specs))
 
 
 def plan_training(
     dataset_url: str,
     *,
-    clip: ClipSpec | None = None,
-    student: StudentSpec | None = None,
-    schedule: ScheduleSpec | None = None,
+    clip: ClipParameters | None = None,
+    student: StudentParameters | None = None,
+    schedule: ScheduleParameters | None = None,
     filters: FilterConfig | None = None,
-    data: DataSpec | None = None,
-    options: TrainOptions | None = None,
+    data: DataParameters | None = None,
+    options: TrainingRunParameters | None = None,
 ) -> TrainingPlan:
     """Resolve the run: labeling, classes, CLIP, filter, network, schedule, data fingerprint, run name.
 
     Writes (or checks) ``OUTPUT/checkpoints/<run>/run.json``: a run name given twice for different settings
     or data raises instead of resuming a checkpoint that belongs to something else.
     """
-    student, schedule = student or StudentSpec(), schedule or ScheduleSpec()
-    data, options = data or DataSpec(), options or TrainOptions()
+    student, schedule = student or StudentParameters(), schedule or ScheduleParameters()
+    data, options = data or DataParameters(), options or TrainingRunParameters()
     storage_options = dict(options.storage_options)
     dataset = LabelDataset(dataset_url, storage_options)
     config_hash = data.config_hash or _only_teacher_labeling(dataset)
@@ -170,7 +176,7 @@ def _only_teacher_labeling(dataset: LabelDataset) -> str:
     return hashes[0]
 
 
-def _teacher_clip(record: Mapping[str, Any] | None, config_hash: str, dataset_url: str) -> ClipSpec:
+def _teacher_clip(record: Mapping[str, Any] | None, config_hash: str, dataset_url: str) -> ClipParameters:
     """The teacher's CLIP from the labeling record."""
     config = ((record or {}).get("spec") or {}).get("config")
     if not config:
@@ -178,7 +184,7 @@ def _teacher_clip(record: Mapping[str, Any] | None, config_hash: str, dataset_ur
             f"no teacher CLIP recorded for labeling {config_hash} of {dataset_url} (labelings/{config_hash}.json "
             "missing or from a student): give the CLIP model (clip / --clip-model, --clip-pretrained)"
         )
-    return ClipSpec.from_labeler_config(config)
+    return ClipParameters.from_labeler_config(config)
 
 
 def _claim_run(plan: TrainingPlan, identity: Mapping[str, Any]) -> None:

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskclip_core.dataset.fs import join_url
-from maskclip_core.dataset.metrics import metrics_row, read_metrics, write_metrics
-from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, restrict_summary
+from maskclip_core.dataset.metrics_table import metrics_row, read_metrics, write_metrics
+from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthParameters, restrict_summary
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
+from maskclip_core.storage.fs import join_url
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.training.data import LazyImages, TrainingSet, load_training_set
 from maskclip_core.training.embeddings import text_embeddings
-from maskclip_core.training.parameters import ClipSpec
+from maskclip_core.training.parameters import ClipParameters
 from maskclip_core.training.plan import TrainingPlan
 from maskclip_core.training.teacher_scores import ground_truth_for
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
@@ -63,7 +63,7 @@ class TrainingOutcome:
 
 def run_training(
     plan: TrainingPlan,
-    ground_truth: GroundTruthSpec | None = None,
+    ground_truth: GroundTruthParameters | None = None,
     *,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     flow_run_id: str | None = None,
@@ -91,7 +91,7 @@ def run_training(
     logger.info("run %s: %s", plan.run, data.counts)
     truth = ground_truth_for(plan, ground_truth) if ground_truth is not None else None
     eval_pairs = truth.pairs(LazyImages(truth.refs, data.reader)) if truth is not None else None
-    embeddings, class_vocabulary = text_embeddings(ClipSpec(**plan.clip), vocabulary, plan.device)
+    embeddings, class_vocabulary = text_embeddings(ClipParameters(**plan.clip), vocabulary, plan.device)
     report = _RoundReport(plan, truth, ground_truth, flow_run_id, on_round)
     result = fit_student(
         StudentConfig.from_dict(plan.student_config),
@@ -140,7 +140,7 @@ class _RoundReport:
 
     plan: TrainingPlan
     truth: GroundTruth | None
-    ground_truth: GroundTruthSpec | None
+    ground_truth: GroundTruthParameters | None
     flow_run_id: str | None
     on_round: Callable[[dict[str, Any]], None] | None
 

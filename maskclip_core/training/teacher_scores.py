@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.metrics import metrics_row, write_metrics
+from maskclip_core.dataset.metrics_table import metrics_row, write_metrics
 from maskclip_core.dataset.reader import source_root
-from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthSpec, load_ground_truth
-from maskclip_core.evaluation.metrics import SegmentationMetrics
+from maskclip_core.evaluation.ground_truth import GroundTruth, GroundTruthParameters, load_ground_truth
+from maskclip_core.segmentation_metrics import SegmentationMetrics
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.training.data import ImageRef, category_index
 from maskclip_core.training.plan import TrainingPlan
@@ -22,7 +22,7 @@ def _config_refs(dataset: LabelDataset, config_hash: str) -> list[ImageRef]:
     return [ImageRef.from_row(r) for r in rows if r["sha256"] and r["height"] is not None and r["width"] is not None]
 
 
-def ground_truth_for(plan: TrainingPlan, spec: GroundTruthSpec) -> GroundTruth:
+def ground_truth_for(plan: TrainingPlan, spec: GroundTruthParameters) -> GroundTruth:
     """The ground truth of the plan's labeled and rejected images (the dataset's own file-name root)."""
     dataset = LabelDataset(plan.dataset_url, plan.storage_options)
     vocabulary = Vocabulary.from_json(plan.vocabulary)
@@ -30,7 +30,7 @@ def ground_truth_for(plan: TrainingPlan, spec: GroundTruthSpec) -> GroundTruth:
     return load_ground_truth(spec, refs, vocabulary, default_root=source_root(dataset))
 
 
-def evaluate_teacher(plan: TrainingPlan, spec: GroundTruthSpec, flow_run_id: str | None = None) -> dict[str, Any]:
+def evaluate_teacher(plan: TrainingPlan, spec: GroundTruthParameters, flow_run_id: str | None = None) -> dict[str, Any]:
     """Score the teacher's stored (filtered) pseudo-labels against the ground truth; writes and returns the
     metrics row. An ignored or rejected pixel on a scored ground-truth pixel counts as a miss."""
     truth = ground_truth_for(plan, spec)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from support.race_workers import register_categories
 
-from maskclip_core.dataset.exclusive import create_exclusive
 from maskclip_core.dataset.label_dataset import LabelDataset
+from maskclip_core.storage.exclusive import create_exclusive
 
 TRIALS = 20
 NAMES_A = ["cat", "dog", "shared"]
@@ -73,7 +73,7 @@ def test_create_exclusive_creates_once(backend: str, tmp_path: Path, request: py
         url = f"memory://exclusive-{tmp_path.name}/claim"
     assert create_exclusive(url, b"first", options)
     assert not create_exclusive(url, b"second", options)
-    from maskclip_core.dataset.fs import read_bytes
+    from maskclip_core.storage.fs import read_bytes
 
     assert read_bytes(url, options) == b"first"
     if backend == "local":

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskclip_core.dataset import label_dataset as dataset_module
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.schema import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import Region
 from maskclip_core.types import IGNORE_INDEX
 

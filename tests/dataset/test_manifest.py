@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskclip_core.dataset import manifest
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.manifest import (
     FORMAT_VERSION,
@@ -23,10 +24,10 @@ from maskclip_core.dataset.manifest import (
     dataset_format,
     package_version,
 )
-from maskclip_core.dataset.metrics import metrics_row, read_metrics, write_metrics
+from maskclip_core.dataset.metrics_table import metrics_row, read_metrics, write_metrics
 from maskclip_core.dataset.reader import iter_export_images
 from maskclip_core.dataset.schema import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA, stored_schema
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import Region
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -22,9 +22,10 @@ from support.review_store import Built, H, W, build_store, fails, label_map, run
 
 from flows.cli import main
 from flows.cli_review import format_report
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 

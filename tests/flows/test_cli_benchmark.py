@@ -10,8 +10,9 @@ from support.benchmark_tiny import TINY_INFERENCE, write_tiny_data_root
 
 from flows.cli import main
 from flows.cli_benchmark import METHODS, parse_roots
-from maskclip_core.evaluation.benchmark import METHOD_NAMES, unavailable_reason
-from maskclip_core.evaluation.benchmark import METHODS as METHODS_BY_NAME
+from maskclip_core.benchmark.protocols import METHOD_NAMES
+from maskclip_core.benchmark.protocols import METHODS as METHODS_BY_NAME
+from maskclip_core.benchmark.run import unavailable_reason
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

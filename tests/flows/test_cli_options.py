@@ -153,17 +153,22 @@ def test_every_option_has_help_and_shows_its_default():
 
 def test_help_defaults_are_the_models_defaults(capsys):
     """The defaults shown in help are the ones a run gets: equal to the pydantic models' own."""
-    from flows.label_dataset import RunOptions
+    from flows.label_dataset import LabelingRunParameters
     from maskclip_core.labeling.filter import FilterConfig
     from maskclip_core.teacher.labeler import LabelerConfig
     from maskclip_core.teacher.window_predictor import InferenceConfig
-    from maskclip_core.training.parameters import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.parameters import (
+        DataParameters,
+        ScheduleParameters,
+        StudentParameters,
+        TrainingRunParameters,
+    )
 
     args, _ = parse(capsys, "label", "--source", "s", "--dataset", "d", "--classes", "cat")
     config = cli.labeler_config_from_args(args)
     assert config == LabelerConfig(classes="cat")
     assert config.inference == InferenceConfig()
-    assert cli.label_parameters(args)["options"] == RunOptions()
+    assert cli.label_parameters(args)["options"] == LabelingRunParameters()
     assert cli.label_parameters(args)["filters"] == FilterConfig()
     assert FILTER_DEFAULTS == {k: v.default for k, v in FilterConfig.model_fields.items() if k in FILTER_DEFAULTS}
     assert tuple(ATTENTION_MODES) == get_args(InferenceConfig.model_fields["attention"].annotation)
@@ -173,10 +178,10 @@ def test_help_defaults_are_the_models_defaults(capsys):
 
     args, _ = parse(capsys, "train", "--dataset", "d")
     params = train_parameters(args)
-    assert params["schedule"] == ScheduleSpec() and params["student"] == StudentSpec()
-    assert params["data"] == DataSpec() and params["options"] == TrainOptions()
+    assert params["schedule"] == ScheduleParameters() and params["student"] == StudentParameters()
+    assert params["data"] == DataParameters() and params["options"] == TrainingRunParameters()
     assert params["filters"] is None and params["clip"] is None  # inherited from the labeling record
-    assert set(BACKBONES) == set(get_args(StudentSpec.model_fields["backbone"].annotation))
+    assert set(BACKBONES) == set(get_args(StudentParameters.model_fields["backbone"].annotation))
 
 
 def test_version(capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support.benchmark_tiny import TINY_INFERENCE, TINY_MODEL, write_tiny_data_root
 
-from maskclip_core.evaluation.benchmark import BenchmarkRequest, run_benchmark
+from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,7 +20,9 @@ def test_benchmark_flow_reports_and_publishes_a_table(tmp_path: Path, prefect_ha
     from flows.benchmark import TABLE_ARTIFACT_KEY, BenchmarkIncomplete, benchmark
 
     root = write_tiny_data_root(tmp_path / "data")
-    request = BenchmarkRequest(suites=["voc21", "ade20k"], data_root=str(root), inference=TINY_INFERENCE, **TINY_MODEL)
+    request = BenchmarkParameters(
+        suites=["voc21", "ade20k"], data_root=str(root), inference=TINY_INFERENCE, **TINY_MODEL
+    )
     state = benchmark(request, return_state=True)
     report = state.result()
     direct = run_benchmark(request).to_dict()  # the flow scores exactly what the library does
@@ -56,4 +58,4 @@ def test_benchmark_deployment_is_on_demand() -> None:
     assert not deployment.get("schedules") and deployment["parameters"] == {}
     flow = load_flow_from_entrypoint(str(root / deployment["entrypoint"]))
     assert flow.name == "benchmark"
-    assert "BenchmarkRequest" in parameter_schema(flow.fn).definitions  # the UI's Run form
+    assert "BenchmarkParameters" in parameter_schema(flow.fn).definitions  # the UI's Run form

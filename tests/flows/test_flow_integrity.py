@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
-from flows.label_dataset import RunOptions, label_dataset
+from flows.label_dataset import LabelingRunParameters, label_dataset
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.lease import acquire_lease
 from maskclip_core.dataset.reader import iter_export_images
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-FAST = RunOptions(batch_size=4, retries=0, retry_delay_seconds=0.01, thumbnails=0)
+FAST = LabelingRunParameters(batch_size=4, retries=0, retry_delay_seconds=0.01, thumbnails=0)
 CLI_MODEL = ["--classes", "red, green, blue", "--model", "maskclip-tiny-ViT", "--pretrained", "none"]
 CLI_MODEL += ["--device", "cpu", "--short-side", "64", "--crop", "64", "--stride", "32", "--retries", "0"]
 

@@ -27,16 +27,16 @@ from support.bad_inputs import write_bad_input_corpus
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 import maskclip_core.labeling.write as pipeline_module
-from flows.label_dataset import LabelingIncomplete, RunOptions, label_dataset
-from maskclip_core.dataset.fs import sha256_hex
+from flows.label_dataset import LabelingIncomplete, LabelingRunParameters, label_dataset
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.labeling.annotations import segmentation_to_mask
+from maskclip_core.dataset.rle import segmentation_to_mask
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
-from maskclip_core.labeling.registry import LabelerSpec, StudentUnavailableError, load_labeler
+from maskclip_core.labeling.registry import LabelerParameters, StudentUnavailableError, load_labeler
+from maskclip_core.storage.fs import sha256_hex
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-FAST = RunOptions(batch_size=3, retries=1, retry_delay_seconds=0.01, thumbnails=2)
+FAST = LabelingRunParameters(batch_size=3, retries=1, retry_delay_seconds=0.01, thumbnails=2)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def test_storage_error_outliving_retries_fails_its_batch_and_the_next_run_recove
 
 def test_listing_restarts_with_backoff_after_a_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.label_dataset as flow_module
-    from maskclip_core.dataset.fs import SourceFile
+    from maskclip_core.storage.fs import SourceFile
 
     listing = [SourceFile(f"s3://b/{i}.jpg", 1, f"etag:{i}") for i in range(5)]
     failures = iter([3, 4])  # the 1st attempt dies after 3 files, the 2nd after 4, the 3rd completes
@@ -415,7 +415,7 @@ def test_listing_restarts_with_backoff_after_a_storage_error(monkeypatch: pytest
 
     monkeypatch.setattr(flow_module, "iter_source_files", flaky_listing)
     sleeps: list[float] = []
-    options = RunOptions(retries=2, retry_delay_seconds=0.5)
+    options = LabelingRunParameters(retries=2, retry_delay_seconds=0.5)
     assert list(flow_module.iter_listing("s3://b", options, sleep=sleeps.append)) == listing
     assert sleeps == [0.5, 1.0]
     failures = iter([1, 1, 1])
@@ -426,7 +426,7 @@ def test_listing_restarts_with_backoff_after_a_storage_error(monkeypatch: pytest
 def test_asking_for_a_missing_student_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "maskclip_core.student", None)
     write_folder(tmp_path / "src", images(1))
-    spec = LabelerSpec.student(str(tmp_path / "student.safetensors"))
+    spec = LabelerParameters.student(str(tmp_path / "student.safetensors"))
     state = label_dataset(str(tmp_path / "src"), str(tmp_path / "out"), labeler=spec, return_state=True)
     assert state.is_failed()
     with pytest.raises(StudentUnavailableError, match="maskclip_core.student.StudentLabeler"):
@@ -464,7 +464,7 @@ def test_student_labeler_rows_carry_source_and_round(tmp_path: Path, monkeypatch
 
     monkeypatch.setitem(sys.modules, "maskclip_core.student", types.SimpleNamespace(StudentLabeler=FakeStudent))
     write_folder(tmp_path / "src", images(3, seed=11))
-    spec = LabelerSpec.student(f"file://{tmp_path}/checkpoints/{uuid.uuid4().hex}")
+    spec = LabelerParameters.student(f"file://{tmp_path}/checkpoints/{uuid.uuid4().hex}")
     state, summary = run(str(tmp_path / "src"), str(tmp_path / "out"), labeler=spec)
     assert state.is_completed() and summary["labeled"] == 3 and summary["labeler"] == "student"
     store = LabelDataset(str(tmp_path / "out"))
@@ -526,15 +526,15 @@ def test_task_runner_choice() -> None:
 
     from flows.label_dataset import make_task_runner
 
-    runner = make_task_runner(RunOptions(concurrency=3))
-    assert isinstance(runner, ThreadPoolTaskRunner) and RunOptions(concurrency=3).in_flight_limit() == 6
-    local = make_task_runner(RunOptions(workers=4))
+    runner = make_task_runner(LabelingRunParameters(concurrency=3))
+    assert isinstance(runner, ThreadPoolTaskRunner) and LabelingRunParameters(concurrency=3).in_flight_limit() == 6
+    local = make_task_runner(LabelingRunParameters(workers=4))
     assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 4
     assert local.cluster_kwargs["processes"] and local.cluster_kwargs["threads_per_worker"] == 1
-    remote = make_task_runner(RunOptions(dask_address="tcp://127.0.0.1:8786"))
+    remote = make_task_runner(LabelingRunParameters(dask_address="tcp://127.0.0.1:8786"))
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="not both"):
-        RunOptions(workers=2, dask_address="tcp://127.0.0.1:8786")
+        LabelingRunParameters(workers=2, dask_address="tcp://127.0.0.1:8786")
 
 
 def test_dask_local_cluster_gives_the_thread_pool_labels(tmp_path: Path) -> None:

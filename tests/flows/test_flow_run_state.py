@@ -16,12 +16,12 @@ from PIL import Image
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 import flows.label_dataset as flow_module
-from flows.label_dataset import RunOptions, label_dataset, progress_listener
+from flows.label_dataset import LabelingRunParameters, label_dataset, progress_listener
 from maskclip_core.dataset.label_dataset import LabelDataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-ONE_PER_BATCH = RunOptions(batch_size=1, retries=0, thumbnails=0, concurrency=2)
+ONE_PER_BATCH = LabelingRunParameters(batch_size=1, retries=0, thumbnails=0, concurrency=2)
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> None:

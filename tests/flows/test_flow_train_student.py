@@ -19,27 +19,32 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, H, W, block_image
 
-from flows.label_dataset import RunOptions
-from flows.pseudo_label_and_train import ExportStep, RelabelStep, TrainingStep, pseudo_label_and_train
+from flows.label_dataset import LabelingRunParameters
+from flows.pseudo_label_and_train import (
+    ExportStepParameters,
+    RelabelStepParameters,
+    TrainingStepParameters,
+    pseudo_label_and_train,
+)
 from flows.train_student import train_student
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import read_labeling_record
-from maskclip_core.dataset.metrics import read_metrics
-from maskclip_core.evaluation.ground_truth import GroundTruthSpec, restrict_summary
-from maskclip_core.evaluation.metrics import SegmentationMetrics
+from maskclip_core.dataset.metrics_table import read_metrics
+from maskclip_core.evaluation.ground_truth import GroundTruthParameters, restrict_summary
 from maskclip_core.labeling.filter import filter_labels
+from maskclip_core.segmentation_metrics import SegmentationMetrics
 from maskclip_core.student import StudentLabeler, load_checkpoint, predict, read_latest
-from maskclip_core.training.parameters import ScheduleSpec, StudentSpec, TrainOptions
+from maskclip_core.training.parameters import ScheduleParameters, StudentParameters, TrainingRunParameters
 from maskclip_core.types import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
 
-FAST = RunOptions(batch_size=4, retries=0, thumbnails=0)
-STUDENT = StudentSpec(
+FAST = LabelingRunParameters(batch_size=4, retries=0, thumbnails=0)
+STUDENT = StudentParameters(
     backbone="mobilenet_v3_large", output_stride=16, head_channels=16, temperature=5.0, backbone_weights="none"
 )
 # Tiny images (40 x 56) are trained and scored at their own size: no 512 px base scale.
-SCHEDULE = ScheduleSpec(
+SCHEDULE = ScheduleParameters(
     iterations=6,
     rounds=1,
     pseudo_fraction=0.5,
@@ -70,16 +75,16 @@ def planted_truth() -> np.ndarray:
     return truth
 
 
-def write_mask_ground_truth(root: Path, names: list[str]) -> GroundTruthSpec:
+def write_mask_ground_truth(root: Path, names: list[str]) -> GroundTruthParameters:
     masks = root / "masks"
     masks.mkdir(parents=True, exist_ok=True)
     for name in names:
         Image.fromarray(planted_truth()).save(masks / name)
     (root / "classes.json").write_text(json.dumps(["red", "green", "blue", "sky"]))
-    return GroundTruthSpec(url=str(masks), class_map=str(root / "classes.json"))
+    return GroundTruthParameters(url=str(masks), class_map=str(root / "classes.json"))
 
 
-def write_coco_ground_truth(root: Path, names: list[str]) -> GroundTruthSpec:
+def write_coco_ground_truth(root: Path, names: list[str]) -> GroundTruthParameters:
     truth = planted_truth()
     images, annotations = [], []
     categories = [{"id": 11, "name": "Red"}, {"id": 12, "name": "blue"}, {"id": 13, "name": "sky"}]
@@ -91,7 +96,7 @@ def write_coco_ground_truth(root: Path, names: list[str]) -> GroundTruthSpec:
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cid, "segmentation": seg})
     path = root / "ground_truth.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return GroundTruthSpec(url=str(path))
+    return GroundTruthParameters(url=str(path))
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +113,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         TINY_SPEC,
         KEEP_ALL,
         FAST,
-        TrainingStep(student=STUDENT, schedule=schedule, options=TrainOptions(device="cpu")),
-        RelabelStep(dataset=relabeled, device="cpu"),
-        ExportStep(),
+        TrainingStepParameters(student=STUDENT, schedule=schedule, options=TrainingRunParameters(device="cpu")),
+        RelabelStepParameters(dataset=relabeled, device="cpu"),
+        ExportStepParameters(),
         return_state=True,
     )
     return {
@@ -232,11 +237,11 @@ def test_parent_run_links_a_failed_sub_run_and_the_training_loss_is_in_the_run_l
     assert all(float(m.split(" loss ")[1]) > 0 for m in losses)
 
     # A pipeline whose training fails (its ground truth is missing) still links the sub-runs, the failed one too.
-    training = TrainingStep(
+    training = TrainingStepParameters(
         student=STUDENT,
         schedule=SCHEDULE,
-        options=TrainOptions(device="cpu"),
-        ground_truth=GroundTruthSpec(url=str(tmp_path / "missing.json")),
+        options=TrainingRunParameters(device="cpu"),
+        ground_truth=GroundTruthParameters(url=str(tmp_path / "missing.json")),
     )
     state = pseudo_label_and_train(
         str(pipeline["src"]), pipeline["out"], None, TINY_SPEC, KEEP_ALL, FAST, training, return_state=True
@@ -262,17 +267,24 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
         fs.pipe_file(f"{bucket}/photos/{path.name}", path.read_bytes())
     local_truth = write_coco_ground_truth(tmp_path, ["img_000.png", "img_003.png"])
     fs.pipe_file(f"{bucket}/truth/gt.json", Path(local_truth.url).read_bytes())
-    truth = GroundTruthSpec(url=f"s3://{bucket}/truth/gt.json", storage_options=s3_server.storage_options)
+    truth = GroundTruthParameters(url=f"s3://{bucket}/truth/gt.json", storage_options=s3_server.storage_options)
     so = s3_server.storage_options
     options = FAST.model_copy(update={"source_storage_options": so, "dataset_storage_options": so})
     out = f"s3://{bucket}/dataset"
 
-    def run(*export: ExportStep) -> dict[str, Any]:
-        training = TrainingStep(
-            student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainOptions(device="cpu")
+    def run(*export: ExportStepParameters) -> dict[str, Any]:
+        training = TrainingStepParameters(
+            student=STUDENT, schedule=SCHEDULE, ground_truth=truth, options=TrainingRunParameters(device="cpu")
         )
         return pseudo_label_and_train(
-            f"s3://{bucket}/photos", out, None, TINY_SPEC, KEEP_ALL, options, training, RelabelStep(device="cpu"),
+            f"s3://{bucket}/photos",
+            out,
+            None,
+            TINY_SPEC,
+            KEEP_ALL,
+            options,
+            training,
+            RelabelStepParameters(device="cpu"),
             *export,
         )
 
@@ -297,7 +309,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
     assert {im["id"] for im in coco["images"]} == student_ids
     assert {a["id"] for a in coco["annotations"]} == set(store.annotations(config_hash=student_hash)["id"].to_pylist())
     # Everything done: a second run skips the labeled images and finds the training finished.
-    again = run(ExportStep(enabled=False))
+    again = run(ExportStepParameters(enabled=False))
     assert again["teacher"]["labeled"] == 0 and again["training"]["run"] == trained["run"]
     assert again["training"]["resumed_from_round"] == 1 and again["relabel"]["labeled"] == 0
 
@@ -341,16 +353,18 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(pipeline: dict
     truth = write_mask_ground_truth(tmp_path, ["img_000.png", "img_002.png", "img_003.png"])
     schedule = SCHEDULE.model_copy(update={"rounds": 2, "pseudo_fraction": 0.34})  # rounds end at 2, 4, 6
     params = {"ground_truth": truth, "student": STUDENT, "schedule": schedule, "filters": KEEP_ALL}
-    full = train_student(out, options=TrainOptions(device="cpu", run_name=f"full-{uuid.uuid4().hex[:6]}"), **params)
+    full = train_student(
+        out, options=TrainingRunParameters(device="cpu", run_name=f"full-{uuid.uuid4().hex[:6]}"), **params
+    )
     assert full["complete"] and [r for r, *_ in _student_rows(full["metrics"])] == [0, 1, 2]
 
-    stopped = train_student(out, options=TrainOptions(device="cpu", stop_after_round=1), **params)
+    stopped = train_student(out, options=TrainingRunParameters(device="cpu", stop_after_round=1), **params)
     assert stopped["stopped"] and not stopped["complete"] and stopped["round"] == 1
     assert read_latest(stopped["checkpoint_dir"])["round"] == 1
     assert stopped["run"].startswith("student-") and stopped["run"] != full["run"]
 
     # The same parameters again: the same (derived) run, resumed after round 1.
-    resumed = train_student(out, options=TrainOptions(device="cpu"), **params)
+    resumed = train_student(out, options=TrainingRunParameters(device="cpu"), **params)
     assert resumed["run"] == stopped["run"] and resumed["resumed_from_round"] == 1 and resumed["complete"]
     assert _student_rows(resumed["metrics"]) == _student_rows(full["metrics"])
     assert _student_rows(read_metrics(out, run=resumed["run"])) == _student_rows(full["metrics"])
@@ -358,12 +372,12 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(pipeline: dict
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # A finished run has nothing left to train; a run name reused for other settings is refused.
-    again = train_student(out, options=TrainOptions(device="cpu"), **params)
+    again = train_student(out, options=TrainingRunParameters(device="cpu"), **params)
     assert again["resumed_from_round"] == 2 and _student_rows(again["metrics"]) == _student_rows(full["metrics"])
     with pytest.raises(ValueError, match="other settings or data"):
         train_student(
             out,
-            options=TrainOptions(device="cpu", run_name=full["run"]),
+            options=TrainingRunParameters(device="cpu", run_name=full["run"]),
             **{**params, "schedule": schedule.model_copy(update={"lr": 0.02})},
         )
 
@@ -380,7 +394,7 @@ def test_metrics_of_teacher_and_rounds_in_the_table_and_the_artifact(pipeline: d
         ground_truth=truth,
         student=STUDENT,
         schedule=SCHEDULE.model_copy(update={"seed": 3}),
-        options=TrainOptions(device="cpu"),
+        options=TrainingRunParameters(device="cpu"),
         return_state=True,
     )
     result = state.result()
@@ -471,8 +485,20 @@ def test_deployments_in_prefect_yaml() -> None:
     assert {("label_dataset", "nightly"), ("label_dataset", "new-dataset")} <= names  # kept
     assert {("pseudo_label_and_train", "on-demand"), ("train_student", "on-demand")} <= names
     expected = {
-        "pseudo-label-and-train": {"TrainingStep", "StudentSpec", "ScheduleSpec", "RelabelStep", "ExportStep"},
-        "train-student": {"StudentSpec", "ScheduleSpec", "DataSpec", "TrainOptions", "GroundTruthSpec"},
+        "pseudo-label-and-train": {
+            "TrainingStepParameters",
+            "StudentParameters",
+            "ScheduleParameters",
+            "RelabelStepParameters",
+            "ExportStepParameters",
+        },
+        "train-student": {
+            "StudentParameters",
+            "ScheduleParameters",
+            "DataParameters",
+            "TrainingRunParameters",
+            "GroundTruthParameters",
+        },
     }
     for d in config["deployments"]:
         flow = load_flow_from_entrypoint(str(root / d["entrypoint"]))

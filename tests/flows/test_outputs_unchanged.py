@@ -49,8 +49,14 @@ def canonical_digest(coco: dict) -> tuple[str, dict[str, int]]:
         seg = a["segmentation"]
         counts = seg["counts"] if isinstance(seg["counts"], str) else json.dumps(seg["counts"])
         per_image[Path(images[a["image_id"]]["file_name"]).name].append(
-            (names[a["category_id"]], seg["size"], counts, int(a["area"]), [round(v, 2) for v in a["bbox"]],
-             round(float(a.get("score", 1.0)), 4))
+            (
+                names[a["category_id"]],
+                seg["size"],
+                counts,
+                int(a["area"]),
+                [round(v, 2) for v in a["bbox"]],
+                round(float(a.get("score", 1.0)), 4),
+            )
         )
     rows = []
     for im in sorted(images.values(), key=lambda im: Path(im["file_name"]).name):
@@ -75,10 +81,36 @@ def label_and_export(tmp: Path) -> dict:
     dataset = tmp / "dataset"
     # The old spellings (--output, --from) stay accepted as deprecated aliases, so this runs before and after.
     _maskclip(
-        "label", "--source", str(VAL), "--output", str(dataset), "--classes", CLASSES,
-        "--model", "maskclip-tiny-ViT", "--pretrained", "none", "--short-side", "224", "--crop", "224",
-        "--stride", "112", "--min-confidence", "0", "--min-region-area", "0", "--min-region-confidence", "0",
-        "--min-labeled-fraction", "0", "--batch-size", "25", "--thumbnails", "0", env=env,
+        "label",
+        "--source",
+        str(VAL),
+        "--output",
+        str(dataset),
+        "--classes",
+        CLASSES,
+        "--model",
+        "maskclip-tiny-ViT",
+        "--pretrained",
+        "none",
+        "--short-side",
+        "224",
+        "--crop",
+        "224",
+        "--stride",
+        "112",
+        "--min-confidence",
+        "0",
+        "--min-region-area",
+        "0",
+        "--min-region-confidence",
+        "0",
+        "--min-labeled-fraction",
+        "0",
+        "--batch-size",
+        "25",
+        "--thumbnails",
+        "0",
+        env=env,
     )
     out = tmp / "coco.json"
     _maskclip("export", "coco", "--from", str(dataset), "--to", str(out), env=env)

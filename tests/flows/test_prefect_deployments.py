@@ -15,7 +15,7 @@ from support.prefect_server import PrefectServer, run_prefect
 
 from flows.label_dataset import label_dataset
 from flows.pseudo_label_and_train import pseudo_label_and_train
-from maskclip_core.labeling.registry import LabelerSpec, resolve_labeler
+from maskclip_core.labeling.registry import LabelerParameters, resolve_labeler
 from maskclip_core.teacher.labeler import LabelerConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,19 +52,19 @@ def test_run_form_starts_with_source_dataset_and_classes(flow: Any) -> None:
 def test_classes_complete_the_labeler_spec() -> None:
     spec = resolve_labeler("cat, dog", None)
     assert spec.labeler == "maskclip" and spec.config == LabelerConfig(classes="cat, dog")
-    custom = LabelerSpec(config=LabelerConfig(classes="x", model="RN50"), device="cpu")
+    custom = LabelerParameters(config=LabelerConfig(classes="x", model="RN50"), device="cpu")
     assert resolve_labeler("cat", custom).config == LabelerConfig(classes="cat", model="RN50")
     assert resolve_labeler(None, custom) is custom
     with pytest.raises(ValueError, match="name the classes"):
-        resolve_labeler(None, LabelerSpec(device="cpu"))
+        resolve_labeler(None, LabelerParameters(device="cpu"))
     with pytest.raises(ValueError, match="empty"):
         resolve_labeler("  ", None)
-    student = LabelerSpec.student("/ckpt")
+    student = LabelerParameters.student("/ckpt")
     assert resolve_labeler(None, student) is student
     with pytest.raises(ValueError, match="checkpoint"):
         resolve_labeler("cat", student)
     with pytest.raises(ValidationError):
-        LabelerSpec(labeler="student")
+        LabelerParameters(labeler="student")
 
 
 def test_deploy_all_is_non_interactive_and_ships_what_the_readme_says(prefect_server: PrefectServer) -> None:

@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_FLOW = textwrap.dedent(
     """
     import sys
-    from flows.label_dataset import RunOptions, label_dataset
+    from flows.label_dataset import LabelingRunParameters, label_dataset
     from support.tiny_labeler import KEEP_ALL, TINY_SPEC
 
-    options = RunOptions(thumbnails=6, batch_size=1)  # one image, so one thumbnail, per batch
+    options = LabelingRunParameters(thumbnails=6, batch_size=1)  # one image, so one thumbnail, per batch
     label_dataset(sys.argv[1], sys.argv[2], labeler=TINY_SPEC, filters=KEEP_ALL, options=options)
     """
 )

@@ -15,18 +15,17 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskclip_core.dataset.fs import read_bytes
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.interchange.coco import build_coco_dict, export_coco, load_coco_annotations
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, FilteredLabels, filter_labels
+from maskclip_core.storage.fs import read_bytes
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 COCO_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-sample"
 CLASSES = ("road", "sky", "tree", "car")
-FILTER = FilterConfig(
-    min_confidence=0.4, min_region_area=20, min_region_confidence=0.5, min_labeled_fraction=0.2
-)
+FILTER = FilterConfig(min_confidence=0.4, min_region_area=20, min_region_confidence=0.5, min_labeled_fraction=0.2)
 T0 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 
 
@@ -238,7 +237,5 @@ def test_load_real_coco_sample() -> None:
     loaded = load_coco_annotations(str(path), category_to_index=identity)
     assert len(loaded) == 100
     for img, label_map in list(loaded)[:15]:
-        png = np.array(
-            Image.open(COCO_SAMPLE / "train" / "masks-coco" / (Path(img["file_name"]).stem + ".png"))
-        )
+        png = np.array(Image.open(COCO_SAMPLE / "train" / "masks-coco" / (Path(img["file_name"]).stem + ".png")))
         np.testing.assert_array_equal(label_map, np.where(png == 0, IGNORE_INDEX, png))

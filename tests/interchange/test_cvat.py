@@ -17,7 +17,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from support.coco_sample import load_sample, require_sample
 
-from maskclip_core.dataset.records import annotation_mask, category_masks
+from maskclip_core.dataset.records import category_masks
+from maskclip_core.dataset.rle import annotation_mask
 from maskclip_core.interchange import ExportImage, cvat_labelmap, export_cvat_coco, export_cvat_mask
 from maskclip_core.interchange.cvat import uncompressed_rle
 from maskclip_core.interchange.polygons import polygons_to_mask

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from support.coco_sample import SAMPLE, load_sample, require_sample
 
+from maskclip_core.evaluation.reviewed import evaluate_against_reviewed, pseudo_label_maps
 from maskclip_core.interchange import (
     ExportImage,
     cvat_coco_json,
-    evaluate_against_reviewed,
     import_coco_reviews,
     import_label_studio,
     label_map_from_annotations,
     label_studio_tasks,
-    pseudo_label_maps,
     read_reviews,
 )
 from maskclip_core.interchange.label_studio_rle import encode_mask

@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskclip_core.labeling.annotations import (
-    annotations_to_label_map,
-    encode_annotations,
-    image_id_from_sha256,
-    segmentation_to_mask,
-    stable_id,
-)
+from maskclip_core.dataset.ids import image_id_from_sha256, stable_id
+from maskclip_core.dataset.rle import annotations_to_label_map, segmentation_to_mask
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, Region, filter_labels
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
@@ -130,12 +126,8 @@ def test_filtered_labels_round_trip() -> None:
     labels = np.kron(rng.integers(0, 4, (6, 8)), np.ones((10, 10), np.int64))
     conf = rng.random(labels.shape).astype(np.float32)
     result = SegmentationResult(labels, conf, np.ones(4, np.float32), np.zeros(4, bool), ("a", "b", "c", "d"))
-    filtered = filter_labels(
-        result, FilterConfig(min_confidence=0.3, min_region_area=5, min_region_confidence=0.4)
-    )
-    recs = encode_annotations(
-        filtered, category_ids=[1, 2, 3, 4], image_id=1, labeling_id="L", labeler="m", round=0
-    )
+    filtered = filter_labels(result, FilterConfig(min_confidence=0.3, min_region_area=5, min_region_confidence=0.4))
+    recs = encode_annotations(filtered, category_ids=[1, 2, 3, 4], image_id=1, labeling_id="L", labeler="m", round=0)
     assert [r["score"] for r in recs] == pytest.approx([r.mean_confidence for r in filtered.regions])
     back = annotations_to_label_map(recs, 60, 80, {1: 0, 2: 1, 3: 2, 4: 3})
     np.testing.assert_array_equal(back, filtered.labels)
@@ -221,9 +213,7 @@ def test_real_coco_masks_round_trip(coco_val: dict) -> None:
         h, w = img["height"], img["width"]
         anns = by_image.get(img["id"], [])
         label_map = annotations_to_label_map(anns, h, w, identity)
-        png = np.array(
-            Image.open(COCO_SAMPLE / "val" / "masks-coco" / (Path(img["file_name"]).stem + ".png"))
-        )
+        png = np.array(Image.open(COCO_SAMPLE / "val" / "masks-coco" / (Path(img["file_name"]).stem + ".png")))
         np.testing.assert_array_equal(label_map, np.where(png == 0, IGNORE_INDEX, png))
 
         # Our encoder, fed the dense map (class index == category id), reproduces it exactly ...

@@ -14,15 +14,14 @@ from support.bad_inputs import corpus_bytes
 from support.tiny_labeler import KEEP_ALL, TINY
 
 from maskclip_core.dataset.digests import DigestSet, DigestSetBuilder, sha256_digest, source_digest
-from maskclip_core.dataset.fs import sha256_hex
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.labeling.annotations import annotations_to_label_map
+from maskclip_core.dataset.rle import annotations_to_label_map
 from maskclip_core.labeling.batch import process_batch
 from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.registry import (
-    LabelerSpec,
+    LabelerParameters,
     StudentUnavailableError,
     labeler_categories,
     labeler_round,
@@ -30,6 +29,7 @@ from maskclip_core.labeling.registry import (
 )
 from maskclip_core.labeling.report import RunSummary
 from maskclip_core.labeling.write import label_and_write_batch, write_batch_result
+from maskclip_core.storage.fs import sha256_hex
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 
 CLASSES = ("red", "green", "blue")
@@ -239,7 +239,7 @@ def test_label_and_write_batch_reads_through_fsspec_and_skips_known(tmp_path: Pa
 
 
 def test_tiny_model_rows_decode_to_the_filtered_labels() -> None:
-    labeler = load_labeler(LabelerSpec.maskclip(TINY, device="cpu"))
+    labeler = load_labeler(LabelerParameters.maskclip(TINY, device="cpu"))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(3)]
     files = {f"m://{i}.png": _png(im) for i, im in enumerate(images)}
@@ -262,25 +262,29 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def test_config_hash_tracks_what_changes_labels() -> None:
-    labeler = load_labeler(LabelerSpec.maskclip(TINY, device="cpu"))
+    labeler = load_labeler(LabelerParameters.maskclip(TINY, device="cpu"))
     base = labeling_config_hash(labeler.config(), KEEP_ALL)
     assert base == labeling_config_hash(labeler.config(), KEEP_ALL.model_copy())
     assert base != labeling_config_hash(labeler.config(), KEEP_ALL.model_copy(update={"min_confidence": 0.1}))
     per_class = FilterConfig.model_validate({**KEEP_ALL.model_dump(), "per_class": {"red": {"min_confidence": 0.7}}})
     assert base != labeling_config_hash(labeler.config(), per_class)
     assert base != labeling_config_hash(labeler.config(), KEEP_ALL, max_pixels=1000)
-    other_weights = load_labeler(LabelerSpec.maskclip(TINY.model_copy(update={"seed": 1}), device="cpu"))
+    other_weights = load_labeler(LabelerParameters.maskclip(TINY.model_copy(update={"seed": 1}), device="cpu"))
     assert base != labeling_config_hash(other_weights.config(), KEEP_ALL)
-    other_classes = load_labeler(LabelerSpec.maskclip(TINY.model_copy(update={"classes": "red, green"}), device="cpu"))
+    other_classes = load_labeler(
+        LabelerParameters.maskclip(TINY.model_copy(update={"classes": "red, green"}), device="cpu")
+    )
     assert base != labeling_config_hash(other_classes.config(), KEEP_ALL)
     # window_batch does not change labels: same hash
     faster = TINY.model_copy(update={"inference": TINY.inference.model_copy(update={"window_batch": 2})})
-    assert base == labeling_config_hash(load_labeler(LabelerSpec.maskclip(faster, device="cpu")).config(), KEEP_ALL)
+    assert base == labeling_config_hash(
+        load_labeler(LabelerParameters.maskclip(faster, device="cpu")).config(), KEEP_ALL
+    )
 
 
 def test_labeler_is_loaded_once_per_process() -> None:
-    spec = LabelerSpec.maskclip(TINY, device="cpu")
-    assert load_labeler(spec) is load_labeler(LabelerSpec.model_validate(spec.model_dump()))
+    spec = LabelerParameters.maskclip(TINY, device="cpu")
+    assert load_labeler(spec) is load_labeler(LabelerParameters.model_validate(spec.model_dump()))
     assert labeler_round(load_labeler(spec), "maskclip") == 0
     assert labeler_categories(load_labeler(spec)) == [("red", []), ("green", []), ("blue", [])]
 
@@ -288,15 +292,15 @@ def test_labeler_is_loaded_once_per_process() -> None:
 def test_labeler_spec_validation() -> None:
     # a teacher without `config` is valid (the flows' `classes` completes it) but cannot be loaded as it is
     with pytest.raises(ValueError, match="needs classes"):
-        load_labeler(LabelerSpec(labeler="maskclip"))
+        load_labeler(LabelerParameters(labeler="maskclip"))
     with pytest.raises(ValidationError, match="needs `checkpoint`"):
-        LabelerSpec(labeler="student")
+        LabelerParameters(labeler="student")
 
 
 def test_student_missing_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "maskclip_core.student", None)  # as if the package were absent
     with pytest.raises(StudentUnavailableError, match="maskclip_core.student.StudentLabeler"):
-        load_labeler(LabelerSpec.student("file:///nowhere/student.safetensors"))
+        load_labeler(LabelerParameters.student("file:///nowhere/student.safetensors"))
 
 
 def test_student_round_comes_from_the_labeler_and_rows_carry_source_and_round() -> None:

@@ -16,9 +16,7 @@ from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 OFF = {"min_confidence": 0.0, "min_region_area": 0, "min_region_confidence": 0.0, "min_labeled_fraction": 0.0}
 
 
-def result(
-    labels: np.ndarray, conf: np.ndarray | float, names: tuple[str, ...], dropped=None
-) -> SegmentationResult:
+def result(labels: np.ndarray, conf: np.ndarray | float, names: tuple[str, ...], dropped=None) -> SegmentationResult:
     labels = np.asarray(labels, dtype=np.int64)
     conf = np.broadcast_to(np.asarray(conf, dtype=np.float32), labels.shape).copy()
     k = len(names)
@@ -303,9 +301,7 @@ def test_matches_reference_on_random_predictions(seed: int) -> None:
     expected = reference_filter(result(labels, conf, names), cfg)
     np.testing.assert_array_equal(out.labels, expected)
     counts = np.bincount(expected.ravel(), minlength=256)
-    assert [(r.class_index, r.area) for r in out.regions] == [
-        (c, int(counts[c])) for c in range(k) if counts[c]
-    ]
+    assert [(r.class_index, r.area) for r in out.regions] == [(c, int(counts[c])) for c in range(k) if counts[c]]
     assert out.labeled_fraction == pytest.approx(counts[:k].sum() / expected.size)
     assert filter_labels(result(labels, conf, names), cfg).labels.tobytes() == out.labels.tobytes()
 

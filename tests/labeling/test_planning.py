@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from maskclip_core.dataset.digests import DigestSet, source_digest
-from maskclip_core.dataset.fs import SourceFile
 from maskclip_core.labeling.plan import BatchStats, SourceItem
 from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
 from maskclip_core.labeling.report import RunSummary
 from maskclip_core.labeling.write import BatchOutcome
+from maskclip_core.storage.fs import SourceFile
 
 
 def summary() -> RunSummary:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskclip_core.evaluation.benchmark_suites import BenchmarkSuite, load_image
+from maskclip_core.benchmark.suites import BenchmarkSuite, load_image
 from maskclip_core.types import SegmentationResult
 
 # VOC's colour map for the first ids (palette PNGs store ids as indices; the colours are only for viewers).
@@ -87,7 +87,7 @@ def write_coco_sample_layout(sample: Path, data_root: Path, limit: int) -> list[
     unlabeled -> 0, as the successors' converter does) and COCO-Stuff (``*_labelTrainIds.png``: things their
     rank 0..79, stuff classes whose panoptic name is a COCO-Stuff name their train id, merged panoptic stuff
     and unlabeled -> 255). Returns the image stems."""
-    from maskclip_core.evaluation.benchmark_suites import COCO_STUFF
+    from maskclip_core.benchmark.suites import COCO_STUFF
 
     categories = [line.split("\t") for line in (sample / "categories.tsv").read_text().splitlines()[1:]]
     things = sorted(int(c[0]) for c in categories if c[2].strip() == "1")

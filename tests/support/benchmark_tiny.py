@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_core.evaluation.benchmark_suites import get_suite
+from maskclip_core.benchmark.suites import get_suite
 from support.benchmark_layouts import write_sample
 
 TINY_MODEL = {"model": "maskclip-tiny-ViT", "pretrained": "none", "templates": "single", "device": "cpu"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskclip_core.evaluation.metrics import evaluate
+from maskclip_core.segmentation_metrics import evaluate
 from maskclip_core.student import AugmentConfig, StudentConfig, TrainConfig
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
 

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.types import SegmentationResult
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.labeling.registry import LabelerSpec
+from maskclip_core.labeling.registry import LabelerParameters
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.window_predictor import InferenceConfig
 
@@ -16,7 +16,7 @@ TINY = LabelerConfig(
     classes="red, green, blue",
     inference=InferenceConfig(short_side=64, crop=64, stride=32),
 )
-TINY_SPEC = LabelerSpec.maskclip(TINY, device="cpu")
+TINY_SPEC = LabelerParameters.maskclip(TINY, device="cpu")
 KEEP_ALL = FilterConfig(min_confidence=0.0, min_region_area=0, min_region_confidence=0.0, min_labeled_fraction=0.0)
 H, W = 40, 56
 

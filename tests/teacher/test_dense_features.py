@@ -43,10 +43,6 @@ def _gelu(x, quick: bool):
     return x * torch.sigmoid(1.702 * x) if quick else F.gelu(x)
 
 
-
-
-
-
 def _attend(q, k, v, heads):
     B, L, D = q.shape
     hd = D // heads

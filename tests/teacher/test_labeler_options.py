@@ -8,7 +8,7 @@ import torch
 
 from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.labeling.registry import LabelerSpec, load_labeler
+from maskclip_core.labeling.registry import LabelerParameters, load_labeler
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError
 from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
 from maskclip_core.teacher.proxy import load_proxy
@@ -58,9 +58,9 @@ def test_labelers_label_odd_sizes(config):
 
 
 def test_proxy_identity_in_the_config_hash_and_one_proxy_per_worker():
-    a = LabelerSpec.maskclip(_config(proxy="dino_vits8", proxy_weights="none"), device="cpu")
+    a = LabelerParameters.maskclip(_config(proxy="dino_vits8", proxy_weights="none"), device="cpu")
     spec_json = a.model_dump_json()  # what Prefect stores as the flow parameter
-    assert LabelerSpec.model_validate_json(spec_json) == a
+    assert LabelerParameters.model_validate_json(spec_json) == a
     labeler = load_labeler(a)
     assert labeler.predictor.stride == 8  # features on DINO's 8-pixel grid
     config = labeler.config()

@@ -50,18 +50,18 @@ def _enum(model, field: str) -> list[str]:
 
 
 def test_literals_are_the_registry_keys():
-    from maskclip_core.training.parameters import ClipSpec, StudentSpec
+    from maskclip_core.training.parameters import ClipParameters, StudentParameters
 
     modes = ("maskclip", "clearclip", "sclip", "naclip")
     assert typing.get_args(dense.AttentionMode) == tuple(dense.ATTENTION_MODES) == modes
     assert _enum(InferenceConfig, "attention") == list(dense.ATTENTION_MODES)
     assert typing.get_args(TemplateSetName) == tuple(TEMPLATE_SETS) == ("maskclip", "single")
-    assert _enum(LabelerConfig, "templates") == _enum(ClipSpec, "templates") == list(TEMPLATE_SETS)
+    assert _enum(LabelerConfig, "templates") == _enum(ClipParameters, "templates") == list(TEMPLATE_SETS)
     assert typing.get_args(BackboneName) == tuple(BACKBONES)
     assert set(BACKBONES) == {"resnet18", "resnet50", "resnet101", "mobilenet_v3_large"}
-    assert _enum(StudentSpec, "backbone") == list(BACKBONES)
+    assert _enum(StudentParameters, "backbone") == list(BACKBONES)
     assert typing.get_args(HeadName) == tuple(HEADS) == ("deeplabv3", "deeplabv2")
-    assert _enum(StudentSpec, "head") == list(HEADS)
+    assert _enum(StudentParameters, "head") == list(HEADS)
     # every registered mode is described in the config's schema (the deployment form shows it)
     description = InferenceConfig.model_json_schema()["properties"]["attention"]["description"]
     assert all(f"{mode}:" in description for mode in dense.ATTENTION_MODES)

@@ -15,14 +15,20 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from support.coco_sample import SAMPLE
 
+from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record, read_labeling_record, write_labeling_record
-from maskclip_core.dataset.metrics import metrics_row, read_metrics, table_rows, write_metrics
-from maskclip_core.evaluation.ground_truth import GroundTruthRef, GroundTruthSpec, load_ground_truth, restrict_summary
+from maskclip_core.dataset.metrics_table import metrics_row, read_metrics, table_rows, write_metrics
+from maskclip_core.evaluation.ground_truth import (
+    GroundTruthParameters,
+    GroundTruthRef,
+    load_ground_truth,
+    restrict_summary,
+)
 from maskclip_core.interchange.review_import import import_reviews
-from maskclip_core.labeling.annotations import encode_annotations, image_id_from_sha256
+from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, Region
-from maskclip_core.labeling.registry import LabelerSpec
+from maskclip_core.labeling.registry import LabelerParameters
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.training.data import (
@@ -64,7 +70,7 @@ class Dataset:
         store.ensure_categories([("other", [])])
         ids = store.ensure_categories([("cat", ["kitty"]), ("dog", []), ("grass", [])])
         self.category_ids = [ids[n] for n in CLASSES]
-        spec = LabelerSpec.maskclip(
+        spec = LabelerParameters.maskclip(
             LabelerConfig(model="maskclip-tiny-ViT", pretrained="none", classes="cat; kitty, dog, grass")
         )
         record = labeling_record(
@@ -246,11 +252,16 @@ def test_vocabulary_comes_from_the_labeling_record(dataset: Dataset) -> None:
 
 
 def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_path: Path) -> None:
-    from maskclip_core.training.parameters import DataSpec, ScheduleSpec, StudentSpec, TrainOptions
+    from maskclip_core.training.parameters import (
+        DataParameters,
+        ScheduleParameters,
+        StudentParameters,
+        TrainingRunParameters,
+    )
     from maskclip_core.training.plan import plan_training
 
-    student = StudentSpec(backbone="resnet18", backbone_weights="none")
-    plan = plan_training(dataset.output, student=student, schedule=ScheduleSpec(iterations=10, rounds=1))
+    student = StudentParameters(backbone="resnet18", backbone_weights="none")
+    plan = plan_training(dataset.output, student=student, schedule=ScheduleParameters(iterations=10, rounds=1))
     assert plan.config_hash == CONFIG and plan.class_names == CLASSES
     assert plan.clip == {"model": "maskclip-tiny-ViT", "pretrained": "none", "seed": 0, "templates": "maskclip"}
     assert plan.student_config["embed_dim"] == 64 and plan.filters == FilterConfig().model_dump()
@@ -259,34 +270,39 @@ def test_plan_names_the_run_after_its_settings_and_data(dataset: Dataset, tmp_pa
     same = plan_training(
         dataset.output,
         student=student,
-        schedule=ScheduleSpec(iterations=10, rounds=1),
-        options=TrainOptions(device="cpu"),
+        schedule=ScheduleParameters(iterations=10, rounds=1),
+        options=TrainingRunParameters(device="cpu"),
     )
     assert same.run == plan.run  # the device does not name the run
-    other = plan_training(dataset.output, student=student, schedule=ScheduleSpec(iterations=12, rounds=1))
+    other = plan_training(dataset.output, student=student, schedule=ScheduleParameters(iterations=12, rounds=1))
     assert other.run != plan.run
     dataset.review(tmp_path)  # new data: a new run
     assert (
-        plan_training(dataset.output, student=student, schedule=ScheduleSpec(iterations=10, rounds=1)).run != plan.run
+        plan_training(dataset.output, student=student, schedule=ScheduleParameters(iterations=10, rounds=1)).run
+        != plan.run
     )
     with pytest.raises(ValueError, match="other settings or data"):
-        plan_training(dataset.output, student=student, options=TrainOptions(run_name=plan.run))
+        plan_training(dataset.output, student=student, options=TrainingRunParameters(run_name=plan.run))
     with pytest.raises(ValueError, match="no images labeled by the teacher"):
         plan_training(str(tmp_path / "empty"))
     # Without a labeling record the CLIP must be given; the classes are then the dataset's categories.
     Path(dataset.output, "labelings", f"{CONFIG}.json").unlink()
     with pytest.raises(ValueError, match="give the CLIP model"):
         plan_training(dataset.output, student=student)
-    from maskclip_core.training.parameters import ClipSpec
+    from maskclip_core.training.parameters import ClipParameters
 
-    given = plan_training(dataset.output, clip=ClipSpec(model="maskclip-tiny-ViT", pretrained="none"), student=student)
+    given = plan_training(
+        dataset.output, clip=ClipParameters(model="maskclip-tiny-ViT", pretrained="none"), student=student
+    )
     assert given.class_names == ("other", *CLASSES)
     store = LabelDataset(dataset.output)
     row = store.images(config_hash=CONFIG, statuses=["labeled"]).to_pylist()[0]
     store.write_batch([{**row, "config_hash": "cfg-2", "labeling_id": "lab-2"}], [], part_name="second")
     with pytest.raises(ValueError, match="choose one with config_hash"):
-        plan_training(dataset.output, clip=ClipSpec(), student=student)
-    assert plan_training(dataset.output, clip=ClipSpec(), student=student, data=DataSpec(config_hash="cfg-2")).run
+        plan_training(dataset.output, clip=ClipParameters(), student=student)
+    assert plan_training(
+        dataset.output, clip=ClipParameters(), student=student, data=DataParameters(config_hash="cfg-2")
+    ).run
 
 
 def test_clean_samples_stay_in_every_self_training_round(monkeypatch) -> None:
@@ -338,7 +354,7 @@ def test_ground_truth_png_masks_with_a_class_map(dataset: Dataset, tmp_path: Pat
     Image.fromarray(d).save(masks / "sub" / "d.png")
     (tmp_path / "classes.tsv").write_text("value\tname\n0\tbackground\n3\tCat\n4\tDOG\n5\tgreen_grass\n")
     vocabulary = Vocabulary.parse("cat; kitty, dog, grass")
-    spec = GroundTruthSpec(url=str(masks), class_map=str(tmp_path / "classes.tsv"))
+    spec = GroundTruthParameters(url=str(masks), class_map=str(tmp_path / "classes.tsv"))
     truth = load_ground_truth(spec, gt_refs(dataset), vocabulary, default_root=str(dataset.source))
     assert [Path(r.uri).name for r in truth.refs] == ["a.png", "d.png"]  # b has no mask
     assert truth.evaluated == ("cat", "dog") and truth.unmatched == ("background", "green_grass")
@@ -384,7 +400,7 @@ def test_ground_truth_coco_by_file_name_or_image_id(dataset: Dataset, tmp_path: 
     path.write_text(json.dumps(coco))
     vocabulary = Vocabulary.parse(",".join(CLASSES))
     truth = load_ground_truth(
-        GroundTruthSpec(url=str(path)), gt_refs(dataset), vocabulary, default_root=str(dataset.source)
+        GroundTruthParameters(url=str(path)), gt_refs(dataset), vocabulary, default_root=str(dataset.source)
     )
     assert [Path(r.uri).name for r in truth.refs] == ["a.png", "d.png"]
     expected = np.where(cat, 0, IGNORE_INDEX).astype(np.uint8)  # person is no class of ours: not scored
@@ -395,7 +411,7 @@ def test_ground_truth_coco_by_file_name_or_image_id(dataset: Dataset, tmp_path: 
     for ann in coco["annotations"][:2]:
         ann["image_id"] = dataset.ids["a.png"]
     path.write_text(json.dumps(coco))
-    by_id = load_ground_truth(GroundTruthSpec(url=str(path)), gt_refs(dataset), vocabulary)
+    by_id = load_ground_truth(GroundTruthParameters(url=str(path)), gt_refs(dataset), vocabulary)
     assert [Path(r.uri).name for r in by_id.refs] == ["a.png"]
     np.testing.assert_array_equal(by_id.target(0), expected)
 
@@ -420,9 +436,11 @@ def test_coco_sample_annotations_equal_its_masks() -> None:
         "building; building other merged, grass; grass merged, floor; floor other merged"
     )
     root = str(val / "images")
-    coco = load_ground_truth(GroundTruthSpec(url=str(val / "annotations.json")), refs, vocabulary, default_root=root)
+    coco = load_ground_truth(
+        GroundTruthParameters(url=str(val / "annotations.json")), refs, vocabulary, default_root=root
+    )
     masks = load_ground_truth(
-        GroundTruthSpec(url=str(val / "masks-coco"), class_map=str(SAMPLE / "categories.tsv")),
+        GroundTruthParameters(url=str(val / "masks-coco"), class_map=str(SAMPLE / "categories.tsv")),
         refs,
         vocabulary,
         default_root=root,

@@ -12,8 +12,8 @@ import pytest
 from support.benchmark_layouts import write_coco_sample_layout
 from support.coco_sample import SAMPLE, require_sample
 
-from maskclip_core.evaluation.benchmark import BenchmarkRequest, run_benchmark
-from maskclip_core.evaluation.benchmark_suites import (
+from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
+from maskclip_core.benchmark.suites import (
     expected_class_names,
     get_suite,
     label_lookup,
@@ -70,14 +70,14 @@ def test_real_layout_with_an_oracle_scores_100(coco_root: Path, suite_name: str)
         assert (gt == 0).any() and (gt > 0).any()  # background and things
     else:
         assert (gt == 255).any() and (gt < 80).any() and ((gt >= 80) & (gt < 171)).any()  # ignore, things, stuff
-    request = BenchmarkRequest(suites=[suite_name], data_root=str(coco_root))
+    request = BenchmarkParameters(suites=[suite_name], data_root=str(coco_root))
     report = run_benchmark(request, labeler_factory=lambda r, s: OracleLabeler(s, coco_root))
     assert report.results[0].images == 6 and report.results[0].failed == 0
     assert report.results[0].miou == pytest.approx(100.0)
 
 
 def test_tiny_random_maskclip_runs_end_to_end(coco_root: Path) -> None:
-    request = BenchmarkRequest(
+    request = BenchmarkParameters(
         suites=["coco-object", "coco-stuff"],
         data_root=str(coco_root),
         model="maskclip-tiny-ViT",

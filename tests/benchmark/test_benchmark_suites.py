@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from support.benchmark_layouts import PlantedLabeler, write_sample
 
-from maskclip_core.evaluation.benchmark import METHODS, BenchmarkRequest, run_benchmark
-from maskclip_core.evaluation.benchmark_suites import (
+from maskclip_core.benchmark.protocols import METHODS
+from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
+from maskclip_core.benchmark.suites import (
     SUITE_NAMES,
     SUITES,
     dataset_dir,
@@ -72,7 +73,7 @@ def _build(tmp_path: Path, suite_name: str) -> tuple[Path, PlantedLabeler]:
 def test_planted_predictions_give_the_hand_computed_miou(tmp_path: Path, suite_name: str) -> None:
     data_root, labeler = _build(tmp_path, suite_name)
     report = run_benchmark(
-        BenchmarkRequest(suites=[suite_name], data_root=str(data_root), method="maskclip"),
+        BenchmarkParameters(suites=[suite_name], data_root=str(data_root), method="maskclip"),
         labeler_factory=lambda request, suite: labeler,
     )
     [result] = report.results
@@ -90,7 +91,7 @@ def test_planted_predictions_give_the_hand_computed_miou(tmp_path: Path, suite_n
 @pytest.mark.parametrize("suite_name", ["voc21", "context60", "coco-object"])
 def test_without_a_threshold_background_suites_score_the_plain_argmax(tmp_path: Path, suite_name: str) -> None:
     data_root, labeler = _build(tmp_path, suite_name)
-    request = BenchmarkRequest(suites=[suite_name], data_root=str(data_root), prob_threshold=0.0)
+    request = BenchmarkParameters(suites=[suite_name], data_root=str(data_root), prob_threshold=0.0)
     report = run_benchmark(request, labeler_factory=lambda r, s: labeler)
     assert report.results[0].miou == pytest.approx(PLAIN, abs=1e-9)
 
@@ -101,7 +102,7 @@ def test_all_eight_suites_in_one_run_give_the_eight_suite_average(tmp_path: Path
     for name in SUITE_NAMES:
         roots[name], labelers[name] = _build(tmp_path, name)
     # One data root per suite here (each suite's folder under its own root); a shared root works the same.
-    request = BenchmarkRequest(suites=list(SUITE_NAMES), suite_roots={k: str(v) for k, v in roots.items()})
+    request = BenchmarkParameters(suites=list(SUITE_NAMES), suite_roots={k: str(v) for k, v in roots.items()})
     report = run_benchmark(request, labeler_factory=lambda r, suite: labelers[suite])
     expected = (3 * THRESHOLDED + 5 * PLAIN) / 8  # voc21, context60, coco-object have background
     assert report.eight_suite_average == pytest.approx(expected, abs=1e-9)
@@ -133,7 +134,7 @@ def test_one_data_root_holds_the_suites_in_their_mmseg_folders(tmp_path: Path) -
     coco = get_suite("coco-object")
     write_sample(tmp_path / "coco_object", coco, "000000000139", np.array([[0, 1]]))
     assert dataset_dir(coco, tmp_path) == tmp_path / "coco_object"  # NACLIP's README's folder works too
-    request = BenchmarkRequest(suites=["ade20k"], data_root=str(tmp_path))
+    request = BenchmarkParameters(suites=["ade20k"], data_root=str(tmp_path))
     report = run_benchmark(request, labeler_factory=lambda r, s: labelers[s])
     assert report.results[0].miou == pytest.approx(100.0)
 
@@ -170,29 +171,29 @@ def test_background_is_the_labelers_last_class_and_ground_truth_zero() -> None:
 
 
 def test_protocols_resolve_per_suite() -> None:
-    maskclip = BenchmarkRequest(suites=["cityscapes"], data_root="/data", method="maskclip")
+    maskclip = BenchmarkParameters(suites=["cityscapes"], data_root="/data", method="maskclip")
     config = maskclip.labeler_config("cityscapes")
     assert (config.inference.short_side, config.inference.crop, config.inference.stride) == (560, 224, 112)
     assert not config.inference.key_smoothing and not config.inference.prompt_denoising
     assert config.inference.max_long_side == 2048 and config.inference.logit_scale == 40
-    clear = BenchmarkRequest(suites=["voc21"], data_root="/data", method="clearclip")
+    clear = BenchmarkParameters(suites=["voc21"], data_root="/data", method="clearclip")
     assert clear.settings("voc21").prob_threshold == 0.5 and clear.settings("voc21").names == "proxyclip"
     assert clear.labeler_config("voc21").inference.crop == 448
-    sclip = BenchmarkRequest(suites=["voc21"], data_root="/data", method="sclip", inference={"crop": 336})
+    sclip = BenchmarkParameters(suites=["voc21"], data_root="/data", method="sclip", inference={"crop": 336})
     assert sclip.labeler_config("voc21").inference.logit_scale == 65
     assert sclip.labeler_config("voc21").inference.crop == 336  # the request's overrides win
     assert METHODS["maskclip-kspd"].inference["key_smoothing"]
-    naclip = BenchmarkRequest(suites=["voc21"], data_root="/data", method="naclip")
+    naclip = BenchmarkParameters(suites=["voc21"], data_root="/data", method="naclip")
     assert naclip.settings("voc21").crop is None  # NACLIP: VOC as whole images
     slide = naclip.model_copy(update={"inference": {"mode": "slide"}})
     assert slide.settings("voc21").crop == 448  # the report states InferenceConfig's window then
 
 
 def test_methods_this_version_lacks_fail_with_one_line(tmp_path: Path) -> None:
-    from maskclip_core.evaluation.benchmark import unavailable_reason
+    from maskclip_core.benchmark.run import unavailable_reason
 
     for method in METHODS.values():
-        request = BenchmarkRequest(suites=["voc20"], data_root=str(tmp_path), method=method.name, checkpoint="x")
+        request = BenchmarkParameters(suites=["voc20"], data_root=str(tmp_path), method=method.name, checkpoint="x")
         reason = unavailable_reason(method)
         if reason is None:
             if method.labeler == "maskclip":  # builds, with the method's own settings
@@ -217,7 +218,7 @@ def test_layout_errors_are_clear(tmp_path: Path) -> None:
         parse_suites("voc21,voc")
     assert parse_suites("all") == list(SUITE_NAMES)
     with pytest.raises(ValueError, match="no data root for voc21"):
-        BenchmarkRequest(suites=["voc21"])
+        BenchmarkParameters(suites=["voc21"])
 
 
 def test_an_unreadable_image_is_counted_and_the_suite_goes_on(tmp_path: Path) -> None:
@@ -228,7 +229,7 @@ def test_an_unreadable_image_is_counted_and_the_suite_goes_on(tmp_path: Path) ->
     label = bad.parents[3] / suite.label_dir / "frankfurt" / "frankfurt_000000_000000_gtFine_labelTrainIds.png"
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(label)
     report = run_benchmark(
-        BenchmarkRequest(suites=["cityscapes"], data_root=str(data_root)), labeler_factory=lambda r, s: labeler
+        BenchmarkParameters(suites=["cityscapes"], data_root=str(data_root)), labeler_factory=lambda r, s: labeler
     )
     [result] = report.results
     assert result.images == 2 and result.failed == 1

@@ -11,8 +11,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from maskclip_core.dataset import fs as storage
-from maskclip_core.dataset.fs import (
+from maskclip_core.storage import fs as storage
+from maskclip_core.storage.fs import (
     SourceFile,
     atomic_output,
     atomic_write_bytes,
@@ -172,9 +172,7 @@ def test_atomic_write_local_creates_dirs_and_replaces(tmp_path: Path) -> None:
     assert os.listdir(target.parent) == ["part-1.parquet"]  # no temporary left behind
 
 
-def test_atomic_write_local_uses_hidden_temp_in_same_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_local_uses_hidden_temp_in_same_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str, bytes]] = []
     real_replace = os.replace
 
@@ -190,9 +188,7 @@ def test_atomic_write_local_uses_hidden_temp_in_same_dir(
     assert content == b"data"
 
 
-def test_atomic_write_failure_keeps_old_file_and_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_failure_keeps_old_file_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "x.parquet"
     target.write_bytes(b"old")
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from maskclip_core.evaluation.benchmark import CONFIGS, METHODS, _method
+from maskclip_core.benchmark.protocols import CONFIGS, METHODS, method
 
 
 def test_a_misspelt_suite_or_setting_in_a_row_fails_at_once() -> None:
-    row = ("m", "title", "sclip", "source", {"attention": "maskclip"}, None)
-    assert _method(*row, {"per_suite": {"voc21": {"logit_scale": 9.0}}}).settings("voc21").logit_scale == 9.0
+    row = {"title": "title", "configs": "sclip", "source": "source", "inference": {"attention": "maskclip"}}
+    assert method("m", **row, per_suite={"voc21": {"logit_scale": 9.0}}).settings("voc21").logit_scale == 9.0
     with pytest.raises(ValueError, match=r"unknown suites or settings \['voc-21'\]"):
-        _method(*row, {"per_suite": {"voc-21": {"logit_scale": 9.0}}})
+        method("m", **row, per_suite={"voc-21": {"logit_scale": 9.0}})
     with pytest.raises(ValueError, match=r"\['voc21.logit'\]"):
-        _method(*row, {"per_suite": {"voc21": {"logit": 9.0}}})
+        method("m", **row, per_suite={"voc21": {"logit": 9.0}})
 
 
 def test_own_overrides_merge_over_the_configs_per_setting() -> None:

@@ -1,24 +1,5 @@
 """Training-free segmentation benchmarks: any of our labelers on the eight standard suites, under the
-protocol each method's paper uses, scored with :mod:`maskclip_core.evaluation.metrics`.
-
-A *method protocol* is what the method's repository configures per suite (``configs/cfg_*.py`` and its
-segmentor's defaults): the short side images are resized to (long side capped at 2048, mmseg's
-``Resize(scale=(2048, S), keep_ratio=True)``), sliding windows (size / stride) or the whole image, the softmax
-temperature (``logit_scale``), the probability below which a pixel is called background on suites with a
-background class (``prob_thd``), and which class-name table it queries. Scores are mIoU over the whole split
-(one confusion matrix per suite, classes absent from both prediction and ground truth left out), in percent.
-
-Where we differ from the reference evaluations (all small; stated so nobody mistakes them for bugs):
-
-- Our labeler averages window *probabilities* where windows overlap; the references average cosine logits and
-  take one softmax afterwards. With synonyms, our probability of a class is the softmax over classes of the
-  best query's logit; theirs is the best query's share of the softmax over all queries (same argmax; our
-  probability is never lower, so a ``prob_thd`` calls background slightly less often).
-- Templates: ours add MaskCLIP's 5 scene templates to the 80 ImageNet templates the references use.
-- Resizing is bilinear with antialiasing (mmseg: OpenCV bilinear without), windows are padded bottom/right to
-  the patch size (ProxyCLIP pads centred to 56 px).
-- SCLIP's VOC21 ``area_thd`` (classes under 10 % of the predicted foreground are removed and their pixels go to
-  the next class) needs the full probability maps, which our ``Labeler`` contract does not return: not applied.
+protocol each method's paper uses (``benchmark.protocols``), scored with :mod:`maskclip_core.segmentation_metrics`.
 """
 
 from __future__ import annotations
@@ -26,14 +7,15 @@ from __future__ import annotations
 import math
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from maskclip_core.evaluation.benchmark_suites import (
+from maskclip_core.benchmark.protocols import METHOD_NAMES, METHODS, MethodProtocol, SuiteSettings, get_method
+from maskclip_core.benchmark.suites import (
     SUITE_NAMES,
     BenchmarkSuite,
     NameSet,
@@ -44,180 +26,11 @@ from maskclip_core.evaluation.benchmark_suites import (
     load_label_map,
     to_ground_truth_ids,
 )
-from maskclip_core.evaluation.metrics import SegmentationMetrics
+from maskclip_core.segmentation_metrics import SegmentationMetrics
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.window_predictor import InferenceConfig
 from maskclip_core.types import Labeler
-
-# --- method protocols --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SuiteSettings:
-    """The protocol's settings on one suite (``crop=None``: the whole image in one forward)."""
-
-    short_side: int
-    crop: int | None
-    stride: int
-    logit_scale: float
-    prob_threshold: float
-    names: NameSet
-
-    def inference_fields(self) -> dict[str, Any]:
-        window = {"mode": "whole"} if self.crop is None else {"mode": "slide", "crop": self.crop, "stride": self.stride}
-        return {"short_side": self.short_side, "max_long_side": 2048, "logit_scale": self.logit_scale, **window}
-
-
-@dataclass(frozen=True)
-class MethodProtocol:
-    """A method's evaluation settings: defaults plus per-suite overrides of :class:`SuiteSettings` fields."""
-
-    name: str
-    title: str
-    source: str  # where the settings are read from
-    labeler: Literal["maskclip", "student"] = "maskclip"
-    inference: Mapping[str, Any] = field(default_factory=dict)  # InferenceConfig fields (attention, refinements)
-    labeler_options: Mapping[str, Any] = field(default_factory=dict)  # other LabelerConfig fields
-    defaults: SuiteSettings = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
-    per_suite: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    published_average: float | None = None  # the paper's eight-suite average (ViT-B/16), percent
-
-    def settings(self, suite: str) -> SuiteSettings:
-        return replace(self.defaults, **self.per_suite.get(suite, {}))
-
-
-NO_REFINEMENTS = {"key_smoothing": False, "prompt_denoising": False}
-
-# Each repository's evaluation configs: its defaults and its per-suite overrides. SCLIP's are also where the
-# successors' tables evaluate MaskCLIP (and NACLIP starts from them): background at prob < 0.1.
-_SCLIP_SUITES: dict[str, dict[str, Any]] = {
-    "voc21": {"prob_threshold": 0.1},
-    "context60": {"prob_threshold": 0.1},
-    "coco-object": {"prob_threshold": 0.1},
-    "cityscapes": {"short_side": 560},
-    "coco-stuff": {"short_side": 448},
-}
-_SCLIP_DEFAULTS = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
-CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
-    "sclip": (_SCLIP_DEFAULTS, _SCLIP_SUITES),
-    "clearclip": (
-        SuiteSettings(448, 448, 224, 50.0, 0.0, "proxyclip"),
-        {
-            "voc21": {"prob_threshold": 0.5},
-            "context60": {"prob_threshold": 0.15},
-            "coco-object": {"prob_threshold": 0.4},
-            "cityscapes": {"crop": 224},
-        },
-    ),
-    "naclip": (
-        _SCLIP_DEFAULTS,
-        {
-            "voc21": {"prob_threshold": 0.1, "crop": None},
-            "voc20": {"crop": None},
-            "context60": {"prob_threshold": 0.1},
-            "coco-object": {"prob_threshold": 0.1},
-            "cityscapes": {"short_side": 560},
-        },
-    ),
-    "proxyclip": (
-        SuiteSettings(336, 336, 112, 40.0, 0.0, "proxyclip"),
-        {
-            "voc21": {"prob_threshold": 0.2},
-            "context60": {"prob_threshold": 0.15},
-            "coco-object": {"prob_threshold": 0.25},
-            "ade20k": {"short_side": 448},
-            "cityscapes": {"short_side": 448, "crop": 224},
-        },
-    ),
-}
-# SCLIP's own temperatures where they differ from its shared configs.
-_SCLIP_LOGIT_SCALES = {
-    "voc21": {"logit_scale": 65.0},
-    "context60": {"logit_scale": 50.0},
-    "coco-object": {"logit_scale": 50.0},
-}
-
-# One row per method: name, title, configs (a CONFIGS key), where its settings are read from, inference
-# fields (attention mode, refinements), published eight-suite average (ViT-B/16, percent), and extras
-# (labeler kind, other LabelerConfig fields, per-suite overrides on top of the configs').
-_METHOD_TABLE: tuple[tuple[str, str, str, str, dict[str, Any], float | None, dict[str, Any]], ...] = (
-    (
-        "maskclip", "MaskCLIP (Zhou et al., ECCV 2022), no key smoothing / prompt denoising", "sclip",
-        "SCLIP's configs, where the successors' tables evaluate MaskCLIP",
-        {"attention": "maskclip", **NO_REFINEMENTS}, 30.3, {},
-    ),
-    (
-        "maskclip-kspd", "MaskCLIP with key smoothing and prompt denoising", "sclip",
-        "SCLIP's configs; MaskCLIP's refinements on",
-        {"attention": "maskclip", "key_smoothing": True, "prompt_denoising": True}, None, {},
-    ),
-    (
-        "sclip", "SCLIP (Wang et al., ECCV 2024)", "sclip",
-        "wangf3014/SCLIP configs/cfg_*.py (area_thd on VOC21 not applied)",
-        {"attention": "sclip", **NO_REFINEMENTS}, 38.2, {"per_suite": _SCLIP_LOGIT_SCALES},
-    ),
-    (
-        "clearclip", "ClearCLIP (Lan et al., ECCV 2024)", "clearclip",
-        "mc-lan/ClearCLIP configs/cfg_*.py and segmentor defaults (448 windows, stride 224, logit scale 50)",
-        {"attention": "clearclip", **NO_REFINEMENTS}, 38.1, {},
-    ),
-    (
-        "naclip", "NACLIP (Hajimiri et al., WACV 2025), without PAMR", "naclip",
-        "sinahmr/NACLIP configs/cfg_*.py and segmentor defaults (VOC whole image, PAMR off)",
-        {"attention": "naclip", **NO_REFINEMENTS}, 39.4, {},
-    ),
-    (
-        "naclip-pamr", "NACLIP with PAMR (10 iterations, dilations 8 and 16), its repository's default", "naclip",
-        "sinahmr/NACLIP as above, PAMR on (ours refines each window before stitching; NACLIP the whole image)",
-        {"attention": "naclip", **NO_REFINEMENTS, "pamr": True, "pamr_iterations": 10}, None, {},
-    ),
-    (
-        # The proxy's attention replaces the last block's, so the attention mode stays at CLIP's value path.
-        "proxyclip", "ProxyCLIP (Lan et al., ECCV 2024), DINO ViT-B/8 proxy", "proxyclip",
-        "mc-lan/ProxyCLIP configs/cfg_*.py and segmentor defaults (336 windows, stride 112, beta 1.2, gamma 3)",
-        {"attention": "maskclip", **NO_REFINEMENTS}, 42.3, {"labeler_options": {"proxy": "dino_vitb8"}},
-    ),
-    (
-        "student", "A MaskCLIP+ student checkpoint (its classifier re-pointed at each suite's classes)", "sclip",
-        "the maskclip protocol's sizes and thresholds",
-        {}, None, {"labeler": "student"},
-    ),
-)  # fmt: skip
-
-
-def _method(
-    name: str,
-    title: str,
-    configs: str,
-    source: str,
-    inference: dict[str, Any],
-    published: float | None,
-    extras: dict[str, Any],
-) -> MethodProtocol:
-    defaults, per_suite = CONFIGS[configs]
-    own = extras.get("per_suite", {})
-    merged = {s: {**per_suite.get(s, {}), **own.get(s, {})} for s in {*per_suite, *own}}
-    # A misspelt suite or setting would otherwise be ignored silently (or fail only when that suite runs).
-    unknown = [s for s in merged if s not in SUITE_NAMES]
-    unknown += [f"{s}.{k}" for s, fields in merged.items() for k in fields if k not in SuiteSettings.__annotations__]
-    if unknown:
-        raise ValueError(f"method {name!r}: unknown suites or settings {unknown}")
-    return MethodProtocol(
-        name,
-        title,
-        source,
-        labeler=extras.get("labeler", "maskclip"),
-        inference=inference,
-        labeler_options=extras.get("labeler_options", {}),
-        defaults=defaults,
-        per_suite=merged,
-        published_average=published,
-    )
-
-
-METHODS: dict[str, MethodProtocol] = {row[0]: _method(*row) for row in _METHOD_TABLE}
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
 def attention_modes() -> tuple[str, ...]:
@@ -235,17 +48,10 @@ def unavailable_reason(method: MethodProtocol) -> str | None:
     return f"needs {', '.join(missing)}, which this version lacks" if missing else None
 
 
-def get_method(name: str) -> MethodProtocol:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}") from None
-
-
 # --- the request -------------------------------------------------------------------------------------------
 
 
-class BenchmarkRequest(BaseModel):
+class BenchmarkParameters(BaseModel):
     """What to run: suites and where their data is, the method (protocol) and the model's weights."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -274,7 +80,7 @@ class BenchmarkRequest(BaseModel):
         return list(dict.fromkeys(suites))
 
     @model_validator(mode="after")
-    def _complete(self) -> BenchmarkRequest:
+    def _complete(self) -> BenchmarkParameters:
         method = get_method(self.method)
         for name in self.suite_roots:
             get_suite(name)
@@ -336,10 +142,10 @@ class BenchmarkRequest(BaseModel):
 
 # --- labelers ----------------------------------------------------------------------------------------------
 
-LabelerFactory = Callable[[BenchmarkRequest, str], Labeler]
+LabelerFactory = Callable[[BenchmarkParameters, str], Labeler]
 
 
-def build_labeler(request: BenchmarkRequest, suite: str) -> Labeler:
+def build_labeler(request: BenchmarkParameters, suite: str) -> Labeler:
     """The request's labeler for ``suite`` (its classes are the suite's, in :func:`expected_class_names` order).
 
     Built per suite and not cached: each suite has its own vocabulary and inference settings, and keeping
@@ -353,17 +159,19 @@ def build_labeler(request: BenchmarkRequest, suite: str) -> Labeler:
     return MaskCLIPLabeler.from_config(request.labeler_config(suite), device=request.device)
 
 
-def _student_labeler(request: BenchmarkRequest, suite: str) -> Labeler:
+def _student_labeler(request: BenchmarkParameters, suite: str) -> Labeler:
     from maskclip_core.student import StudentLabeler
     from maskclip_core.teacher.vocabulary import Vocabulary
     from maskclip_core.training.embeddings import text_embeddings
-    from maskclip_core.training.parameters import ClipSpec
+    from maskclip_core.training.parameters import ClipParameters
 
     assert request.checkpoint is not None  # validated
     settings = request.settings(suite)
     labeler = StudentLabeler.from_checkpoint(request.checkpoint, device=request.device, short_side=settings.short_side)
     vocabulary = Vocabulary.parse(**get_suite(suite).vocabulary_fields(settings.names))
-    clip = ClipSpec(model=request.model, pretrained=request.pretrained, seed=request.seed, templates=request.templates)
+    clip = ClipParameters(
+        model=request.model, pretrained=request.pretrained, seed=request.seed, templates=request.templates
+    )
     embeddings, classes = text_embeddings(clip, vocabulary, device=request.device)
     labeler.set_vocabulary(embeddings, classes)
     return labeler
@@ -542,7 +350,7 @@ def score_suite(
 
 
 def benchmark_suite(
-    request: BenchmarkRequest,
+    request: BenchmarkParameters,
     suite: str,
     *,
     labeler_factory: LabelerFactory = build_labeler,
@@ -556,7 +364,7 @@ def benchmark_suite(
 
 
 def run_benchmark(
-    request: BenchmarkRequest,
+    request: BenchmarkParameters,
     *,
     labeler_factory: LabelerFactory = build_labeler,
     progress: Progress | None = None,
@@ -571,5 +379,5 @@ def run_benchmark(
     return report_of(request, results)
 
 
-def report_of(request: BenchmarkRequest, results: Sequence[SuiteResult]) -> BenchmarkReport:
+def report_of(request: BenchmarkParameters, results: Sequence[SuiteResult]) -> BenchmarkReport:
     return BenchmarkReport(request.method, request.model, request.pretrained, list(results), request.limit)

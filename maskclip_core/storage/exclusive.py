@@ -17,7 +17,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from maskclip_core.dataset.fs import resolve
+from maskclip_core.storage.fs import resolve
 
 _PROCESS_LOCK = threading.Lock()
 _CONFLICT_RETRIES = 5  # S3 answers 409 to conditional writes racing on one key: the caller may retry

@@ -1,7 +1,7 @@
 """``DATASET/metrics/part-*.parquet``: scores of the teacher's pseudo-labels and of the student after each round.
 
 One row per (training run, model, round): mIoU, pixel accuracy and per-class IoU against a ground truth.
-Each row set is written whole as one part file (``dataset.fs.atomic_write_bytes``),
+Each row set is written whole as one part file (``storage.fs.atomic_write_bytes``),
 named after (run, model, round), so writing the same round again replaces its own file; readers skip names
 starting with ``_`` or ``.`` and keep the newest row per (run, model, round).
 """
@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from maskclip_core.dataset.fs import atomic_write_bytes, join_url
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.manifest import ensure_manifest
 from maskclip_core.dataset.parquet import parquet_bytes
 from maskclip_core.dataset.schema import METRICS_SCHEMA, MODELS, PART_NAME
+from maskclip_core.storage.fs import atomic_write_bytes, join_url
 
 
 def metrics_part_name(run: str, model: str, round: int | None) -> str:
