@@ -32,7 +32,7 @@ def arm(bombs: int, megapixels: int, budget_mb: int) -> dict:
 
     from maskclip_core.labeling.batch import process_batch
     from maskclip_core.labeling.memory_budget import MemoryBudget
-    from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+    from maskclip_core.labeling.run_records import LabelingPlan, SourceItem
     from maskclip_core.types import SegmentationResult
 
     classes = ("a", "b", "c")

@@ -7,7 +7,7 @@ Orchestration only. The work is in ``maskclip_core.labeling`` (planning, one bat
 1. loads the labeler once for its config, hashes it with the filter into the config hash that defines
    "already labeled", refuses a damaged dataset (one line naming ``maskclip dataset check --repair``),
    registers the categories, writes ``labelings/<config hash>.json`` and reads the compact index of
-   (uri, source_version) pairs already done (``tasks.labeling.start_run``);
+   (uri, source_version) pairs already done (``tasks.labeling_run.start_run``);
 2. streams the listing, skipping known files without reading them, into numbered batches
    (``maskclip_core.labeling.planning``);
 3. labels the batches in ``label-chunk`` sub-runs of ``options.chunk_batches`` batches each, with a bounded
@@ -15,7 +15,7 @@ Orchestration only. The work is in ``maskclip_core.labeling`` (planning, one bat
    run context, a cancel event per submission in the task runner) until the run that ran it ends; a sub-run per
    chunk ends it every chunk, so memory stays flat however many images, on Prefect's public API alone;
 4. after a complete listing, marks the files the dataset shows but the source no longer holds ``gone``; writes
-   the report next to the dataset and publishes the summary artifacts (``tasks.labeling.finish_run``).
+   the report next to the dataset and publishes the summary artifacts (``tasks.labeling_run.finish_run``).
 
 Failed batches (storage errors that outlived their retries) do not stop the others; the run then ends Failed
 with the failures in its summary, and the next run picks their images up (nothing of them was committed).
@@ -37,22 +37,15 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.submission import submit_bounded
 from maskclip_core.labeling.filter import FilterConfig
-from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
+from maskclip_core.labeling.planning import BatchPlanner, chunked
 from maskclip_core.labeling.registry import LabelerParameters, resolve_labeler
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.run_records import BatchOutcome, FailedBatch, PlannedBatch
 from maskclip_core.storage.fs import SourceFile, iter_source_files
-from tasks.labeling import (
-    BatchSetup,
-    LabelingRunParameters,
-    ProgressListener,
-    RunProgress,
-    batch_done,
-    dataset_lease,
-    finish_run,
-    label_batch,
-    start_run,
-    with_retries,
-)
+from tasks.labeling import BatchSetup, label_batch, with_retries
+from tasks.labeling_artifacts import ProgressListener, RunProgress
+from tasks.labeling_parameters import LabelingRunParameters
+from tasks.labeling_run import batch_done, dataset_lease, finish_run, start_run
 
 __all__ = ["LabelingIncomplete", "LabelingRunParameters", "label_dataset", "progress_listener"]
 
@@ -144,7 +137,7 @@ def label_dataset(
 @flow(name="label-chunk", validate_parameters=False)  # parameters come from label-dataset, already validated
 def label_chunk(
     batches: list[PlannedBatch], setup: BatchSetup, max_in_flight: int, retries: int, retry_delay_seconds: float
-) -> Iterator[BatchDone]:
+) -> Iterator[BatchOutcome | FailedBatch]:
     """Label consecutive batches with at most ``max_in_flight`` running, yielding each as it finishes.
 
     Ends Failed (``ChunkIncomplete``) when a batch failed after its retries; the other batches are written.
@@ -155,7 +148,7 @@ def label_chunk(
         batches, lambda b: batch_task.submit(b.index, b.items, setup, b.thumbnails), max_in_flight
     ):
         done = batch_done(batch, future)
-        failed += done.outcome is None
+        failed += isinstance(done, FailedBatch)
         yield done
     if failed:
         raise ChunkIncomplete(f"{failed} of {len(batches)} batches failed")
@@ -166,7 +159,7 @@ def label_chunk(
 
 def run_chunk(
     chunk: list[PlannedBatch], setup: BatchSetup, options: LabelingRunParameters, scheduler_address: str | None
-) -> Iterator[BatchDone]:
+) -> Iterator[BatchOutcome | FailedBatch]:
     """One ``label-chunk`` sub-run over ``chunk`` on a fresh task runner; failed batches come out like the others."""
     sub_run = label_chunk.with_options(
         flow_run_name=f"label-chunk-{chunk[0].index}-{chunk[-1].index}",

@@ -28,7 +28,7 @@ from maskclip_core.training.parameters import (
 from maskclip_core.training.plan import TrainingPlan, plan_training
 from maskclip_core.training.run import TrainingOutcome, run_training
 from maskclip_core.training.teacher_scores import evaluate_teacher
-from tasks.labeling import ProgressArtifact
+from tasks.labeling_artifacts import ProgressArtifact
 
 PROGRESS_ARTIFACT_KEY = "train-student-progress"
 METRICS_ARTIFACT_KEY = "train-student-metrics"

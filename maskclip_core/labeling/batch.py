@@ -24,7 +24,7 @@ from maskclip_core.labeling.config_hash import make_labeling_id
 from maskclip_core.labeling.decode import ImageRejected, decode_image, header_pixels
 from maskclip_core.labeling.filter import filter_labels
 from maskclip_core.labeling.memory_budget import MemoryBudget, process_budget
-from maskclip_core.labeling.plan import BatchStats, LabelingPlan, SourceItem, reason_code
+from maskclip_core.labeling.run_records import BatchStats, LabelingPlan, SourceItem, reason_code
 from maskclip_core.labeling.thumbnails import Thumbnail, thumbnail_jpeg
 from maskclip_core.storage.fs import read_bytes, sha256_hex
 from maskclip_core.types import Labeler, SegmentationResult

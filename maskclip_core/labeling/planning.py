@@ -1,4 +1,4 @@
-"""From a streamed listing to numbered batches of new files, and back: what a finished batch reports.
+"""From a streamed listing to numbered batches of new files (:class:`BatchPlanner`).
 
 Pure Python (no Prefect, no model), so the run's arithmetic is tested on its own: which files are skipped
 without being read, how files are cut into batches, which batches write thumbnails, how batches are grouped.
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from maskclip_core.dataset.digests import DigestSet, source_digest
-from maskclip_core.labeling.plan import SourceItem
-from maskclip_core.labeling.write import BatchOutcome
+from maskclip_core.labeling.run_records import PlannedBatch, SourceItem
 from maskclip_core.storage.fs import SourceFile
 
 if TYPE_CHECKING:  # report.py imports this module
@@ -21,26 +19,6 @@ if TYPE_CHECKING:  # report.py imports this module
 
 THUMBNAILS_PER_BATCH = 2  # spread the run's thumbnails over its first batches
 LISTING_PROGRESS_EVERY = 1000  # files listed between two ``on_listed`` calls
-
-
-@dataclass(frozen=True)
-class PlannedBatch:
-    """Files to label in one batch task, numbered in listing order (the number names its part files)."""
-
-    index: int
-    items: tuple[SourceItem, ...]
-    thumbnails: int = 0
-
-
-@dataclass(frozen=True)
-class BatchDone:
-    """A finished batch: its outcome, or why it failed after its retries (then ``outcome`` is None)."""
-
-    index: int
-    images: int
-    first_uri: str
-    outcome: BatchOutcome | None = None
-    error: str | None = None
 
 
 class BatchPlanner:

@@ -7,21 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskclip_core.labeling.plan import BatchStats
-from maskclip_core.labeling.planning import BatchDone
-from maskclip_core.labeling.write import BatchOutcome
+from maskclip_core.labeling.run_records import BatchOutcome, BatchStats, FailedBatch
 
 # A run with millions of images and a broken bucket could fail many batches; the summary keeps the first
 # ones in detail and counts the rest, so it stays small.
 MAX_FAILED_BATCHES_LISTED = 50
-
-
-@dataclass
-class FailedBatch:
-    index: int
-    images: int
-    error: str
-    first_uri: str | None = None
 
 
 @dataclass
@@ -60,19 +50,19 @@ class RunSummary:
         self.thumbnails.extend(outcome.thumbnails)
         self.worker_pids.add(outcome.pid)
 
-    def add_failed_batch(self, index: int, images: int, error: str, first_uri: str | None = None) -> None:
+    def add_failed_batch(self, failed: FailedBatch) -> None:
         self.batches_done += 1
         self.failed_batch_count += 1
-        self.failed_batch_images += images
+        self.failed_batch_images += failed.images
         if len(self.failed_batches) < MAX_FAILED_BATCHES_LISTED:
-            self.failed_batches.append(FailedBatch(index, images, error, first_uri))
+            self.failed_batches.append(failed)
 
-    def add(self, done: BatchDone) -> None:
+    def add(self, done: BatchOutcome | FailedBatch) -> None:
         """One finished batch, labeled or failed."""
-        if done.outcome is not None:
-            self.add_batch(done.outcome)
+        if isinstance(done, FailedBatch):
+            self.add_failed_batch(done)
         else:
-            self.add_failed_batch(done.index, done.images, done.error or "unknown error", done.first_uri)
+            self.add_batch(done)
 
     def stop(self, error: str) -> None:
         """Record what stopped the run early; the report then says so instead of "completed"."""

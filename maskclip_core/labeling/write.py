@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from maskclip_core.dataset.digests import DigestSet, sha256_digest
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.batch import BatchResult, label_lock, process_batch
 from maskclip_core.labeling.config_hash import batch_part_name
-from maskclip_core.labeling.plan import BatchStats, LabelingPlan, SourceItem
+from maskclip_core.labeling.run_records import BatchOutcome, LabelingPlan, SourceItem
 from maskclip_core.storage.fs import atomic_write_bytes, join_url, read_bytes
 from maskclip_core.types import Labeler
 
@@ -29,18 +27,6 @@ def write_batch_result(dataset: LabelDataset, result: BatchResult, part: str) ->
         thumbnail_urls.append(url)
     written = dataset.write_batch(result.images_rows, result.annotation_rows, part_name=part)
     return {**written, "thumbnails": thumbnail_urls}
-
-
-@dataclass
-class BatchOutcome:
-    """What a batch reports back to the flow: small, picklable, no arrays."""
-
-    index: int
-    part: str
-    stats: BatchStats
-    written: dict[str, Any]
-    thumbnails: list[dict[str, str]]  # {"url", "uri"}
-    pid: int = field(default_factory=os.getpid)
 
 
 def label_and_write_batch(

@@ -19,7 +19,7 @@ from maskclip_core.dataset.digests import source_digest
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import iter_export_images, known_images
 from maskclip_core.dataset.source_sync import ListedUris, mark_gone
-from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.run_records import LabelingPlan, SourceItem
 from maskclip_core.labeling.write import label_and_write_batch
 from maskclip_core.storage.fs import iter_source_files
 from maskclip_core.types import SegmentationResult

@@ -19,7 +19,6 @@ from maskclip_core.dataset.rle import annotations_to_label_map
 from maskclip_core.labeling.batch import process_batch
 from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
-from maskclip_core.labeling.plan import LabelingPlan, SourceItem
 from maskclip_core.labeling.registry import (
     LabelerParameters,
     StudentUnavailableError,
@@ -28,6 +27,7 @@ from maskclip_core.labeling.registry import (
     load_labeler,
 )
 from maskclip_core.labeling.report import RunSummary
+from maskclip_core.labeling.run_records import FailedBatch, LabelingPlan, SourceItem
 from maskclip_core.labeling.write import label_and_write_batch, write_batch_result
 from maskclip_core.storage.fs import sha256_hex
 from maskclip_core.types import IGNORE_INDEX, SegmentationResult
@@ -368,7 +368,7 @@ def test_run_summary_tables_and_markdown() -> None:
     corpus = corpus_bytes()
     files = {f"mem://{name}": data for name, (data, _) in corpus.items()}
     result = process_batch([SourceItem(u) for u in files], ColorLabeler(), plan(), read=files.__getitem__)
-    from maskclip_core.labeling.write import BatchOutcome
+    from maskclip_core.labeling.run_records import BatchOutcome
 
     summary = RunSummary(
         run_id="r", source="src", dataset="out", config_hash="cfg", labeler="maskclip", classes=CLASSES
@@ -376,7 +376,7 @@ def test_run_summary_tables_and_markdown() -> None:
     summary.listed = len(corpus) + 5
     summary.unchanged = 5
     summary.add_batch(BatchOutcome(0, "r-b000000", result.stats, {}, [{"url": "out/t.jpg", "uri": "mem://ok.jpg"}]))
-    summary.add_failed_batch(1, 4, "OSError: 503 SlowDown", "mem://x.jpg")
+    summary.add_failed_batch(FailedBatch(1, 4, "OSError: 503 SlowDown", "mem://x.jpg"))
     summary.finish()
     d = summary.to_dict()
     assert d["images_seen"] == len(corpus) + 5 and d["skipped"] == 5 and not d["ok"]

@@ -11,7 +11,7 @@ from support.tiny_labeler import KEEP_ALL
 
 from maskclip_core.labeling.batch import process_batch
 from maskclip_core.labeling.memory_budget import BYTES_PER_PIXEL, MemoryBudget
-from maskclip_core.labeling.plan import LabelingPlan, SourceItem
+from maskclip_core.labeling.run_records import LabelingPlan, SourceItem
 from maskclip_core.types import SegmentationResult
 
 CLASSES = ("dark", "light", "other")

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from maskclip_core.dataset.digests import DigestSet, source_digest
-from maskclip_core.labeling.plan import BatchStats, SourceItem
-from maskclip_core.labeling.planning import BatchDone, BatchPlanner, PlannedBatch, chunked
+from maskclip_core.labeling.planning import BatchPlanner, chunked
 from maskclip_core.labeling.report import RunSummary
-from maskclip_core.labeling.write import BatchOutcome
+from maskclip_core.labeling.run_records import BatchOutcome, BatchStats, FailedBatch, PlannedBatch, SourceItem
 from maskclip_core.storage.fs import SourceFile
 
 
@@ -25,10 +24,10 @@ def listing(n: int, fail_after: int | None = None) -> Iterator[SourceFile]:
         yield SourceFile(f"s3://b/{i:03d}.jpg", 100, f"etag:{i}")
 
 
-def done_ok(batch: PlannedBatch) -> BatchDone:
+def done_ok(batch: PlannedBatch) -> BatchOutcome:
     stats = BatchStats(seen=len(batch.items), labeled=len(batch.items))
     outcome = BatchOutcome(batch.index, f"p{batch.index}", stats, {}, [])
-    return BatchDone(batch.index, len(batch.items), batch.items[0].uri, outcome=outcome)
+    return outcome
 
 
 def test_known_files_are_skipped_and_the_rest_cut_into_numbered_batches() -> None:
@@ -126,7 +125,7 @@ def test_a_failed_listing_is_not_reported_as_completed() -> None:
 def test_failed_batches_and_an_early_stop_both_show() -> None:
     s = summary()
     s.batches_submitted, s.submitted_images = 2, 4
-    s.add(BatchDone(0, 2, "s3://b/0.jpg", error="OSError: 503"))
+    s.add(FailedBatch(0, 2, "OSError: 503", "s3://b/0.jpg"))
     s.stop("KeyboardInterrupt")
     s.finish()
     assert s.status == "FAILED: KeyboardInterrupt; 1 batch(es) failed"

@@ -1,8 +1,12 @@
-"""What a labeling run hands its batches (:class:`SourceItem`, :class:`LabelingPlan`) and what they count
-(:class:`BatchStats`): small, picklable records without arrays."""
+"""The records of a labeling run and of each batch's life: small, picklable, without arrays.
+
+What every batch shares (:class:`LabelingPlan`), a file to label (:class:`SourceItem`), a batch planned
+(:class:`PlannedBatch`), written (:class:`BatchOutcome`, with its counts :class:`BatchStats`) or failed after its
+retries (:class:`FailedBatch`). The rows of a batch in memory are ``labeling.batch.BatchResult``."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +100,37 @@ class BatchStats:
             "memory_deferred": list(self.memory_deferred),
             "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
         }
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """Files to label in one batch task, numbered in listing order (the number names its part files)."""
+
+    index: int
+    items: tuple[SourceItem, ...]
+    thumbnails: int = 0
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch reports back to the flow: small, picklable, no arrays."""
+
+    index: int
+    part: str
+    stats: BatchStats
+    written: dict[str, Any]
+    thumbnails: list[dict[str, str]]  # {"url", "uri"}
+    pid: int = field(default_factory=os.getpid)
+
+
+@dataclass(frozen=True)
+class FailedBatch:
+    """A batch that failed after its retries: nothing of it was written (the next run labels its files)."""
+
+    index: int
+    images: int
+    error: str
+    first_uri: str | None = None
 
 
 def reason_code(reason: str | None) -> str:
