@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from maskclip_core.benchmark.suites import SUITE_NAMES, NameSet
+from maskclip_core.dataset.schema import LabelerKind
 
 # --- method protocols --------------------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ class MethodProtocol:
     name: str
     title: str
     source: str  # where the settings are read from
-    labeler: Literal["maskclip", "student"] = "maskclip"
+    labeler: LabelerKind = "maskclip"
     inference: Mapping[str, Any] = field(default_factory=dict)  # InferenceConfig fields (attention, refinements)
     labeler_options: Mapping[str, Any] = field(default_factory=dict)  # other LabelerConfig fields
     defaults: SuiteSettings = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
@@ -125,7 +126,7 @@ def method(
     source: str,
     inference: Mapping[str, Any],
     published_average: float | None = None,
-    labeler: Literal["maskclip", "student"] = "maskclip",
+    labeler: LabelerKind = "maskclip",
     labeler_options: Mapping[str, Any] | None = None,
     per_suite: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MethodProtocol:

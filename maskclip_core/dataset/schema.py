@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Literal
 
 import pyarrow as pa
 
@@ -31,6 +32,7 @@ ROW_STATUSES = (*STATUSES, GONE)  # every images.status a row may have
 # Images under a config with one of these statuses need no work on a re-run ("failed" is retried).
 DONE_STATUSES = ("labeled", "rejected")
 LABELERS = ("maskclip", "student")  # images.labeler, annotations.labeler: the kinds of ``labeling.registry``
+LabelerKind = Literal[LABELERS]  # type: ignore[valid-type]  # pydantic and argparse read it at runtime
 REVIEW_TOOLS = ("label-studio", "coco")  # reviewed.tool
 MODELS = ("teacher", "student")  # metrics.model
 

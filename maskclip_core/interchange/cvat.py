@@ -24,10 +24,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from maskclip_core.colors import voc_colormap
+from maskclip_core.colors import category_colors, voc_colormap
 from maskclip_core.dataset.records import ExportImage, check_categories
 from maskclip_core.dataset.rle import annotation_mask
-from maskclip_core.interchange.colors import category_colors
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
 from maskclip_core.storage.fs import atomic_output, read_bytes
 

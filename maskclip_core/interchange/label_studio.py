@@ -16,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 import fsspec
 import numpy as np
 
+from maskclip_core.colors import category_colors
 from maskclip_core.dataset.records import (
     ExportImage,
     ReviewedImage,
@@ -25,7 +26,6 @@ from maskclip_core.dataset.records import (
     image_score,
 )
 from maskclip_core.dataset.rle import label_map_from_masks
-from maskclip_core.interchange.colors import category_colors
 from maskclip_core.interchange.label_studio_rle import decode_mask, encode_mask
 from maskclip_core.interchange.polygons import mask_to_polygons, polygons_to_mask
 from maskclip_core.storage.fs import atomic_output, atomic_write_bytes, read_json

@@ -21,12 +21,13 @@ from maskclip_core.dataset.reader import known_images
 from maskclip_core.dataset.records import ExportImage, ReviewedImage, category_lookup
 from maskclip_core.dataset.reviews import review_rows, write_reviewed
 from maskclip_core.dataset.rle import label_map_from_masks
+from maskclip_core.dataset.schema import REVIEW_TOOLS
 from maskclip_core.interchange.coco import COCO_CONTRIBUTOR
 from maskclip_core.interchange.label_studio import import_label_studio
 from maskclip_core.interchange.polygons import polygons_to_mask
 from maskclip_core.storage.fs import read_bytes, read_json
 
-FORMATS = ("label-studio", "coco")
+FORMATS = REVIEW_TOOLS  # one importer per review tool the reviewed table records
 
 
 def import_coco_reviews(

@@ -7,14 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from maskclip_core.colors import voc_colormap
+from maskclip_core.colors import class_colors
 from maskclip_core.types import IGNORE_INDEX
-
-
-def palette(n: int = 256) -> np.ndarray:
-    """[n, 3] uint8 colours for class indices 0..n-1: the PASCAL VOC colour map shifted by one, so class 0
-    is not black (black is reserved for ignore)."""
-    return voc_colormap(n + 1)[1:]
 
 
 def label_png(labels: np.ndarray) -> Image.Image:
@@ -22,7 +16,7 @@ def label_png(labels: np.ndarray) -> Image.Image:
     if labels.max(initial=0) > IGNORE_INDEX or labels.min(initial=0) < 0:
         raise ValueError("label values must fit in 0..255")
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    pal = palette(256)
+    pal = class_colors(256)
     pal[IGNORE_INDEX] = 0
     img.putpalette(pal.reshape(-1).tolist())
     return img
@@ -43,7 +37,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5) -> Image.Image:
     """Image blended with class colours, with a legend of the classes present (ignore left unpainted)."""
-    colours = palette(max(len(class_names), 1))
+    colours = class_colors(max(len(class_names), 1))
     valid = labels != IGNORE_INDEX
     blended = image.astype(np.float32).copy()
     painted = colours[np.where(valid, labels, 0)].astype(np.float32)

@@ -2,19 +2,19 @@
 
 In the style of segment-anything's ``sam_model_registry``: :data:`LABELER_REGISTRY` maps each kind to its
 loader, and everything that offers a choice of kind (the ``LabelerParameters.labeler`` field, CLI choices, docs)
-derives from it through :data:`LABELER_KINDS` / :data:`LabelerKind`. The dataset records the kind in its
-``labeler`` columns (``dataset.schema.LABELERS``, kept equal to the registry's kinds).
+derives from it through :data:`LABELER_KINDS`. The kinds are the values the dataset's ``labeler`` columns may
+hold (``dataset.schema.LABELERS`` / ``LabelerKind``, a layer below): the registry must map exactly those.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from maskclip_core.dataset.schema import LABELERS
+from maskclip_core.dataset.schema import LABELERS, LabelerKind
 from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
 from maskclip_core.types import Labeler
@@ -49,7 +49,6 @@ LABELER_REGISTRY: dict[str, Callable[[LabelerParameters, str | None], Labeler]] 
     "student": _load_student,
 }
 LABELER_KINDS: tuple[str, ...] = tuple(LABELER_REGISTRY)
-LabelerKind = Literal[LABELER_KINDS]  # type: ignore[valid-type]  # pydantic and argparse read it at runtime
 if set(LABELER_KINDS) != set(LABELERS):  # the dataset's labeler columns hold these values
     raise ImportError(f"labeler kinds {LABELER_KINDS} differ from the dataset's {LABELERS}")
 

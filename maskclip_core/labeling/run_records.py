@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskclip_core.dataset.ids import ID_BITS
+from maskclip_core.dataset.schema import LabelerKind
 from maskclip_core.labeling.decode import DEFAULT_MAX_PIXELS
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.memory_budget import DEFAULT_MEMORY_BUDGET
-from maskclip_core.labeling.registry import LabelerKind
 
 # Pixels handed to one ``labeler.label`` call: bounds the memory of a batch of large photos (the labeler
 # returns uint8 labels and float32 confidence at full size) without shrinking batches of small images.

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from maskclip_core.student.augment import AugmentConfig
 from maskclip_core.student.backbones import BackboneName
-from maskclip_core.student.model import HeadName
+from maskclip_core.student.model import HeadName, StudentConfig
+from maskclip_core.student.train import TrainConfig
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from maskclip_core.teacher.prompts import TemplateSetName
 
@@ -35,25 +38,31 @@ class ClipParameters(BaseModel):
         return cls(model=data["model"], pretrained=data["pretrained"], seed=data["seed"], templates=data["templates"])
 
 
+# The architecture's defaults are StudentConfig's (what checkpoints store); the form adds bounds and descriptions.
+_STUDENT = {f.name: f.default for f in dataclasses.fields(StudentConfig)}
+
+
 class StudentParameters(BaseModel):
-    """The student network (``StudentConfig`` without the embedding size, which is the CLIP's)."""
+    """The student network as a form: ``StudentConfig``'s fields and defaults without the embedding size,
+    which is the teacher CLIP's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backbone: BackboneName = Field(
-        "resnet101", description="Dilated backbone; resnet101 is MaskCLIP+'s, mobilenet_v3_large the light one"
+        _STUDENT["backbone"], description="Dilated backbone; resnet101 is MaskCLIP+'s, mobilenet_v3_large the light one"
     )
-    output_stride: Literal[8, 16] = Field(8, description="Feature stride of the backbone")
-    head: HeadName = Field("deeplabv3", description="DeepLab head (ASPP)")
-    head_channels: int = Field(256, ge=4, le=4096, description="Channels of the head")
-    temperature: float = Field(50.0, gt=0, description="Logits are temperature x cosine(feature, text embedding)")
+    output_stride: Literal[8, 16] = Field(_STUDENT["output_stride"], description="Feature stride of the backbone")
+    head: HeadName = Field(_STUDENT["head"], description="DeepLab head (ASPP)")
+    head_channels: int = Field(_STUDENT["head_channels"], ge=4, le=4096, description="Channels of the head")
+    temperature: float = Field(
+        _STUDENT["temperature"], gt=0, description="Logits are temperature x cosine(feature, text embedding)"
+    )
     backbone_weights: str = Field(
-        "imagenet", description="'imagenet', 'none' (from scratch) or a path / URL of a torchvision state dict"
+        _STUDENT["backbone_weights"],
+        description="'imagenet', 'none' (from scratch) or a path / URL of a torchvision state dict",
     )
 
-    def config(self, embed_dim: int) -> Any:
-        from maskclip_core.student.model import StudentConfig
-
+    def config(self, embed_dim: int) -> StudentConfig:
         return StudentConfig(embed_dim=embed_dim, **self.model_dump())
 
 
@@ -93,10 +102,7 @@ class ScheduleParameters(BaseModel):
             raise ValueError(f"scale_range {self.scale_range} must be increasing and positive")
         return self
 
-    def train_config(self) -> Any:
-        from maskclip_core.student.augment import AugmentConfig
-        from maskclip_core.student.train import TrainConfig
-
+    def train_config(self) -> TrainConfig:
         augment = AugmentConfig(
             crop_size=self.crop_size,
             scale_range=tuple(self.scale_range),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskclip_core.colors import voc_colormap
-from maskclip_core.interchange.colors import category_colors
-from maskclip_core.labeling.overlays import palette
+from maskclip_core.colors import category_colors, class_colors, voc_colormap
 
 # The first entries of the PASCAL VOC colour map, as published with the dataset's devkit.
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128)]
@@ -18,5 +16,5 @@ def test_voc_colormap_is_the_published_one() -> None:
 
 
 def test_class_colours_skip_black() -> None:
-    np.testing.assert_array_equal(palette(6), np.array(VOC[1:], np.uint8))
+    np.testing.assert_array_equal(class_colors(6), np.array(VOC[1:], np.uint8))
     assert category_colors([{"id": 7, "name": "a"}, {"id": 3, "name": "b"}]) == {7: VOC[1], 3: VOC[2]}

@@ -200,12 +200,12 @@ def test_cached_labeler_and_text_cache_are_per_process(monkeypatch):
 
 
 def test_one_voc_palette():
-    from maskclip_core.labeling.overlays import palette
+    from maskclip_core.colors import class_colors
 
     cmap = voc_colormap(256)
     assert cmap[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
     assert cmap[15].tolist() == [192, 128, 128]  # VOC "person"
-    assert np.array_equal(palette(255), cmap[1:])  # overlays start at VOC entry 1: class 0 is not black
+    assert np.array_equal(class_colors(255), cmap[1:])  # overlays start at VOC entry 1: class 0 is not black
 
 
 def test_one_device_default():

@@ -488,3 +488,16 @@ def test_metrics_table_round_trip(tmp_path: Path) -> None:
     }
     with pytest.raises(ValueError, match="run name"):
         write_metrics(out, [metrics_row("../x", "teacher", summary)])
+
+
+def test_the_student_form_is_the_checkpoints_architecture() -> None:
+    """``StudentParameters`` (the form) has ``StudentConfig``'s fields and defaults, less the CLIP's embedding size."""
+    import dataclasses
+
+    from maskclip_core.student.model import StudentConfig
+    from maskclip_core.training.parameters import StudentParameters
+
+    stored = {f.name: f.default for f in dataclasses.fields(StudentConfig) if f.name != "embed_dim"}
+    form = {name: field.default for name, field in StudentParameters.model_fields.items()}
+    assert form == stored
+    assert StudentParameters().config(512) == StudentConfig(embed_dim=512)
