@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from maskclip_core.benchmark.protocols import get_method
-from maskclip_core.benchmark.run import BenchmarkParameters, report_of
+from maskclip_core.benchmark.scoring import BenchmarkParameters, report_of
 from tasks.benchmark import benchmark_suite_task
 
 TABLE_ARTIFACT_KEY = "benchmark-miou"

@@ -1,4 +1,4 @@
-"""Prefect task around ``maskclip_core.benchmark.run``: one suite scored in a worker.
+"""Prefect task around ``maskclip_core.benchmark.scoring``: one suite scored in a worker.
 
 The task gets the small :class:`BenchmarkParameters` and a suite name, builds the labeler itself (weights are
 loaded in the worker, never shipped), reads the suite's files from their folder and returns a
@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maskclip_core.benchmark.run import BenchmarkParameters, SuiteResult, benchmark_suite
+from maskclip_core.benchmark.scoring import BenchmarkParameters, SuiteResult, benchmark_suite
 
 
 @task(name="benchmark-suite", cache_policy=NO_CACHE, task_run_name="benchmark-{suite}")

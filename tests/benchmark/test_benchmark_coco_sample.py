@@ -12,7 +12,7 @@ import pytest
 from support.benchmark_layouts import write_coco_sample_layout
 from support.coco_sample import SAMPLE, require_sample
 
-from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
+from maskclip_core.benchmark.scoring import BenchmarkParameters, run_benchmark
 from maskclip_core.benchmark.suites import (
     expected_class_names,
     get_suite,

@@ -12,7 +12,7 @@ from PIL import Image
 from support.benchmark_layouts import PlantedLabeler, write_sample
 
 from maskclip_core.benchmark.protocols import METHODS
-from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
+from maskclip_core.benchmark.scoring import BenchmarkParameters, run_benchmark
 from maskclip_core.benchmark.suites import (
     SUITE_NAMES,
     SUITES,
@@ -190,7 +190,7 @@ def test_protocols_resolve_per_suite() -> None:
 
 
 def test_methods_this_version_lacks_fail_with_one_line(tmp_path: Path) -> None:
-    from maskclip_core.benchmark.run import unavailable_reason
+    from maskclip_core.benchmark.scoring import unavailable_reason
 
     for method in METHODS.values():
         request = BenchmarkParameters(suites=["voc20"], data_root=str(tmp_path), method=method.name, checkpoint="x")

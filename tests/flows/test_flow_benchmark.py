@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support.benchmark_tiny import TINY_INFERENCE, TINY_MODEL, write_tiny_data_root
 
-from maskclip_core.benchmark.run import BenchmarkParameters, run_benchmark
+from maskclip_core.benchmark.scoring import BenchmarkParameters, run_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
