@@ -13,7 +13,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from maskclip_core.dataset import label_dataset as dataset_module
+from maskclip_core.dataset import known_index
+from maskclip_core.dataset import parts as parts_module
 from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.schema import ANNOTATIONS_SCHEMA, CATEGORIES_SCHEMA, IMAGES_SCHEMA
@@ -180,14 +181,14 @@ def test_created_at_defaults_to_now(local_store: LabelDataset) -> None:
 def test_crash_between_parts_leaves_annotations_invisible(store: LabelDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     lab = label_map(7)
     row, anns = labeling("img", "L1", labels=lab)
-    real_write = dataset_module.atomic_write_bytes
+    real_write = parts_module.atomic_write_bytes
 
     def crash_on_images(url: str, data: bytes, storage_options: object = None) -> None:
         if "/images/" in url:
             raise ConnectionError("worker died")
         real_write(url, data, storage_options)
 
-    monkeypatch.setattr(dataset_module, "atomic_write_bytes", crash_on_images)
+    monkeypatch.setattr(parts_module, "atomic_write_bytes", crash_on_images)
     with pytest.raises(ConnectionError):
         store.write_batch([row], anns, part_name="b1")
     monkeypatch.undo()
@@ -360,17 +361,17 @@ def test_known_sha256_reads_three_columns_by_part(local_store: LabelDataset, mon
             )  # fmt: skip
         local_store.write_batch(rows, [], part_name=f"p{p}")
     calls: list[list[str]] = []
-    real_scan = LabelDataset._scan_config
+    real_scan = known_index.scan_config
 
-    def spy(self: LabelDataset, config_hash: str, columns: list[str]):
+    def spy(dataset_parts: parts_module.DatasetParts, config_hash: str, columns: list[str]):
         calls.append(list(columns))
-        for batch in real_scan(self, config_hash, columns):
+        for batch in real_scan(dataset_parts, config_hash, columns):
             # The few columns that pick the current row of a uri, plus the one asked for.
             assert sorted(batch.schema.names) == sorted({"uri", "status", "created_at", "labeling_id", *columns})
-            assert batch.num_rows <= dataset_module._SCAN_BATCH_ROWS
+            assert batch.num_rows <= known_index._SCAN_BATCH_ROWS
             yield batch
 
-    monkeypatch.setattr(LabelDataset, "_scan_config", spy)
+    monkeypatch.setattr(known_index, "scan_config", spy)
     known = local_store.known_sha256("cfg")
     expected = sum(1 for i in range(per_part) if i % 2 and i % 3 != 2) * n_parts
     assert len(known) == expected
@@ -412,8 +413,8 @@ def test_known_indexes_read_parts_whole_or_streamed(
 ) -> None:
     from maskclip_core.dataset.digests import sha256_digest, source_digest
 
-    monkeypatch.setattr(dataset_module, "_SCAN_SMALL_PART_BYTES", small_part_bytes)
-    monkeypatch.setattr(dataset_module, "_SCAN_WINDOW_BYTES", 1)  # a window of one part at a time
+    monkeypatch.setattr(known_index, "SMALL_PART_BYTES", small_part_bytes)
+    monkeypatch.setattr(known_index, "_SCAN_WINDOW_BYTES", 1)  # a window of one part at a time
     expected_sources, expected_shas = set(), set()
     for p in range(5):
         rows = []

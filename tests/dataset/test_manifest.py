@@ -120,12 +120,12 @@ def test_first_write_creates_the_manifest(tmp_path: Path) -> None:
 def test_manifest_comes_before_any_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash after the manifest but before the parts leaves a dataset whose version is still known."""
     root = tmp_path / "out"
-    from maskclip_core.dataset import label_dataset as dataset_module
+    from maskclip_core.dataset import parts
 
     def crash(url: str, data: bytes, storage_options: object = None) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(dataset_module, "atomic_write_bytes", crash)
+    monkeypatch.setattr(parts, "atomic_write_bytes", crash)
     row, anns = labeling("x")
     with pytest.raises(OSError, match="disk gone"):
         LabelDataset(str(root)).write_batch([row], anns, part_name="b0")

@@ -20,9 +20,9 @@ KILLED_EXIT_CODE = 75
 def main() -> int:
     source, output, params_json, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
-    import maskclip_core.dataset.label_dataset as dataset_module
+    import maskclip_core.dataset.parts as parts_module
 
-    real_write = dataset_module.atomic_write_bytes
+    real_write = parts_module.atomic_write_bytes
     lock = threading.Lock()
     images_parts = [0]
 
@@ -34,7 +34,7 @@ def main() -> int:
                     os._exit(KILLED_EXIT_CODE)
         real_write(url, data, storage_options)
 
-    dataset_module.atomic_write_bytes = write
+    parts_module.atomic_write_bytes = write
 
     from flows.label_dataset import label_dataset
 
