@@ -1,6 +1,11 @@
 """MaskCLIP dense pseudo-labels and the plain-PyTorch label logic around them (no Prefect here).
 
-The names below are imported lazily so that light modules (storage, store, coco) load without torch.
+Stage packages, lowest first (the order ``tests/test_import_contracts.py`` enforces; each package's docstring
+lists its modules): ``types``, ``device``, ``colors``, ``process_cache``, ``segmentation_metrics`` and ``storage``
+(leaves); ``teacher``, ``student`` and ``dataset``; ``labeling`` and ``interchange``; ``evaluation``;
+``training``; ``benchmark``.
+
+The names below are imported lazily so that light modules (storage, dataset) load without torch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,17 @@
 """Exports for review tools (COCO, Label Studio, CVAT) and import of the human corrections they produce.
 
-The records they read and return live in ``dataset.records`` (re-exported here for the exporters' users)."""
+The records they read and return live in ``dataset.records`` (re-exported here for the exporters' users).
+
+Modules:
+- ``export``: one entry point for every export format (``ExportParameters``, ``export_dataset``)
+- ``coco``: COCO instances JSON out, any COCO file in as label maps
+- ``label_studio``: Label Studio tasks with pre-annotations, its labeling config, and its reviews back
+- ``label_studio_rle``: Label Studio's brush RLE codec
+- ``label_studio_sync``: push to / pull from a live Label Studio server (``maskclip review push|pull``)
+- ``cvat``: CVAT's COCO 1.0 and Segmentation mask 1.1 zips
+- ``polygons``: masks <-> polygons in COCO coordinates
+- ``review_import``: a review tool's file into the reviewed table
+"""
 
 from maskclip_core.dataset.records import (
     ExportImage,

@@ -1,7 +1,21 @@
-"""One batch of images through a labeler: decode, label, filter by confidence, encode COCO RLE, write.
+"""Labeling a dataset: one batch of source files through a labeler, filtered and encoded, into the dataset.
 
-registry (labeler kinds, ``LabelerParameters``, per-process loading), config_hash (config hash, labeling ids, part
-names), plan (what a run hands its batches, what they count), planning (listing -> numbered batches), decode,
-filter, annotations (label maps -> COCO RLE records; the decoder is ``dataset.rle``), batch (one batch to rows),
-memory_budget (decoded pixels a worker holds), thumbnails, known_content (the per-process index of done content),
-write (a batch into the dataset), report (the run summary), overlays, segment_files."""
+Modules:
+- ``registry``: labeler kinds (``LabelerParameters``) and their per-process loading
+- ``config_hash``: the config hash, labeling ids and part names
+- ``run_records``: a run's and a batch's small records (plan, planned / written / failed batch, counts)
+- ``planning``: a streamed listing into numbered batches of new files
+- ``decode``: image bytes to RGB, or a rejection reason
+- ``device_decode``: batched nvJPEG decoding on CUDA
+- ``memory_budget``: decoded-pixel bytes a worker process holds at once
+- ``filter``: the confidence filter (ignore pixels, weak regions, rejected images)
+- ``annotations``: label maps to COCO RLE annotation records (the decoder is ``dataset.rle``)
+- ``batch``: one batch to rows (read, decode, label, filter, encode)
+- ``known_content``: the per-process index of content already labeled
+- ``thumbnails``: overlay JPEGs for reports
+- ``write``: a batch into the dataset
+- ``report``: the run summary (``RunSummary``) and its markdown
+- ``report_images``: thumbnails a browser can show in the report
+- ``overlays``: label PNGs, colour overlays, confidence maps
+- ``segment_files``: label a few local files (``maskclip segment``)
+"""

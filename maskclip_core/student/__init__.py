@@ -1,5 +1,18 @@
 """MaskCLIP+ student: a DeepLab network classifying pixels against frozen CLIP text embeddings,
-trained on teacher pseudo-labels and then by self-training."""
+trained on teacher pseudo-labels and then by self-training.
+
+Modules:
+- ``backbones``: the registry of dilated backbones and their weights
+- ``classifier``: the frozen text-embedding head (cosine logits)
+- ``model``: the DeepLab network (``StudentConfig``, ``StudentNet``)
+- ``preprocess``: images <-> network tensors
+- ``augment``: training augmentation
+- ``data``: training samples and deterministic batches
+- ``train``: ``fit_student``: pseudo-label phase and self-training rounds
+- ``checkpoint``: safetensors checkpoints at an fsspec URL
+- ``inference``: dense prediction (resize, batch, upsample, softmax)
+- ``labeler``: a trained student as a ``Labeler``
+"""
 
 from maskclip_core.student.augment import AugmentConfig, augment
 from maskclip_core.student.backbones import BACKBONES, BackboneWeightsUnavailable, build_backbone

@@ -1,2 +1,15 @@
-"""The teacher: CLIP loading, prompts and vocabulary, the text classifier, dense features (MaskCLIP and its
-training-free successors), refinements, the sliding-window predictor and the labeler facade."""
+"""The teacher: MaskCLIP's dense pseudo-labels from CLIP, and its training-free successors.
+
+Modules:
+- ``clip_loader``: CLIP through open_clip (model names, pretrained tags, local checkpoints, random weights)
+- ``prompts``: the registry of prompt-template sets
+- ``vocabulary``: the classes a user names, with synonyms and background queries
+- ``text_classifier``: CLIP text embeddings of the vocabulary as a 1x1 classifier (cached)
+- ``dense``: dense CLIP embeddings per patch; the attention-mode registry (MaskCLIP, ClearCLIP, SCLIP, NACLIP)
+- ``proxy``: ProxyCLIP's vision-foundation-model proxy (DINO / DINOv2 through timm)
+- ``refine``: key smoothing and prompt denoising
+- ``pamr``: pixel-adaptive mask refinement
+- ``fast_paths``: precision (bf16 / fp16 autocast, int8) and ``torch.compile`` paths
+- ``window_predictor``: resize, sliding windows, stitching (``DensePredictor``, ``InferenceConfig``)
+- ``labeler``: the ``MaskCLIPLabeler`` facade and its ``LabelerConfig``
+"""
