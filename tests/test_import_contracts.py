@@ -96,3 +96,17 @@ def test_the_data_layer_loads_neither_torch_nor_the_stages_above_it() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_architecture_doc_draws_the_contracts_order() -> None:
+    """docs/ARCHITECTURE.md's layer drawing is the order the contract enforces, line for line."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    drawing = text.split("## Layers", 1)[1].split("```", 2)[1]
+    drawn = []
+    for line in drawing.strip().splitlines():
+        names = line.split("  ", 1)[0].split("|")
+        drawn.append(
+            [n.strip() if n.strip() in CONFIG["root_packages"] else f"maskclip_core.{n.strip()}" for n in names]
+        )
+    [layers] = [c["layers"] for c in CONFIG["contracts"] if c["type"] == "layers"]
+    assert drawn == [[n.strip() for n in layer.split("|")] for layer in layers]
