@@ -35,7 +35,7 @@ test: $(STAMP) $(LS_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check maskclip_core tasks flows tests benchmarks
+	$(VENV)/bin/ruff check maskclip_core tasks flows cli tests benchmarks
 
 # The real thing: ViT-B/16 with OpenAI weights (downloaded once; pass PRETRAINED=/path/to/ckpt offline).
 PRETRAINED ?= openai

@@ -26,7 +26,7 @@ def out(built) -> Path:
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from flows.cli import main
+    from cli.main import main
 
     code = main(list(argv))
     captured = capsys.readouterr()

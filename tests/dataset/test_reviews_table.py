@@ -20,8 +20,8 @@ from PIL import Image
 from support.coco_sample import SAMPLE
 from support.review_store import Built, H, W, build_store, fails, label_map, run
 
-from flows.cli import main
-from flows.cli_review import format_report
+from cli.main import main
+from cli.review import format_report
 from maskclip_core.dataset.ids import image_id_from_sha256
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reviews import read_reviewed, reviewed_label_maps

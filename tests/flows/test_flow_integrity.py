@@ -41,7 +41,7 @@ def run(source: Path, output: str) -> dict[str, Any]:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    from flows.cli import main
+    from cli.main import main
 
     code = main(list(argv))
     return code, capsys.readouterr().err

@@ -482,7 +482,7 @@ def test_cli_label_then_export_coco_round_trip(
 ) -> None:
     from pycocotools.coco import COCO
 
-    from flows.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")  # what the CLI sets; restored afterwards
 

@@ -317,7 +317,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
 def test_cli_label_with_the_real_student(
     pipeline: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
     trained = pipeline["result"]["training"]
@@ -448,12 +448,12 @@ def test_cli_train_prints_the_metrics_table(
 ) -> None:
     import argparse
 
-    from flows import cli
+    from cli import main as cli
 
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert "train" in sub.choices  # registered by flows/cli.py itself
+    assert "train" in sub.choices  # registered by cli/main.py
     truth = write_mask_ground_truth(tmp_path, ["img_000.png", "img_001.png"])
     argv = ["train", "--from", pipeline["out"], "--backbone", "mobilenet_v3_large", "--backbone-weights", "none"]
     argv += ["--output-stride", "16", "--head-channels", "16", "--temperature", "5", "--iterations", "4"]

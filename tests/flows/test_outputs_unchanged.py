@@ -28,7 +28,7 @@ EXPECTED_COUNTS = {"images": 100, "annotations": 239}
 
 _SCRIPT = r"""
 import sys
-from flows.cli import main
+from cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

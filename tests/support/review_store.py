@@ -153,7 +153,7 @@ def label_map(built: Built, image_id: int) -> np.ndarray:
 
 def run(capsys: Any, *argv: str) -> dict:
     """Run ``maskclip export|import|evaluate ...``, expect success, return the printed JSON summary."""
-    from flows.cli import main
+    from cli.main import main
 
     capsys.readouterr()
     rc = main(list(argv))
@@ -164,7 +164,7 @@ def run(capsys: Any, *argv: str) -> dict:
 
 def fails(capsys: Any, *argv: str) -> str:
     """Run ``maskclip ...``, expect a user error (exit 2), return stderr."""
-    from flows.cli import main
+    from cli.main import main
 
     capsys.readouterr()
     assert main(list(argv)) == 2

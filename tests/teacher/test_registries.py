@@ -75,7 +75,7 @@ def _choices(parser, *path: str, flag: str) -> list[str]:
 
 
 def test_cli_choices_are_the_registry_keys():
-    from flows.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     assert _choices(parser, "segment", flag="--attention") == list(dense.ATTENTION_MODES)

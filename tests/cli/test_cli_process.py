@@ -63,7 +63,7 @@ def start_label(images: Path, dataset: Path, env: dict[str, str], log: Path) -> 
     argv = ["label", "--source", str(images), "--dataset", str(dataset), "--classes", "red, green, blue"]
     argv += [*TINY, "--batch-size", "1", "--concurrency", "1", "--device", "cpu"]
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *argv],
+        [sys.executable, "-m", "cli.main", *argv],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -173,7 +173,7 @@ def test_server_startup_timeout_is_one_line_naming_the_fix(images, tmp_path, cle
 def test_generous_startup_timeout_unless_the_user_set_one():
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-    from flows.cli_server import STARTUP_TIMEOUT_S, startup_timeout
+    from cli.server import STARTUP_TIMEOUT_S, startup_timeout
 
     assert STARTUP_TIMEOUT_S >= 300 > PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.default()  # 20 s
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:  # this session's user set none

@@ -1,4 +1,4 @@
-"""``maskclip dataset``: look after the Parquet dataset itself (check / repair, history)."""
+"""``maskclip dataset check`` / ``history``: look after the Parquet dataset itself (check / repair, history)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import HelpFormatter, Store, add_storage_options, requires
+from cli.actions import HelpFormatter, Store, requires
+from cli.options import add_dataset_option, add_storage_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`maskclip label` relabels exactly them. Exit 1 when problems remain.",
         formatter_class=HelpFormatter,
     )
-    requires(c, _add_dataset_option(c, "the Parquet dataset to check"))
+    add_dataset_option(c, "the Parquet dataset to check")
     c.add_argument("--repair", action="store_true", help="quarantine bad parts and mark their images for relabeling")
     add_storage_options(c)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="every images row ever written (edits, renames, deletions), with a `current` column",
         formatter_class=HelpFormatter,
     )
-    requires(h, _add_dataset_option(h, "the Parquet dataset whose history to write"))
+    add_dataset_option(h, "the Parquet dataset whose history to write")
     out = h.add_argument(
         "--out", action=Store, default=None, metavar="FILE", help="where to write it: a .parquet, .csv or .jsonl file"
     )
@@ -41,10 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--uri", default=None, help="only the rows of this source uri")
     add_storage_options(h, "the dataset and --out")
     h.set_defaults(func=_cmd_history)
-
-
-def _add_dataset_option(p: argparse.ArgumentParser, help_text: str) -> argparse.Action:
-    return p.add_argument("--dataset", action=Store, default=None, metavar="URL", help=help_text)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -1,7 +1,6 @@
-"""``maskclip export`` / ``import`` / ``evaluate``: the round trip through labeling tools on the command line.
+"""``maskclip export`` / ``import`` / ``evaluate`` / ``review push|pull``: the round trip through labeling tools.
 
-``register(subparsers)`` adds the three subcommands to the ``maskclip`` parser (``flows.cli``); heavy imports
-happen when a subcommand runs.
+``register(subparsers)`` adds the subcommands to the ``maskclip`` parser; heavy imports happen when one runs.
 """
 
 from __future__ import annotations
@@ -13,25 +12,30 @@ import os
 import sys
 from typing import Any
 
-from flows.cli_args import (
+from cli.actions import (
     HelpFormatter,
     Store,
     add_aliases,
-    add_storage_options,
     comma_ints,
     comma_strings,
-    given,
     readable_validation_errors,
     requires,
 )
+from cli.fields import field_flag, field_option, field_values
+from cli.options import EXPORT, EXPORT_FORMATS, IMPORT_FORMATS, add_dataset_option, add_storage_options
 
-EXPORT_FORMATS = ("coco", "label-studio", "cvat-coco", "cvat-mask")
-IMPORT_FORMATS = ("label-studio", "coco")
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export``, ``import``, ``evaluate`` and ``review`` to the ``maskclip`` subcommands."""
+    _register_export(subparsers)
+    _register_import(subparsers)
+    _register_evaluate(subparsers)
+    _register_review(subparsers)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export pseudo-labels for review (COCO, Label Studio, CVAT)",
@@ -39,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tasks.json and config.xml; cvat-coco / cvat-mask: a zip to import into a CVAT task.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("format", choices=EXPORT_FORMATS, help="what to write")
-    requires(p, _add_dataset_option(p, "the Parquet dataset to export", "--from"))
+    # On the positionals group, not the parser: argparse lists a parser-level argument's choices as it is added,
+    # which would import the registry (and pyarrow) to build the parser.
+    field_option(p._positionals, "format", EXPORT, "format", choices=EXPORT_FORMATS, help="what to write")
+    add_dataset_option(p, "the Parquet dataset to export", "--from")
     out = p.add_argument(
         "--out", dest="destination", action=Store, default=None, metavar="URL", help="file (coco, cvat-*) or folder"
     )
@@ -49,16 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_options(p, "the dataset, --out and the images")
     _add_selection_options(p)
     g = p.add_argument_group("format options")
-    g.add_argument("--polygons", action="store_true", help="polygons instead of masks (label-studio, cvat-coco)")
-    g.add_argument("--polygon-tolerance", type=float, default=0.0, help="simplify polygons by this many pixels")
-    g.add_argument("--document-root", help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (local images)")
-    g.add_argument("--model-version", help="Label Studio prediction model_version (default: maskclip)")
-    g.add_argument("--include-images", action="store_true", help="put the image files into the zip (cvat-*)")
-    g.add_argument(
-        "--file-name-root", help="image file names relative to this URL prefix (default: the images' common folder)"
-    )
+    field_flag(g, "--polygons", EXPORT, "polygons")
+    field_option(g, "--polygon-tolerance", EXPORT, "polygon_tolerance", type=float)
+    field_option(g, "--document-root", EXPORT, "document_root")
+    field_option(g, "--model-version", EXPORT, "model_version")
+    field_flag(g, "--include-images", EXPORT, "include_images")
+    field_option(g, "--file-name-root", EXPORT, "file_name_root")
     p.set_defaults(func=_cmd_export)
 
+
+def _register_import(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "import",
         help="import reviewed labels (Label Studio JSON export, COCO file) into a dataset",
@@ -66,19 +72,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "A newer import of an image supersedes older ones.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("format", choices=IMPORT_FORMATS, help="what FILE holds")
+    p._positionals.add_argument("format", choices=IMPORT_FORMATS, help="what FILE holds")
     p.add_argument("file", metavar="FILE", help="Label Studio JSON export or COCO instances JSON (path or URL)")
-    requires(p, _add_dataset_option(p, "the Parquet dataset the reviews belong to", "--into"))
+    add_dataset_option(p, "the Parquet dataset the reviews belong to", "--into")
     p.add_argument("--skip-unknown", action="store_true", help="skip unknown images / categories instead of failing")
     add_storage_options(p, "the dataset and FILE")
     p.set_defaults(func=_cmd_import)
 
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="score the pseudo-labels against the reviewed labels (mIoU, per-class IoU, pixel accuracy)",
         formatter_class=HelpFormatter,
     )
-    requires(p, _add_dataset_option(p, "the Parquet dataset with imported reviews", "--reviewed"))
+    add_dataset_option(p, "the Parquet dataset with imported reviews", "--reviewed")
     p.add_argument("--config-hash", help="labeler config to score (needed when the dataset holds several)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
@@ -91,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _register_review(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "review",
         help="push pseudo-labels to a Label Studio server for review, pull the reviews back",
@@ -113,8 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_server_options(push, "the Parquet dataset to push")
     _add_selection_options(push)
     g = push.add_argument_group("tasks")
-    g.add_argument("--polygons", action="store_true", help="polygons instead of brush masks")
-    g.add_argument("--polygon-tolerance", type=float, default=0.0, help="simplify polygons by this many pixels")
+    field_flag(g, "--polygons", EXPORT, "polygons", help="polygons instead of brush masks")
+    field_option(g, "--polygon-tolerance", EXPORT, "polygon_tolerance", type=float)
     g.add_argument(
         "--document-root",
         help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for local images "
@@ -138,10 +148,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from maskclip_core.interchange.export import ExportParameters, export_dataset
 
-    # Every option is named after its ExportParameters field; unset ones keep the model's defaults.
-    fields = given(args, {name: name for name in ExportParameters.model_fields})
+    fields = {**field_values(args, EXPORT), "dataset": args.dataset, "destination": args.destination}
     with readable_validation_errors():
-        params = ExportParameters(**fields)
+        params = ExportParameters(**fields)  # unset options keep the model's defaults
     summary = export_dataset(params, args.storage_options)
     print(json.dumps(summary, indent=2))
     if summary["images"] == 0:
@@ -187,20 +196,17 @@ def _label_studio_target(args: argparse.Namespace) -> Any:
 def _cmd_review_push(args: argparse.Namespace) -> int:
     from maskclip_core.interchange.label_studio_sync import push
 
-    selection = {
-        name: getattr(args, name)
-        for name in ("config_hash", "classes", "min_score", "max_score", "statuses", "rounds", "labelers")
-        if getattr(args, name) is not None
-    }
-    selection.update({k: getattr(args, k) for k in ("image_ids", "lowest") if getattr(args, k) is not None})
+    selection = field_values(args, EXPORT)  # the selection options, and the two polygon ones popped here
+    polygons = selection.pop("polygons", False)
+    tolerance = selection.pop("polygon_tolerance", EXPORT.default("polygon_tolerance"))
     summary = push(
         _label_studio_target(args),
         args.dataset,
         selection=selection,
-        mode="polygon" if args.polygons else "brush",
+        mode="polygon" if polygons else "brush",
         document_root=args.document_root,
         model_version=args.model_version,
-        polygon_tolerance=args.polygon_tolerance,
+        polygon_tolerance=tolerance,
         storage_options=args.storage_options,
     )
     print(json.dumps(summary, indent=2))
@@ -244,7 +250,7 @@ def _add_server_options(p: argparse.ArgumentParser, dataset_help: str) -> None:
         default=None,
         help=f"access token or legacy token from Label Studio's Account & Settings (default: ${API_KEY_ENV})",
     )
-    requires(p, p.add_argument("--dataset", action=Store, default=None, metavar="URL", help=dataset_help))
+    add_dataset_option(p, dataset_help)
     p.add_argument(
         "--project",
         metavar="TITLE|ID",
@@ -256,55 +262,46 @@ def _add_server_options(p: argparse.ArgumentParser, dataset_help: str) -> None:
 def _add_selection_options(p: argparse.ArgumentParser) -> None:
     """The image filters of ``export`` and ``review push`` (ExportParameters' selection fields)."""
     g = p.add_argument_group("selection")
-    g.add_argument("--config-hash", help="labeler config to export (needed when the dataset holds several)")
-    g.add_argument("--classes", type=comma_strings, action="extend", help='names or ids, comma-separated: "cat, 3"')
-    g.add_argument("--min-score", type=float, help="only annotations scoring at least this")
-    g.add_argument("--max-score", type=float, help="only annotations scoring at most this")
-    g.add_argument(
+    field_option(g, "--config-hash", EXPORT, "config_hash")
+    field_option(
+        g,
+        "--classes",
+        EXPORT,
+        "classes",
+        type=comma_strings,
+        extend=True,
+        help='names or ids, comma-separated: "cat, 3"',
+    )
+    field_option(g, "--min-score", EXPORT, "min_score", type=float)
+    field_option(g, "--max-score", EXPORT, "max_score", type=float)
+    field_option(
+        g,
         "--status",
+        EXPORT,
+        "statuses",
         dest="statuses",
         type=comma_strings,
-        action="extend",
-        help="image statuses, comma-separated: labeled, rejected (default: labeled)",
+        extend=True,
+        help="image statuses, comma-separated",
     )
-    g.add_argument("--round", dest="rounds", type=comma_ints, action="extend", help="only these self-training rounds")
-    labeled_by = g.add_argument(
-        "--labeled-by",
-        dest="labelers",
-        type=comma_strings,
-        action="extend",
-        metavar="LABELER",
-        help="only labels from these labelers (maskclip, student...), comma-separated",
+    field_option(g, "--round", EXPORT, "rounds", dest="rounds", type=comma_ints, extend=True)
+    labeled_by = field_option(
+        g, "--labeled-by", EXPORT, "labelers", dest="labelers", type=comma_strings, extend=True, metavar="LABELER"
     )
     # --source names the images everywhere else; as a filter it now reads --labeled-by.
-    g.add_argument(
+    field_option(
+        g,
         "--source",
+        EXPORT,
+        "labelers",
         dest=labeled_by.dest,
         type=comma_strings,
-        action=DeprecatedExtend,
+        extend=True,
         replacement="--labeled-by",
         help=argparse.SUPPRESS,
     )
-    g.add_argument("--image-ids", type=comma_ints, action="extend", help="only these image ids, comma-separated")
-    g.add_argument("--lowest", type=int, metavar="N", help="only the N lowest-scored images (review these first)")
-
-
-def _add_dataset_option(p: argparse.ArgumentParser, help_text: str, old: str) -> argparse.Action:
-    dataset = p.add_argument("--dataset", action=Store, default=None, metavar="URL", help=help_text)
-    add_aliases(p, dataset, old)
-    return dataset
-
-
-class DeprecatedExtend(argparse.Action):
-    """An old spelling of an ``extend`` option: hidden, one warning line, then the values added."""
-
-    def __init__(self, option_strings, dest, replacement: str = "", **kwargs) -> None:  # noqa: ANN001
-        super().__init__(option_strings, dest, **kwargs)
-        self.replacement = replacement
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
-        print(f"maskclip: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *values])
+    field_option(g, "--image-ids", EXPORT, "image_ids", type=comma_ints, extend=True)
+    field_option(g, "--lowest", EXPORT, "lowest", type=int, metavar="N")
 
 
 def _num(value: float) -> str:

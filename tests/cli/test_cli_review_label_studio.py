@@ -28,8 +28,8 @@ from maskclip_core.interchange.label_studio import label_studio_task
 from maskclip_core.interchange.label_studio_rle import encode_mask
 from maskclip_core.interchange.label_studio_sync import default_project_title
 from maskclip_core.labeling.config_hash import labeling_config_hash
-from maskclip_core.labeling.run_records import LabelingPlan, SourceItem
 from maskclip_core.labeling.registry import labeler_categories, load_labeler
+from maskclip_core.labeling.run_records import LabelingPlan, SourceItem
 from maskclip_core.labeling.write import label_and_write_batch
 
 # photos/a.png, photos/b.png and photos/more/c.png below the server's document root: one storage, photos/

@@ -14,9 +14,11 @@ from typing import get_args
 
 import pytest
 
-from flows import cli
-from flows.cli_args import FILTER_DEFAULTS, given_options
-from flows.cli_choices import ATTENTION_MODES, TEMPLATE_SETS
+from cli import label
+from cli import main as cli
+from cli.actions import given_options
+from cli.fields import FieldOption
+from cli.options import ATTENTION_MODES, TEACHER_GROUP, TEACHER_MODELS, TEMPLATE_SETS
 
 REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("segment", "label", "export", "import", "evaluate", "train", "demo")
@@ -32,7 +34,7 @@ def parse(capsys: pytest.CaptureFixture, *argv: str) -> tuple[argparse.Namespace
     """Parsed arguments (required options checked as ``main`` does) and what parsing wrote to stderr."""
     capsys.readouterr()
     args = cli.build_parser().parse_args(list(argv))
-    from flows.cli_args import check_required
+    from cli.actions import check_required
 
     check_required(args)
     return args, capsys.readouterr().err
@@ -126,7 +128,7 @@ def test_label_maps_the_new_flags_onto_the_flow_parameters(capsys):
         "--source-storage-options",
         '{"anon": false}',
     )
-    params = cli.label_parameters(args)
+    params = label.label_parameters(args)
     assert params["source"] == "s3://b/img" and params["dataset"] == "s3://b/ds"
     assert params["options"].dataset_storage_options == {"anon": True}
     assert params["options"].source_storage_options == {"anon": False}
@@ -165,16 +167,16 @@ def test_help_defaults_are_the_models_defaults(capsys):
     )
 
     args, _ = parse(capsys, "label", "--source", "s", "--dataset", "d", "--classes", "cat")
-    config = cli.labeler_config_from_args(args)
+    config = label.labeler_config_from_args(args)
     assert config == LabelerConfig(classes="cat")
     assert config.inference == InferenceConfig()
-    assert cli.label_parameters(args)["options"] == LabelingRunParameters()
-    assert cli.label_parameters(args)["filters"] == FilterConfig()
-    assert FILTER_DEFAULTS == {k: v.default for k, v in FilterConfig.model_fields.items() if k in FILTER_DEFAULTS}
+    assert label.label_parameters(args)["options"] == LabelingRunParameters()
+    assert label.label_parameters(args)["filters"] == FilterConfig()
     assert tuple(ATTENTION_MODES) == get_args(InferenceConfig.model_fields["attention"].annotation)
     assert tuple(TEMPLATE_SETS) == get_args(LabelerConfig.model_fields["templates"].annotation)
 
-    from flows.cli_train import BACKBONES, train_parameters
+    from cli.options import BACKBONES
+    from cli.train import train_parameters
 
     args, _ = parse(capsys, "train", "--dataset", "d")
     params = train_parameters(args)
@@ -196,12 +198,12 @@ def test_version(capsys):
 
 def test_demo_keeps_the_users_classes(capsys, monkeypatch):
     seen = {}
-    monkeypatch.setattr(cli, "_cmd_segment", lambda args: seen.setdefault("classes", args.classes) and 0)
+    monkeypatch.setattr(label, "_cmd_segment", lambda args: seen.setdefault("classes", args.classes) and 0)
     cli.main(["demo", "--classes", "dog, sofa"])
     assert seen["classes"] == "dog, sofa"
     seen.clear()
     cli.main(["demo"])
-    assert seen["classes"] == cli.DEMO_CLASSES
+    assert seen["classes"] == label.DEMO_CLASSES
 
 
 @pytest.mark.parametrize(
@@ -232,29 +234,31 @@ def test_contradictory_labeler_options_are_refused(capsys):
         assert cli.main(argv) == 2
         assert message in capsys.readouterr().err
     args, _ = parse(capsys, *base, "--labeler", "student", "--checkpoint", "ck", "--device", "cpu")
-    assert given_options(args) == {"dataset": "--dataset", "checkpoint": "--checkpoint"}
-    spec = cli.labeler_spec(args)
+    assert given_options(args) == {"dataset": "--dataset", "labeler": "--labeler", "checkpoint": "--checkpoint"}
+    spec = label.labeler_spec(args)
     assert (spec.labeler, spec.checkpoint, spec.device, spec.config) == ("student", "ck", "cpu", None)
 
 
 def test_advertised_python_m_entry_points_exist():
     """Every ``python -m X`` the code or docs mention runs (its --help exits 0)."""
-    texts = [p.read_text() for p in [*(REPO / "flows").glob("*.py"), REPO / "README.md", *REPO.glob("docs/*.md")]]
-    modules = {m for text in texts for m in re.findall(r"python -m (flows[\w.]*)", text)}
-    for module in modules | {"flows.cli"}:
+    sources = [*(REPO / "flows").glob("*.py"), *(REPO / "cli").glob("*.py")]
+    texts = [p.read_text() for p in [*sources, REPO / "README.md", *REPO.glob("docs/*.md")]]
+    modules = {m for text in texts for m in re.findall(r"python -m ((?:flows|cli)\b[\w.]*)", text)}
+    for module in modules | {"cli.main"}:
         spec = importlib.util.find_spec(module)
         assert spec is not None, module
         assert 'if __name__ == "__main__"' in Path(spec.origin).read_text(), module
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli.main", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "usage: maskclip" in done.stdout
 
 
 def test_every_teacher_option_is_refused_with_the_student() -> None:
-    """TEACHER_ONLY lists every option of the "MaskCLIP teacher" group of ``maskclip label``: a new teacher
-    option cannot be silently ignored by ``--labeler student``."""
+    """Every option of the "MaskCLIP teacher" group of ``maskclip label`` fills a field of a teacher model, which
+    ``--labeler student`` refuses: a new teacher option cannot be silently ignored."""
     parser = cli.build_parser()
-    label = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" label"))
-    [group] = [g for g in label._action_groups if g.title == "MaskCLIP teacher"]
-    assert {a.dest for a in group._group_actions} == set(cli.TEACHER_ONLY)
+    command = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" label"))
+    [group] = [g for g in command._action_groups if g.title == TEACHER_GROUP]
+    assert group._group_actions
+    assert all(isinstance(a, FieldOption) and a.model in TEACHER_MODELS for a in group._group_actions)

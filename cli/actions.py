@@ -1,4 +1,5 @@
-"""Argument types, actions and the help format shared by the ``maskclip`` subcommands."""
+"""argparse machinery shared by the ``maskclip`` subcommands: the help format, actions that record what the user
+typed, deprecated spellings, options required after parsing, argument types, and validation errors as one line."""
 
 from __future__ import annotations
 
@@ -10,16 +11,28 @@ from contextlib import contextmanager
 from typing import Any
 
 GIVEN = "given_options"  # namespace attribute: {dest: the flag the user typed}, filled by the actions below
+REQUIRED = "required_options"  # parser default: (parser, options checked by ``check_required``)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, except None / False, which only mean "not given" (the help
-    then says what happens without it)."""
+    then says what happens without it). An option that fills a pydantic field (``cli.fields.FieldOption``) shows
+    the field's default, read from the model when help is shown."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+        if not hasattr(action, "shown_default"):
+            if action.default is None or action.default is False:
+                return action.help
+            return super()._get_help_string(action)
+        text = _escape(action.help)  # a field's description is plain text, not a %-format
+        if action.default not in (None, False):  # a command's own default (demo's classes)
+            return f"{text} (default: %(default)s)"
+        shown = action.shown_default
+        return text if shown is None else f"{text} (default: {_escape(shown)})"
+
+
+def _escape(text: object) -> str:
+    return ("" if text is None else str(text)).replace("%", "%%")
 
 
 def given_options(args: argparse.Namespace) -> dict[str, str]:
@@ -27,7 +40,8 @@ def given_options(args: argparse.Namespace) -> dict[str, str]:
     return dict(getattr(args, GIVEN, {}))
 
 
-def _record(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, flag: str | None) -> None:
+def record_given(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, flag: str | None) -> None:
+    """Note that ``flag`` filled ``dest``; two spellings of one option on one command line are refused."""
     seen = dict(getattr(namespace, GIVEN, {}))
     if flag and seen.get(dest, flag) != flag:
         parser.error(f"{seen[dest]} and {flag} name the same thing; give one")
@@ -39,7 +53,7 @@ class Store(argparse.Action):
     """``store`` that records that the user gave the option."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
-        _record(parser, namespace, self.dest, option_string)
+        record_given(parser, namespace, self.dest, option_string)
         setattr(namespace, self.dest, values)
 
 
@@ -51,8 +65,12 @@ class Flag(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
-        _record(parser, namespace, self.dest, option_string)
+        record_given(parser, namespace, self.dest, option_string)
         setattr(namespace, self.dest, True)
+
+
+def warn_deprecated(option_string: str | None, replacement: str) -> None:
+    print(f"maskclip: warning: {option_string} is deprecated; use {replacement}", file=sys.stderr)
 
 
 class DeprecatedAlias(Store):
@@ -63,7 +81,7 @@ class DeprecatedAlias(Store):
         self.replacement = replacement
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
-        print(f"maskclip: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        warn_deprecated(option_string, self.replacement)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -82,9 +100,6 @@ def add_aliases(parser: argparse.ArgumentParser | Any, option: argparse.Action, 
         )
 
 
-REQUIRED = "required_options"
-
-
 def requires(parser: argparse.ArgumentParser, *options: argparse.Action) -> None:
     """argparse's ``required`` for options that old spellings may also fill (``--dataset`` or ``--from``):
     checked after parsing by ``check_required``."""
@@ -99,6 +114,14 @@ def check_required(args: argparse.Namespace) -> None:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
 
 
+def given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    """``{field: value}`` for the options the user gave (``dest -> field``): unset ones keep model defaults."""
+    return {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest) is not None}
+
+
+# --- argument types ----------------------------------------------------------------------------------------
+
+
 def json_object(text: str) -> dict[str, Any]:
     """A JSON object given on the command line (storage options, per-class overrides)."""
     try:
@@ -108,18 +131,6 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
-
-
-def add_storage_options(parser: argparse.ArgumentParser | Any, what: str = "the dataset") -> argparse.Action:
-    """``--storage-options``: fsspec options for the dataset (and the other URLs of commands that say so)."""
-    return parser.add_argument(
-        "--storage-options",
-        type=json_object,
-        default=None,
-        metavar="JSON",
-        help=f'fsspec options for {what}, e.g. \'{{"client_kwargs": {{"endpoint_url": "http://minio:9000"}}}}\' '
-        "(default: the AWS environment / profile)",
-    )
 
 
 def comma_strings(text: str) -> list[str]:
@@ -133,66 +144,14 @@ def comma_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
-    """``{field: value}`` for the options the user gave (``dest -> field``): unset ones keep model defaults."""
-    return {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest) is not None}
-
-
-FILTER_OPTIONS = {
-    "min_confidence": "min_confidence",
-    "min_region_area": "min_region_area",
-    "min_region_confidence": "min_region_confidence",
-    "min_labeled_fraction": "min_labeled_fraction",
-    "per_class": "per_class",
-}
-
-
-# FilterConfig's defaults, shown in help (tests/flows/test_cli_options.py keeps them equal to the model's).
-FILTER_DEFAULTS = {
-    "min_confidence": 0.5,
-    "min_region_area": 64,
-    "min_region_confidence": 0.6,
-    "min_labeled_fraction": 0.05,
-}
-
-
-def add_filter_options(
-    parser: argparse.ArgumentParser, title: str = "confidence filter", inherit: bool = False
-) -> None:
-    """The FilterConfig thresholds as options: FilterConfig's defaults, or none with ``inherit`` (the title then
-    says where unset thresholds come from)."""
-    default = dict.fromkeys(FILTER_DEFAULTS) if inherit else FILTER_DEFAULTS
-    g = parser.add_argument_group(title)
-    g.add_argument(
-        "--min-confidence", type=float, default=default["min_confidence"], help="pixels below become ignore (255)"
-    )
-    g.add_argument(
-        "--min-region-area", type=int, default=default["min_region_area"], help="smaller regions become ignore"
-    )
-    g.add_argument(
-        "--min-region-confidence",
-        type=float,
-        default=default["min_region_confidence"],
-        help="a class whose pixels' mean confidence ends below is dropped",
-    )
-    g.add_argument(
-        "--min-labeled-fraction",
-        type=float,
-        default=default["min_labeled_fraction"],
-        help="images whose labeled fraction ends below are rejected",
-    )
-    g.add_argument(
-        "--per-class",
-        type=json_object,
-        default=None,
-        metavar="JSON",
-        help='per-class overrides: \'{"cat": {"min_confidence": 0.7}}\'',
-    )
-
-
-def filter_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The FilterConfig fields given on the command line."""
-    return given(args, FILTER_OPTIONS)
+def int_or_none(text: str) -> int | None:
+    """An integer, or ``none`` (the field's null)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
 @contextmanager

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from support.benchmark_tiny import TINY_INFERENCE, write_tiny_data_root
 
-from flows.cli import main
-from flows.cli_benchmark import METHODS, parse_roots
+from cli.benchmark import parse_roots
+from cli.main import main
+from cli.options import METHODS
 from maskclip_core.benchmark.protocols import METHOD_NAMES
 from maskclip_core.benchmark.protocols import METHODS as METHODS_BY_NAME
-from maskclip_core.benchmark.run import unavailable_reason
+from maskclip_core.benchmark.scoring import unavailable_reason
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,7 +56,7 @@ def test_roots_and_methods() -> None:
     assert parse_roots(["data", "voc21=/x/VOC2012"], ["voc21", "ade20k"]) == ("data", {"voc21": "/x/VOC2012"})
     with pytest.raises(ValueError, match="not asked for: ade20k"):
         parse_roots(["ade20k=/y"], ["voc21"])
-    assert METHODS == METHOD_NAMES  # the parser's copy stays in step with the protocols
+    assert tuple(METHODS) == METHOD_NAMES  # the parser's copy stays in step with the protocols
 
 
 def test_benchmark_scores_a_student_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,21 +1,26 @@
 """``maskclip benchmark``: a labeler on the standard training-free segmentation suites, under a method's protocol.
 
 ``register(subparsers)`` adds the subcommand to the ``maskclip`` parser; heavy imports happen when it runs.
-``main`` is a ``maskclip`` with only this subcommand (``python -m flows.cli_benchmark``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from typing import Any
 
-from flows import cli_choices
-from flows.cli_args import HelpFormatter, json_object, readable_validation_errors
-from maskclip_core.benchmark.protocols import METHOD_NAMES as METHODS  # torch-free: the parser stays light
-from maskclip_core.benchmark.suites import SUITE_NAMES as SUITES
+from cli.actions import HelpFormatter, json_object, readable_validation_errors
+from cli.fields import field_option, field_values, literal
+from cli.options import (
+    ATTENTION_MODES,
+    BENCHMARK,
+    INFERENCE,
+    METHODS,
+    SUITES,
+    TEMPLATE_SETS,
+    add_device_option,
+    warn_if_random,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,29 +51,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="an mmseg data root holding each dataset's folder (data/), or SUITE=DIR for one suite's dataset "
         "folder (voc21=/data/VOCdevkit/VOC2012); repeat for several",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most N images per suite (a quick look)")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here (atomically)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("run")
+    field_option(g, "--limit", BENCHMARK, "limit", type=int)
+    g.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here (atomically)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("labeler and protocol")
-    g.add_argument("--method", choices=METHODS, default="maskclip", help="whose protocol and attention")
-    g.add_argument("--model", default="ViT-B-16", help="open_clip model name (the papers use ViT-B-16)")
-    g.add_argument("--pretrained", default="openai", help="open_clip tag, a local checkpoint PATH, or 'none'")
-    g.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    g.add_argument("--templates", choices=cli_choices.TEMPLATE_SETS, default="maskclip", help="prompt template set")
-    g.add_argument("--checkpoint", default=None, help="student weights / checkpoint directory URL (--method student)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    field_option(g, "--method", BENCHMARK, "method", choices=METHODS, help="whose protocol and attention")
+    field_option(g, "--model", BENCHMARK, "model")
+    field_option(g, "--pretrained", BENCHMARK, "pretrained")
+    field_option(g, "--seed", BENCHMARK, "seed", type=int)
+    field_option(g, "--templates", BENCHMARK, "templates", choices=TEMPLATE_SETS)
+    field_option(g, "--checkpoint", BENCHMARK, "checkpoint")
+    add_device_option(g)
 
     g = p.add_argument_group("overrides of the method's protocol (every suite)")
-    g.add_argument("--attention", default=None, help="last-block attention mode (see InferenceConfig.attention)")
-    g.add_argument("--short-side", type=int, default=None, help="resize the short side to this")
-    g.add_argument("--crop", type=int, default=None, help="sliding-window size")
-    g.add_argument("--stride", type=int, default=None, help="sliding-window step")
+    over = {"show_default": False}  # unset, the method's protocol decides
+    field_option(g, "--attention", INFERENCE, "attention", choices=ATTENTION_MODES, help="last-block variant", **over)
+    field_option(g, "--short-side", INFERENCE, "short_side", type=int, **over)
+    field_option(g, "--crop", INFERENCE, "crop", type=int, **over)
+    field_option(g, "--stride", INFERENCE, "stride", type=int, **over)
     g.add_argument("--whole", action="store_true", help="the whole image in one forward, no sliding windows")
-    g.add_argument("--prob-threshold", type=float, default=None, help="background below this probability")
-    g.add_argument("--names", choices=["sclip", "proxyclip"], default=None, help="class-name table")
-    g.add_argument("--inference", type=json_object, default=None, metavar="JSON", help="InferenceConfig fields")
-    g.add_argument("--labeler-options", type=json_object, default=None, metavar="JSON", help="LabelerConfig fields")
+    field_option(g, "--prob-threshold", BENCHMARK, "prob_threshold", type=float)
+    field_option(g, "--names", BENCHMARK, "names", choices=literal(BENCHMARK, "names"))
+    field_option(g, "--inference", BENCHMARK, "inference", type=json_object, metavar="JSON")
+    field_option(g, "--labeler-options", BENCHMARK, "labeler_options", type=json_object, metavar="JSON")
     p.set_defaults(func=run)
 
 
@@ -92,41 +99,25 @@ def parse_roots(values: list[str], suites: list[str]) -> tuple[str | None, dict[
 
 
 def request_from_args(args: argparse.Namespace) -> Any:
-    from maskclip_core.benchmark.run import BenchmarkParameters
+    from maskclip_core.benchmark.scoring import BenchmarkParameters
     from maskclip_core.benchmark.suites import parse_suites
 
     suites = parse_suites(args.suite)
     data_root, suite_roots = parse_roots(args.root, suites)
-    inference = dict(args.inference or {})
-    for field, value in (
-        ("attention", args.attention),
-        ("short_side", args.short_side),
-        ("crop", args.crop),
-        ("stride", args.stride),
-    ):
-        if value is not None:
-            inference[field] = value
+    fields = field_values(args, BENCHMARK)
+    inference = {**fields.pop("inference", {}), **field_values(args, INFERENCE)}
     if args.whole:
         inference["mode"] = "whole"
     elif args.crop is not None or args.stride is not None:
         inference["mode"] = "slide"
     with readable_validation_errors():
         return BenchmarkParameters(
+            **fields,
             suites=suites,
             data_root=data_root,
             suite_roots=suite_roots,
-            method=args.method,
-            model=args.model,
-            pretrained=args.pretrained,
-            seed=args.seed,
-            templates=args.templates,
-            checkpoint=args.checkpoint,
             device=args.device,
-            limit=args.limit,
             inference=inference,
-            labeler_options=dict(args.labeler_options or {}),
-            names=args.names,
-            prob_threshold=args.prob_threshold,
         )
 
 
@@ -155,15 +146,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from maskclip_core.benchmark.run import run_benchmark
+    from maskclip_core.benchmark.scoring import run_benchmark
     from maskclip_core.storage.fs import atomic_write_bytes
-    from maskclip_core.teacher.clip_loader import is_random
 
     console = Console(stderr=True)
-    if is_random(request.pretrained):
-        from flows.cli import RANDOM_WEIGHTS_BANNER
-
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    warn_if_random(request.pretrained)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -187,19 +174,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.out, (text + "\n").encode())
     print(text)
     return 0 if all(r.images > 0 for r in report.results) else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    parser = argparse.ArgumentParser(prog="maskclip")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["benchmark", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"maskclip: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
+from cli.main import main
 from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
 from maskclip_core.teacher.window_predictor import InferenceConfig
 
