@@ -101,7 +101,41 @@ def _vit_embed(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.T
     return visual.ln_pre(x), (gh, gw)
 
 
+def _compute_dtype(block: torch.nn.Module) -> torch.dtype:
+    """The dtype a block's matmuls run in: bf16 / fp16 in a low-precision copy
+    (:func:`~maskclip_core.teacher.fast_paths.low_precision_copy`), whose layer norms and residual stream
+    stay fp32; fp32 otherwise (an int8 copy keeps its attention weights fp32)."""
+    return block.attn.in_proj_weight.dtype
+
+
+def _is_low_precision(block: torch.nn.Module) -> bool:
+    return _compute_dtype(block) in (torch.bfloat16, torch.float16)
+
+
+def _low_precision_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip ``ResidualAttentionBlock`` of a low-precision copy on batch-first tokens [B, L, W]: the
+    same arithmetic as the block (pre-norm attention and MLP, residuals), each matmul in the copy's dtype
+    on a contiguous batch-first input, attention fused (``scaled_dot_product_attention``), the residual
+    stream ``x`` and the layer norms fp32. ``nn.MultiheadAttention`` is not called: outside its fused fast
+    path (which autocast and low-precision inputs leave) it runs sequence-first, and its in-projection of
+    the transposed tokens materialises one copy of the weight per token (see ``fast_paths``)."""
+    dtype = _compute_dtype(block)
+    attn = block.attn
+    B, L, W = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x).to(dtype), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(B, L, 3, heads, W // heads).permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, L, d] each
+    out = _merge_heads(F.scaled_dot_product_attention(q, k, v))
+    x = x + block.ls_1(attn.out_proj(out).float())
+    return x + block.ls_2(block.mlp(block.ln_2(x).to(dtype)).float())
+
+
 def _run_blocks(visual: VisionTransformer, x: torch.Tensor, blocks) -> torch.Tensor:
+    if len(blocks) and _is_low_precision(blocks[0]):
+        x = x.float()
+        for blk in blocks:
+            x = _low_precision_block(blk, x)
+        return x
     batch_first = getattr(visual.transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1)
@@ -111,8 +145,17 @@ def _run_blocks(visual: VisionTransformer, x: torch.Tensor, blocks) -> torch.Ten
 
 
 def _qkv(block: torch.nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, L, W] of the block's normalised input ``y`` (in the block's compute dtype)."""
     attn = block.attn
-    return F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    return F.linear(y.to(_compute_dtype(block)), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+
+def _mlp(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's MLP branch ``mlp(ln_2(x))``; in a low-precision copy computed in its dtype, returned fp32
+    so that the residual stream stays fp32."""
+    if not _is_low_precision(block):
+        return block.mlp(block.ln_2(x))
+    return block.mlp(block.ln_2(x.float()).to(_compute_dtype(block))).float()
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -143,7 +186,7 @@ def _maskclip_block(
     """MaskCLIP's value path (q and k do not touch the features), residual and FFN kept."""
     _, k, v = _qkv(block, block.ln_1(x))
     x = x + block.ls_1(block.attn.out_proj(v))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_2(_mlp(block, x))
     return x, k
 
 
@@ -165,7 +208,7 @@ def _sclip_block(block: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int])
         kh @ kh.transpose(-1, -2) * scale, dim=-1
     )
     x = x + block.ls_1(block.attn.out_proj(_merge_heads(weights @ vh)))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_2(_mlp(block, x))
     return x, k
 
 
@@ -257,9 +300,9 @@ def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, mode: str) -> tu
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual, x, blocks[:-1])
     x, keys = last_block(blocks[-1], x, grid)
-    x = visual.ln_post(x)
+    x = visual.ln_post(x.to(visual.ln_post.weight.dtype))  # a low-precision copy's last block may end in bf16
     if visual.proj is not None:
-        x = x @ visual.proj
+        x = x.to(visual.proj.dtype) @ visual.proj
     return _to_grid(x[:, 1:], grid), _to_grid(keys[:, 1:], grid)
 
 

@@ -22,6 +22,7 @@ Deviations from the reference, and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -157,10 +158,17 @@ def renormalise(
     return (pixels * col(source[1]) + col(source[0]) - col(target[0])) / col(target[1])
 
 
-def proxy_attention(features: torch.Tensor, beta: float = PROXY_BETA, gamma: float = PROXY_GAMMA) -> torch.Tensor:
-    """ProxyCLIP's attention [B, M, M] from proxy features [B, C, H, W] (M = H*W)."""
+def proxy_attention(
+    features: torch.Tensor, beta: float = PROXY_BETA, gamma: float = PROXY_GAMMA, *, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """ProxyCLIP's attention [B, M, M] from proxy features [B, C, H, W] (M = H*W); ``dtype`` (bf16 / fp16):
+    the similarity matmul in that dtype, the rest fp32."""
     f = F.normalize(features.flatten(2).float(), dim=1)
-    sim = f.transpose(1, 2) @ f
+    if dtype is None or dtype == torch.float32:
+        sim = f.transpose(1, 2) @ f
+    else:
+        low = f.to(dtype)
+        sim = (low.transpose(1, 2) @ low).float()
     sim = (sim - sim.mean(dim=(1, 2), keepdim=True) * beta) * gamma
     eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
     return torch.softmax(sim.masked_fill((sim < 0) & ~eye, float("-inf")), dim=-1)
@@ -182,22 +190,28 @@ def proxy_dense_features(
     multiples of both encoders' patch sizes (:func:`padding_multiple`).
     """
     visual = _visual(model)
+    block = visual.transformer.resblocks[-1]
+    attn = block.attn
+    # A low-precision copy of CLIP (fast_paths.low_precision_copy, bf16 / fp16 on the CPU): the proxy runs
+    # under autocast in the same dtype (timm's blocks are batch-first with fused attention, so autocast pays
+    # there) and so do the proxy attention's two big matmuls.
+    dtype = attn.in_proj_weight.dtype
+    low = dtype in (torch.bfloat16, torch.float16) and pixels.device.type == "cpu"
     with inference_semantics(visual), inference_semantics(proxy.model):
-        guide = proxy_patch_features(proxy, renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std)))
+        with torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext():
+            guide = proxy_patch_features(proxy, renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std)))
         x, grid = last_block_input(visual, pixels)
-        block = visual.transformer.resblocks[-1]
-        attn = block.attn
         # Only the value rows of the input projection: CLIP's q and k play no part.
         width = x.shape[-1]
         bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-        v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width :], bias)
+        v = F.linear(block.ln_1(x).to(dtype), attn.in_proj_weight[2 * width :], bias)
         size = tuple(guide.shape[-2:])
         v = _resized_patch_tokens(v, grid, size)
-        weights = proxy_attention(guide, beta, gamma).to(v.dtype)
+        weights = proxy_attention(guide, beta, gamma, dtype=dtype if low else None).to(v.dtype)
         out = block.ls_1(attn.out_proj(weights @ v))  # no residual, no FFN
-        out = visual.ln_post(out)
+        out = visual.ln_post(out.to(visual.ln_post.weight.dtype))
         if visual.proj is not None:
-            out = out @ visual.proj
+            out = out.to(visual.proj.dtype) @ visual.proj
         B, M, D = out.shape
         features = out.transpose(1, 2).reshape(B, D, *size)
     return features, guide

@@ -16,12 +16,15 @@ from torch.profiler import record_function
 
 from maskclip_core.teacher.dense import AttentionMode, dense_features, describe_attention_modes
 from maskclip_core.teacher.fast_paths import (
+    LOW_PRECISION,
     PRECISION_HELP,
     Precision,
     autocast_dtype,
     check_precision,
     compiled,
+    low_precision_copy,
     quantised_copy,
+    uses_low_precision_copy,
 )
 from maskclip_core.teacher.pamr import pamr
 from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, padding_multiple, proxy_dense_features
@@ -198,8 +201,14 @@ class DensePredictor:
         self._normalisation = (tuple(mean), tuple(std))
         is_vit = hasattr(getattr(model, "visual", model), "transformer")
         check_precision(self.config.precision, self.device, is_vit=is_vit)
-        self.encoder = quantised_copy(model) if self.config.precision == "int8" else model
-        self._autocast = autocast_dtype(self.config.precision, self.device, self.config.half_precision)
+        precision = self.config.precision
+        if precision == "int8":
+            self.encoder = quantised_copy(model)
+        elif uses_low_precision_copy(precision, self.device, is_vit=is_vit):
+            self.encoder = low_precision_copy(model, LOW_PRECISION[precision])  # no autocast (see fast_paths)
+        else:
+            self.encoder = model
+        self._autocast = autocast_dtype(precision, self.device, self.config.half_precision, is_vit=is_vit)
         self._label_dtype = getattr(torch, label_dtype(classifier.num_classes).name)
 
     # -- steps ---------------------------------------------------------------------------------------

@@ -99,7 +99,14 @@ def test_precision_paths_agree_with_fp32(fp32_results, precision):
         # the bundle's own model is untouched: other labelers in the process still run fp32
         assert type(fast.bundle.model.visual.transformer.resblocks[0].mlp.c_fc) is torch.nn.Linear
     else:
-        assert fast.predictor._autocast == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # on the CPU a ViT runs from a low-precision copy, without autocast (see fast_paths)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        assert fast.predictor._autocast is None
+        block = fast.predictor.encoder.transformer.resblocks[0]
+        assert block.mlp.c_fc.weight.dtype == block.attn.in_proj_weight.dtype == dtype
+        assert block.ln_1.weight.dtype == fast.predictor.encoder.proj.dtype == torch.float32
+        assert fast.bundle.model.visual.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32
+        assert fast_paths.low_precision_copy(fast.bundle.model, dtype) is fast.predictor.encoder  # one per model
     results = fast.label(IMAGES)
     agreement = np.mean([(r.labels == e.labels).mean() for r, e in zip(results, fp32_results, strict=True)])
     assert agreement >= AGREEMENT[precision]
@@ -162,6 +169,10 @@ def test_autocast_choice_per_device():
     assert autocast_dtype("fp32", cuda, half_precision=False) is None
     assert autocast_dtype("bf16", cuda, half_precision=True) == torch.bfloat16
     assert autocast_dtype("int8", cpu, half_precision=True) is None
+    # bf16 / fp16 ViTs on the CPU run a low-precision copy instead; ResNets keep autocast
+    assert autocast_dtype("bf16", cpu, half_precision=True, is_vit=True) is None
+    assert autocast_dtype("bf16", cpu, half_precision=True, is_vit=False) == torch.bfloat16
+    assert autocast_dtype("bf16", cuda, half_precision=True, is_vit=True) == torch.bfloat16
 
 
 def test_uint8_tensors_in_torchvision_layout_label_like_arrays(fp32_results):
