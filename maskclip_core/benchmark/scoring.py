@@ -9,7 +9,7 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,7 @@ from maskclip_core.benchmark.suites import (
 from maskclip_core.segmentation_metrics import SegmentationMetrics
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from maskclip_core.teacher.labeler import LabelerConfig
+from maskclip_core.teacher.prompts import TemplateSetName
 from maskclip_core.teacher.window_predictor import InferenceConfig
 from maskclip_core.types import Labeler
 
@@ -63,7 +64,7 @@ class BenchmarkParameters(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="open_clip model name")
     pretrained: str = Field(DEFAULT_PRETRAINED, description="open_clip tag, a local checkpoint path, or 'none'")
     seed: int = Field(0, description="Seed of random weights (pretrained='none')")
-    templates: Literal["maskclip", "single"] = "maskclip"
+    templates: TemplateSetName = Field("maskclip", description="Prompt template set (teacher.prompts TEMPLATE_SETS)")
     checkpoint: str | None = Field(None, description="Student weights file / checkpoint directory (method student)")
     device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
     limit: int | None = Field(None, ge=1, description="At most this many images per suite (quick looks)")
