@@ -12,7 +12,7 @@ import torch
 from maskclip_core.device import resolve_device
 from maskclip_core.student.checkpoint import StudentCheckpoint, load_checkpoint
 from maskclip_core.student.classifier import ClassVocabulary
-from maskclip_core.student.inference import predict
+from maskclip_core.student.inference import STUDENT_PRECISIONS, StudentPrecision, predict
 from maskclip_core.student.model import StudentNet
 from maskclip_core.types import SegmentationResult
 
@@ -22,8 +22,9 @@ class StudentLabeler:
 
     Images are resized so their short side is ``short_side`` (448, as the teacher) and each side a multiple
     of ``size_multiple`` (see :func:`~maskclip_core.student.preprocess.network_size`), ImageNet-normalised,
-    labeled in batches of same-size images (fp16 autocast on CUDA only if ``half_precision``) and the logits
-    upsampled to the original size. ``confidence`` is the softmax max, ``class_scores`` the per-class max
+    labeled in batches of same-size images (fp16 autocast on CUDA only if ``half_precision``;
+    ``precision="bf16"``: a bf16 channels_last copy of the network on the CPU) and the logits upsampled to
+    the original size. ``confidence`` is the softmax max, ``class_scores`` the per-class max
     probability; the student drops no classes.
     """
 
@@ -37,6 +38,7 @@ class StudentLabeler:
         *,
         size_multiple: int | None = 32,
         half_precision: bool = False,
+        precision: StudentPrecision = "fp32",
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -44,6 +46,9 @@ class StudentLabeler:
         self.batch_size = batch_size
         self.size_multiple = size_multiple
         self.half_precision = half_precision
+        if precision not in STUDENT_PRECISIONS:
+            raise ValueError(f"student precision {precision!r}: choose one of {STUDENT_PRECISIONS}")
+        self.precision = precision
         self._checkpoint = checkpoint
 
     @classmethod
@@ -57,7 +62,7 @@ class StudentLabeler:
         **options: Any,
     ) -> StudentLabeler:
         """Load a weights file URL or a checkpoint directory URL (its newest round); ``options``:
-        ``size_multiple``, ``half_precision``."""
+        ``size_multiple``, ``half_precision``, ``precision``."""
         checkpoint = load_checkpoint(url, storage_options)
         return cls(checkpoint.build(), short_side, batch_size, device, checkpoint, **options)
 
@@ -78,12 +83,13 @@ class StudentLabeler:
             self.device,
             size_multiple=self.size_multiple,
             half_precision=self.half_precision,
+            precision=self.precision,
         )
 
     def config(self) -> dict[str, Any]:
         embeddings = self.model.classifier.embeddings.detach().cpu().contiguous().numpy()
         ck = self._checkpoint
-        return {
+        config = {
             "labeler": "maskclip-student",
             "checkpoint": None if ck is None else ck.url,
             "checkpoint_sha256": None if ck is None else ck.sha256,
@@ -96,3 +102,6 @@ class StudentLabeler:
             "short_side": self.short_side,
             "size_multiple": self.size_multiple,
         }
+        if self.precision != "fp32":
+            config["precision"] = self.precision  # the default stays out: existing hashes stay valid
+        return config
