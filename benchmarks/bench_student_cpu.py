@@ -7,7 +7,9 @@ text classifier and the softmax in fp32) against the default fp32 labeler on the
 VOC classes, random weights (``_common.random_student``); both label every batch in rotating order. Agreement:
 cosine similarity of the dense features (``model.embed``) per position on the first photo, pixel agreement of
 the labels and the number of classes present in the fp32 labels (agreement is reported as null when fewer than
-``--min-classes`` win pixels: random students often predict a near-constant map).
+``--min-classes`` win pixels). With random text embeddings a random student labels everything with one class, so
+the class embeddings are its own fp32 features at random positions of the photos: many classes win pixels, and
+since a random student's features all point nearly the same way, many pixels sit near a tie (a hard case).
 
 Training (``--train-steps`` > 0): SGD steps on random 2 x 3 x 320 x 320 crops with random labels, fp32 against
 ``torch.autocast("cpu", torch.bfloat16)`` around the forward pass (loss and backward as ``student.train``),
@@ -47,8 +49,17 @@ def features(model, image: np.ndarray, bf16: bool) -> torch.Tensor:
         return model.embed(pixels)
 
 
+def spread_vocabulary(model, images: list[np.ndarray]) -> None:
+    """Class embeddings = the student's own fp32 features at random positions of the photos, so that many
+    classes win pixels (with random text embeddings a random student labels everything with one class)."""
+    feats = torch.cat([features(model, im, False)[0].flatten(1) for im in images], dim=1)
+    picks = torch.randperm(feats.shape[1], generator=torch.Generator().manual_seed(0))[: model.vocabulary.num_classes]
+    model.set_vocabulary(feats[:, picks].T.contiguous(), model.vocabulary)
+
+
 def inference(variant: str, images: list[np.ndarray], batch: int, min_classes: int) -> dict:
-    model = random_student(variant, "cpu")
+    model = random_student(variant, "cpu").eval()
+    spread_vocabulary(model, images)
     labelers = {"fp32": StudentLabeler(model, batch_size=batch), "bf16": StudentLabeler(model, precision="bf16")}
     labelers["bf16"].batch_size = batch
     first = {}

@@ -27,9 +27,10 @@ import torch
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRECISION_HELP = (
-    "fp32 (default; fp16 autocast on CUDA unless half_precision is off); bf16: bf16 autocast for the encoder "
-    "(CPUs with AVX512-BF16 / AMX, and CUDA); fp16: fp16 autocast; int8: dynamic int8 quantisation of the "
-    "ViT's MLP layers (CPU only)"
+    "fp32 (default; fp16 autocast on CUDA unless half_precision is off); bf16: the encoder's matmuls in bf16 "
+    "(on the CPU a bf16 copy of a ViT's weights, fp32 layer norms and residuals; pays on CPUs with AMX or "
+    "AVX512-BF16, see fast_bf16_cpu(); autocast on CUDA and for ResNets); fp16: the same in fp16; int8: dynamic "
+    "int8 quantisation of the ViT's MLP layers (CPU only)"
 )
 
 
