@@ -164,6 +164,12 @@ def write_labeling_record(dataset: str, storage_options: Mapping[str, Any], reco
     return labelings.write_labeling_record(dataset, record, storage_options)
 
 
+@task(name="load-labeling-records", cache_policy=NO_CACHE, persist_result=False)
+def load_labeling_records(dataset: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The dataset's labeling records: which labeler settings (and precision) its labelings used."""
+    return labelings.read_labeling_records(dataset, storage_options)
+
+
 @task(name="load-known-sources", cache_policy=NO_CACHE, persist_result=False)
 def load_known_sources(dataset: str, storage_options: Mapping[str, Any], config_hash: str) -> DigestSet:
     """(uri, source_version) digests already done under the config: files to skip without reading them."""

@@ -18,7 +18,7 @@ from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record
 from maskclip_core.dataset.lease import Lease, acquire_lease
 from maskclip_core.dataset.source_sync import ListedUris
-from maskclip_core.labeling.config_hash import labeling_config_hash
+from maskclip_core.labeling.config_hash import labeling_config_hash, recorded_precision
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.registry import LabelerParameters, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
@@ -30,6 +30,7 @@ from tasks.labeling import (
     compact_index,
     ensure_categories,
     load_known_sources,
+    load_labeling_records,
     mark_gone_files,
     verify_dataset,
     with_retries,
@@ -106,18 +107,28 @@ def start_run(
     this very instance (per-process cache), with Dask each worker process loads its own.
     """
     started_at = time.monotonic()
-    lab = load_labeler(labeler, device="cpu" if options.uses_dask else None)
-    config = lab.config()  # a student's hashes its text embeddings: once
-    config_hash = labeling_config_hash(config, filters, max_pixels=options.max_pixels)
-    categories = labeler_categories(lab)
-    class_names = tuple(name for name, _ in categories)
-    kind = labeler.labeler
-    get_run_logger().info("labeler %s, %d classes, config hash %s, run %s", kind, len(class_names), config_hash, run_id)
 
     def retried(t: T) -> T:
         return with_retries(t, options.retries, options.retry_delay_seconds)
 
     storage = (dataset, options.dataset_storage_options)
+    device = "cpu" if options.uses_dask else None
+    lab = load_labeler(labeler, device=device)
+    config = lab.config()  # a student's hashes its text embeddings: once
+    if labeler.precision_is_default():
+        kept = recorded_precision(retried(load_labeling_records)(*storage), config)
+        if kept is not None:  # a changed default never relabels a dataset: keep what its labelings used
+            get_run_logger().info(
+                "%s was labeled in %s with these settings: kept (set a precision to change)", dataset, kept
+            )
+            labeler = labeler.with_precision(kept)
+            lab = load_labeler(labeler, device=device)
+            config = lab.config()
+    config_hash = labeling_config_hash(config, filters, max_pixels=options.max_pixels)
+    categories = labeler_categories(lab)
+    class_names = tuple(name for name, _ in categories)
+    kind = labeler.labeler
+    get_run_logger().info("labeler %s, %d classes, config hash %s, run %s", kind, len(class_names), config_hash, run_id)
     retried(verify_dataset)(*storage)  # a damaged dataset is refused before anything is written into it
     ids = retried(ensure_categories)(*storage, categories)
     record = labeling_record(config_hash, labeler, config, filters, categories, max_pixels=options.max_pixels)

@@ -69,3 +69,22 @@ def read_labeling_record(
     if record.get("format") != FORMAT:
         raise ValueError(f"{record_url(dataset_url, config_hash)} is not a labeling record ({record.get('format')!r})")
     return record
+
+
+def read_labeling_records(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every labeling record of the dataset, by config hash; files that are not records are left out."""
+    fs, path = resolve(join_url(dataset_url, FOLDER), storage_options)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return []
+    records = []
+    for name in sorted(fs.ls(path, detail=False)):
+        if not name.endswith(".json") or name.rsplit("/", 1)[-1].startswith(("_", ".")):
+            continue
+        try:
+            record = json.loads(fs.cat_file(name))
+        except (OSError, ValueError):
+            continue  # unreadable: it names no labeling this run could continue
+        if isinstance(record, dict) and record.get("format") == FORMAT:
+            records.append(record)
+    return records

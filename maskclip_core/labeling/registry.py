@@ -89,6 +89,17 @@ class LabelerParameters(BaseModel):
     def student(cls, checkpoint: str, device: str | None = None, **storage_options: Any) -> LabelerParameters:
         return cls(labeler="student", checkpoint=checkpoint, checkpoint_storage_options=storage_options, device=device)
 
+    def precision_is_default(self) -> bool:
+        """A teacher whose precision was left to the default (``"auto"``: this machine's fast path)."""
+        return self.labeler == "maskclip" and self.config is not None and self.config.inference.precision == "auto"
+
+    def with_precision(self, precision: str) -> LabelerParameters:
+        """This spec with the teacher's precision set (a dataset keeps the precision its labelings record)."""
+        if self.config is None:
+            raise ValueError("only a teacher's precision can be set")
+        inference = self.config.inference.model_copy(update={"precision": precision})
+        return self.model_copy(update={"config": self.config.model_copy(update={"inference": inference})})
+
     def with_classes(self, classes: str | None) -> LabelerParameters:
         """This spec with the flows' top-level ``classes`` (the Run form's third field) applied.
 

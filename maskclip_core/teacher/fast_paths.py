@@ -1,7 +1,10 @@
-"""Opt-in speed paths for the teacher's encoder: low precision (bf16 / fp16), int8 linear layers, torch.compile.
+"""Speed paths for the teacher's encoder: low precision (bf16 / fp16), int8 linear layers, torch.compile.
 
-fp32 is the default everywhere; each other path changes labels a little (see the README's CPU table for the
-measured agreement), so a precision other than fp32 enters the labeler's config hash.
+The default precision is ``"auto"``, resolved when a labeler is built (:func:`resolve_precision`): fp16 autocast
+on CUDA, bf16 on a CPU with native bf16 matmuls (AMX or AVX512-BF16), fp32 elsewhere (said once per process).
+Each path other than fp32 changes labels a little (see the README's CPU table for the measured agreement), so
+the resolved precision enters the labeler's config hash, and a dataset keeps the precision its labelings record
+(``labeling.config_hash.recorded_precision``): a changed default never relabels it.
 
 bf16 / fp16 on the CPU run a ViT encoder from a low-precision copy (:func:`low_precision_copy`): its matmul
 weights in bf16, its layer norms, embeddings, final projection and residual stream in fp32, with no autocast.
@@ -24,10 +27,11 @@ from typing import Literal, get_args
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16", "int8"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRECISION_HELP = (
-    "fp32 (default; fp16 autocast on CUDA unless half_precision is off); bf16: the encoder's matmuls in bf16 "
+    "auto (default): fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; a dataset keeps the precision "
+    "its labelings record. fp32; bf16: the encoder's matmuls in bf16 "
     "(on the CPU a bf16 copy of a ViT's weights, fp32 layer norms and residuals; pays on CPUs with AMX or "
     "AVX512-BF16, see fast_bf16_cpu(); autocast on CUDA and for ResNets); fp16: the same in fp16; int8: dynamic "
     "int8 quantisation of the ViT's MLP layers (CPU only)"
@@ -42,20 +46,33 @@ def uses_low_precision_copy(precision: str, device: torch.device, *, is_vit: boo
     return device.type == "cpu" and is_vit and precision in LOW_PRECISION
 
 
-def autocast_dtype(
-    precision: str, device: torch.device, half_precision: bool, *, is_vit: bool = False
-) -> torch.dtype | None:
-    """The encoder's autocast dtype, or None: plain fp32, int8 (its quantised layers run in fp32 otherwise), and
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` as the fast path of ``device``: fp16 on CUDA, bf16 on a CPU with native bf16 matmuls, else fp32
+    (said once per process); any other precision as it is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and fast_bf16_cpu():
+        return "bf16"
+    if device.type == "cpu":
+        _say_once(
+            "this CPU has no native bf16 matmuls (AMX or AVX512-BF16): labeling in fp32, its fast path here"
+        )
+    return "fp32"
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def autocast_dtype(precision: str, device: torch.device, *, is_vit: bool = False) -> torch.dtype | None:
+    """The encoder's autocast dtype, or None: fp32, int8 (its quantised layers run in fp32 otherwise), and
     bf16 / fp16 ViTs on the CPU, whose low-precision copy needs no autocast."""
     if uses_low_precision_copy(precision, device, is_vit=is_vit):
         return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision == "fp32" and device.type == "cuda" and half_precision:
-        return torch.float16  # the CUDA default since before this option existed
-    return None
+    return LOW_PRECISION.get(precision)
 
 
 def check_precision(precision: str, device: torch.device, *, is_vit: bool) -> None:

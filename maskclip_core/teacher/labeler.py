@@ -75,7 +75,8 @@ class MaskCLIPLabeler:
     ) -> None:
         self.bundle = bundle
         self.proxy = proxy
-        self.inference = inference or InferenceConfig()
+        # The precision this labeler runs (and names in its config hash): the device's fast path for "auto".
+        self.inference = (inference or InferenceConfig()).resolved(bundle.device)
         self.templates = tuple(templates)
         self._text_cache = text_cache or default_text_cache()
         self.set_vocabulary(vocabulary)

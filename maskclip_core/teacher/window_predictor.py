@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from maskclip_core.teacher.fast_paths import (
     compiled,
     low_precision_copy,
     quantised_copy,
+    resolve_precision,
     uses_low_precision_copy,
 )
 from maskclip_core.teacher.pamr import pamr
@@ -53,8 +54,7 @@ class InferenceConfig(BaseModel):
     key_smoothing_threshold: float = Field(1.0, ge=0, le=1, description="Smooth patches whose max prob is below")
     prompt_denoising: bool = True
     prompt_denoising_threshold: float = Field(0.5, ge=0, le=1, description="Drop classes whose max prob is below")
-    half_precision: bool = Field(True, description="fp16 autocast for the encoder on CUDA (ignored on CPU)")
-    precision: Precision = Field("fp32", description=PRECISION_HELP)
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     compile: bool = Field(False, description="torch.compile the encoder (slow first call per window shape)")
     pamr: bool = Field(False, description="PAMR: refine each window's probabilities along colour edges")
     pamr_iterations: int = Field(10, ge=1, le=100, description="PAMR iterations")
@@ -70,10 +70,27 @@ class InferenceConfig(BaseModel):
             raise ValueError(f"PAMR dilations must be positive pixel distances, got {self.pamr_dilations}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _half_precision_is_a_precision(cls, data: Any) -> Any:
+        """``half_precision`` (before ``precision`` had ``auto``): off meant fp32 on CUDA; on, the CUDA default."""
+        if isinstance(data, dict) and "half_precision" in data:
+            data = dict(data)
+            if not data.pop("half_precision") and "precision" not in data:
+                data["precision"] = "fp32"
+        return data
+
+    def resolved(self, device: torch.device | str) -> InferenceConfig:
+        """This config with ``precision="auto"`` made the device's fast path (``fast_paths.resolve_precision``)."""
+        precision = resolve_precision(self.precision, torch.device(device))
+        return self if precision == self.precision else self.model_copy(update={"precision": precision})
+
     def identity(self, *, proxy: bool = False) -> dict:
         """The settings that determine labels, for config hashes: speed-only settings left out, and so are
         the options of refinements that are off (adding an option never changes existing hashes)."""
-        data = self.model_dump(mode="json", exclude={"window_batch", "half_precision", "compile"})
+        if self.precision == "auto":
+            raise ValueError("the precision is resolved for a device before it names a labeling (resolved())")
+        data = self.model_dump(mode="json", exclude={"window_batch", "compile"})
         if self.precision == "fp32":
             data.pop("precision")  # the default: hashes from before the option existed stay valid
         if not self.pamr:
@@ -200,6 +217,7 @@ class DensePredictor:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._normalisation = (tuple(mean), tuple(std))
         is_vit = hasattr(getattr(model, "visual", model), "transformer")
+        self.config = self.config.resolved(self.device)
         check_precision(self.config.precision, self.device, is_vit=is_vit)
         precision = self.config.precision
         if precision == "int8":
@@ -208,7 +226,7 @@ class DensePredictor:
             self.encoder = low_precision_copy(model, LOW_PRECISION[precision])  # no autocast (see fast_paths)
         else:
             self.encoder = model
-        self._autocast = autocast_dtype(precision, self.device, self.config.half_precision, is_vit=is_vit)
+        self._autocast = autocast_dtype(precision, self.device, is_vit=is_vit)
         self._label_dtype = getattr(torch, label_dtype(classifier.num_classes).name)
 
     # -- steps ---------------------------------------------------------------------------------------

@@ -569,3 +569,36 @@ def test_dask_local_cluster_gives_the_thread_pool_labels(tmp_path: Path) -> None
     assert a.keys() == b.keys() and len(a) > 6
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+
+
+def test_a_dataset_keeps_the_precision_its_labelings_record_when_the_default_changes(tmp_path, monkeypatch):
+    """A dataset labeled in fp32 (before the fast default: its record names no precision, as old records do) is
+    never relabeled because the default became bf16: the run keeps fp32 and its config hash. A new dataset
+    gets the default; a precision the user names wins."""
+    from support.tiny_labeler import TINY
+
+    from maskclip_core.dataset.labelings import read_labeling_records
+    from maskclip_core.labeling.config_hash import labeling_config_hash
+    from maskclip_core.teacher import fast_paths
+
+    # Classes no other test uses: the per-process labeler cache must not hand back another test's resolution.
+    auto = LabelerParameters.maskclip(TINY.model_copy(update={"classes": "red, green, blue, grey"}), device="cpu")
+    src, old, new = tmp_path / "src", tmp_path / "old", tmp_path / "new"
+    write_folder(src, images(4))
+    _, first = run(str(src), str(old), labeler=auto.with_precision("fp32"))
+    assert first["labeled"] == 4
+    [record] = read_labeling_records(str(old))
+    assert "precision" not in record["labeler_config"]["inference"]  # what records from before the option hold
+
+    monkeypatch.setattr(fast_paths, "fast_bf16_cpu", lambda: True)  # the default is bf16 from here on
+    assert labeling_config_hash(load_labeler(auto).config(), KEEP_ALL) != first["config_hash"]
+    write_folder(src, images(2, seed=1))
+    _, second = run(str(src), str(old), labeler=auto)
+    assert second["config_hash"] == first["config_hash"]
+    assert (second["labeled"], second["skipped_unchanged"]) == (2, 4)  # only the new files, in fp32
+
+    _, fresh = run(str(src), str(new), labeler=auto)
+    [record] = read_labeling_records(str(new))
+    assert fresh["labeled"] == 6 and record["labeler_config"]["inference"]["precision"] == "bf16"
+    _, named = run(str(src), str(old), labeler=auto.with_precision("bf16"))
+    assert named["config_hash"] == fresh["config_hash"] and named["labeled"] == 6

@@ -1,13 +1,16 @@
-"""The teacher's output step and its opt-in speed paths on the CPU.
+"""The teacher's output step and its speed paths on the CPU.
 
 - label maps are uint8 (uint16 past 255 classes), narrowed without changing a label;
 - precision bf16 / fp16 / int8 and torch.compile agree with fp32 on a small model (agreement figures stated
   below; measured 0.9989 / 0.9999 / 0.9989 / 1.0 on these scenes), leave fp32 untouched, and enter the
-  config hash only when not the default;
+  config hash unless fp32;
+- the default precision ("auto") is the device's fast path, resolved when the labeler is built;
 - combinations that cannot run are refused with one line when the labeler is built.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +26,7 @@ from maskclip_core.teacher.window_predictor import InferenceConfig, _to_host, up
 from maskclip_core.types import label_dtype
 
 CLASSES = "cat, dog, grass, sky, road, tree"
-SMALL = InferenceConfig(short_side=96, crop=64, stride=32)
+SMALL = InferenceConfig(short_side=96, crop=64, stride=32, precision="fp32")  # each test names its path
 # Pixel agreement with fp32 labels required of each path on the scenes below (random tiny ViT).
 AGREEMENT = {"bf16": 0.99, "fp16": 0.99, "int8": 0.99, "compile": 0.999}
 
@@ -80,7 +83,7 @@ def test_host_maps_share_nothing_surprising_on_cpu():
         assert np.array_equal(hl, labels.numpy()) and np.array_equal(hc, conf.numpy())
 
 
-def test_default_path_is_plain_fp32_and_returns_uint8_maps(fp32_results):
+def test_fp32_path_is_the_plain_model_and_returns_uint8_maps(fp32_results):
     lab = labeler()
     assert lab.predictor.encoder is lab.bundle.model and lab.predictor._autocast is None
     for image, result in zip(IMAGES, fp32_results, strict=True):
@@ -138,10 +141,39 @@ def test_compile_goes_through_torch_compile_once_per_model_and_agrees(fp32_resul
         np.testing.assert_allclose(r.confidence, e.confidence, atol=1e-4)
 
 
-def test_precision_enters_the_config_hash_only_when_not_default():
-    assert "precision" not in InferenceConfig().identity() and "compile" not in InferenceConfig().identity()
+def test_the_default_precision_is_the_devices_fast_path(monkeypatch):
+    cpu = torch.device("cpu")
+    assert InferenceConfig().precision == "auto"
+    assert fast_paths.resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert fast_paths.resolve_precision("int8", cpu) == "int8"  # a named precision is kept
+    monkeypatch.setattr(fast_paths, "fast_bf16_cpu", lambda: True)
+    fast = MaskCLIPLabeler.from_config(
+        LabelerConfig(model="maskclip-tiny-ViT", pretrained="none", classes=CLASSES), device="cpu"
+    )
+    assert fast.inference.precision == "bf16" and fast.config()["inference"]["precision"] == "bf16"
+    assert fast.predictor.encoder is fast_paths.low_precision_copy(fast.bundle.model)
+    monkeypatch.setattr(fast_paths, "fast_bf16_cpu", lambda: False)
+    fast_paths._say_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no native bf16"):
+        assert InferenceConfig().resolved(cpu).precision == "fp32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not per labeler
+        assert InferenceConfig().resolved(cpu).precision == "fp32"
+    with pytest.raises(ValueError, match="resolved"):
+        InferenceConfig().identity()  # an unresolved precision names no labeling
+
+
+def test_half_precision_of_older_configs_is_read_as_a_precision():
+    assert InferenceConfig.model_validate({"half_precision": False}).precision == "fp32"
+    assert InferenceConfig.model_validate({"half_precision": True}).precision == "auto"
+    assert InferenceConfig.model_validate({"half_precision": False, "precision": "bf16"}).precision == "bf16"
+
+
+def test_precision_enters_the_config_hash_unless_fp32():
+    fp32 = InferenceConfig(precision="fp32")
+    assert "precision" not in fp32.identity() and "compile" not in fp32.identity()
     assert InferenceConfig(precision="bf16").identity()["precision"] == "bf16"
-    assert InferenceConfig(compile=True).identity() == InferenceConfig().identity()  # speed only, like window_batch
+    assert fp32.model_copy(update={"compile": True}).identity() == fp32.identity()  # speed only, like window_batch
     filters = FilterConfig()
     base = labeling_config_hash(labeler().config(), filters)
     assert labeling_config_hash(labeler(precision="fp32", compile=True).config(), filters) == base
@@ -164,15 +196,14 @@ def test_impossible_combinations_are_refused_in_one_line():
 
 def test_autocast_choice_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype("fp32", cpu, half_precision=True) is None  # half_precision is CUDA's
-    assert autocast_dtype("fp32", cuda, half_precision=True) == torch.float16  # as before the option
-    assert autocast_dtype("fp32", cuda, half_precision=False) is None
-    assert autocast_dtype("bf16", cuda, half_precision=True) == torch.bfloat16
-    assert autocast_dtype("int8", cpu, half_precision=True) is None
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("fp32", cuda) is None  # fp32 is fp32
+    assert autocast_dtype("fp16", cuda) == torch.float16
+    assert autocast_dtype("bf16", cuda) == torch.bfloat16
+    assert autocast_dtype("int8", cpu) is None
     # bf16 / fp16 ViTs on the CPU run a low-precision copy instead; ResNets keep autocast
-    assert autocast_dtype("bf16", cpu, half_precision=True, is_vit=True) is None
-    assert autocast_dtype("bf16", cpu, half_precision=True, is_vit=False) == torch.bfloat16
-    assert autocast_dtype("bf16", cuda, half_precision=True, is_vit=True) == torch.bfloat16
+    assert autocast_dtype("bf16", cpu, is_vit=True) is None
+    assert autocast_dtype("bf16", cpu, is_vit=False) == torch.bfloat16
+    assert autocast_dtype("bf16", cuda, is_vit=True) == torch.bfloat16
 
 
 def test_uint8_tensors_in_torchvision_layout_label_like_arrays(fp32_results):
