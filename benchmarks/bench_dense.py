@@ -52,12 +52,12 @@ def bare_forward(labeler: MaskCLIPLabeler, windows: list[torch.Tensor]) -> None:
     for w in windows:
         by_shape.setdefault(tuple(w.shape), []).append(w)
     device = labeler.bundle.device
-    # The same precision as the labeler's encoder (fp16 autocast on CUDA), and a sync: CUDA is asynchronous.
-    half = device.type == "cuda" and labeler.inference.half_precision
+    # The labeler's own encoder and precision (its bf16 copy on a CPU, autocast on CUDA), and a sync on CUDA.
+    encoder, autocast = labeler.predictor.encoder, labeler.predictor._autocast
     for group in by_shape.values():
         for start in range(0, len(group), size):
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=half):
-                image_embedding(labeler.bundle.model, torch.stack(group[start : start + size]))
+            with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                image_embedding(encoder, torch.stack(group[start : start + size]))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -117,7 +117,7 @@ def main() -> None:
                 "benchmark": "bench_dense",
                 "model": args.model,
                 "device": device_name(bundle.device),
-                "half_precision_autocast": bundle.device.type == "cuda",
+                "precision": labeler.inference.precision,
                 "window_batch": args.window_batch,
                 "machine": machine(),
                 "images": len(images),

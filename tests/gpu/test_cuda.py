@@ -92,14 +92,15 @@ def compare_results(gpu: list, cpu: list, *, label_agreement: float, prob_atol: 
 def labeled_on_cpu(tmp_path_factory) -> tuple[Path, list[np.ndarray], list]:
     cache = tmp_path_factory.mktemp("text-cache")
     images = [scene(300, 500, 0), scene(480, 640, 1), scene(97, 203, 2), scene(700, 260, 3)]
-    cfg = LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=InferenceConfig(window_batch=4))
+    inference = InferenceConfig(window_batch=4, precision="fp32")  # the reference
+    cfg = LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=inference)
     return cache, images, MaskCLIPLabeler.from_config(cfg, device="cpu", text_cache_dir=str(cache)).label(images)
 
 
-@pytest.mark.parametrize("half_precision", [False, True])
-def test_labeler_on_cuda_equals_cpu(labeled_on_cpu, half_precision: bool) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_labeler_on_cuda_equals_cpu(labeled_on_cpu, precision: str) -> None:
     cache, images, expected = labeled_on_cpu
-    inference = InferenceConfig(window_batch=4, half_precision=half_precision)
+    inference = InferenceConfig(window_batch=4, precision=precision)
     cfg = LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=inference)
     # The same disk cache: the CPU-built text classifier is loaded onto the GPU.
     labeler = MaskCLIPLabeler.from_config(cfg, device="cuda", text_cache_dir=str(cache))
@@ -107,7 +108,8 @@ def test_labeler_on_cuda_equals_cpu(labeled_on_cpu, half_precision: bool) -> Non
     fresh = MaskCLIPLabeler.from_config(cfg, device="cuda", text_cache_dir=str(cache / "fresh"))
     torch.testing.assert_close(fresh.classifier.embeddings, labeler.classifier.embeddings, atol=1e-5, rtol=0)
     results = labeler.label(images)
-    if half_precision:
+    assert labeler.inference.precision == {"fp32": "fp32", "auto": "fp16"}[precision]  # CUDA's default is fp16
+    if precision == "auto":
         compare_results(results, expected, label_agreement=0.97, prob_atol=0.03)
     else:
         compare_results(results, expected, label_agreement=0.999, prob_atol=1e-3)
@@ -172,7 +174,7 @@ def _teacher(cache: Path, **inference) -> MaskCLIPLabeler:
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_precision_option_on_cuda_within_the_fp16_tolerance(labeled_on_cpu, precision: str) -> None:
     cache, images, expected = labeled_on_cpu
-    labeler = _teacher(cache, precision=precision, half_precision=False)  # the option alone decides
+    labeler = _teacher(cache, precision=precision)
     assert labeler.predictor._autocast == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     compare_results(labeler.label(images), expected, label_agreement=0.97, prob_atol=0.03)
 
@@ -184,7 +186,7 @@ def test_int8_is_refused_on_cuda(labeled_on_cpu) -> None:
 
 def test_one_pinned_upload_per_batch_equals_tensors_uploaded_one_by_one(labeled_on_cpu) -> None:
     cache, images, expected = labeled_on_cpu
-    labeler = _teacher(cache, half_precision=False)
+    labeler = _teacher(cache, precision="fp32")
     batched = labeler.label(images)  # numpy arrays: one pinned buffer, one copy, one copy back per map kind
     tensors = [torch.from_numpy(im).permute(2, 0, 1).contiguous().cuda() for im in images]
     one_by_one = [labeler.label([t])[0] for t in tensors]
@@ -216,9 +218,14 @@ def test_jpegs_decoded_on_the_gpu_label_like_cpu_decoded_ones(labeled_on_cpu) ->
         assert g is not None and g.is_cuda and g.dtype == torch.uint8 and g.shape == (3, *c.shape[:2])
         # nvJPEG and libjpeg-turbo use different IDCTs: a grey level here and there
         assert np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - c).mean() < 1.0
-    labeler = _teacher(cache, half_precision=False)
+    labeler = _teacher(cache, precision="fp32")
     expected = MaskCLIPLabeler.from_config(
-        LabelerConfig(model="ViT-B-16", pretrained="none", classes=CLASSES, inference=InferenceConfig(window_batch=4)),
+        LabelerConfig(
+            model="ViT-B-16",
+            pretrained="none",
+            classes=CLASSES,
+            inference=InferenceConfig(window_batch=4, precision="fp32"),
+        ),
         device="cpu",
         text_cache_dir=str(cache),
     ).label(on_cpu)
