@@ -50,11 +50,11 @@ from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
 
 # path name -> InferenceConfig fields
 PATHS = {
-    "fp32": {},
+    "fp32": {"precision": "fp32"},  # explicit: the default ("auto") is bf16 on a CPU with AMX / AVX512-BF16
     "bf16": {"precision": "bf16"},
     "fp16": {"precision": "fp16"},
     "int8": {"precision": "int8"},
-    "compile": {"compile": True},
+    "compile": {"compile": True, "precision": "fp32"},
     "compile-bf16": {"compile": True, "precision": "bf16"},
 }
 # labeler variant -> InferenceConfig fields (ProxyCLIP: a random DINO ViT-B/8 proxy as well)
