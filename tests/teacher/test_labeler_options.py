@@ -28,9 +28,9 @@ def _image(h, w, seed=0):
 
 def test_default_configuration_hash_has_no_new_keys():
     """Options that are off stay out of the identity: labels made before these options keep their hash."""
-    identity = InferenceConfig().identity()
+    identity = InferenceConfig().resolved("cpu").identity()
     assert not {k for k in identity if k.startswith(("pamr", "proxy"))}
-    on = InferenceConfig(pamr=True, pamr_iterations=3).identity(proxy=True)
+    on = InferenceConfig(pamr=True, pamr_iterations=3).resolved("cpu").identity(proxy=True)
     assert on["pamr_iterations"] == 3 and on["pamr_dilations"] == [8, 16] and on["proxy_gamma"] == 3.0
 
 
