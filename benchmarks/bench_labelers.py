@@ -64,26 +64,30 @@ PLAIN = {"key_smoothing": False, "prompt_denoising": False}
 
 
 @dataclass(frozen=True)
-class LabelerParameters:
+class BenchLabeler:
     """A teacher (``InferenceConfig`` fields, optionally a ProxyCLIP proxy) or a student variant."""
 
     inference: dict[str, Any] = field(default_factory=dict)
     proxy: str | None = None
     student: str | None = None
+    student_precision: str = "fp32"
 
 
-LABELERS: dict[str, LabelerParameters] = {
-    "maskclip": LabelerParameters(PLAIN),
-    "maskclip+ks+pd": LabelerParameters({}),
-    "clearclip": LabelerParameters({**PLAIN, "attention": "clearclip"}),
-    "sclip": LabelerParameters({**PLAIN, "attention": "sclip"}),
-    "naclip": LabelerParameters({**PLAIN, "attention": "naclip"}),
-    "proxyclip-dino-b8": LabelerParameters(PLAIN, proxy="dino_vitb8"),
-    "proxyclip-dinov2-b14-reg": LabelerParameters(PLAIN, proxy="dinov2_vitb14_reg"),
-    "maskclip+pamr": LabelerParameters({**PLAIN, "pamr": True}),
-    "naclip+pamr": LabelerParameters({**PLAIN, "attention": "naclip", "pamr": True}),
-    "student-light": LabelerParameters(student="light"),
-    "student-resnet101-v2": LabelerParameters(student="resnet101_v2"),
+LABELERS: dict[str, BenchLabeler] = {
+    "maskclip": BenchLabeler(PLAIN),  # the default precision: the machine's fast path (bf16 on AMX / AVX512-BF16)
+    "maskclip-fp32": BenchLabeler({**PLAIN, "precision": "fp32"}),
+    "maskclip+ks+pd": BenchLabeler({}),
+    "clearclip": BenchLabeler({**PLAIN, "attention": "clearclip"}),
+    "sclip": BenchLabeler({**PLAIN, "attention": "sclip"}),
+    "naclip": BenchLabeler({**PLAIN, "attention": "naclip"}),
+    "proxyclip-dino-b8": BenchLabeler(PLAIN, proxy="dino_vitb8"),
+    "proxyclip-dinov2-b14-reg": BenchLabeler(PLAIN, proxy="dinov2_vitb14_reg"),
+    "maskclip+pamr": BenchLabeler({**PLAIN, "pamr": True}),
+    "naclip+pamr": BenchLabeler({**PLAIN, "attention": "naclip", "pamr": True}),
+    "student-light": BenchLabeler(student="light"),
+    "student-light-bf16": BenchLabeler(student="light", student_precision="bf16"),
+    "student-resnet101-v2": BenchLabeler(student="resnet101_v2"),
+    "student-resnet101-v2-bf16": BenchLabeler(student="resnet101_v2", student_precision="bf16"),
 }
 
 
@@ -111,7 +115,8 @@ class Models:
         spec = LABELERS[name]
         if spec.student is not None:
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            return StudentLabeler(random_student(spec.student, device), short_side=448, device=device)
+            model = random_student(spec.student, device)
+            return StudentLabeler(model, short_side=448, device=device, precision=spec.student_precision)
         proxy = self.proxy(spec.proxy) if spec.proxy else None
         inference = InferenceConfig(**spec.inference)
         return MaskCLIPLabeler(self.clip, Vocabulary.parse(VOC), inference, text_cache=self.text_cache, proxy=proxy)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.scenes import scene
 
 from maskclip_core.labeling.config_hash import labeling_config_hash
 from maskclip_core.labeling.filter import FilterConfig
@@ -29,15 +30,6 @@ CLASSES = "cat, dog, grass, sky, road, tree"
 SMALL = InferenceConfig(short_side=96, crop=64, stride=32, precision="fp32")  # each test names its path
 # Pixel agreement with fp32 labels required of each path on the scenes below (random tiny ViT).
 AGREEMENT = {"bf16": 0.99, "fp16": 0.99, "int8": 0.99, "compile": 0.999}
-
-
-def scene(height: int, width: int, seed: int) -> np.ndarray:
-    """Smooth colour regions with noise: several classes win somewhere, deterministic."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, size=(4, 6, 3)).astype(np.float32)
-    big = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(height, width), mode="bicubic")
-    image = big[0].permute(1, 2, 0).numpy() + rng.normal(0, 10, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 IMAGES = [scene(120, 160, 0), scene(150, 100, 1), scene(96, 200, 2)]

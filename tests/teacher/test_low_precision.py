@@ -21,22 +21,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.scenes import scene
 
 from maskclip_core.teacher.clip_loader import load_clip
 from maskclip_core.teacher.dense import ATTENTION_MODES, dense_features
 from maskclip_core.teacher.fast_paths import cpu_bf16_support, fast_bf16_cpu, low_precision_copy
 from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler
 from maskclip_core.teacher.window_predictor import InferenceConfig
-
-
-def scene(height: int, width: int, seed: int) -> np.ndarray:
-    """Smooth colour regions with noise (as in test_fast_paths): several classes win somewhere, deterministic."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, size=(4, 6, 3)).astype(np.float32)
-    big = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(height, width), mode="bicubic")
-    image = big[0].permute(1, 2, 0).numpy() + rng.normal(0, 10, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
 
 IMAGES = [scene(120, 160, 0), scene(150, 100, 1), scene(96, 200, 2)]
 # Many classes, so that several of them win pixels of random-weight labels.
