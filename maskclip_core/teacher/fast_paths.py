@@ -56,9 +56,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and fast_bf16_cpu():
         return "bf16"
     if device.type == "cpu":
-        _say_once(
-            "this CPU has no native bf16 matmuls (AMX or AVX512-BF16): labeling in fp32, its fast path here"
-        )
+        _say_once("this CPU has no native bf16 matmuls (AMX or AVX512-BF16): labeling in fp32, its fast path here")
     return "fp32"
 
 
