@@ -113,9 +113,11 @@ def start_run(
 
     storage = (dataset, options.dataset_storage_options)
     device = "cpu" if options.uses_dask else None
+    default_precision = labeler.precision_is_default()
+    labeler = labeler.with_device_precision()  # the batches' device, not this process's CPU copy, decides
     lab = load_labeler(labeler, device=device)
     config = lab.config()  # a student's hashes its text embeddings: once
-    if labeler.precision_is_default():
+    if default_precision:
         kept = recorded_precision(retried(load_labeling_records)(*storage), config)
         if kept is not None:  # a changed default never relabels a dataset: keep what its labelings used
             get_run_logger().info(

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maskclip_core.dataset.schema import LABELERS, LabelerKind
+from maskclip_core.device import resolve_device
 from maskclip_core.process_cache import ProcessCache
+from maskclip_core.teacher.fast_paths import resolve_precision
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
 from maskclip_core.types import Labeler
 
@@ -92,6 +94,14 @@ class LabelerParameters(BaseModel):
     def precision_is_default(self) -> bool:
         """A teacher whose precision was left to the default (``"auto"``: this machine's fast path)."""
         return self.labeler == "maskclip" and self.config is not None and self.config.inference.precision == "auto"
+
+    def with_device_precision(self) -> LabelerParameters:
+        """A default precision made the fast path of the device the batches run on (``device``, else this
+        process's default), so every batch computes what the run's config hash names, whichever worker or device
+        resolves it; any other spec as it is."""
+        if not self.precision_is_default():
+            return self
+        return self.with_precision(resolve_precision("auto", resolve_device(self.device)))
 
     def with_precision(self, precision: str) -> LabelerParameters:
         """This spec with the teacher's precision set (a dataset keeps the precision its labelings record)."""
