@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
@@ -196,6 +197,8 @@ def export_cvat_mask(
     """
     labelmap = cvat_labelmap(categories)
     images = list(_unique_names(images, strip_extension=True))
+    for image in images:
+        _check_listable(image)
 
     def entries() -> Iterator[tuple[str, bytes | None]]:
         yield "labelmap.txt", labelmap.encode()
@@ -234,6 +237,29 @@ def _png(rgb: np.ndarray) -> bytes:
 def _item_id(image: ExportImage) -> str:
     """VOC item id: the file name without its extension (CVAT matches masks to frames by it)."""
     return posixpath.splitext(_safe_name(image.file_name))[0]
+
+
+def _check_listable(image: ExportImage) -> None:
+    """Raise unless the image's item id survives ``default.txt``, the VOC item list, as one line.
+
+    datumaro (which CVAT imports with) reads that list line by line (newline, carriage return or both
+    end a line), strips each line and skips ``#`` lines: a newline in a name made two empty items and lost the
+    image's masks without a word. Control characters and Unicode line separators (which ``str.splitlines``
+    splits on) are refused too. The whole export is refused, not the image skipped: a skipped image would go
+    unreviewed unnoticed, and ``cvat-coco`` (JSON) carries any name, so the user has a way out either way.
+    """
+    item = _item_id(image)
+    bad = (
+        item != item.strip()
+        or item.startswith("#")
+        or any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in item)  # Cs: not UTF-8
+    )
+    if bad:
+        raise ValueError(
+            f"image {image.image_id}: file name {image.file_name[:200]!r} cannot be an item of CVAT's "
+            "line-based default.txt (line break, control character, '#' first or space at an end); "
+            "rename the file or export as cvat-coco"
+        )
 
 
 def _safe_name(file_name: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -342,3 +344,118 @@ def test_export_flow_writes_files_and_a_summary_artifact(built, tmp_path, prefec
     assert artifact.type == "markdown"
     assert "| dog | 2 |" in artifact.data and f"`{tmp_path / 'c.zip'}`" in artifact.data
     assert "classes=['dog']" in artifact.data
+
+
+# --- file names a line-based item list cannot hold (issue 21, item 5) --------------------------------------
+
+
+def odd_named_store(root: Path, names: list[str]) -> Built:
+    """A store whose labeled images carry ``names`` (relative to the source folder), each labeled like
+    ``a/img.png`` (cat left half, dog right half), in one batch through the labeling path."""
+    from support.review_store import CLASSES, FILTER, prediction, write_image
+
+    from maskclip_core.dataset.ids import image_id_from_sha256
+    from maskclip_core.dataset.label_dataset import LabelDataset
+    from maskclip_core.labeling.annotations import encode_annotations
+    from maskclip_core.labeling.filter import filter_labels
+    from maskclip_core.types import SegmentationResult
+
+    store = LabelDataset(str(root / "out"))
+    built = Built(store=store, source=root / "src")
+    built.category_ids = store.ensure_categories(CLASSES)
+    category_ids = [built.category_ids[n] for n in NAMES]
+    rows, anns = [], []
+    for seed, name in enumerate(names):
+        data = write_image(built.source / name, seed=seed)
+        digest = hashlib.sha256(data).hexdigest()
+        image_id = image_id_from_sha256(digest)
+        labels, conf = prediction("a/img.png")
+        result = SegmentationResult(
+            labels=labels,
+            confidence=conf,
+            class_scores=np.array([conf[labels == k].max(initial=0) for k in range(3)], np.float32),
+            dropped=np.zeros(3, bool),
+            class_names=NAMES,
+        )
+        filtered = filter_labels(result, FILTER)
+        labeling_id = f"{CONFIG}:{digest[:16]}"
+        rows.append(
+            {
+                "image_id": image_id,
+                "uri": str(built.source / name),
+                "sha256": digest,
+                "width": labels.shape[1],
+                "height": labels.shape[0],
+                "status": "labeled",
+                "reason": None,
+                "config_hash": CONFIG,
+                "labeling_id": labeling_id,
+                "labeler": "maskclip",
+                "round": 0,
+                "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            }
+        )
+        anns += encode_annotations(
+            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, labeler="maskclip", round=0
+        )
+        built.ids[name] = image_id
+        built.status[image_id] = "labeled"
+        built.masks[image_id] = {
+            category_ids[r.class_index]: filtered.labels == r.class_index for r in filtered.regions
+        }
+    store.write_batch(rows, anns, part_name=f"{CONFIG}-odd")
+    return built
+
+
+# Names whose item id (the name without extension) datumaro's VOC reader, which CVAT imports with, would
+# split into two lines, skip as a comment, or strip to another name.
+UNLISTABLE = [
+    "x\ny.png",
+    "cr\rname.png",
+    "crlf\r\nname.png",
+    "#notes.png",
+    "trailing .png",
+    "tab\there.png",
+    "sep\u2028x.png",
+]
+
+
+@pytest.mark.parametrize("bad", UNLISTABLE)
+def test_cvat_mask_refuses_a_name_its_item_list_cannot_hold(tmp_path, capsys, bad):
+    built = odd_named_store(tmp_path, ["ok.png", bad])
+    dest = tmp_path / "m.zip"
+    err = fails(capsys, *export(built, "cvat-mask", dest))
+    assert len(err.strip().splitlines()) == 1, err  # one line, the name shown escaped
+    assert repr(bad) in err and "cvat-coco" in err  # names the file, and the format that can carry it
+    assert not dest.exists()  # nothing half written, no zip with the image's masks lost
+
+
+def test_json_exports_carry_any_name_and_cvat_mask_reads_back_odd_but_listable_names(tmp_path, capsys):
+    """JSON strings hold every name exactly (coco, label-studio, cvat-coco); names with spaces, quotes, a
+    ``#`` inside or non-ASCII letters are fine in ``default.txt`` too, and datumaro reads back every item."""
+    odd = ["a b.png", 'say "hi".png', "x#1.png", "dir/ü ñ.png", "ok.png"]
+    built = odd_named_store(tmp_path, [*UNLISTABLE[:2], *odd])
+    run(capsys, *export(built, "coco", tmp_path / "c.json"))
+    assert {i["file_name"] for i in json.loads((tmp_path / "c.json").read_text())["images"]} == set(built.ids)
+    run(capsys, *export(built, "label-studio", tmp_path / "ls", "--document-root", str(built.source)))
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert {t["data"]["file_name"] for t in tasks} == set(built.ids)
+    assert all("\n" not in t["data"]["image"] and "\r" not in t["data"]["image"] for t in tasks)
+    run(capsys, *export(built, "cvat-coco", tmp_path / "cc.zip"))
+    doc = json.loads(zipfile.ZipFile(tmp_path / "cc.zip").read("annotations/instances_default.json"))
+    assert {i["file_name"] for i in doc["images"]} == set(built.ids)
+
+    odd_only = odd_named_store(tmp_path / "odd", odd)
+    run(capsys, *export(odd_only, "cvat-mask", tmp_path / "m.zip"))
+    zipfile.ZipFile(tmp_path / "m.zip").extractall(tmp_path / "m")
+    ds = dm.Dataset.import_from(str(tmp_path / "m"), "voc_segmentation")
+    labels = ds.categories()[AnnotationType.label]
+    by_item = {Path(name).with_suffix("").as_posix(): image_id for name, image_id in odd_only.ids.items()}
+    assert sorted(item.id for item in ds) == sorted(by_item)
+    ids = names_to_ids(odd_only)
+    for item in ds:
+        image_id = by_item[item.id]
+        got = {labels[a.label].name: a.image.astype(bool) for a in item.annotations}
+        assert {ids[n] for n in got} == odd_only.masks[image_id].keys()
+        for name, mask in got.items():
+            np.testing.assert_array_equal(mask, odd_only.masks[image_id][ids[name]])
