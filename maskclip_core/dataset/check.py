@@ -6,6 +6,10 @@ then each annotations part's rows against the images rows that commit them (its 
 batch name, or any images part once compaction merged the sibling): a part none of whose labelings is
 committed is an orphan left by a run killed between its two writes.
 
+A dataset that holds parts but no manifest (``_maskclip_dataset.json``, deleted by a sync tool that skips
+``_*`` files) is a problem too: its version is inferred from its parts (``manifest.infer_format``), and
+``repair`` writes the manifest back with it.
+
 ``repair`` moves bad and orphan parts to ``quarantine/<table>/`` with a JSON report, then marks the images
 whose labels were lost (a ``failed`` row with a ``quarantined`` reason, newer than their labeling), so the next
 ``maskclip label`` relabels exactly them. Run it while no labeling run writes (it holds the dataset lease).
@@ -27,6 +31,7 @@ import pyarrow.parquet as pq
 
 from maskclip_core.dataset.integrity import schema_problem
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
+from maskclip_core.dataset.manifest import MANIFEST_NAME, ensure_manifest, missing_manifest
 from maskclip_core.dataset.schema import TABLES, stored_schema
 from maskclip_core.storage.fs import atomic_write_bytes, join_url
 
@@ -37,7 +42,7 @@ QUARANTINE = "quarantine"
 class PartProblem:
     part: str  # relative to the dataset: images/part-x.parquet
     problem: str
-    kind: str = "damaged"  # damaged | orphan
+    kind: str = "damaged"  # damaged | orphan | manifest (the manifest is missing: repair writes it)
 
 
 @dataclass
@@ -71,6 +76,15 @@ def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *,
     """Verify the dataset at ``url``; with ``repair``, quarantine bad parts and mark their images."""
     dataset = LabelDataset(url, storage_options)
     report = CheckReport(dataset=url)
+    inferred = missing_manifest(url, storage_options)
+    if inferred is not None:
+        report.problems.append(
+            PartProblem(
+                MANIFEST_NAME,
+                f"missing; the parts hold format version {inferred} (--repair writes the manifest)",
+                "manifest",
+            )
+        )
     healthy: dict[str, dict[str, pa.Table]] = {name: {} for name in TABLES}
     for table in TABLES:
         schema = stored_schema(table, dataset.format_version)
@@ -84,6 +98,8 @@ def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *,
                 healthy[table][part] = dataset.current_names(table_or_problem, table)
     _check_annotations_committed(healthy, report)
     if repair and report.problems:
+        if inferred is not None:
+            ensure_manifest(url, storage_options)
         _quarantine(dataset, report)
         _mark_lost_labelings(dataset, healthy, report)
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
@@ -137,6 +153,8 @@ def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report
 def _quarantine(dataset: LabelDataset, report: CheckReport) -> None:
     stamp = utc_now().strftime("%Y%m%dT%H%M%S")
     for problem in report.problems:
+        if problem.kind == "manifest":
+            continue
         src = f"{dataset.root}/{problem.part}"
         dest = f"{dataset.root}/{QUARANTINE}/{stamp}/{problem.part}"
         dataset.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)

@@ -23,8 +23,10 @@ A change that old readers would misread (another column meaning, image ids of an
 must honour) bumps :data:`FORMAT_VERSION` and says what changed above.
 
 The name starts with ``_`` so that table listings and Spark-style readers skip it. It is written atomically
-by the first write to a dataset, before any part file: a dataset with part files and no manifest is
-therefore one written before this format existed (version 1).
+by the first write to a dataset, before any part file. A dataset with part files and no manifest was either
+written before this format existed (version 1) or lost its manifest (sync tools that skip ``_*`` files):
+:func:`infer_format` tells them apart from what the parts hold, so a version 4 dataset is never read as
+version 1; ``maskclip dataset check`` reports the missing manifest and ``--repair`` writes it back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from maskclip_core.storage.fs import atomic_write_bytes, join_url, resolve
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskclip_core.storage.fs import atomic_write_bytes, is_hidden, join_url, resolve
 
 FORMAT_VERSION = 4  # what this package writes into new datasets
 LEGACY_VERSION = 1  # a dataset without a manifest
@@ -49,6 +54,8 @@ FORMAT = "maskclip-dataset"
 PACKAGE = "maskclip-labeler"
 # Folders whose presence means the dataset was written to before (by a version without manifests).
 _DATA_FOLDERS = ("images", "annotations", "categories", "reviewed", "metrics", "labelings")
+_NARROW_ID_LIMIT = 2**53  # ids of versions 3 and 4 are below it
+REPAIR_HINT = "maskclip dataset check --dataset {url} --repair"
 
 
 class DatasetFormatError(ValueError):
@@ -105,20 +112,74 @@ def check_format(version: Any, dataset_url: str) -> int:
 
 
 def dataset_format(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
-    """The format version of the dataset at ``dataset_url`` for a reader (no manifest: version 1)."""
+    """The format version of the dataset at ``dataset_url`` for a reader (no manifest: :func:`infer_format`;
+    nothing written yet: version 1)."""
     manifest = read_manifest(dataset_url, storage_options)
     if manifest is None:
-        return LEGACY_VERSION
+        inferred = infer_format(dataset_url, storage_options)
+        return LEGACY_VERSION if inferred is None else inferred
     return check_format(manifest.get("format_version"), dataset_url)
+
+
+def missing_manifest(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int | None:
+    """The version :func:`infer_format` gives a dataset that holds tables but no manifest; None when the
+    manifest is there or nothing was written yet (``maskclip dataset check`` reports the first as a problem)."""
+    if read_manifest(dataset_url, storage_options) is not None:
+        return None
+    return infer_format(dataset_url, storage_options)
+
+
+def infer_format(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int | None:
+    """The format version of a dataset without a manifest, from what its parts hold; None when it holds no
+    tables (a new dataset).
+
+    - annotations parts name the labeler ``source``: version 1 (written before manifests existed, or a version
+      1 dataset that lost its manifest); ``labeler``: a later version that lost its manifest, 2 if an image id
+      is 2**53 or more (63-bit ids), else 4 (version 3 is read as 4 and upgraded by writers anyway);
+    - parts of both layouts: refused (:class:`DatasetFormatError`, one line naming the repair);
+    - no annotations parts: an image id of 2**53 or more gives 1 (versions 1 and 2 differ only in annotations),
+      ids all below gives 4, no ids: 4 if a category was claimed by ``categories/part-id-<id>.parquet`` (version
+      4 writers only), else 1.
+    """
+    if not _holds_tables(dataset_url, storage_options):
+        return None
+    fs, root = resolve(dataset_url, storage_options)
+    root = root.rstrip("/") or root
+    layouts: dict[int, str] = {}
+    for path in _visible_parts(fs, root, "annotations"):
+        try:
+            with fs.open(path, "rb") as f:
+                names = pq.ParquetFile(f).schema_arrow.names
+        except (OSError, pa.ArrowException):  # a damaged part: `dataset check` reports it
+            continue
+        if "source" in names:
+            layouts.setdefault(1, path)
+        elif "labeler" in names:
+            layouts.setdefault(2, path)
+    if len(layouts) > 1:
+        raise DatasetFormatError(
+            f"dataset {dataset_url} has no {MANIFEST_NAME} and its annotations parts are of two format versions "
+            f"({_relative(root, layouts[1])} names the labeler `source`, {_relative(root, layouts[2])} `labeler`): "
+            f"move the parts of the wrong one away, then run `{REPAIR_HINT.format(url=dataset_url)}`"
+        )
+    if 1 in layouts:
+        return LEGACY_VERSION
+    wide = _holds_wide_id(fs, root)
+    if 2 in layouts:
+        return 2 if wide else FORMAT_VERSION
+    if wide is not None:
+        return LEGACY_VERSION if wide else FORMAT_VERSION
+    claimed = any(p.rsplit("/", 1)[-1].startswith("part-id-") for p in _visible_parts(fs, root, "categories"))
+    return FORMAT_VERSION if claimed else LEGACY_VERSION
 
 
 def ensure_manifest(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
     """The format version for a writer: the manifest's; without one, written now (before any part file).
 
-    A dataset that already holds tables but no manifest was written before manifests existed: it keeps
-    version 1 (its layout), recorded now. An empty or new one gets :data:`FORMAT_VERSION`; one of a version in
-    :data:`UPGRADED_IN_PLACE` is upgraded. Concurrent first writers write the same version (each file whole),
-    so the race is harmless.
+    A dataset that already holds tables but no manifest (written before manifests existed, or its manifest
+    was lost) keeps the version its parts show (:func:`infer_format`), recorded now. An empty or new one gets
+    :data:`FORMAT_VERSION`; one of a version in :data:`UPGRADED_IN_PLACE` is upgraded. Concurrent first
+    writers write the same version (each file whole), so the race is harmless.
     """
     manifest = read_manifest(dataset_url, storage_options)
     if manifest is not None:
@@ -133,13 +194,16 @@ def ensure_manifest(dataset_url: str, storage_options: Mapping[str, Any] | None 
         }
         _write_manifest(dataset_url, upgraded, storage_options)
         return UPGRADED_IN_PLACE[version]
-    version = LEGACY_VERSION if _holds_tables(dataset_url, storage_options) else FORMAT_VERSION
+    inferred = infer_format(dataset_url, storage_options)
+    version = FORMAT_VERSION if inferred is None else inferred
     manifest = {
         "format": FORMAT,
         "format_version": version,
         "writer": {"package": PACKAGE, "version": package_version()},
         "created_at": _now(),
     }
+    if inferred is not None:  # the dataset held parts: its version was read from them
+        manifest["inferred_from_parts"] = True
     _write_manifest(dataset_url, manifest, storage_options)
     return version
 
@@ -164,3 +228,36 @@ def _holds_tables(dataset_url: str, storage_options: Mapping[str, Any] | None) -
     finally:
         fs.invalidate_cache(root)
     return any(name.rstrip("/").rsplit("/", 1)[-1] in _DATA_FOLDERS for name in names)
+
+
+def _visible_parts(fs: Any, root: str, table: str) -> list[str]:
+    """Paths of the files of ``table`` that readers read (no ``_`` / ``.`` names), sorted."""
+    base = f"{root}/{table}"
+    fs.invalidate_cache(base)
+    try:
+        paths = fs.find(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    finally:
+        fs.invalidate_cache(base)
+    return sorted(p for p in paths if not any(is_hidden(s) for s in _relative(base, p).split("/")))
+
+
+def _holds_wide_id(fs: Any, root: str) -> bool | None:
+    """Whether an images row holds an id of 2**53 or more (None: no images row has an id)."""
+    seen = False
+    for path in _visible_parts(fs, root, "images"):
+        try:
+            with fs.open(path, "rb") as f:
+                ids = pq.ParquetFile(f).read(columns=["image_id"])["image_id"]
+        except (OSError, pa.ArrowException, KeyError):
+            continue
+        values = [i for i in ids.to_pylist() if i is not None]
+        if any(i >= _NARROW_ID_LIMIT for i in values):
+            return True
+        seen = seen or bool(values)
+    return False if seen else None
+
+
+def _relative(root: str, path: str) -> str:
+    return path[len(root) :].lstrip("/") if path.startswith(root) else path
