@@ -4,7 +4,8 @@ Checks, per part of every table (``dataset.schema.TABLES``): the Parquet footer,
 (:func:`~maskclip_core.dataset.integrity.schema_problem`), every row decoded, required columns non-null;
 then each annotations part's rows against the images rows that commit them (its sibling part of the same
 batch name, or any images part once compaction merged the sibling): a part none of whose labelings is
-committed is an orphan left by a run killed between its two writes.
+committed is an orphan left by a run killed between its two writes; and each categories part's ids against
+their holders: a part that holds a claimed id under another name is bad (readers follow the claim file).
 
 A dataset that holds parts but no manifest (``_maskclip_dataset.json``, deleted by a sync tool that skips
 ``_*`` files) is a problem too: its version is inferred from its parts (``manifest.infer_format``), and
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from maskclip_core.dataset.category_claims import resolve_ids
 from maskclip_core.dataset.integrity import schema_problem
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
 from maskclip_core.dataset.manifest import MANIFEST_NAME, ensure_manifest, missing_manifest
@@ -97,6 +99,7 @@ def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *,
             else:
                 healthy[table][part] = dataset.current_names(table_or_problem, table)
     _check_annotations_committed(healthy, report)
+    _check_category_ids(healthy, report)
     if repair and report.problems:
         if inferred is not None:
             ensure_manifest(url, storage_options)
@@ -148,6 +151,18 @@ def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report
         elif any(lid in committed and committed[lid] != image_id for lid, image_id in pairs):
             report.problems.append(PartProblem(part, "rows name other images than their images rows"))
             del healthy["annotations"][part]
+
+
+def _check_category_ids(healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
+    """A categories part that holds an id under another name than the id's holder (its claim file) is bad:
+    readers ignore its row, repair quarantines it (``category_claims.resolve_ids``)."""
+    by_part = [(part, table.to_pylist()) for part, table in healthy["categories"].items()]
+    _, conflicts = resolve_ids(by_part)
+    for part in dict.fromkeys(part for part, _, _ in conflicts):
+        ids = sorted({(cid, holder) for p, cid, holder in conflicts if p == part})
+        held = ", ".join(f"{cid} (held by {holder})" for cid, holder in ids)
+        report.problems.append(PartProblem(part, f"reuses category id {held}"))
+        del healthy["categories"][part]
 
 
 def _quarantine(dataset: LabelDataset, report: CheckReport) -> None:
