@@ -174,12 +174,14 @@ def raise_if_incomplete(summary: RunSummary, error: Exception | None) -> None:
     if error is not None:
         raise error
     if not summary.ok:
-        raise LabelingIncomplete(
-            f"{summary.failed_batch_count} of {summary.batches_submitted} batches failed "
-            f"({summary.failed_batch_images} images; the next run picks them up): "
-            + "; ".join(f"batch {b.index}: {b.error}" for b in summary.failed_batches[:3]),
-            summary.to_dict(),
-        )
+        problems = [summary.error] if summary.error else []  # e.g. a listing taken for a vanished source
+        if summary.failed_batch_count:
+            problems.append(
+                f"{summary.failed_batch_count} of {summary.batches_submitted} batches failed "
+                f"({summary.failed_batch_images} images; the next run picks them up): "
+                + "; ".join(f"batch {b.index}: {b.error}" for b in summary.failed_batches[:3])
+            )
+        raise LabelingIncomplete("; ".join(problems), summary.to_dict())
 
 
 def local_cluster_kwargs(options: LabelingRunParameters) -> dict[str, Any]:

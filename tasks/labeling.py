@@ -26,7 +26,7 @@ from maskclip_core.dataset import labelings
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.integrity import DatasetDamaged
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.source_sync import mark_gone
+from maskclip_core.dataset.source_sync import SourceVanished, mark_gone
 from maskclip_core.labeling.known_content import known_sha256_index
 from maskclip_core.labeling.registry import LabelerParameters, load_labeler
 from maskclip_core.labeling.run_records import BatchOutcome, LabelingPlan, SourceItem
@@ -52,7 +52,7 @@ def with_retries(t: T, retries: int, delay_s: float) -> T:
 def _retryable(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except DatasetDamaged:
+    except (DatasetDamaged, SourceVanished):  # retrying cannot change the answer
         return False
     except Exception:  # noqa: BLE001 - anything else may be a storage hiccup
         return True
@@ -142,8 +142,10 @@ def mark_gone_files(
     extensions: Sequence[str] | None,
     glob: str | None,
     source_storage_options: Mapping[str, Any],
+    max_gone_fraction: float = 1.0,
 ) -> list[str]:
-    """``gone`` rows for the files the complete listing no longer shows (deleted, renamed away)."""
+    """``gone`` rows for the files the complete listing no longer shows (deleted, renamed away); refused
+    (``SourceVanished``) when the listing misses more than ``max_gone_fraction`` of them."""
     gone = mark_gone(
         LabelDataset(dataset, storage_options),
         source,
@@ -152,6 +154,7 @@ def mark_gone_files(
         extensions=extensions,
         glob=glob,
         source_storage_options=source_storage_options,
+        max_gone_fraction=max_gone_fraction,
     )
     if gone:
         get_run_logger().info("%d files left %s since the last run: marked gone", len(gone), source)

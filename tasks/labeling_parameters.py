@@ -59,6 +59,13 @@ class LabelingRunParameters(BaseModel):
         DEFAULT_TTL_S, ge=1.0, le=86_400.0, description="Lease expiry: a killed run frees the dataset after this long"
     )
     force_lease: bool = Field(False, description="Take the dataset's lease even from a live run")
+    max_gone_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A complete listing that misses more than this share of the dataset's files from the source "
+        "marks nothing gone and fails the run (an unmounted folder, a wrong prefix); 1 accepts any deletion",
+    )
     source_storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (default: AWS environment / profile)"
     )

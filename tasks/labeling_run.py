@@ -17,7 +17,7 @@ from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record
 from maskclip_core.dataset.lease import Lease, acquire_lease
-from maskclip_core.dataset.source_sync import ListedUris
+from maskclip_core.dataset.source_sync import ListedUris, SourceVanished
 from maskclip_core.labeling.config_hash import labeling_config_hash, recorded_precision
 from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.registry import LabelerParameters, labeler_categories, labeler_round, load_labeler
@@ -49,6 +49,7 @@ class SourceListing:
     extensions: Sequence[str] | None
     glob: str | None
     storage_options: Mapping[str, Any]
+    max_gone_fraction: float = 1.0  # past it a listing is taken for a vanished source (source_sync)
     uris: ListedUris = field(default_factory=ListedUris)
 
     def record(self, files: Iterable[SourceFile]) -> Iterator[SourceFile]:
@@ -150,7 +151,9 @@ def start_run(
     )
     setup = BatchSetup(labeler, plan, *storage, options.source_storage_options, skip_known_content=not force)
     summary = RunSummary(run_id, source, dataset, config_hash, kind, class_names, started_at=started_at)
-    listing = SourceListing(source, options.extensions, options.glob, options.source_storage_options)
+    listing = SourceListing(
+        source, options.extensions, options.glob, options.source_storage_options, options.max_gone_fraction
+    )
     return LabelingRun(setup, known, summary, options.retries, options.retry_delay_seconds, listing)
 
 
@@ -192,7 +195,11 @@ def finish_run(run: LabelingRun) -> None:
                 listing.extensions,
                 listing.glob,
                 listing.storage_options,
+                listing.max_gone_fraction,
             )
+        except SourceVanished as e:  # the user's say-so is needed: the run fails, saying why
+            logger.error("%s", e)
+            summary.stop(str(e))
         except Exception as e:  # noqa: BLE001 - the labels are written; the next complete run marks them
             logger.warning("files that left %s could not be marked gone: %s", listing.source, e)
     if summary.labeled or summary.rejected:

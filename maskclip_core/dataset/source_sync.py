@@ -4,6 +4,10 @@ A labeling run lists its source; every uri the dataset shows as current under th
 extension / glob filters) but the listing did not yield left the source (deleted or renamed away). Each gets a
 ``gone`` row per config, newer than its last labeling, so exports stop showing it while the history keeps
 every earlier row. A file that comes back is read and labeled (or its labeling reused) again.
+
+A complete listing that misses most of what the dataset holds from the source is more likely a vanished source
+(an unmounted folder still present and empty, a wrong prefix, an expired mount) than a mass deletion: past
+``max_gone_fraction`` nothing is marked and :class:`SourceVanished` says so, until the user says it was meant.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from maskclip_core.storage.fs import resolve, to_uri
 def uri_digest(uri: str) -> bytes:
     """The listing's record of one uri (16 bytes, so a million listed files cost 16 MB)."""
     return hashlib.sha256(uri.encode("utf-8")).digest()[:DIGEST_BYTES]
+
+
+class SourceVanished(ValueError):
+    """The listing misses more of the dataset's files than the run allows to mark gone: nothing was marked."""
 
 
 class ListedUris:
@@ -48,10 +56,13 @@ def mark_gone(
     extensions: Iterable[str] | None = None,
     glob: str | None = None,
     source_storage_options: Mapping[str, Any] | None = None,
+    max_gone_fraction: float = 1.0,
 ) -> list[str]:
     """Write ``gone`` rows for the current uris under ``source`` that the run's complete listing missed.
 
-    Only call it after the listing finished without error. Returns the uris marked gone (sorted).
+    Only call it after the listing finished without error. Returns the uris marked gone (sorted). Raises
+    :class:`SourceVanished`, writing nothing, when more than ``max_gone_fraction`` of the dataset's current
+    files under the source (and the run's filters) would be marked gone.
     """
     fs, root = resolve(source, source_storage_options)
     root_uri = to_uri(fs, root.rstrip("/") or root)
@@ -61,7 +72,16 @@ def mark_gone(
     current = current.filter(pc.not_equal(current["status"], GONE))
     # Decide on the uri column alone; only the rows that left become Python dicts (a million-image dataset
     # as dicts would take gigabytes).
-    missing = [i for i, uri in enumerate(current["uri"].to_pylist()) if _left(uri, root_uri, exts, pattern, listed)]
+    in_scope = [(i, uri) for i, uri in enumerate(current["uri"].to_pylist()) if _ours(uri, root_uri, exts, pattern)]
+    missing = [i for i, uri in in_scope if uri_digest(uri) not in listed]
+    if missing and len(missing) > max_gone_fraction * len(in_scope):
+        uris = current["uri"].take(missing).unique()
+        held = len({uri for _, uri in in_scope})
+        raise SourceVanished(
+            f"the listing of {source} misses {len(uris)} of the {held} files the dataset holds from it "
+            f"(more than max_gone_fraction={max_gone_fraction:g}): nothing was marked gone. An unmounted folder or a "
+            "wrong prefix looks like this; if the files were deleted, run again with --max-gone-fraction 1"
+        )
     rows = []
     for row in current.take(missing).to_pylist() if missing else []:
         uri = row["uri"]
@@ -79,10 +99,8 @@ def mark_gone(
     return sorted({r["uri"] for r in rows})
 
 
-def _left(
-    uri: str, root_uri: str, exts: tuple[str, ...] | None, pattern: re.Pattern[str] | None, listed: DigestSet
-) -> bool:
-    """Whether ``uri`` is a file of this source (root, extensions, glob) that the complete listing missed."""
+def _ours(uri: str, root_uri: str, exts: tuple[str, ...] | None, pattern: re.Pattern[str] | None) -> bool:
+    """Whether ``uri`` is a file of this source (root, extensions, glob): one the listing must show if present."""
     root = root_uri.rstrip("/")
     if uri == root_uri:
         rel = uri.rsplit("/", 1)[-1]
@@ -92,9 +110,7 @@ def _left(
         return False  # another source's file: not ours to judge
     if exts is not None and not rel.lower().endswith(exts):
         return False
-    if pattern is not None and pattern.match(rel) is None:
-        return False
-    return uri_digest(uri) not in listed
+    return pattern is None or pattern.match(rel) is not None
 
 
 def _glob_regex(glob: str) -> str:

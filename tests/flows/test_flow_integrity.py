@@ -122,3 +122,29 @@ def test_label_refuses_a_damaged_dataset_and_a_held_one(tmp_path: Path, capsys: 
     assert code == 0
     code, _ = cli(capsys, *argv)
     assert code == 0
+
+
+def test_an_emptied_source_marks_nothing_gone_without_the_users_say_so(tmp_path: Path, capsys) -> None:
+    """An unmounted mount point (the folder still there, empty) lists completely and finds nothing: the run
+    marks nothing gone and fails in one line naming --max-gone-fraction; the export keeps every image. With
+    --max-gone-fraction 1 the deletion is taken as meant; a deletion of a few files needs no say-so."""
+    src, out = tmp_path / "mount", str(tmp_path / "out")
+    src.mkdir()
+    for i in range(4):
+        (src / f"{i}.png").write_bytes(png(i))
+    assert cli(capsys, "label", "--source", str(src), "--dataset", out, *CLI_MODEL)[0] == 0
+    (src / "0.png").unlink()  # one of four files deleted: marked gone as before
+    assert cli(capsys, "label", "--source", str(src), "--dataset", out, *CLI_MODEL)[0] == 0
+    assert len(list(iter_export_images(LabelDataset(out)))) == 3
+
+    hidden = tmp_path / "hidden"
+    src.rename(hidden)
+    src.mkdir()  # the mount point without its filesystem
+    code, err = cli(capsys, "label", "--source", str(src), "--dataset", out, *CLI_MODEL)
+    assert code == 1
+    said = " ".join(err.split())  # the console wraps long lines
+    assert "misses 3 of the 3 files" in said and "--max-gone-fraction 1" in said
+    assert len(list(iter_export_images(LabelDataset(out)))) == 3  # nothing was marked gone
+
+    code, _ = cli(capsys, "label", "--source", str(src), "--dataset", out, *CLI_MODEL, "--max-gone-fraction", "1")
+    assert code == 0 and list(iter_export_images(LabelDataset(out))) == []
