@@ -332,11 +332,17 @@ def _result_mask(
             raise ValueError(f"task {task_id}: brush region {result.get('id')} has no rle")
         mask = decode_mask(value["rle"], height, width)
     else:
-        xy = np.asarray(value.get("points") or [], dtype=float).reshape(-1, 2) * (
-            width / 100.0,
-            height / 100.0,
-        )
-        mask = polygons_to_mask([xy.ravel().tolist()], height, width)
+        try:
+            xy = np.asarray(value.get("points") or [], dtype=float).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"task {task_id}: polygon region {_short(result.get('id'))} has points that are not [x, y] number pairs"
+            ) from None
+        if not np.isfinite(xy).all():  # NaN / inf would paint nothing: a silent "nothing annotated" review
+            raise ValueError(
+                f"task {task_id}: polygon region {_short(result.get('id'))} has points that are not finite numbers"
+            )
+        mask = polygons_to_mask([(xy * (width / 100.0, height / 100.0)).ravel().tolist()], height, width)
     return lookup[labels[0]], mask
 
 
@@ -346,6 +352,12 @@ def _result_mask(
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value from a review file, cut to ``limit`` characters: error lines stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

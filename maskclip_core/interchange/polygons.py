@@ -78,7 +78,8 @@ def _bridge(outer: np.ndarray, holes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Union of flat polygons rasterised by pycocotools; polygons with fewer than 3 points are skipped.
+    """Union of flat polygons rasterised by pycocotools; polygons with fewer than 3 points are skipped, and a
+    point that is not a finite number raises ``ValueError``.
 
     Each polygon goes through ``frPyObjects`` on its own: given a list, pycocotools reads it as boxes when
     the first entry has 4 numbers, and a bridged polygon must keep its own even-odd fill.
@@ -87,6 +88,9 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     for poly in polygons:
         if len(poly) < 6:
             continue
-        rle = mask_utils.frPyObjects([[float(v) for v in poly]], height, width)
+        xy = [float(v) for v in poly]
+        if not np.isfinite(xy).all():  # pycocotools paints NaN / inf points as nothing, silently
+            raise ValueError("polygon points must be finite numbers")
+        rle = mask_utils.frPyObjects([xy], height, width)
         out |= mask_utils.decode(rle)[:, :, 0].astype(bool)
     return out

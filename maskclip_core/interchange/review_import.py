@@ -79,7 +79,10 @@ def import_coco_reviews(
                 if strict:
                     raise ValueError(f"annotation {ann.get('id')} has unknown category id {ann['category_id']}")
                 continue
-            m = _segmentation_mask(ann.get("segmentation"), h, w)
+            try:
+                m = _segmentation_mask(ann.get("segmentation"), h, w)
+            except ValueError as e:
+                raise ValueError(f"annotation {ann.get('id')}: {e}") from None
             if m is not None:
                 masks.append((cid, m))
         label_map = label_map_from_masks(masks, h, w)
@@ -166,6 +169,12 @@ def import_reviews(
         raise ValueError(f"{dataset_url} holds no categories: nothing was labeled there")
     raw = read_bytes(review_url, review_storage_options)
     doc = json.loads(raw)
+    # The importers take a str as the URL of a file to read (their Python API); a file's own content is never
+    # one: a review file whose JSON is a string naming a path or an http address must not be followed there.
+    expected = (list, dict) if fmt == "label-studio" else (dict,)
+    if not isinstance(doc, expected):
+        what = "a list of tasks or one task object" if fmt == "label-studio" else "an object (COCO instances)"
+        raise ValueError(f"{review_url} is not a {fmt} review file: its JSON is a {type(doc).__name__}, not {what}")
     ours = {image.image_id: image for image in known_images(dataset)}
     reviewed = _parse_reviews(doc, fmt, categories, ours, strict)
     if not reviewed:  # e.g. our own tasks.json (predictions only) or an export made before anyone submitted

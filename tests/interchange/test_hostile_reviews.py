@@ -1,0 +1,159 @@
+"""Hostile review files through ``maskclip import``: each is refused in one line naming what is wrong, nothing
+is written, and nothing the file names is ever fetched (issue 21, item 6 and the wrong-JSON-types bullet)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.review_store import Built, build_store, fails, run
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    return build_store(str(tmp_path / "out"), tmp_path / "src")
+
+
+def polygon_task(built: Built, points: Any, task_id: int = 41, label: Any = "cat") -> dict[str, Any]:
+    """A Label Studio JSON task reviewing a/img.png with one polygon region."""
+    region = {
+        "id": "r1",
+        "type": "polygonlabels",
+        "from_name": "tag",
+        "to_name": "image",
+        "original_width": 48,
+        "original_height": 32,
+        "value": {"points": points, "closed": True, "polygonlabels": [label]},
+    }
+    return {
+        "id": task_id,
+        "data": {"image_id": str(built.ids["a/img.png"]), "height": 32, "width": 48},
+        "annotations": [{"id": 1, "result": [region], "completed_by": 7, "updated_at": "2025-03-01T10:00:00Z"}],
+    }
+
+
+def write(path: Path, doc: Any) -> str:
+    path.write_text(json.dumps(doc))  # json writes NaN / Infinity tokens, as a careless tool would
+    return str(path)
+
+
+def refused(capsys: Any, built: Built, fmt: str, review: str) -> str:
+    err = fails(capsys, "import", fmt, review, "--dataset", built.store.url)
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (Path(built.store.url) / "reviewed").exists()  # nothing imported
+    return err
+
+
+GOOD_POINTS = [[0, 0], [50, 0], [50, 100], [0, 100]]
+
+
+def test_a_good_polygon_imports(built, tmp_path, capsys):
+    """The control: the same task with finite points is one reviewed image."""
+    summary = run(
+        capsys,
+        "import",
+        "label-studio",
+        write(tmp_path / "r.json", [polygon_task(built, GOOD_POINTS)]),
+        "--dataset",
+        built.store.url,
+    )
+    assert summary["images"] == 1 and summary["regions"] == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "nan", "Infinity"])
+def test_non_finite_polygon_points_are_refused_naming_the_task(built, tmp_path, capsys, bad):
+    points = [[0, 0], [50, bad], [50, 100], [0, 100]]
+    review = write(tmp_path / "r.json", [polygon_task(built, points)])
+    err = refused(capsys, built, "label-studio", review)
+    assert "task 41" in err and "finite" in err
+
+
+def test_non_finite_points_in_json_min_are_refused(built, tmp_path, capsys):
+    record = {
+        "id": 41,
+        "image_id": str(built.ids["a/img.png"]),
+        "height": 32,
+        "width": 48,
+        "annotation_id": 1,
+        "annotator": 7,
+        "tag": [
+            {
+                "points": [[0, 0], [50, float("nan")], [50, 100]],
+                "polygonlabels": ["cat"],
+                "original_width": 48,
+                "original_height": 32,
+            }
+        ],
+    }
+    err = refused(capsys, built, "label-studio", write(tmp_path / "r.json", [record]))
+    assert "task 41" in err and "finite" in err
+
+
+def test_non_finite_coco_polygon_is_refused(built, tmp_path, capsys):
+    image_id = built.ids["a/img.png"]
+    doc = {
+        "images": [{"id": image_id, "file_name": "a/img.png", "height": 32, "width": 48}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 5, "image_id": image_id, "category_id": 1, "segmentation": [[0, 0, 10, float("nan"), 10, 10]]}
+        ],
+    }
+    err = refused(capsys, built, "coco", write(tmp_path / "c.json", doc))
+    assert "annotation 5" in err and "finite" in err
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+    body = b"[]"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        type(self).hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(type(self).body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fmt", ["label-studio", "coco"])
+def test_a_string_document_is_refused_never_fetched(built, tmp_path, capsys, fmt):
+    """A file whose JSON is a string naming a valid review (a local path, an http address) is refused; the
+    address is never read."""
+    good = [polygon_task(built, GOOD_POINTS)]
+    if fmt == "coco":
+        image_id = built.ids["a/img.png"]
+        good = {
+            "images": [{"id": image_id, "file_name": "a/img.png", "height": 32, "width": 48}],
+            "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 5, "image_id": image_id, "category_id": 1, "segmentation": [[0, 0, 9, 0, 9, 9]]}],
+        }
+    local = write(tmp_path / "good.json", good)
+    err = refused(capsys, built, fmt, write(tmp_path / "pointer.json", local))
+    assert "str" in err and str(tmp_path / "pointer.json") in err
+
+    _Counting.hits, _Counting.body = [], json.dumps(good).encode()
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Counting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/good.json"
+        refused(capsys, built, fmt, write(tmp_path / "pointer.json", url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Counting.hits == []
+
+
+@pytest.mark.parametrize("doc", [None, 3, 2.5, True])
+@pytest.mark.parametrize("fmt", ["label-studio", "coco"])
+def test_other_top_level_values_are_refused(built, tmp_path, capsys, fmt, doc):
+    refused(capsys, built, fmt, write(tmp_path / "r.json", doc))
+
+
+def test_a_list_is_not_a_coco_file(built, tmp_path, capsys):
+    refused(capsys, built, "coco", write(tmp_path / "r.json", [polygon_task(built, GOOD_POINTS)]))
