@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
@@ -190,28 +191,32 @@ def import_label_studio(
     lookup = category_lookup(categories)
     reviewed = []
     for task in tasks:
-        annotation = _chosen_annotation(task.get("annotations") or [])
-        if annotation is None:
-            continue
-        data = task.get("data") or {}
-        if "image_id" not in data:
-            raise ValueError(f"task {task.get('id')}: data has no image_id, so it cannot be linked to our images")
-        height, width = _task_size(task, annotation)
-        masks = [_result_mask(r, lookup, height, width, task.get("id")) for r in annotation.get("result") or []]
-        label_map = label_map_from_masks((m for m in masks if m is not None), height, width)
-        completed_by = annotation.get("completed_by")
-        if isinstance(completed_by, Mapping):
-            completed_by = completed_by.get("email") or completed_by.get("id")
-        reviewed.append(
-            ReviewedImage(
-                image_id=int(data["image_id"]),
-                label_map=label_map,
-                sha256=str(data.get("sha256") or ""),
-                tool="label-studio",
-                reviewer="" if completed_by is None else str(completed_by),
-                reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        # A wrong JSON type anywhere in a task (a list image_id, a string rle, ...) is one short line naming it.
+        with blame(f"task {short_repr(task.get('id'))}"):
+            annotation = _chosen_annotation(task.get("annotations") or [])
+            if annotation is None:
+                continue
+            data = task.get("data") or {}
+            if "image_id" not in data:
+                raise ValueError(
+                    f"task {short_repr(task.get('id'))}: data has no image_id, so it cannot be linked to our images"
+                )
+            height, width = _task_size(task, annotation)
+            masks = [_result_mask(r, lookup, height, width, task.get("id")) for r in annotation.get("result") or []]
+            label_map = label_map_from_masks((m for m in masks if m is not None), height, width)
+            completed_by = annotation.get("completed_by")
+            if isinstance(completed_by, Mapping):
+                completed_by = completed_by.get("email") or completed_by.get("id")
+            reviewed.append(
+                ReviewedImage(
+                    image_id=int(data["image_id"]),
+                    label_map=label_map,
+                    sha256=str(data.get("sha256") or ""),
+                    tool="label-studio",
+                    reviewer="" if completed_by is None else str(completed_by),
+                    reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+                )
             )
-        )
     return reviewed
 
 
@@ -225,6 +230,7 @@ def export_format(tasks: Sequence[Any]) -> str:
     for i, task in enumerate(tasks):
         if not isinstance(task, Mapping):
             raise ValueError(f"not a Label Studio export: item {i} is a {type(task).__name__}, not a task object")
+    for i, task in enumerate(tasks):
         if "data" in task or "annotations" in task:
             return "json"
         if "annotation_id" in task or "annotator" in task:
@@ -246,31 +252,37 @@ def tasks_from_json_min(records: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     """
     tasks: dict[Any, dict[str, Any]] = {}
     for record in records:
-        controls = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and _is_regions(v)}
-        data = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and k not in controls}
-        task = tasks.setdefault(record.get("id"), {"id": record.get("id"), "data": data, "annotations": []})
-        if record.get("annotation_id") is None:
-            continue
-        results = []
-        for control, regions in controls.items():
-            for region in regions:
-                value = dict(region)
-                result: dict[str, Any] = {"id": f"{record['annotation_id']}-{len(results)}", "from_name": control}
-                result["type"] = _region_kind(value)
-                for key in ("original_width", "original_height"):
-                    if key in value:
-                        result[key] = value.pop(key)
-                results.append({**result, "to_name": TO_NAME, "value": value})
-        task["annotations"].append(
-            {
-                "id": record["annotation_id"],
-                "result": results,
-                "completed_by": record.get("annotator"),
-                "created_at": record.get("created_at"),
-                "updated_at": record.get("updated_at"),
-            }
-        )
+        with blame(f"task {short_repr(record.get('id'))}"):
+            _add_json_min_record(tasks, record)
     return list(tasks.values())
+
+
+def _add_json_min_record(tasks: dict[Any, dict[str, Any]], record: Mapping[str, Any]) -> None:
+    """Add one JSON-MIN record to ``tasks`` (by task id): its data, and its annotation if it has one."""
+    controls = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and _is_regions(v)}
+    data = {k: v for k, v in record.items() if k not in JSON_MIN_KEYS and k not in controls}
+    task = tasks.setdefault(record.get("id"), {"id": record.get("id"), "data": data, "annotations": []})
+    if record.get("annotation_id") is None:
+        return
+    results = []
+    for control, regions in controls.items():
+        for region in regions:
+            value = dict(region)
+            result: dict[str, Any] = {"id": f"{record['annotation_id']}-{len(results)}", "from_name": control}
+            result["type"] = _region_kind(value)
+            for key in ("original_width", "original_height"):
+                if key in value:
+                    result[key] = value.pop(key)
+            results.append({**result, "to_name": TO_NAME, "value": value})
+    task["annotations"].append(
+        {
+            "id": record["annotation_id"],
+            "result": results,
+            "completed_by": record.get("annotator"),
+            "created_at": record.get("created_at"),
+            "updated_at": record.get("updated_at"),
+        }
+    )
 
 
 def _region_kind(value: Mapping[str, Any]) -> str | None:
@@ -311,7 +323,7 @@ def _task_size(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> tuple[
     if "height" in data and "width" in data:
         sizes.add((int(data["height"]), int(data["width"])))
     if len(sizes) != 1:
-        raise ValueError(f"task {task.get('id')}: image size unknown or inconsistent: {sorted(sizes)}")
+        raise ValueError(f"task {short_repr(task.get('id'))}: image size unknown or inconsistent: {sorted(sizes)}")
     return sizes.pop()
 
 
@@ -324,23 +336,28 @@ def _result_mask(
     value = result.get("value") or {}
     labels = value.get(kind) or []
     if len(labels) != 1:
-        raise ValueError(f"task {task_id}: region {result.get('id')} has labels {labels}, expected exactly one")
+        raise ValueError(
+            f"task {short_repr(task_id)}: region {short_repr(result.get('id'))} has labels {short_repr(labels)}, "
+            "expected exactly one"
+        )
     if labels[0] not in lookup:
-        raise ValueError(f"task {task_id}: label {labels[0]!r} is not one of our categories")
+        raise ValueError(f"task {short_repr(task_id)}: label {short_repr(labels[0])} is not one of our categories")
     if kind == "brushlabels":
         if "rle" not in value:
-            raise ValueError(f"task {task_id}: brush region {result.get('id')} has no rle")
+            raise ValueError(f"task {short_repr(task_id)}: brush region {short_repr(result.get('id'))} has no rle")
         mask = decode_mask(value["rle"], height, width)
     else:
         try:
             xy = np.asarray(value.get("points") or [], dtype=float).reshape(-1, 2)
         except (TypeError, ValueError):
             raise ValueError(
-                f"task {task_id}: polygon region {_short(result.get('id'))} has points that are not [x, y] number pairs"
+                f"task {short_repr(task_id)}: polygon region {short_repr(result.get('id'))} has points that are not "
+                "[x, y] number pairs"
             ) from None
         if not np.isfinite(xy).all():  # NaN / inf would paint nothing: a silent "nothing annotated" review
             raise ValueError(
-                f"task {task_id}: polygon region {_short(result.get('id'))} has points that are not finite numbers"
+                f"task {short_repr(task_id)}: polygon region {short_repr(result.get('id'))} has points that are not "
+                "finite numbers"
             )
         mask = polygons_to_mask([(xy * (width / 100.0, height / 100.0)).ravel().tolist()], height, width)
     return lookup[labels[0]], mask
@@ -354,10 +371,36 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
     """``repr`` of a value from a review file, cut to ``limit`` characters: error lines stay one short line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+MAX_ERROR_CHARS = 300
+
+
+@contextmanager
+def blame(what: str) -> Iterator[None]:
+    """Errors reading one part of a review file (``what``: "task 12", "annotation 5") as one ``ValueError`` line
+    that names it, cut to ``MAX_ERROR_CHARS``: wrong JSON types (a list where a number belongs, a string where an
+    object does) raise TypeError / AttributeError / KeyError deep down, and a 10 MB name must not make a 10 MB
+    line."""
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError) as e:
+        if isinstance(e, KeyError):
+            message = f"missing field {short_repr(e.args[0] if e.args else None)}"
+        elif isinstance(e, ValueError):
+            message = str(e)
+        else:
+            message = f"wrong JSON type ({type(e).__name__}: {e})"
+        if not message.startswith(what):
+            message = f"{what}: {message}"
+        message = " ".join(message.split())  # one line
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 3] + "..."
+        raise ValueError(message) from None
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

@@ -23,7 +23,7 @@ from maskclip_core.dataset.reviews import review_rows, write_reviewed
 from maskclip_core.dataset.rle import label_map_from_masks
 from maskclip_core.dataset.schema import REVIEW_TOOLS
 from maskclip_core.interchange.coco import COCO_CONTRIBUTOR
-from maskclip_core.interchange.label_studio import import_label_studio
+from maskclip_core.interchange.label_studio import blame, import_label_studio, short_repr
 from maskclip_core.interchange.polygons import polygons_to_mask
 from maskclip_core.storage.fs import read_bytes, read_json
 
@@ -51,43 +51,78 @@ def import_coco_reviews(
         coco = read_json(coco, storage_options)
     lookup = category_lookup(categories)
     ours: dict[int, int | None] = {}  # COCO category id -> our id (None: unknown, skipped)
-    for c in coco.get("categories", []):
-        ours[int(c["id"])] = lookup.get(str(c["name"]))
-        if ours[int(c["id"])] is None and strict:
-            raise ValueError(f"COCO category {c['name']!r} is not one of our categories")
+    # A wrong JSON type (a list id, a string segmentation, ...) is one short line naming the entry.
+    with blame("COCO file"):
+        entries = {key: list(_entries(coco, key)) for key in ("categories", "annotations", "images")}
+    for i, c in enumerate(entries["categories"]):
+        with blame(_entry_name("COCO category", c, i)):
+            ours[int(c["id"])] = lookup.get(str(c["name"]))
+            if ours[int(c["id"])] is None and strict:
+                raise ValueError(f"its name {short_repr(c['name'])} is not one of our categories")
     link = _image_linker(images)
 
     by_image: dict[int, list[Mapping[str, Any]]] = {}
-    for ann in coco.get("annotations", []):
-        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    for i, ann in enumerate(entries["annotations"]):
+        with blame(_entry_name("annotation", ann, i)):
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
     reviewed = []
-    for info in coco.get("images", []):
-        anns = by_image.get(int(info["id"]))
-        if not anns:
-            continue
-        target = link(info)
-        if target is None:
-            if strict:
-                raise ValueError(f"COCO image {info.get('file_name')!r} matches none of our images")
-            continue
-        image_id, sha256 = target
-        h, w = int(info["height"]), int(info["width"])
-        masks = []
-        for ann in anns:
+    for i, info in enumerate(entries["images"]):
+        with blame(_entry_name("COCO image", info, i)):
+            review = _coco_review(info, by_image, ours, link, strict)
+        if review is not None:
+            reviewed.append(review)
+    return reviewed
+
+
+def _coco_review(
+    info: Mapping[str, Any],
+    by_image: Mapping[int, list[Mapping[str, Any]]],
+    ours: Mapping[int, int | None],
+    link: Callable[[Mapping[str, Any]], tuple[int, str] | None],
+    strict: bool,
+) -> ReviewedImage | None:
+    """One COCO image's reviewed label map; None when it has no annotation or (not ``strict``) is not ours."""
+    anns = by_image.get(int(info["id"]))
+    if not anns:
+        return None
+    target = link(info)
+    if target is None:
+        if strict:
+            raise ValueError(f"COCO image {short_repr(info.get('file_name'))} matches none of our images")
+        return None
+    image_id, sha256 = target
+    h, w = int(info["height"]), int(info["width"])
+    masks = []
+    for ann in anns:
+        with blame(f"annotation {short_repr(ann.get('id'))}"):
             cid = ours.get(int(ann["category_id"]))
             if cid is None:
                 if strict:
-                    raise ValueError(f"annotation {ann.get('id')} has unknown category id {ann['category_id']}")
+                    raise ValueError(
+                        f"annotation {short_repr(ann.get('id'))} has unknown category id "
+                        f"{short_repr(ann['category_id'])}"
+                    )
                 continue
-            try:
-                m = _segmentation_mask(ann.get("segmentation"), h, w)
-            except ValueError as e:
-                raise ValueError(f"annotation {ann.get('id')}: {e}") from None
-            if m is not None:
-                masks.append((cid, m))
-        label_map = label_map_from_masks(masks, h, w)
-        reviewed.append(ReviewedImage(image_id=image_id, label_map=label_map, sha256=sha256, tool="coco"))
-    return reviewed
+            m = _segmentation_mask(ann.get("segmentation"), h, w)
+        if m is not None:
+            masks.append((cid, m))
+    label_map = label_map_from_masks(masks, h, w)
+    return ReviewedImage(image_id=image_id, label_map=label_map, sha256=sha256, tool="coco")
+
+
+def _entries(coco: Mapping[str, Any], key: str) -> list[Any]:
+    """``coco[key]``, which must be a list (of objects: each is checked where it is read)."""
+    value = coco.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _entry_name(kind: str, entry: Any, index: int) -> str:
+    """How an error names a COCO entry: by its id when it has one, else by its position."""
+    if isinstance(entry, Mapping) and entry.get("id") is not None:
+        return f"{kind} {short_repr(entry.get('id'))}"
+    return f"{kind} #{index}"
 
 
 def read_reviews(
@@ -123,7 +158,8 @@ def _image_linker(images: Iterable[ExportImage] | None) -> Callable[[Mapping[str
             img = by_base[posixpath.basename(name)][0]
         if img is not None and (img.height, img.width) != (int(info["height"]), int(info["width"])):
             raise ValueError(
-                f"COCO image {name!r} is {info['height']}x{info['width']}, ours is {img.height}x{img.width}"
+                f"COCO image {short_repr(name)} is {short_repr(info['height'])}x{short_repr(info['width'])}, "
+                f"ours is {img.height}x{img.width}"
             )
         return None if img is None else (img.image_id, img.sha256)
 
@@ -137,7 +173,7 @@ def _segmentation_mask(seg: Any, height: int, width: int) -> np.ndarray | None:
     if isinstance(seg, list):
         return polygons_to_mask(seg, height, width)
     if [int(v) for v in seg["size"]] != [height, width]:
-        raise ValueError(f"mask size {seg['size']} differs from image size {[height, width]}")
+        raise ValueError(f"mask size {short_repr(seg['size'])} differs from image size {[height, width]}")
     rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
     return mask_utils.decode(rle).astype(bool)
 
@@ -168,7 +204,10 @@ def import_reviews(
     if not categories:
         raise ValueError(f"{dataset_url} holds no categories: nothing was labeled there")
     raw = read_bytes(review_url, review_storage_options)
-    doc = json.loads(raw)
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{review_url} nests JSON too deeply to be a review file") from None
     # The importers take a str as the URL of a file to read (their Python API); a file's own content is never
     # one: a review file whose JSON is a string naming a path or an http address must not be followed there.
     expected = (list, dict) if fmt == "label-studio" else (dict,)
@@ -241,8 +280,13 @@ def _parse_reviews(
 ) -> list[ReviewedImage]:
     if fmt == "label-studio":
         return import_label_studio(doc, categories)
-    ids = {int(image["id"]) for image in doc.get("images", [])}
-    from_us = (doc.get("info") or {}).get("contributor") == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
+    ids = set()
+    for i, image in enumerate(doc.get("images", []) if isinstance(doc.get("images", []), list) else []):
+        with blame(_entry_name("COCO image", image, i)):
+            ids.add(int(image["id"]))
+    info = doc.get("info")
+    contributor = info.get("contributor") if isinstance(info, Mapping) else None
+    from_us = contributor == COCO_CONTRIBUTOR or bool(ids and ids <= ours.keys())
     matchable = None if from_us else list(ours.values())
     return import_coco_reviews(doc, categories, images=matchable, strict=strict)
 

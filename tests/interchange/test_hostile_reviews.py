@@ -157,3 +157,94 @@ def test_other_top_level_values_are_refused(built, tmp_path, capsys, fmt, doc):
 
 def test_a_list_is_not_a_coco_file(built, tmp_path, capsys):
     refused(capsys, built, "coco", write(tmp_path / "r.json", [polygon_task(built, GOOD_POINTS)]))
+
+
+# --- wrong JSON types and huge strings: one bounded line naming the task ---------------------------------
+
+MAX_LINE = 400  # an error line stays short whatever the file holds
+
+
+def brush_task(built: Built, rle: Any) -> dict[str, Any]:
+    task = polygon_task(built, GOOD_POINTS)
+    region = task["annotations"][0]["result"][0]
+    region["type"] = "brushlabels"
+    region["value"] = {"format": "rle", "rle": rle, "brushlabels": ["cat"]}
+    return task
+
+
+def _set(task: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *keys, last = path.split(".")
+    target: Any = task
+    for key in keys:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    target[last] = value
+    return task
+
+
+HOSTILE_TASKS = {
+    "list image_id": lambda b: _set(polygon_task(b, GOOD_POINTS), "data.image_id", [1, 2]),
+    "dict image_id": lambda b: _set(polygon_task(b, GOOD_POINTS), "data.image_id", {"a": 1}),
+    "string rle": lambda b: brush_task(b, "AAAA"),
+    "dict rle": lambda b: brush_task(b, {"x": 1}),
+    "dict annotations": lambda b: _set(polygon_task(b, GOOD_POINTS), "annotations", {"a": {"result": []}}),
+    "string annotation": lambda b: _set(polygon_task(b, GOOD_POINTS), "annotations", ["x"]),
+    "string result": lambda b: _set(polygon_task(b, GOOD_POINTS), "annotations.0.result", "x"),
+    "string region": lambda b: _set(polygon_task(b, GOOD_POINTS), "annotations.0.result", ["x"]),
+    "string value": lambda b: _set(polygon_task(b, GOOD_POINTS), "annotations.0.result.0.value", "x"),
+    "string data": lambda b: _set(polygon_task(b, GOOD_POINTS), "data", "x"),
+    "list height": lambda b: _set(polygon_task(b, GOOD_POINTS), "data.height", [32]),
+    "string points": lambda b: polygon_task(b, "0,0,1,1"),
+    "ragged points": lambda b: polygon_task(b, [[0, 0], [1], [2, 2, 2]]),
+    "10 MB label": lambda b: polygon_task(b, GOOD_POINTS, label="x" * 10_000_000),
+    "list label": lambda b: polygon_task(b, GOOD_POINTS, label=["cat"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TASKS))
+def test_wrong_types_are_one_bounded_line_naming_the_task(built, tmp_path, capsys, case):
+    review = write(tmp_path / "r.json", [HOSTILE_TASKS[case](built)])
+    err = refused(capsys, built, "label-studio", review)
+    assert "task 41" in err and len(err) < MAX_LINE, err[:MAX_LINE]
+
+
+def test_a_huge_task_id_is_cut_too(built, tmp_path, capsys):
+    task = _set(polygon_task(built, GOOD_POINTS, task_id="y" * 10_000_000), "data.image_id", [1])
+    err = refused(capsys, built, "label-studio", write(tmp_path / "r.json", [task]))
+    assert "task 'yyy" in err and len(err) < MAX_LINE
+
+
+def test_a_non_object_task_after_a_good_one_is_named(built, tmp_path, capsys):
+    err = refused(capsys, built, "label-studio", write(tmp_path / "r.json", [polygon_task(built, GOOD_POINTS), "x"]))
+    assert "item 1" in err and len(err) < MAX_LINE
+
+
+COCO_HOSTILE = {
+    "dict annotations": lambda d: {**d, "annotations": {"a": 1}},
+    "string image": lambda d: {**d, "images": ["x"]},
+    "list image id": lambda d: {**d, "images": [{**d["images"][0], "id": [1]}]},
+    "list category id": lambda d: {**d, "categories": [{"id": [1], "name": "cat"}]},
+    "string segmentation": lambda d: {**d, "annotations": [{**d["annotations"][0], "segmentation": "x"}]},
+    "string counts": lambda d: {
+        **d,
+        "annotations": [{**d["annotations"][0], "segmentation": {"size": [32, 48], "counts": 5}}],
+    },
+    "10 MB category name": lambda d: {**d, "categories": [{"id": 1, "name": "x" * 10_000_000}]},
+}
+
+
+@pytest.mark.parametrize("case", list(COCO_HOSTILE))
+def test_wrong_types_in_a_coco_file_are_one_bounded_line(built, tmp_path, capsys, case):
+    image_id = built.ids["a/img.png"]
+    good = {
+        "images": [{"id": image_id, "file_name": "a/img.png", "height": 32, "width": 48}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 5, "image_id": image_id, "category_id": 1, "segmentation": [[0, 0, 9, 0, 9, 9]]}],
+    }
+    err = refused(capsys, built, "coco", write(tmp_path / "c.json", COCO_HOSTILE[case](good)))
+    assert len(err) < MAX_LINE, err[:MAX_LINE]
+
+
+def test_deeply_nested_json_is_one_line(built, tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    refused(capsys, built, "label-studio", str(path))
