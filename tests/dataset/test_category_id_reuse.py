@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.cli_runner import run_cli as cli
 from support.review_store import CONFIG, build_store, run
 
 from maskclip_core.dataset.label_dataset import LabelDataset
@@ -21,15 +22,6 @@ EVIL = "categories/part-evil.parquet"
 @pytest.fixture
 def built(tmp_path: Path):
     return build_store(str(tmp_path / "out"), tmp_path / "src")
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from cli.main import main
-
-    capsys.readouterr()
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def exported_categories(capsys, built, dest: Path) -> list[tuple[int, str]]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.cli_runner import run_cli as cli
 from support.review_store import CONFIG, build_store, run
 from test_manifest import labeling, write_v1_dataset
 
@@ -18,15 +19,6 @@ from maskclip_core.dataset.manifest import MANIFEST_NAME, DatasetFormatError
 @pytest.fixture
 def built(tmp_path: Path):
     return build_store(str(tmp_path / "out"), tmp_path / "src")
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from cli.main import main
-
-    capsys.readouterr()
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def labeled_by(capsys, url: str, dest: Path, labeler: str) -> list[dict]:
