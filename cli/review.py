@@ -151,11 +151,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     fields = {**field_values(args, EXPORT), "dataset": args.dataset, "destination": args.destination}
     with readable_validation_errors():
         params = ExportParameters(**fields)  # unset options keep the model's defaults
-    summary = export_dataset(params, args.storage_options)
-    print(json.dumps(summary, indent=2))
-    if summary["images"] == 0:
-        print("maskclip: warning: no image matched the selection; the export is empty", file=sys.stderr)
-    return 0
+    return _report_selection(export_dataset(params, args.storage_options), "the export is empty")
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -209,9 +205,14 @@ def _cmd_review_push(args: argparse.Namespace) -> int:
         polygon_tolerance=tolerance,
         storage_options=args.storage_options,
     )
+    return _report_selection(summary, "nothing was pushed")
+
+
+def _report_selection(summary: dict[str, Any], empty: str) -> int:
+    """Print a command's JSON summary; an empty selection is a warning, not an error (exit 0)."""
     print(json.dumps(summary, indent=2))
     if summary["images"] == 0:
-        print("maskclip: warning: no image matched the selection; nothing was pushed", file=sys.stderr)
+        print(f"maskclip: warning: no image matched the selection; {empty}", file=sys.stderr)
     return 0
 
 

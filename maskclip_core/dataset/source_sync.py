@@ -72,13 +72,18 @@ def mark_gone(
     current = current.filter(pc.not_equal(current["status"], GONE))
     # Decide on the uri column alone; only the rows that left become Python dicts (a million-image dataset
     # as dicts would take gigabytes).
-    in_scope = [(i, uri) for i, uri in enumerate(current["uri"].to_pylist()) if _ours(uri, root_uri, exts, pattern)]
-    missing = [i for i, uri in in_scope if uri_digest(uri) not in listed]
-    if missing and len(missing) > max_gone_fraction * len(in_scope):
-        uris = current["uri"].take(missing).unique()
-        held = len({uri for _, uri in in_scope})
+    uris = current["uri"].to_pylist()
+    in_scope, missing = 0, []
+    for i, uri in enumerate(uris):
+        if _ours(uri, root_uri, exts, pattern):
+            in_scope += 1
+            if uri_digest(uri) not in listed:
+                missing.append(i)
+    if missing and len(missing) > max_gone_fraction * in_scope:  # rows per config: a share of files alike
+        held = len({uri for uri in uris if _ours(uri, root_uri, exts, pattern)})
+        left = current["uri"].take(missing).unique()
         raise SourceVanished(
-            f"the listing of {source} misses {len(uris)} of the {held} files the dataset holds from it "
+            f"the listing of {source} misses {len(left)} of the {held} files the dataset holds from it "
             f"(more than max_gone_fraction={max_gone_fraction:g}): nothing was marked gone. An unmounted folder or a "
             "wrong prefix looks like this; if the files were deleted, run again with --max-gone-fraction 1"
         )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -351,60 +349,8 @@ def test_export_flow_writes_files_and_a_summary_artifact(built, tmp_path, prefec
 
 def odd_named_store(root: Path, names: list[str]) -> Built:
     """A store whose labeled images carry ``names`` (relative to the source folder), each labeled like
-    ``a/img.png`` (cat left half, dog right half), in one batch through the labeling path."""
-    from support.review_store import CLASSES, FILTER, prediction, write_image
-
-    from maskclip_core.dataset.ids import image_id_from_sha256
-    from maskclip_core.dataset.label_dataset import LabelDataset
-    from maskclip_core.labeling.annotations import encode_annotations
-    from maskclip_core.labeling.filter import filter_labels
-    from maskclip_core.types import SegmentationResult
-
-    store = LabelDataset(str(root / "out"))
-    built = Built(store=store, source=root / "src")
-    built.category_ids = store.ensure_categories(CLASSES)
-    category_ids = [built.category_ids[n] for n in NAMES]
-    rows, anns = [], []
-    for seed, name in enumerate(names):
-        data = write_image(built.source / name, seed=seed)
-        digest = hashlib.sha256(data).hexdigest()
-        image_id = image_id_from_sha256(digest)
-        labels, conf = prediction("a/img.png")
-        result = SegmentationResult(
-            labels=labels,
-            confidence=conf,
-            class_scores=np.array([conf[labels == k].max(initial=0) for k in range(3)], np.float32),
-            dropped=np.zeros(3, bool),
-            class_names=NAMES,
-        )
-        filtered = filter_labels(result, FILTER)
-        labeling_id = f"{CONFIG}:{digest[:16]}"
-        rows.append(
-            {
-                "image_id": image_id,
-                "uri": str(built.source / name),
-                "sha256": digest,
-                "width": labels.shape[1],
-                "height": labels.shape[0],
-                "status": "labeled",
-                "reason": None,
-                "config_hash": CONFIG,
-                "labeling_id": labeling_id,
-                "labeler": "maskclip",
-                "round": 0,
-                "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
-            }
-        )
-        anns += encode_annotations(
-            filtered, category_ids=category_ids, image_id=image_id, labeling_id=labeling_id, labeler="maskclip", round=0
-        )
-        built.ids[name] = image_id
-        built.status[image_id] = "labeled"
-        built.masks[image_id] = {
-            category_ids[r.class_index]: filtered.labels == r.class_index for r in filtered.regions
-        }
-    store.write_batch(rows, anns, part_name=f"{CONFIG}-odd")
-    return built
+    ``a/img.png`` (cat left half, dog right half), in one batch."""
+    return build_store(str(root / "out"), root / "src", batches=[names], predict_as="a/img.png")
 
 
 # Names whose item id (the name without extension) datumaro's VOC reader, which CVAT imports with, would
@@ -459,3 +405,11 @@ def test_json_exports_carry_any_name_and_cvat_mask_reads_back_odd_but_listable_n
         assert {ids[n] for n in got} == odd_only.masks[image_id].keys()
         for name, mask in got.items():
             np.testing.assert_array_equal(mask, odd_only.masks[image_id][ids[name]])
+
+
+def test_an_empty_selection_exports_nothing_with_a_warning(built, tmp_path, capsys):
+    from support.cli_runner import run_cli
+
+    code, out, err = run_cli(capsys, *export(built, "coco", tmp_path / "none.json", "--max-score", "0"))
+    assert code == 0 and json.loads(out)["images"] == 0
+    assert "warning: no image matched the selection; the export is empty" in err

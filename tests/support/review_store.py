@@ -32,6 +32,7 @@ from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.labeling.annotations import encode_annotations
 from maskclip_core.labeling.filter import FilterConfig, filter_labels
 from maskclip_core.types import SegmentationResult
+from support.cli_runner import run_cli
 
 H, W = 32, 48
 CLASSES = (("cat", ["kitty"]), ("dog", []), ("grass", []))
@@ -80,13 +81,21 @@ def write_image(path: Path, seed: int) -> bytes:
 
 
 def build_store(
-    output_url: str, source: Path, storage_options: dict[str, Any] | None = None, config: str = CONFIG
+    output_url: str,
+    source: Path,
+    storage_options: dict[str, Any] | None = None,
+    config: str = CONFIG,
+    *,
+    batches: list[list[str]] | None = None,
+    predict_as: str | None = None,
 ) -> Built:
+    """A dataset of ``batches`` of files (default: the four above, in two batches), each labeled as
+    :func:`prediction` says for its name, or for ``predict_as`` when given."""
     store = LabelDataset(output_url, storage_options)
     built = Built(store=store, source=source)
     built.category_ids = store.ensure_categories(CLASSES)
     category_ids = [built.category_ids[n] for n in NAMES]
-    batches = [["a/img.png", "b/img.png"], ["b/c/other.png", "d.png"]]
+    batches = batches or [["a/img.png", "b/img.png"], ["b/c/other.png", "d.png"]]
     t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     for b, names in enumerate(batches):
         rows, anns = [], []
@@ -95,7 +104,7 @@ def build_store(
             data = path.read_bytes() if path.exists() else write_image(path, seed=len(built.ids))
             digest = hashlib.sha256(data).hexdigest()
             image_id = image_id_from_sha256(digest)
-            labels, conf = prediction(name)
+            labels, conf = prediction(predict_as or name)
             result = SegmentationResult(
                 labels=labels,
                 confidence=conf,
@@ -153,19 +162,13 @@ def label_map(built: Built, image_id: int) -> np.ndarray:
 
 def run(capsys: Any, *argv: str) -> dict:
     """Run ``maskclip export|import|evaluate ...``, expect success, return the printed JSON summary."""
-    from cli.main import main
-
-    capsys.readouterr()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
+    rc, out, err = run_cli(capsys, *argv)
     assert rc == 0, err
     return json.loads(out)
 
 
 def fails(capsys: Any, *argv: str) -> str:
     """Run ``maskclip ...``, expect a user error (exit 2), return stderr."""
-    from cli.main import main
-
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    return capsys.readouterr().err
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2
+    return err
