@@ -37,7 +37,7 @@ class SourceFile:
 
     uri: str  # full URL with protocol (s3://bucket/key), or an absolute path for local files
     size: int
-    version: str  # ETag on object stores, modification time elsewhere; compare for equality only
+    version: str  # ETag on object stores, stat fields for local files, mtime elsewhere; compare for equality only
 
 
 def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -82,7 +82,7 @@ def iter_source_files(
     Memory stays flat however many files there are:
 
     - local folders: one directory's sorted path names at a time (no info dict per file), each file stat'ed
-      as it is yielded; only regular files are listed; a symlinked file has its target's size and mtime, a
+      as it is yielded; only regular files are listed; a symlinked file has its target's size and version, a
       symlinked directory is not followed;
     - S3 (s3fs): one page of ``list_objects_v2`` (1,000 keys) at a time, in the store's key order (sorted on
       S3 and the usual compatible stores), without filling s3fs's listing cache, so a long-lived process
@@ -119,7 +119,7 @@ def iter_source_files(
 def _local_files(fs: LocalFileSystem, root: str) -> Iterator[tuple[str, int, str]]:
     st = os.stat(root)  # FileNotFoundError for a missing source
     if not stat.S_ISDIR(st.st_mode):
-        yield root, st.st_size, _mtime_version(st)
+        yield root, st.st_size, local_version(st)
         return
     yield from _local_directory(fs, root)
 
@@ -144,14 +144,23 @@ def _local_directory(fs: LocalFileSystem, directory: str) -> Iterator[tuple[str,
             if not os.path.islink(path):  # a linked directory could make a cycle
                 subdirs.append(path)
         elif stat.S_ISREG(st.st_mode):  # not FIFOs, sockets or devices: reading them could block
-            yield path, st.st_size, _mtime_version(st)
+            yield path, st.st_size, local_version(st)
     del paths
     for sub in subdirs:
         yield from _local_directory(fs, sub)
 
 
-def _mtime_version(st: os.stat_result) -> str:
-    return _version({"mtime": st.st_mtime})  # the token fsspec's local info gives: mtime:<float seconds>
+def local_version(st: os.stat_result) -> str:
+    """A local file's change token from one ``stat``: mtime, ctime, size and inode, never its bytes.
+
+    mtime alone misses an edit whose mtime was put back (``cp -p``, ``rsync -t``, archive extraction, ``touch
+    -r``). ctime cannot be set by the user: every content write, and the ``utime`` that restores an mtime,
+    moves it; a file replaced by rename (rsync, editors) also gets a new inode. So the token changes whenever
+    the content may have; it also changes on chmod / chown / rename, which costs one read and SHA-256 of the
+    file (its bytes are known, so its labeling is reused, not redone). Reading every file on every run to
+    hash it would cost the whole source's bytes each run.
+    """
+    return f"stat:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_size}:{st.st_ino}"
 
 
 def _is_plain_s3(fs: fsspec.AbstractFileSystem) -> bool:

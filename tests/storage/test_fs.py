@@ -18,6 +18,7 @@ from maskclip_core.storage.fs import (
     atomic_write_bytes,
     iter_source_files,
     join_url,
+    local_version,
     read_bytes,
     resolve,
     sha256_hex,
@@ -82,7 +83,7 @@ def test_local_listing_order_filter_and_hidden(tmp_path: Path) -> None:
     assert _rel(files, str(tmp_path)) == VISIBLE_IMAGES
     assert all(os.path.isabs(f.uri) and Path(f.uri).is_file() for f in files)
     assert [f.size for f in files] == [len(TREE[r]) for r in VISIBLE_IMAGES]
-    assert all(f.version.startswith("mtime:") for f in files)
+    assert all(f.version.startswith("stat:") for f in files)
 
 
 def test_listing_through_file_url_gives_plain_paths(tmp_path: Path) -> None:
@@ -134,6 +135,19 @@ def test_version_changes_with_content(tmp_path: Path) -> None:
     os.utime(tmp_path / "a.jpg", (2_000_000, 2_000_000))
     (after,) = iter_source_files(str(tmp_path))
     assert before.version != after.version
+
+
+def test_version_changes_with_content_whose_mtime_was_put_back(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t`` and archive extraction restore the mtime of a file whose bytes changed."""
+    (tmp_path / "a.jpg").write_bytes(b"old")
+    os.utime(tmp_path / "a.jpg", ns=(1_000_000_000_000, 1_000_000_000_000))
+    (before,) = iter_source_files(str(tmp_path))
+    (tmp_path / "a.jpg").write_bytes(b"new")  # same size
+    os.utime(tmp_path / "a.jpg", ns=(1_000_000_000_000, 1_000_000_000_000))
+    (after,) = iter_source_files(str(tmp_path))
+    assert before.version != after.version
+    (again,) = iter_source_files(str(tmp_path))
+    assert again.version == after.version  # an untouched file keeps its token: no reread
 
 
 def test_listing_streams_one_directory_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,7 +350,7 @@ def test_s3_single_object_and_missing_prefix(s3_server) -> None:
 
 
 def test_local_listing_links_and_special_files(tmp_path: Path) -> None:
-    """A symlinked file is listed with its target's size and mtime; a symlinked folder is not followed
+    """A symlinked file is listed with its target's size and version; a symlinked folder is not followed
     (no cycles); FIFOs are not listed (reading one would block)."""
     real = tmp_path / "real"
     real.mkdir()
@@ -349,4 +363,4 @@ def test_local_listing_links_and_special_files(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "src" / "pipe.jpg")
     files = list(iter_source_files(str(tmp_path / "src")))
     assert [f.uri for f in files] == [str(tmp_path / "src" / "link.jpg")]
-    assert files[0].size == 3 and files[0].version == "mtime:1000000.0"
+    assert files[0].size == 3 and files[0].version == local_version(os.stat(real / "a.jpg"))
