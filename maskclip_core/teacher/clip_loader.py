@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import pickle
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
 from maskclip_core.device import resolve_device
+from maskclip_core.teacher.hub import hub_downloads
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def clip_models() -> dict[str, tuple[str, ...]]:
     }
 
 
-def _offline_message(model_name: str, pretrained: str, cause: Exception) -> str:
+def _offline_message(model_name: str, pretrained: str, cause: Exception | str) -> str:
     return (
         f"Could not obtain the pretrained weights '{pretrained}' for {model_name}: {cause}\n"
         f"This machine cannot download them (no access to the model hub). Fixes:\n"
@@ -183,9 +185,11 @@ def load_clip(
     device = resolve_device(device)
     pretrained_arg: str | None = None if is_random(pretrained) else str(pretrained)
 
+    tag_cfg: dict[str, Any] = {}
+    if pretrained_arg is not None and not os.path.isfile(pretrained_arg):
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained_arg) or {}
     if quick_gelu is None:
         if pretrained_arg is not None and not os.path.isfile(pretrained_arg):
-            tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained_arg)
             if not tag_cfg:
                 tags = open_clip.list_pretrained_tags_by_model(model_name)
                 raise WeightsUnavailableError(
@@ -199,6 +203,7 @@ def load_clip(
         else:
             quick_gelu = False
 
+    unreachable: str | None = None  # why the hub did not answer its probe
     try:
         if pretrained_arg is None:
             # Fork the RNG so random weights depend on the seed only, and the caller's RNG is untouched.
@@ -208,15 +213,20 @@ def load_clip(
                     model_name, pretrained=None, precision=precision, device=device, force_quick_gelu=quick_gelu
                 )
         else:
-            model = open_clip.create_model(
-                model_name,
-                pretrained=pretrained_arg,
-                precision=precision,
-                device=device,
-                force_quick_gelu=quick_gelu,
-                cache_dir=cache_dir,
-                require_pretrained=True,
-            )
+            # A tag open_clip fetches from the Hugging Face hub: probed first, so an unreachable hub fails at
+            # once (cached weights still load) instead of after a minute of retries.
+            with hub_downloads() if tag_cfg.get("hf_hub") else nullcontext() as unreachable:
+                if unreachable:  # cached weights load; otherwise this fails here, before open_clip logs it
+                    open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+                model = open_clip.create_model(
+                    model_name,
+                    pretrained=pretrained_arg,
+                    precision=precision,
+                    device=device,
+                    force_quick_gelu=quick_gelu,
+                    cache_dir=cache_dir,
+                    require_pretrained=True,
+                )
     except pickle.UnpicklingError as exc:  # torch's weights_only loader met Python objects beyond tensors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsUnavailableError(
@@ -226,7 +236,8 @@ def load_clip(
     except (RuntimeError, OSError, FileNotFoundError) as exc:
         if pretrained_arg is None:
             raise
-        raise WeightsUnavailableError(_offline_message(model_name, pretrained_arg, exc)) from exc
+        cause = f"{unreachable}, and they are not in the local hub cache" if unreachable else exc
+        raise WeightsUnavailableError(_offline_message(model_name, pretrained_arg, cause)) from exc
 
     _check_supported(model, model_name)
     model.eval()

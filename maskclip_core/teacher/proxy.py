@@ -102,12 +102,17 @@ def load_proxy(
         local = weights != "pretrained"
         if local and not os.path.isfile(weights):
             raise WeightsUnavailableError(f"proxy weights '{weights}': no such file (or use 'pretrained' / 'none')")
+        from maskclip_core.teacher.hub import hub_downloads
+
         overlay = {"file": weights} if local else None
-        try:
-            model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        unreachable = None
+        try:  # a hub download is probed first: an unreachable hub fails at once, not after a minute of retries
+            with contextlib.nullcontext() if local else hub_downloads() as unreachable:
+                model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except (RuntimeError, OSError, ValueError) as exc:  # offline hub, missing tag, unreadable file
+            cause = f"{unreachable}, and they are not in the local hub cache" if unreachable else exc
             raise WeightsUnavailableError(
-                f"Could not obtain the proxy weights for {timm_name} ({weights}): {exc}. Without access to the "
+                f"Could not obtain the proxy weights for {timm_name} ({weights}): {cause}. Without access to the "
                 f"model hub pass a local file (--proxy-weights /path/to/weights.pth or .safetensors, from "
                 f"timm's hub or the original DINO/DINOv2 release), or --proxy-weights none for random weights."
             ) from exc

@@ -71,3 +71,69 @@ def test_offline_download_failure_names_the_local_checkpoint_fix(monkeypatch):
     # deployment runs have no command line: the message names the parameter of the Run form too
     assert "labeler.config.pretrained=/path/to/ViT-B-16.pt" in message
     assert '--param labeler=\'{"config": {"pretrained": "/path/to/ViT-B-16.pt"}}\'' in message
+
+
+# --- an unreachable model hub: one message within seconds, cached weights still load -----------------------
+
+
+def _tiny_hub_tag(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """A hub-hosted tag 'test' for the tiny ViT, and the hub's endpoint pointed at ``endpoint``."""
+    import huggingface_hub.constants as hf_constants
+    import open_clip.pretrained as pretrained
+
+    from maskclip_core.teacher import hub
+
+    monkeypatch.setitem(pretrained._PRETRAINED, "maskclip-tiny-ViT", {"test": {"hf_hub": "maskclip/tiny-test/"}})
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_verdicts", {})
+
+
+@pytest.mark.parametrize("endpoint", ["http://unresolvable.invalid", "http://127.0.0.1:9"])
+def test_an_unreachable_hub_fails_at_once_with_one_message(
+    endpoint: str, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    _tiny_hub_tag(monkeypatch, endpoint)
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_clip("maskclip-tiny-ViT", "test", device="cpu", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 5  # huggingface_hub's retries took ~25 s per file
+    message = str(info.value)
+    assert ("name lookup of unresolvable.invalid failed" in message) or ("no connection to 127.0.0.1:9" in message)
+    assert "not in the local hub cache" in message and "--pretrained none" in message
+    assert not [r for r in caplog.records if r.levelno >= 30]  # no retry warnings, no second error
+
+
+def test_cached_weights_load_while_the_hub_is_unreachable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    src = load_clip("maskclip-tiny-ViT", "none", device="cpu", seed=5)
+    snapshot = tmp_path / "models--maskclip--tiny-test" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(src.model.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    (tmp_path / "models--maskclip--tiny-test" / "refs").mkdir()
+    (tmp_path / "models--maskclip--tiny-test" / "refs" / "main").write_text("0" * 40)
+    _tiny_hub_tag(monkeypatch, "http://unresolvable.invalid")
+    loaded = load_clip("maskclip-tiny-ViT", "test", device="cpu", cache_dir=str(tmp_path))
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(loaded.model.encode_image(x), src.model.encode_image(x))
+    assert hf_constants.HF_HUB_OFFLINE is False  # the offline switch is undone after the load
+
+
+def test_a_reachable_hub_is_left_to_its_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from maskclip_core.teacher import hub
+
+    monkeypatch.setattr(hub, "_verdicts", {})
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert hub.unreachable_reason(url) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a proxy is what a request connects to first
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert "127.0.0.1:9" in (hub.unreachable_reason("https://hub.example") or "")
