@@ -18,13 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = commands.add_parser(
         "check",
         help="verify every part (footer, schema, rows, committed annotations)",
-        description="Verifies every part under images/, annotations/ and categories/. With --repair, moves bad "
-        "and orphan parts to quarantine/ with a report and marks the images that lost their labels, so the next "
-        "`maskclip label` relabels exactly them. Exit 1 when problems remain.",
+        description="Verifies every part under images/, annotations/ and categories/, and lists what killed runs "
+        "left (stale _tmp-* files, annotations parts no images row commits): residue, which readers skip. With "
+        "--repair, moves bad parts to quarantine/ with a report, marks the images that lost their labels, so the "
+        "next `maskclip label` relabels exactly them, and deletes the residue. Exit 1 when problems remain "
+        "(residue alone is not one).",
         formatter_class=HelpFormatter,
     )
     add_dataset_option(c, "the Parquet dataset to check")
-    c.add_argument("--repair", action="store_true", help="quarantine bad parts and mark their images for relabeling")
+    c.add_argument(
+        "--repair", action="store_true", help="quarantine bad parts, mark their images for relabeling, delete residue"
+    )
     add_storage_options(c)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_cmd_check)

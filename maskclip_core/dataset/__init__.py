@@ -26,6 +26,7 @@ Modules:
 - ``parquet``: pyarrow's view of an fsspec filesystem, part bytes, a table folder as a dataset
 - ``integrity``: a damaged part refused in one line (``DatasetDamaged``)
 - ``check``: ``maskclip dataset check [--repair]``, quarantine
+- ``residue``: what killed runs leave (stale temporary files, never-committed parts), told apart from damage
 - ``source_sync``: files a complete listing no longer shows marked gone
 - ``lease``: one writing run at a time, with expiry
 """

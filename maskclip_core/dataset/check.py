@@ -4,14 +4,18 @@ Checks, per part of every table (``dataset.schema.TABLES``): the Parquet footer,
 (:func:`~maskclip_core.dataset.integrity.schema_problem`), every row decoded, required columns non-null;
 then each annotations part's rows against the images rows that commit them (its sibling part of the same
 batch name, or any images part once compaction merged the sibling): a part none of whose labelings is
-committed is an orphan left by a run killed between its two writes; and each categories part's ids against
-their holders: a part that holds a claimed id under another name is bad (readers follow the claim file).
+committed, without a sibling images part, is residue of a run killed between its two writes (its sibling
+damaged: a problem, quarantined with it); and each categories part's ids against their holders: a part that
+holds a claimed id under another name is bad (readers follow the claim file).
+
+Residue (``dataset.residue``: those orphan parts, and the stale ``_tmp-*`` files of killed writers) is not a
+problem: readers skip it and the content is right. It is reported apart, and ``repair`` deletes it.
 
 A dataset that holds parts but no manifest (``_maskclip_dataset.json``, deleted by a sync tool that skips
 ``_*`` files) is a problem too: its version is inferred from its parts (``manifest.infer_format``), and
 ``repair`` writes the manifest back with it.
 
-``repair`` moves bad and orphan parts to ``quarantine/<table>/`` with a JSON report, then marks the images
+``repair`` moves bad parts to ``quarantine/<table>/`` with a JSON report, then marks the images
 whose labels were lost (a ``failed`` row with a ``quarantined`` reason, newer than their labeling), so the next
 ``maskclip label`` relabels exactly them. Run it while no labeling run writes (it holds the dataset lease).
 """
@@ -34,6 +38,7 @@ from maskclip_core.dataset.category_claims import resolve_ids
 from maskclip_core.dataset.integrity import schema_problem
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
 from maskclip_core.dataset.manifest import MANIFEST_NAME, ensure_manifest, missing_manifest
+from maskclip_core.dataset.residue import ORPHAN, Residue, remove_residue, stale_temp_files
 from maskclip_core.dataset.schema import TABLES, stored_schema
 from maskclip_core.storage.fs import atomic_write_bytes, join_url
 
@@ -53,6 +58,8 @@ class CheckReport:
     parts_checked: int = 0
     problems: list[PartProblem] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # where the bad parts went
+    residue: list[Residue] = field(default_factory=list)  # left by killed runs; not problems
+    removed: list[str] = field(default_factory=list)  # residue that repair deleted
     marked_for_relabel: list[str] = field(default_factory=list)  # uris the next label run relabels
     report_url: str | None = None
 
@@ -66,6 +73,12 @@ class CheckReport:
     def lines(self) -> list[str]:
         out = [f"{self.dataset}: {self.parts_checked} parts checked, {len(self.problems)} problems"]
         out += [f"  {p.kind}: {p.part}: {p.problem}" for p in self.problems]
+        if self.residue:
+            out.append(
+                f"  {len(self.residue)} residue files of killed runs (readers skip them; --repair deletes them):"
+            )
+            out += [f"  residue ({r.kind}): {r.path}: {r.detail}" for r in self.residue]
+        out += [f"  removed: {r}" for r in self.removed]
         out += [f"  quarantined: {q}" for q in self.quarantined]
         if self.marked_for_relabel:
             out.append(f"  {len(self.marked_for_relabel)} images marked: the next `maskclip label` relabels them")
@@ -88,18 +101,24 @@ def check_dataset(url: str, storage_options: Mapping[str, Any] | None = None, *,
             )
         )
     healthy: dict[str, dict[str, pa.Table]] = {name: {} for name in TABLES}
+    images_parts: set[str] = set()  # file names of every images part, healthy or not
     for table in TABLES:
         schema = stored_schema(table, dataset.format_version)
         for path, _ in dataset._part_files(table):
             report.parts_checked += 1
             part = dataset.relative(path)
+            if table == "images":
+                images_parts.add(part.rsplit("/", 1)[-1])
             table_or_problem = _read_part(dataset, path, schema)
             if isinstance(table_or_problem, str):
                 report.problems.append(PartProblem(part, table_or_problem))
             else:
                 healthy[table][part] = dataset.current_names(table_or_problem, table)
-    _check_annotations_committed(healthy, report)
+    _check_annotations_committed(healthy, images_parts, report)
     _check_category_ids(healthy, report)
+    report.residue += stale_temp_files(dataset.fs, dataset.root)
+    if repair and report.residue:
+        report.removed = remove_residue(dataset.fs, dataset.root, report.residue)
     if repair and report.problems:
         if inferred is not None:
             ensure_manifest(url, storage_options)
@@ -135,7 +154,9 @@ def _read_part(dataset: LabelDataset, path: str, schema: pa.Schema) -> pa.Table 
     return table
 
 
-def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report: CheckReport) -> None:
+def _check_annotations_committed(
+    healthy: dict[str, dict[str, pa.Table]], images_parts: set[str], report: CheckReport
+) -> None:
     committed: dict[str, int] = {}
     for table in healthy["images"].values():
         labeled = table.filter(pc.equal(table["status"], "labeled"))
@@ -144,9 +165,11 @@ def _check_annotations_committed(healthy: dict[str, dict[str, pa.Table]], report
         pairs = set(zip(table["labeling_id"].to_pylist(), table["image_id"].to_pylist(), strict=True))
         known = [lid for lid, _ in pairs if lid in committed]
         if not known:
-            report.problems.append(
-                PartProblem(part, f"orphan: none of its {table.num_rows} rows is committed", "orphan")
-            )
+            uncommitted = f"none of its {table.num_rows} rows is committed"
+            if part.rsplit("/", 1)[-1] in images_parts:  # its images part is there but damaged: lost with it
+                report.problems.append(PartProblem(part, f"orphan: {uncommitted}", "orphan"))
+            else:  # its run was killed before it wrote the images part
+                report.residue.append(Residue(part, ORPHAN, f"{uncommitted}: a run was killed between its writes"))
             del healthy["annotations"][part]
         elif any(lid in committed and committed[lid] != image_id for lid, image_id in pairs):
             report.problems.append(PartProblem(part, "rows name other images than their images rows"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from maskclip_core.storage.fs import resolve
+from maskclip_core.storage.fs import TEMP_PREFIX, resolve
 
 _PROCESS_LOCK = threading.Lock()
 _CONFLICT_RETRIES = 5  # S3 answers 409 to conditional writes racing on one key: the caller may retry
@@ -40,7 +40,7 @@ def create_exclusive(url: str, data: bytes, storage_options: Mapping[str, Any] |
 def _create_local(path: str, data: bytes) -> bool:
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"_tmp-{uuid.uuid4().hex}-{name}")
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

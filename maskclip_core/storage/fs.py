@@ -29,6 +29,7 @@ DEFAULT_IMAGE_EXTENSIONS: tuple[str, ...] = (
 
 # Temporary / marker files (ours and Spark's / Hadoop's) start with these; readers skip them.
 HIDDEN_PREFIXES: tuple[str, ...] = ("_", ".")
+TEMP_PREFIX = "_tmp-"  # a file being written whole under this name, renamed when done (a killed writer leaves it)
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ def _local_temp(path: str) -> Iterator[tuple[str, IO[bytes]]]:
     """(temporary path, handle) beside ``path``; fsynced and renamed over ``path`` when the block ends."""
     directory, name = os.path.split(path)
     os.makedirs(directory or ".", exist_ok=True)
-    tmp = os.path.join(directory, f"_tmp-{uuid.uuid4().hex}-{name}")
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
     try:
         with open(tmp, "wb") as f:
             yield tmp, f

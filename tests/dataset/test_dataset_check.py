@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,18 +94,42 @@ def test_check_repair_quarantines_and_the_next_label_relabels_exactly_the_lost_i
         assert all(a["category_id"] in ids for i in exported for a in i.annotations)
 
 
-def test_an_orphan_annotations_part_left_by_a_kill_is_reported_and_cleaned(built, capsys) -> None:
+def test_residue_of_killed_runs_is_not_a_problem_and_repair_removes_it(built, capsys) -> None:
+    """After SIGKILLs: an annotations part whose run died before its images part, and stale ``_tmp-*`` files.
+    The content is right, so check exits 0 and names them residue; --repair deletes them (before: check
+    exited 1 calling the part an orphan problem, and repair never removed the temp files)."""
     src = sorted((out(built) / "annotations").glob("part-*.parquet"))[0]
     table = pq.read_table(src)
     orphan = table.set_column(table.schema.get_field_index("labeling_id"), "labeling_id",
                               pa.array(["killed-run"] * table.num_rows))  # fmt: skip
     pq.write_table(orphan, out(built) / "annotations" / "part-killed-b000000.parquet")
+    stale = [out(built) / "images" / "_tmp-0a1b-part-killed.parquet", out(built) / "_tmp-9f-_maskclip_dataset.json"]
+    for path in stale:
+        path.write_bytes(b"half a part")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    live = out(built) / "annotations" / "_tmp-live-part-running.parquet"  # a writer at work right now
+    live.write_bytes(b"being written")
     before = [(i.uri, len(i.annotations)) for i in iter_export_images(built.store, config_hash=CONFIG)]
-    report = check_dataset(built.store.url)
-    assert [(p.kind, p.part) for p in report.problems] == [("orphan", "annotations/part-killed-b000000.parquet")]
-    report = check_dataset(built.store.url, repair=True)
-    assert report.marked_for_relabel == [] and check_dataset(built.store.url).healthy
+
+    code, stdout, err = cli(capsys, "dataset", "check", "--dataset", built.store.url)
+    assert code == 0 and "0 problems" in stdout and err == ""
+    assert "residue (orphan): annotations/part-killed-b000000.parquet" in stdout
+    assert "residue (temp): images/_tmp-0a1b-part-killed.parquet" in stdout
+    assert "residue (temp): _tmp-9f-_maskclip_dataset.json" in stdout and "_tmp-live" not in stdout
+
+    code, stdout, _ = cli(capsys, "dataset", "check", "--dataset", built.store.url, "--repair", "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["problems"] == [] and report["marked_for_relabel"] == []
+    assert sorted(report["removed"]) == sorted(
+        ["annotations/part-killed-b000000.parquet", "images/_tmp-0a1b-part-killed.parquet", stale[1].name]
+    )
+    assert (
+        not any(p.exists() for p in stale) and not (out(built) / "annotations" / "part-killed-b000000.parquet").exists()
+    )
+    assert live.exists()  # not stale: left to its writer
     assert [(i.uri, len(i.annotations)) for i in iter_export_images(built.store, config_hash=CONFIG)] == before
+    code, stdout, _ = cli(capsys, "dataset", "check", "--dataset", built.store.url)
+    assert code == 0 and "residue (" not in stdout
 
 
 def test_a_healthy_dataset_checks_clean(built, capsys) -> None:
