@@ -8,6 +8,9 @@ Modules:
 - ``text_classifier``: CLIP text embeddings of the vocabulary as a 1x1 classifier (cached)
 - ``dense``: dense CLIP embeddings per patch; the attention-mode registry (MaskCLIP, ClearCLIP, SCLIP, NACLIP)
 - ``proxy``: ProxyCLIP's vision-foundation-model proxy (DINO / DINOv2 through timm)
+- ``sam``: SAM's image encoder through timm (weights, its input, its last block's attention)
+- ``trident``: Trident's arithmetic: CLIP + DINO windows spliced, aggregated by SAM's affinity
+- ``trident_labeler``: the Trident teacher (``TridentLabeler``, ``TridentConfig``)
 - ``refine``: key smoothing and prompt denoising
 - ``pamr``: pixel-adaptive mask refinement
 - ``fast_paths``: precision (bf16 / fp16 autocast, int8) and ``torch.compile`` paths

@@ -1,0 +1,205 @@
+"""Trident's arithmetic written out from the reference code (YuHengsss/Trident: ``trident.py``,
+``seg_utils/utils.py`` ``preprocess_image``, ``open_clip/transformer.py`` ``custom_attn`` / ``guidance_attn`` /
+``get_sam_sim``, ``segment_anything`` ``Attention`` with ``return_attn`` and ``ResizeLongestSide``), for the
+equivalence tests. It uses the models' weights and timm's own blocks, nothing of maskclip_core's Trident code.
+
+Where the reference would give NaN (a DINO row whose every similarity falls below the threshold, its own
+included) the tests' random weights never get there, so the formula is kept as written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from support.vit_reference import layer_norm, out_proj, project, split_qkv, until_last_block
+
+SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+
+
+def preprocess_image(image, stride=16, slide_crop=336):
+    longer_side = max(image.shape[2:])
+    h, w = image.shape[2:]
+    if h % stride == 0 and w % stride == 0:
+        return image
+    if longer_side % stride != 0:
+        dst_longer = (longer_side // stride + 1) * stride
+    else:
+        dst_longer = longer_side
+    new_h = int(h * dst_longer / longer_side)
+    new_w = int(w * dst_longer / longer_side)
+    if new_h % stride != 0:
+        new_h = (new_h // stride + 1) * stride
+    if new_w % stride != 0:
+        new_w = (new_w // stride + 1) * stride
+    new_h, new_w = max(new_h, slide_crop), max(new_w, slide_crop)
+    return F.interpolate(image, (new_h, new_w), mode="bilinear", align_corners=False)
+
+
+def windowed_imgs(img, patch_size, stride, crop):
+    _, _, h_img, w_img = img.shape
+    h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
+    w_grids = max(w_img - crop + stride - 1, 0) // stride + 1
+    crops, locs = [], []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride, w_idx * stride
+            y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            crops.append(img[:, :, y1:y2, x1:x2])
+            locs.append(torch.tensor([y1 // patch_size, x1 // patch_size, y2 // patch_size, x2 // patch_size]))
+    return torch.cat(crops), locs, (h_grids, w_grids)
+
+
+def sam_input(image: np.ndarray, img_size: int):
+    """ResizeLongestSide (Pillow bilinear on uint8), Sam.preprocess (normalise, pad bottom/right)."""
+    oldh, oldw = image.shape[:2]
+    scale = img_size * 1.0 / max(oldh, oldw)
+    newh, neww = int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+    resized = np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+    x = torch.as_tensor(resized).permute(2, 0, 1).float()
+    x = (x - SAM_MEAN) / SAM_STD
+    x = F.pad(x, (0, img_size - neww, 0, img_size - newh))
+    return x[None], (newh, neww)
+
+
+def _rel_pos(q_size, k_size, rel_pos):
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    assert rel_pos.shape[0] == max_rel_dist
+    q_coords = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]
+
+
+def sam_last_attn_and_v(encoder, pixels):
+    """SAM's image encoder up to its last block (timm's blocks), then segment_anything's Attention with
+    add_decomposed_rel_pos written out: attn [1, heads, N, N], v [1, heads, H, W, d]."""
+    x = encoder.patch_embed(pixels)
+    x = x + encoder.pos_embed
+    for blk in encoder.blocks[:-1]:
+        x = blk(x)
+    last = encoder.blocks[-1]
+    x = last.norm1(x)
+    attn_layer = last.attn
+    B, H, W, _ = x.shape
+    heads = attn_layer.num_heads
+    qkv = attn_layer.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, B * heads, H * W, -1).unbind(0)
+    attn = (q * attn_layer.scale) @ k.transpose(-2, -1)
+    Rh, Rw = _rel_pos(H, H, attn_layer.rel_pos_h), _rel_pos(W, W, attn_layer.rel_pos_w)
+    r_q = q.reshape(B * heads, H, W, -1)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
+    attn = (attn.view(B * heads, H, W, H, W) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(
+        B * heads, H * W, H * W
+    )
+    attn = attn.softmax(dim=-1)
+    return attn.view(B, heads, H * W, H * W), v.view(B, heads, H, W, -1)
+
+
+def get_sam_feat(encoder, image, img_size, stride=16):
+    pixels, input_size = sam_input(image, img_size)
+    sam_attn, sam_v = sam_last_attn_and_v(encoder, pixels)
+    heads = sam_attn.shape[1]
+    hw = img_size // stride
+    vh, vw = input_size[0] // stride, input_size[1] // stride
+    sam_attn = sam_attn.view(1, heads, hw, hw, hw, hw)[:, :, :vh, :vw, :vh, :vw]
+    sam_attn = sam_attn.flatten(2, 3).flatten(3, 4)
+    return sam_attn, sam_v[:, :, :vh, :vw, :], vh, vw
+
+
+def get_sam_sim(sam_v, sam_attn, cos_fac, heads, refine_neg_cos=True):
+    sam_v = F.normalize(sam_v.flatten(2, 3), dim=-1)
+    sam_sim = torch.einsum("b h m c, b h n c -> b h m n", sam_v, sam_v)
+    sim_thresh = cos_fac * sam_sim.mean(dim=1, keepdim=True).mean(dim=-1, keepdim=True)
+    if not refine_neg_cos:
+        sim_thresh = torch.where(sim_thresh < 0.0, 0.6, sim_thresh)
+    sim_thresh = torch.where(sim_thresh > 0.9, 0.9, sim_thresh)
+    refined = torch.where(sam_sim > sim_thresh, sam_attn, torch.zeros_like(sam_attn)).mean(dim=1)
+    similarity = refined / refined.sum(dim=-1, keepdim=True)
+    return similarity.unsqueeze(0).repeat(1, heads, 1, 1)
+
+
+def reference_trident(
+    clip,
+    dino,
+    dino_norm,
+    sam_encoder,
+    src_img,
+    image,
+    clip_norm,
+    *,
+    crop=336,
+    stride=224,
+    beta=1.2,
+    gamma=3.0,
+    cos_fac=1.2,
+    refine_neg_cos=True,
+):
+    """Trident's features [D, vh, vw] (before the text classifier): ``src_img`` [1, 3, h, w] is the
+    CLIP-normalised image, ``image`` the RGB uint8 array SAM reads, ``dino`` a timm ViT with its
+    ``dino_norm`` (mean, std)."""
+    patch = clip.visual.patch_size[0]
+    sam_attn, sam_v, vh, vw = get_sam_feat(sam_encoder, image, sam_encoder.patch_embed.img_size[0])
+    processed = preprocess_image(src_img, patch, crop)
+    feat_h, feat_w = processed.shape[-2] // patch, processed.shape[-1] // patch
+    img_batch, locs, (win_h, win_w) = windowed_imgs(processed, patch, stride, crop)
+
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in clip_norm)
+    imnet_mean, imnet_std = (torch.tensor(v).view(1, 3, 1, 1) for v in dino_norm)
+    imgs_norm = (img_batch * std + mean - imnet_mean) / imnet_std
+    vfm_p = dino.patch_embed.patch_size[0]
+    feat = dino.get_intermediate_layers(imgs_norm, n=1, norm=True)[0]
+    nb = feat.shape[0]
+    vfm_h, vfm_w = imgs_norm.shape[-2] // vfm_p, imgs_norm.shape[-1] // vfm_p
+    ex_feats = feat.reshape(nb, vfm_h, vfm_w, -1).permute(0, 3, 1, 2)
+
+    # custom_attn
+    sd, x, grid, last, heads = until_last_block(clip, img_batch)
+    _, _, v = split_qkv(sd, last, layer_norm(x[:, 1:], sd, f"{last}.ln_1"))
+    bsz, _, embed = v.shape
+    head_dim = embed // heads
+    v = v.permute(1, 0, 2).contiguous().view(-1, bsz * heads, head_dim).transpose(0, 1)
+    B, C, H, W = ex_feats.shape
+    q_k = F.normalize(ex_feats.flatten(2, 3), dim=1)
+    similarity = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
+    similarity = (similarity - torch.mean(similarity) * beta) * gamma
+    similarity[similarity < 0.0] = float("-inf")
+    mask = similarity.unsqueeze(1).repeat(1, heads, 1, 1).reshape(bsz * heads, H * W, H * W)
+    attn_weights = F.softmax(mask, dim=-1)
+    v = v.reshape(bsz * heads, grid[0], grid[1], head_dim).permute(0, 3, 1, 2)
+    v = F.interpolate(v, size=(H, W), mode="bilinear", align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(bsz * heads, H * W, head_dim)
+    x = torch.bmm(attn_weights, v).transpose(0, 1).contiguous().view(-1, bsz, embed)
+    x = out_proj(sd, last, x)  # L, B, D
+
+    # guidance_attn
+    token_size = grid
+    v = x.view(-1, bsz, heads, head_dim).permute(1, 2, 0, 3).contiguous()
+    v = v.permute(2, 0, 1, 3).flatten(2)
+    v_img = v.view(vfm_h, vfm_w, bsz, embed).permute(2, 3, 0, 1).contiguous()
+    if v_img.shape[-1] % token_size[1] != 0:
+        ratio = int(round(vfm_h / token_size[0]))
+        v_img = F.interpolate(
+            v_img, size=(token_size[0] * ratio, token_size[1] * ratio), mode="bilinear", align_corners=False
+        )
+    else:
+        ratio = v_img.shape[-1] // token_size[1]
+    dst_v = v.new_zeros(1, embed, feat_h * ratio, feat_w * ratio)
+    count = v.new_zeros(1, 1, feat_h * ratio, feat_w * ratio)
+    for h_idx in range(win_h):
+        for w_idx in range(win_w):
+            c = locs[h_idx * win_w + w_idx]
+            dst_v[0, :, c[0] * ratio : c[2] * ratio, c[1] * ratio : c[3] * ratio] += v_img[h_idx * win_w + w_idx]
+            count[:, :, c[0] * ratio : c[2] * ratio, c[1] * ratio : c[3] * ratio] += 1
+    dst_v = dst_v / count
+    dst_v = F.interpolate(dst_v, size=(vh, vw), mode="bilinear", align_corners=False)
+    weights = get_sam_sim(sam_v, sam_attn, cos_fac, heads, refine_neg_cos)
+    dst_v = dst_v.view(1, heads, head_dim, -1).permute(0, 1, 3, 2).contiguous()
+    out = torch.matmul(weights, dst_v).permute(2, 0, 1, 3).flatten(2)  # M, 1, D
+    out = project(sd, out.permute(1, 0, 2))[0]  # ln_post, proj: [M, Dout]
+    return out.T.reshape(-1, vh, vw)
