@@ -25,6 +25,7 @@ from cli.fields import field_flag, field_option, field_values
 from cli.options import EXPORT, EXPORT_FORMATS, IMPORT_FORMATS, add_dataset_option, add_storage_options
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
+URL_ENV = "LABEL_STUDIO_URL"  # the server, as label-studio-sdk's examples name it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,6 +132,11 @@ def _register_review(subparsers: argparse._SubParsersAction) -> None:
         "(default: that variable in this environment)",
     )
     g.add_argument("--model-version", default="maskclip", help="model_version of the predictions")
+    push.add_argument(
+        "--unreviewed",
+        action="store_true",
+        help="leave out images the reviewed table holds (pull first), so --lowest N picks N not yet reviewed",
+    )
     push.set_defaults(func=_cmd_review_push)
 
     pull = actions.add_parser(
@@ -186,7 +192,10 @@ def _label_studio_target(args: argparse.Namespace) -> Any:
     from maskclip_core.interchange.label_studio_sync import LabelStudioTarget
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV, "")
-    return LabelStudioTarget(url=args.label_studio, api_key=api_key, project=args.project)
+    url = args.label_studio or os.environ.get(URL_ENV, "")
+    if not url:
+        raise ValueError(f"no Label Studio server: pass --label-studio URL or set {URL_ENV}")
+    return LabelStudioTarget(url=url, api_key=api_key, project=args.project)
 
 
 def _cmd_review_push(args: argparse.Namespace) -> int:
@@ -199,13 +208,18 @@ def _cmd_review_push(args: argparse.Namespace) -> int:
         _label_studio_target(args),
         args.dataset,
         selection=selection,
+        unreviewed=args.unreviewed,
         mode="polygon" if polygons else "brush",
         document_root=args.document_root,
         model_version=args.model_version,
         polygon_tolerance=tolerance,
         storage_options=args.storage_options,
     )
-    return _report_selection(summary, "nothing was pushed")
+    code = _report_selection(summary, "nothing was pushed")
+    for image_id, task_ids in summary.get("duplicates_annotated", {}).items():
+        _warn(f"image {image_id} is annotated in several tasks {task_ids}; pull takes the latest annotation of them")
+    _warn_other_projects(summary)
+    return code
 
 
 def _report_selection(summary: dict[str, Any], empty: str) -> int:
@@ -223,7 +237,26 @@ def _cmd_review_pull(args: argparse.Namespace) -> int:
         _label_studio_target(args), args.dataset, strict=not args.skip_unknown, storage_options=args.storage_options
     )
     print(json.dumps(summary, indent=2))
+    if summary["skipped_tasks"]:
+        _warn(f"skipped {summary['skipped_tasks']} task(s), e.g. {summary['skipped_reasons'][0]}")
+    for image_id, task_ids in summary["images_in_several_tasks"].items():
+        _warn(f"image {image_id} is annotated in tasks {task_ids}: the latest annotation of them counts")
+    if summary.get("retracted"):
+        _warn(f"{len(summary['retracted'])} image(s) lost their annotations in Label Studio: reviews retracted")
+    _warn_other_projects(summary)
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"maskclip: warning: {message}", file=sys.stderr)
+
+
+def _warn_other_projects(summary: dict[str, Any]) -> None:
+    if summary.get("other_projects"):
+        _warn(
+            f"Label Studio projects {summary['other_projects']} have the same title and dataset as project "
+            f"{summary['project']}, which is the one used; delete them, or pass --project ID"
+        )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -245,7 +278,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _add_server_options(p: argparse.ArgumentParser, dataset_help: str) -> None:
     """The Label Studio server, its key and project, and the dataset (``review push`` / ``pull``)."""
-    requires(p, p.add_argument("--label-studio", action=Store, default=None, metavar="URL", help="the server"))
+    p.add_argument("--label-studio", metavar="URL", help=f"the server (default: ${URL_ENV})")
     p.add_argument(
         "--api-key",
         default=None,

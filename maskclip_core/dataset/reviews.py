@@ -2,7 +2,10 @@
 
 One row per (reviewed image, category), the category's pixels as compressed COCO RLE, tied to the dataset's
 ``image_id`` / ``sha256``. A reviewed image without any annotated pixel keeps one row with a null
-``category_id`` and ``segmentation``, so it still supersedes older reviews of that image.
+``category_id`` and ``segmentation``, so it still supersedes older reviews of that image. A review withdrawn
+in the tool (its annotations deleted) is one such row with ``area`` -1 (``RETRACTED_AREA``): it supersedes the
+older reviews too, and the image counts as not reviewed. Strings from review files (reviewer, reviewed_at) are
+stored cut to ``MAX_STORED_CHARS``.
 
 Each import writes one part file whole (``storage.fs.atomic_write_bytes``), named after a hash of the
 imported file: importing the same file again rewrites the same part. Readers skip names starting with ``_``
@@ -31,6 +34,9 @@ from maskclip_core.dataset.schema import REVIEW_TOOLS, REVIEWED_SCHEMA
 from maskclip_core.storage.fs import atomic_write_bytes, join_url
 from maskclip_core.types import IGNORE_INDEX
 
+RETRACTED_AREA = -1  # the area of the row that withdraws an image's review
+MAX_STORED_CHARS = 256  # a reviewer's name or a timestamp; a 10 MB string from a hostile file is cut
+
 
 def write_reviewed(
     dataset_url: str, rows: Sequence[Mapping[str, Any]], storage_options: Mapping[str, Any] | None = None
@@ -51,8 +57,11 @@ def write_reviewed(
     return url
 
 
-def read_reviewed(dataset_url: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """Current review rows (newest import per image), sorted by image_id, category_id."""
+def read_reviewed(
+    dataset_url: str, storage_options: Mapping[str, Any] | None = None, *, include_retracted: bool = False
+) -> pa.Table:
+    """Current review rows (newest import per image), sorted by image_id, category_id; images whose newest
+    review is a retraction are left out (``include_retracted``: kept, as their retraction row)."""
     table = LabelDataset(dataset_url, storage_options).read_table("reviewed")
     if table.num_rows == 0:
         return table
@@ -63,6 +72,8 @@ def read_reviewed(dataset_url: str, storage_options: Mapping[str, Any] | None = 
     ids = imports["image_id"].to_numpy()
     winners = imports.filter(pa.array(np.r_[True, ids[1:] != ids[:-1]]))
     current = table.filter(pc.is_in(_image_import_key(table), value_set=_image_import_key(winners)))
+    if not include_retracted:
+        current = current.filter(pc.not_equal(current["area"], RETRACTED_AREA))
     return current.sort_by([("image_id", "ascending"), ("category_id", "ascending")])
 
 
@@ -111,8 +122,8 @@ def review_rows(
         "width": image.width,
         "height": image.height,
         "tool": tool,
-        "reviewer": review.reviewer or None,
-        "reviewed_at": review.reviewed_at or None,
+        "reviewer": review.reviewer[:MAX_STORED_CHARS] or None,
+        "reviewed_at": review.reviewed_at[:MAX_STORED_CHARS] or None,
         "source_uri": source_uri,
         "import_id": import_id,
         "imported_at": imported_at,
@@ -126,6 +137,27 @@ def review_rows(
         segmentation = {"counts": rle["counts"].decode("ascii"), "size": [image.height, image.width]}
         rows.append({**base, "category_id": cid, "segmentation": segmentation, "area": int(mask_utils.area(rle))})
     return rows
+
+
+def retraction_row(
+    image: ExportImage, tool: str, import_id: str, imported_at: dt.datetime, source_uri: str
+) -> dict[str, Any]:
+    """The row that withdraws ``image``'s review (deleted in the tool): newer than its reviews, never scored."""
+    return {
+        "image_id": image.image_id,
+        "sha256": image.sha256 or None,
+        "width": image.width,
+        "height": image.height,
+        "category_id": None,
+        "segmentation": None,
+        "area": RETRACTED_AREA,
+        "tool": tool,
+        "reviewer": None,
+        "reviewed_at": None,
+        "source_uri": source_uri,
+        "import_id": import_id,
+        "imported_at": imported_at,
+    }
 
 
 # -------------------------------------------------------------------------------------------- helpers

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.reader import iter_export_images
+from maskclip_core.dataset.reader import alias_image_id, iter_export_images
 from maskclip_core.dataset.records import ExportImage, ReviewedImage, label_map_from_annotations
 from maskclip_core.dataset.reviews import read_reviewed, rows_by_image
 from maskclip_core.dataset.rle import annotations_to_label_map
@@ -37,7 +38,9 @@ def evaluate_reviewed(
     seen: list[int] = []
 
     def pairs() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        for image in iter_export_images(dataset, config_hash=config_hash, image_ids=list(by_image)):
+        for image in iter_export_images(dataset, config_hash=config_hash, image_ids=_content_ids(dataset, by_image)):
+            if image.image_id not in by_image:  # the twin of a reviewed duplicate-content photo
+                continue
             seen.append(image.image_id)
             yield image.image_id, label_map_from_annotations(image), _target(image, by_image[image.image_id], identity)
 
@@ -50,6 +53,17 @@ def evaluate_reviewed(
         "config_hash": config_hash,
         "fully_annotated": fully_annotated,
     }
+
+
+def _content_ids(dataset: LabelDataset, reviewed: Collection[int]) -> list[int]:
+    """The dataset image ids to read for ``reviewed`` ids: a duplicate-content photo is reviewed under its
+    alias id (``reader.alias_image_id``), which the images table does not hold; its content id does."""
+    images = dataset.images().select(["image_id", "uri"])
+    wanted = set(reviewed)
+    ids, uris = images["image_id"].to_pylist(), images["uri"].to_pylist()
+    counts = Counter(ids)
+    aliased = {i for i, uri in zip(ids, uris, strict=True) if counts[i] > 1 and alias_image_id(i, uri) in wanted}
+    return sorted(wanted | aliased)
 
 
 def _target(image: ExportImage, rows: Sequence[Mapping[str, Any]], category_to_index: Mapping[int, int]) -> np.ndarray:

@@ -35,6 +35,9 @@ FROM_NAME = "tag"
 TO_NAME = "image"
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 MODES = ("brush", "polygon")
+# Largest image a review may declare without the dataset's sizes to check it against: labeling.decode's
+# DEFAULT_MAX_PIXELS, the bound on decoding an image (a 551-byte task must not allocate a gigabyte).
+MAX_REVIEW_PIXELS = 80_000_000
 
 
 def image_url(uri: str, document_root: str | None = None) -> str:
@@ -57,15 +60,23 @@ def image_url(uri: str, document_root: str | None = None) -> str:
     return LOCAL_FILES_PREFIX + quote(rel.replace(os.sep, "/"), safe="/")
 
 
-def labeling_config(categories: Sequence[Mapping[str, Any]], mode: str = "brush") -> str:
-    """Labeling config XML whose label values and colours match the exported regions."""
+def labeling_config(
+    categories: Sequence[Mapping[str, Any]], mode: str = "brush", *, extra_labels: Sequence[str] = ()
+) -> str:
+    """Labeling config XML whose label values and colours match the exported regions; ``extra_labels`` (ones
+    someone added in Label Studio) follow the categories."""
     _check_mode(mode)
     check_categories(categories)
     tag = "BrushLabels" if mode == "brush" else "PolygonLabels"
     colors = category_colors(categories)
     labels = "\n".join(
-        f"    <Label value={quoteattr(str(c['name']))} background={quoteattr(_hex(colors[int(c['id'])]))}/>"
-        for c in categories
+        [
+            *(
+                f"    <Label value={quoteattr(str(c['name']))} background={quoteattr(_hex(colors[int(c['id'])]))}/>"
+                for c in categories
+            ),
+            *(f"    <Label value={quoteattr(str(label))}/>" for label in extra_labels),
+        ]
     )
     return (
         "<View>\n"
@@ -174,50 +185,119 @@ def import_label_studio(
     categories: Sequence[Mapping[str, Any]],
     *,
     storage_options: Mapping[str, Any] | None = None,
+    images: Mapping[int, ExportImage] | None = None,
+    strict: bool = True,
+    skipped: list[tuple[int | None, str]] | None = None,
 ) -> list[ReviewedImage]:
     """Reviewed label maps from a Label Studio export in its JSON or JSON-MIN format (parsed, or the URL).
 
     Per task the chosen annotation is the ground-truth one if any, else the latest (updated_at /
     created_at, then list order); cancelled annotations and tasks without annotations are skipped.
     Brush and polygon regions are painted in result order (later regions win where they overlap); other
-    result types (choices, text) carry no mask and are ignored. Unknown label names raise, and so does a
-    file that is neither format.
+    result types (choices, text) carry no mask and are ignored. A file that is neither format raises.
+    ``images`` (the dataset's, by id) bounds the work: tasks are matched to them before any mask is decoded,
+    and a task's declared size must be its image's; without them a task may declare at most
+    ``MAX_REVIEW_PIXELS``. A task of an image not in ``images``, without an ``image_id`` (e.g. one created by
+    a storage's Sync) or using a label that is not a category raises, or with ``strict=False`` is left out
+    and described in ``skipped`` as (image id or None, the problem).
     """
+    return list(
+        iter_label_studio_reviews(
+            tasks, categories, storage_options=storage_options, images=images, strict=strict, skipped=skipped
+        )
+    )
+
+
+def iter_label_studio_reviews(
+    tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any] | str,
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    images: Mapping[int, ExportImage] | None = None,
+    strict: bool = True,
+    skipped: list[tuple[int | None, str]] | None = None,
+) -> Iterator[ReviewedImage]:
+    """``import_label_studio`` one task at a time: one label map in memory at once."""
     if isinstance(tasks, str):
         tasks = read_json(tasks, storage_options)
     tasks = [tasks] if isinstance(tasks, Mapping) else list(tasks)  # a one-task export is a bare object
     if export_format(tasks) == "json-min":
         tasks = tasks_from_json_min(tasks)
     lookup = category_lookup(categories)
-    reviewed = []
+    skipped = [] if skipped is None else skipped
     for task in tasks:
         # A wrong JSON type anywhere in a task (a list image_id, a string rle, ...) is one short line naming it.
         with blame(f"task {short_repr(task.get('id'))}"):
-            annotation = _chosen_annotation(task.get("annotations") or [])
-            if annotation is None:
-                continue
-            data = task.get("data") or {}
-            if "image_id" not in data:
-                raise ValueError(
-                    f"task {short_repr(task.get('id'))}: data has no image_id, so it cannot be linked to our images"
-                )
-            height, width = _task_size(task, annotation)
-            masks = [_result_mask(r, lookup, height, width, task.get("id")) for r in annotation.get("result") or []]
-            label_map = label_map_from_masks((m for m in masks if m is not None), height, width)
-            completed_by = annotation.get("completed_by")
-            if isinstance(completed_by, Mapping):
-                completed_by = completed_by.get("email") or completed_by.get("id")
-            reviewed.append(
-                ReviewedImage(
-                    image_id=int(data["image_id"]),
-                    label_map=label_map,
-                    sha256=str(data.get("sha256") or ""),
-                    tool="label-studio",
-                    reviewer="" if completed_by is None else str(completed_by),
-                    reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
-                )
-            )
-    return reviewed
+            review = _task_review(task, lookup, images, strict, skipped)
+        if review is not None:
+            yield review
+
+
+def _task_review(
+    task: Mapping[str, Any],
+    lookup: Mapping[str, int],
+    images: Mapping[int, ExportImage] | None,
+    strict: bool,
+    skipped: list[tuple[int | None, str]],
+) -> ReviewedImage | None:
+    """One task's reviewed label map; everything is checked before a mask is allocated."""
+    name = f"task {short_repr(task.get('id'))}"
+    annotation = _chosen_annotation(task.get("annotations") or [])
+    if annotation is None:
+        return None
+    data = task.get("data") or {}
+    if "image_id" not in data:
+        why = "data has no image_id, so it cannot be linked to our images (a task a storage Sync created?)"
+        return _unknown(None, f"{name}: {why}", strict, skipped)
+    image_id = int(data["image_id"])
+    height, width = _task_size(task, annotation)
+    if images is not None:
+        image = images.get(image_id)
+        if image is None:
+            return _unknown(image_id, f"{name}: reviewed image {image_id} is not in the dataset", strict, skipped)
+        if (height, width) != (image.height, image.width):
+            raise ValueError(f"{name} declares {height}x{width}, image {image_id} is {image.height}x{image.width}")
+    elif height * width > MAX_REVIEW_PIXELS or min(height, width) < 1:
+        raise ValueError(f"{name} declares {height}x{width}, not 1 to {MAX_REVIEW_PIXELS} pixels")
+    results = annotation.get("result") or []
+    unknown = [label for r in results for label in _region_labels(r, name) if label not in lookup]
+    if unknown:
+        return _unknown(
+            image_id, f"{name}: label {short_repr(unknown[0])} is not one of our categories", strict, skipped
+        )
+    masks = (_result_mask(r, lookup, height, width, task.get("id")) for r in results)
+    label_map = label_map_from_masks((m for m in masks if m is not None), height, width)
+    completed_by = annotation.get("completed_by")
+    if isinstance(completed_by, Mapping):
+        completed_by = completed_by.get("email") or completed_by.get("id")
+    return ReviewedImage(
+        image_id=image_id,
+        label_map=label_map,
+        sha256=str(data.get("sha256") or ""),
+        tool="label-studio",
+        reviewer="" if completed_by is None else str(completed_by),
+        reviewed_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+    )
+
+
+def _unknown(image_id: int | None, problem: str, strict: bool, skipped: list[tuple[int | None, str]]) -> None:
+    """A task that is not ours to read: an error, or (``strict=False``) its (image id, problem) in ``skipped``."""
+    if strict:
+        raise ValueError(f"{problem} (--skip-unknown skips such tasks)")
+    skipped.append((image_id, problem))
+
+
+def _region_labels(result: Mapping[str, Any], name: str) -> list[Any]:
+    """The one label of a brush / polygon region (none for other result types)."""
+    kind = str(result.get("type", "")).lower()
+    if kind not in ("brushlabels", "polygonlabels"):
+        return []
+    labels = (result.get("value") or {}).get(kind) or []
+    if len(labels) != 1:
+        raise ValueError(
+            f"{name}: region {short_repr(result.get('id'))} has labels {short_repr(labels)}, expected exactly one"
+        )
+    return list(labels)
 
 
 # What Label Studio's JSON-MIN export puts beside a task's data fields (label_studio_sdk's
@@ -330,19 +410,13 @@ def _task_size(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> tuple[
 def _result_mask(
     result: Mapping[str, Any], lookup: Mapping[str, int], height: int, width: int, task_id: Any
 ) -> tuple[int, np.ndarray] | None:
-    kind = str(result.get("type", "")).lower()
-    if kind not in ("brushlabels", "polygonlabels"):
+    labels = _region_labels(result, f"task {short_repr(task_id)}")
+    if not labels:
         return None
-    value = result.get("value") or {}
-    labels = value.get(kind) or []
-    if len(labels) != 1:
-        raise ValueError(
-            f"task {short_repr(task_id)}: region {short_repr(result.get('id'))} has labels {short_repr(labels)}, "
-            "expected exactly one"
-        )
     if labels[0] not in lookup:
         raise ValueError(f"task {short_repr(task_id)}: label {short_repr(labels[0])} is not one of our categories")
-    if kind == "brushlabels":
+    value = result.get("value") or {}
+    if str(result.get("type", "")).lower() == "brushlabels":
         if "rle" not in value:
             raise ValueError(f"task {short_repr(task_id)}: brush region {short_repr(result.get('id'))} has no rle")
         mask = decode_mask(value["rle"], height, width)

@@ -124,6 +124,9 @@ def encode_mask(mask: np.ndarray) -> list[int]:
 
 def decode_mask(rle: bytes | Sequence[int], height: int, width: int) -> np.ndarray:
     """Label Studio ``rle`` -> [H, W] bool mask of pixels with non-zero alpha (what Label Studio paints)."""
+    declared = int.from_bytes(bytes(rle[:4]), "big")  # the header's value count, checked before decoding
+    if declared != height * width * 4:
+        raise ValueError(f"brush RLE declares {declared} values, expected {height}x{width}x4")
     values = decode_values(rle)
     if values.size != height * width * 4:
         raise ValueError(f"brush RLE holds {values.size} values, expected {height}x{width}x4")

@@ -1,18 +1,19 @@
 """A dataset's pseudo-labels into a live Label Studio project, and its reviews back: ``maskclip review push|pull``.
 
-Push creates (or updates) the project with the labeling config of the dataset's categories, gives it the
-storage Label Studio needs to show the images (Local Files storage for local images, S3 storage with
-presigned URLs for ``s3://`` ones) and imports one task per image with our prediction (the same tasks and
-brush RLE as ``maskclip export label-studio``). Tasks are matched to images by the ``image_id`` in their
-data, so pushing again adds only new images and replaces only predictions that changed: no duplicates.
-Storages are never synced: a sync would create a second task per file.
+Push finds or creates the dataset's project (``label_studio_project``), gives it the storage Label Studio needs
+to show the images (Local Files storage for local images, S3 storage with presigned URLs for ``s3://`` ones),
+checks that the server really serves a local image, and imports one task per image with our prediction (the
+same tasks and brush RLE as ``maskclip export label-studio``). Tasks are matched to images by the ``image_id``
+in their data, so pushing again adds only new images and replaces only predictions that changed. Label Studio
+has no unique key, so two pushes at the same moment may both import an image: every push ends by reconciling
+the project, keeping one task per image (an annotated one if any) and deleting the unannotated copies; copies
+that are both annotated are kept and reported. Storages are never synced by push (a Sync creates tasks without
+our ``image_id``; pull skips those with ``--skip-unknown``).
 
-Pull reads the project's annotations (Label Studio's JSON export) into the dataset's ``reviewed`` table
-through the same import as ``maskclip import label-studio``; pulling unchanged annotations again rewrites
-the same part.
-
-Label Studio's SDK (``label-studio-sdk`` 2.x) authenticates with a legacy token or a personal access token,
-whichever the key is. Network and authentication failures become one-line ``LabelStudioError``s.
+Pull pages through the project's annotated tasks (no whole-project export) into the dataset's ``reviewed``
+table through the same import as ``maskclip import label-studio``: several tasks of one image count as one
+(ground truth, else the latest annotation), and images reviewed from this project before whose annotations
+are gone are retracted. Pulling unchanged annotations again rewrites the same part.
 """
 
 from __future__ import annotations
@@ -20,26 +21,51 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import pyarrow.compute as pc
 
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.reader import select_images
-from maskclip_core.interchange.label_studio import import_label_studio, label_studio_task, labeling_config
-from maskclip_core.interchange.review_import import store_reviews
+from maskclip_core.dataset.reader import known_images, select_images
+from maskclip_core.dataset.records import ExportImage
+from maskclip_core.dataset.reviews import read_reviewed
+from maskclip_core.interchange.label_studio import image_url, iter_label_studio_reviews, label_studio_task
+from maskclip_core.interchange.label_studio_client import (
+    LabelStudioError,
+    connect,
+    is_missing,
+    served_status,
+    server_errors,
+)
+from maskclip_core.interchange.label_studio_project import (
+    default_project_title,
+    delete_new_project,
+    find_project,
+    project_config,
+    same_config,
+)
+from maskclip_core.interchange.review_import import skipped_summary, store_reviews
+
+__all__ = ["LabelStudioError", "LabelStudioTarget", "connect", "default_project_title", "pull", "push"]
 
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
-TITLE_MAX = 50  # Label Studio's project title column
 IMPORT_CHUNK = 100  # tasks per import request: small requests, and a failed push resumes where it stopped
+PAGE_SIZE = 100  # tasks per page when pull reads annotations
 STORAGE_TITLE = "maskclip images"
-
-
-class LabelStudioError(ValueError):
-    """A problem the user fixes (server unreachable, key refused, images Label Studio cannot serve)."""
+# Only tasks with an annotation.
+ANNOTATED = json.dumps(
+    {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+            ],
+        }
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -51,46 +77,6 @@ class LabelStudioTarget:
     project: str | None = None
 
 
-# ------------------------------------------------------------------------------------------ connection
-
-
-@contextmanager
-def server_errors(url: str) -> Iterator[None]:
-    """Network and HTTP failures of the SDK as one-line ``LabelStudioError``s naming the server."""
-    import httpx
-    from label_studio_sdk.core.api_error import ApiError
-
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise LabelStudioError(f"Label Studio at {url} did not answer in time ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise LabelStudioError(f"cannot reach Label Studio at {url}: {exc or type(exc).__name__}") from None
-    except ApiError as exc:
-        detail = _detail(exc.body)
-        if exc.status_code == 401:
-            raise LabelStudioError(
-                f"Label Studio at {url} refused the API key (HTTP {exc.status_code}: {detail}); use the access token "
-                "or legacy token from its Account & Settings page (--api-key or LABEL_STUDIO_API_KEY)"
-            ) from None
-        raise LabelStudioError(f"Label Studio at {url} answered HTTP {exc.status_code}: {detail}") from None
-
-
-def connect(url: str, api_key: str, *, timeout: float = 60.0) -> Any:
-    """A ``label_studio_sdk.LabelStudio`` client whose key the server accepted (checked with one request)."""
-    if not api_key:
-        raise LabelStudioError("no Label Studio API key: pass --api-key or set LABEL_STUDIO_API_KEY")
-    try:
-        from label_studio_sdk import LabelStudio
-    except ImportError:  # an optional dependency of the review commands
-        raise LabelStudioError("label-studio-sdk is not installed: pip install 'label-studio-sdk>=2,<3'") from None
-    base = url.rstrip("/")
-    with server_errors(base):
-        client = LabelStudio(base_url=base, api_key=api_key, timeout=timeout)
-        client.users.whoami()
-    return client
-
-
 # ----------------------------------------------------------------------------------------------- push
 
 
@@ -99,6 +85,7 @@ def push(
     dataset: str,
     *,
     selection: Mapping[str, Any] | None = None,
+    unreviewed: bool = False,
     mode: str = "brush",
     document_root: str | None = None,
     model_version: str = "maskclip",
@@ -109,101 +96,136 @@ def push(
     """Create or update the project of ``dataset`` and import its selected images as tasks with predictions.
 
     ``selection``: keyword arguments of ``dataset.reader.select_images`` (config_hash, classes, min_score,
-    max_score, statuses, rounds, labelers, image_ids, lowest). ``document_root``: the server's
-    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that variable here), needed for local images, which must
-    lie in folders strictly below it. ``storage_options``: the dataset's fsspec options; for ``s3://`` images
-    their key, secret and endpoint (else the AWS environment's) go to the project's S3 storage so Label
-    Studio can presign the image URLs. Returns a JSON-able summary.
+    max_score, statuses, rounds, labelers, image_ids, lowest); ``unreviewed``: leave out images the reviewed
+    table holds (before ``lowest`` ranks). An empty selection touches nothing on the server. ``document_root``:
+    the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that variable here), needed for local images,
+    which must lie in folders strictly below it. ``storage_options``: the dataset's fsspec options; for
+    ``s3://`` images their key, secret and endpoint (else the AWS environment's) go to the project's S3 storage
+    so Label Studio can presign the image URLs. A first push that fails deletes the project it created.
+    Returns a JSON-able summary.
     """
     store = LabelDataset(dataset, storage_options)
     categories = store.categories()
     if not categories:
         raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
     selection = dict(selection or {})
+    if unreviewed:
+        selection["image_ids"] = _unreviewed_ids(store, selection.get("image_ids"))
     # Regions stay compressed RLE until their task is built, one import chunk at a time.
     images = list(select_images(store, categories=categories, **selection))
+    if not images:
+        return _empty_push_summary()
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or None
     # Checked before anything is sent: an image Label Studio could not show stops the push early.
-    local_folders, buckets = _image_locations([image.uri for image in images], root)
+    locations = _image_locations([image.uri for image in images], root)
     options = {"mode": mode, "document_root": root, "model_version": model_version}
     options["polygon_tolerance"] = polygon_tolerance
     client = client or connect(target.url, target.api_key)
     base = target.url.rstrip("/")
-    created_tasks = updated = 0
     with server_errors(base):
-        config = labeling_config(categories, mode)
-        project, created = _project(client, target.project, dataset, label_config=config)
-        if not created and _normalized_xml(project.label_config) != _normalized_xml(config):
-            client.projects.update(project.id, label_config=config)
-        storages = [
-            *_local_storages(client, project.id, local_folders),
-            *_s3_storages(client, project.id, buckets, storage_options),
-        ]
-        existing = _tasks_by_image(client, project.id, model_version)
-        pending: list[dict[str, Any]] = []
-        for i, image in enumerate(images):
-            task = label_studio_task(image, categories, **options)
-            if image.image_id in existing:
-                updated += _update_task(client, existing[image.image_id], task, model_version)
-            else:
-                pending.append(task)
-            if pending and (len(pending) == IMPORT_CHUNK or i == len(images) - 1):
-                client.projects.import_tasks(project.id, request=pending)
-                created_tasks += len(pending)
-                pending = []
+        config, _ = project_config(None, categories, mode)
+        project, created, others = find_project(client, target.project, dataset, label_config=config)
+        try:
+            summary = _fill_project(client, project, created, images, categories, options, locations, storage_options)
+        except Exception:
+            if created:  # a failed first push leaves no empty project behind
+                delete_new_project(client, project.id)
+            raise
+        removed, kept = _reconcile(client, project.id)
     return {
         "project": project.id,
         "title": project.title,
         "url": f"{base}/projects/{project.id}",
         "project_created": created,
-        "storages": storages,
+        **summary,
         "images": len(images),
+        "duplicates_removed": removed,
+        "duplicates_annotated": kept,
+        "other_projects": others,
+    }
+
+
+def _fill_project(
+    client: Any,
+    project: Any,
+    created: bool,
+    images: Sequence[ExportImage],
+    categories: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any],
+    locations: tuple[list[str], list[str]],
+    storage_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Label config, storages and tasks of one push; returns their part of the summary."""
+    config, kept_labels = project_config(project.label_config, categories, options["mode"])
+    if not created and not same_config(project.label_config, config):
+        client.projects.update(project.id, label_config=config)
+    local_folders, buckets = locations
+    storages = _local_storages(client, project.id, local_folders)
+    _check_served(
+        client, images, local_folders, options["document_root"]
+    )  # before any task: a root the server does not use stops
+    storages += _s3_storages(client, project.id, buckets, storage_options)
+    _reconcile(client, project.id)  # duplicates left by earlier pushes go before predictions are compared
+    existing = _tasks_by_image(client, project.id, options["model_version"])
+    created_tasks = updated = 0
+    pending: list[dict[str, Any]] = []
+    for i, image in enumerate(images):
+        task = label_studio_task(image, categories, **options)
+        if image.image_id in existing:
+            updated += _update_task(client, existing[image.image_id], task, options["model_version"])
+        else:
+            pending.append(task)
+        if pending and (len(pending) == IMPORT_CHUNK or i == len(images) - 1):
+            client.projects.import_tasks(project.id, request=pending)
+            created_tasks += len(pending)
+            pending = []
+    return {
+        "labels_kept": kept_labels,
+        "storages": storages,
         "tasks_created": created_tasks,
         "tasks_updated": updated,
         "tasks_unchanged": len(images) - created_tasks - updated,
     }
 
 
-def default_project_title(dataset: str) -> str:
-    """``maskclip <last folders of the dataset URL>``, cut to Label Studio's 50 characters."""
-    path = fsspec.core.split_protocol(dataset.rstrip("/"))[1].rstrip("/")
-    tail = "/".join(path.split("/")[-2:]) or path
-    title = f"maskclip {tail}"
-    return title if len(title) <= TITLE_MAX else "maskclip …" + title[-(TITLE_MAX - len("maskclip …")) :]
+def _empty_push_summary() -> dict[str, Any]:
+    """An empty selection: nothing created on the server (the CLI warns, as ``export`` does)."""
+    return {
+        "project": None,
+        "title": None,
+        "url": None,
+        "project_created": False,
+        "storages": [],
+        "images": 0,
+        "tasks_created": 0,
+        "tasks_updated": 0,
+        "tasks_unchanged": 0,
+    }
 
 
-def _description(dataset: str) -> str:
-    return f"maskclip-labeler dataset {dataset}"
+def _unreviewed_ids(store: LabelDataset, image_ids: Iterable[int] | None) -> list[int]:
+    """The dataset's image ids (or ``image_ids``) that no current review covers."""
+    reviewed = set(read_reviewed(store.url, store.storage_options)["image_id"].to_pylist())
+    ids = image_ids if image_ids is not None else pc.unique(store.images()["image_id"].drop_null()).to_pylist()
+    return sorted(int(i) for i in ids if int(i) not in reviewed)
 
 
-def _project(client: Any, name: str | None, dataset: str, *, label_config: str | None = None) -> tuple[Any, bool]:
-    """(project, created): by id when ``name`` is a number, else by exact title (default from the dataset);
-    created with ``label_config`` when there is none (pull passes none: it never creates).
-
-    A project found by title must name this dataset in its description (push writes it), so two datasets
-    with the same folder name never share a project.
-    """
-    if name is not None and name.strip().isdigit():
-        return client.projects.get(int(name)), False
-    title = name or default_project_title(dataset)
-    if len(title) > TITLE_MAX:
-        raise LabelStudioError(f"project title {title!r} is longer than Label Studio's {TITLE_MAX} characters")
-    found = [p for p in client.projects.list(title=title) if p.title == title]
-    if len(found) > 1:
-        ids = ", ".join(str(p.id) for p in found)
-        raise LabelStudioError(f"several Label Studio projects are titled {title!r} (ids {ids}): pass --project ID")
-    if found:
-        project = found[0]
-        described = (project.description or "").strip()
-        if described.startswith(_description("")) and described != _description(dataset):
+def _check_served(client: Any, images: Sequence[ExportImage], folders: Sequence[str], root: str | None) -> None:
+    """GET one image per Local Files storage folder as the labeling UI would; a 404 (the server's document root
+    is not ``root``, e.g. an ancestor of it, or the server restarted with another) stops the push in one line."""
+    for folder in folders:
+        image = next(im for im in images if _within(os.path.dirname(os.path.abspath(_local_path(im.uri))), folder))
+        url = image_url(image.uri, root)
+        status = served_status(client, url)
+        if status != 200:
             raise LabelStudioError(
-                f"Label Studio project {title!r} (id {project.id}) holds another dataset "
-                f"({described[len(_description('')) :]}): pass --project with another title"
+                f"Label Studio does not serve {image.uri} (HTTP {status} for {url}): its {DOCUMENT_ROOT_ENV} is "
+                f"not --document-root {root}; pass the server's own root (the images must lie below it)"
             )
-        return client.projects.get(project.id), False
-    if label_config is None:
-        raise LabelStudioError(f"no Label Studio project titled {title!r}: push the dataset first, or pass --project")
-    return client.projects.create(title=title, description=_description(dataset), label_config=label_config), True
+
+
+def _local_path(uri: str) -> str:
+    return fsspec.core.split_protocol(uri)[1]
 
 
 def _image_locations(uris: Iterable[str], document_root: str | None) -> tuple[list[str], list[str]]:
@@ -347,6 +369,42 @@ def _update_task(client: Any, task: _ServerTask, wanted: Mapping[str, Any], mode
     return 1
 
 
+def _reconcile(client: Any, project_id: int) -> tuple[int, dict[str, list[int]]]:
+    """One task per image: of several tasks of an image (two pushes at the same moment, a retried import), keep
+    the annotated ones, else the oldest, and delete the other unannotated copies. Returns (tasks deleted,
+    {image id: task ids} of images annotated in several tasks, which are left for people to merge)."""
+    by_image: dict[str, list[tuple[int, bool]]] = {}
+    listing = client.tasks.list(project=project_id, include="id,data,total_annotations", page_size=1000)
+    for task in listing:
+        image_id = (task.data or {}).get("image_id")
+        if image_id is not None:
+            by_image.setdefault(str(image_id), []).append((int(task.id), bool(task.total_annotations)))
+    removed = 0
+    annotated_twice: dict[str, list[int]] = {}
+    for image_id, tasks in sorted(by_image.items()):
+        if len(tasks) < 2:
+            continue
+        annotated = sorted(t for t, has in tasks if has)
+        keep = set(annotated) or {min(t for t, _ in tasks)}
+        for task_id, _ in tasks:
+            if task_id not in keep:
+                removed += _delete_task(client, task_id)
+        if len(annotated) > 1:
+            annotated_twice[image_id] = annotated
+    return removed, annotated_twice
+
+
+def _delete_task(client: Any, task_id: int) -> int:
+    """1 when deleted, 0 when another push deleted it first."""
+    try:
+        client.tasks.delete(str(task_id))
+    except Exception as exc:  # noqa: BLE001 - the SDK's ApiError; only "already gone" is expected
+        if is_missing(exc):
+            return 0
+        raise
+    return 1
+
+
 # ----------------------------------------------------------------------------------------------- pull
 
 
@@ -360,8 +418,12 @@ def pull(
 ) -> dict[str, Any]:
     """Read the project's annotations into ``dataset``'s reviewed table; returns what was written.
 
-    Per task the chosen annotation is the one ``import_label_studio`` chooses (ground truth, else latest).
-    Annotated tasks of images the dataset does not hold raise, or with ``strict=False`` are skipped.
+    Tasks are read a page at a time, annotated ones only. Per image the chosen
+    annotation is the one ``import_label_studio`` chooses (ground truth, else latest) over all of the image's
+    tasks; images annotated in several tasks are listed. Tasks of images the dataset does not hold, without an
+    ``image_id`` (made by a storage Sync) or using a label that is not a category raise, or with
+    ``strict=False`` are skipped and counted. Images reviewed from this project before whose annotations were
+    all deleted are retracted (no longer reviewed, no longer scored). The reviewer is the annotator's email.
     """
     store = LabelDataset(dataset, storage_options)
     categories = store.categories()
@@ -370,37 +432,77 @@ def pull(
     client = client or connect(target.url, target.api_key)
     base = target.url.rstrip("/")
     with server_errors(base):
-        project, _ = _project(client, target.project, dataset)
-        exported = client.projects.exports.as_json(project.id)
-    annotated = [_review_fields(task) for task in exported if task.get("annotations")]
-    # The import id hashes what the reviews say, not the export's volatile fields: an unchanged pull
-    # rewrites the same part.
-    digest = hashlib.sha256(b"label-studio\x1f" + _canonical(annotated).encode()).hexdigest()[:32]
-    reviewed = import_label_studio(annotated, categories)
+        project, _, others = find_project(client, target.project, dataset)
+        emails = {int(user.id): user.email for user in client.users.list() if user.email}
+        tasks = _annotated_tasks(client, project.id, emails)
     source = f"{base}/projects/{project.id}"
+    known = {image.image_id: image for image in known_images(store)}
+    previous = read_reviewed(dataset, storage_options, include_retracted=True)
+    from_here = pc.and_(pc.equal(previous["tool"], "label-studio"), pc.equal(previous["source_uri"], source))
+    present = {int(t["data"]["image_id"]) for t in tasks if str(t["data"].get("image_id", "")).isdigit()}
+    retract = sorted(set(previous.filter(from_here)["image_id"].to_pylist()) - present)
+    # The import id hashes what the reviews say (and what they withdraw), not the server's volatile fields:
+    # an unchanged pull rewrites the same part.
+    digest = hashlib.sha256(b"label-studio\x1f" + _canonical([tasks, retract]).encode()).hexdigest()[:32]
+    skipped_tasks: list[tuple[int | None, str]] = []
+    reviews = iter_label_studio_reviews(tasks, categories, images=known, strict=strict, skipped=skipped_tasks)
     written = store_reviews(
         dataset,
-        reviewed,
+        reviews,
         tool="label-studio",
         import_id=digest,
         source_uri=source,
         strict=strict,
         storage_options=storage_options,
+        known=known,
+        retract=retract,
     )
+    several = {k: v for k, v in _task_ids_by_image(tasks).items() if len(v) > 1}
     return {
         "project": project.id,
         "title": project.title,
         "source": source,
-        "annotated_tasks": len(annotated),
+        "annotated_tasks": sum(len(t["task_ids"]) for t in tasks),
         **written,
+        **skipped_summary(written["skipped"], skipped_tasks),
+        "images_in_several_tasks": several,
+        "other_projects": others,
     }
 
 
-def _review_fields(task: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``import_label_studio`` reads of an exported task."""
-    keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by")
-    annotations = [{k: a.get(k) for k in keep} for a in task.get("annotations") or []]
-    return {"id": task.get("id"), "data": task.get("data") or {}, "annotations": annotations}
+def _annotated_tasks(client: Any, project_id: int, emails: Mapping[int, str]) -> list[dict[str, Any]]:
+    """The project's annotated tasks, a page at a time, merged per image (``task_ids`` lists the tasks), sorted
+    by their first task id; each annotation's ``completed_by`` becomes ``{"id", "email"}``."""
+    merged: dict[str, dict[str, Any]] = {}
+    # Label Studio's task list has no way to leave the predictions out (``include`` strips the annotations to
+    # their ids), so a page carries them too: pages stay small instead.
+    pages = client.tasks.list(project=project_id, fields="all", query=ANNOTATED, page_size=PAGE_SIZE, resolve_uri=False)
+    for task in pages:
+        fields = _review_fields(task, emails)
+        if not fields["annotations"]:
+            continue
+        image_id = fields["data"].get("image_id")
+        key = f"image {image_id}" if image_id is not None else f"task {fields['id']}"
+        entry = merged.setdefault(key, {**fields, "annotations": [], "task_ids": []})
+        entry["annotations"] += fields["annotations"]
+        entry["task_ids"].append(fields["id"])
+    return sorted(merged.values(), key=lambda t: min(t["task_ids"]))
+
+
+def _task_ids_by_image(tasks: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    return {str(t["data"].get("image_id")): list(t["task_ids"]) for t in tasks if "image_id" in t["data"]}
+
+
+def _review_fields(task: Any, emails: Mapping[int, str]) -> dict[str, Any]:
+    """What ``import_label_studio`` reads of a listed task."""
+    keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
+    annotations = []
+    for annotation in _field(task, "annotations") or []:
+        fields = {k: _field(annotation, k) for k in keep}
+        who = _field(annotation, "completed_by")
+        fields["completed_by"] = {"id": who, "email": emails.get(who)} if isinstance(who, int) else who
+        annotations.append(fields)
+    return {"id": int(_field(task, "id")), "data": dict(_field(task, "data") or {}), "annotations": annotations}
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -422,21 +524,3 @@ def _canonical(value: Any) -> str:
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(_canonical(value).encode()).hexdigest()
-
-
-def _normalized_xml(xml: str | None) -> str:
-    return "".join(line.strip() for line in (xml or "").splitlines())
-
-
-def _detail(body: Any) -> str:
-    """The server's reason in one line: its ``detail`` plus any field errors (e.g. a storage path it refused)."""
-    if not isinstance(body, Mapping):
-        return " ".join(str(body).split())[:500] if body else "no details"
-    parts = [str(body["detail"])] if body.get("detail") else []
-    errors = body.get("validation_errors")
-    if isinstance(errors, Mapping):
-        parts += [f"{field}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for field, v in errors.items()]
-    elif errors:
-        parts.append(str(errors))
-    text = "; ".join(parts) if parts else _canonical(dict(body))
-    return " ".join(text.split())[:500]

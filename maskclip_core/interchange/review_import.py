@@ -19,11 +19,11 @@ import pycocotools.mask as mask_utils
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.reader import known_images
 from maskclip_core.dataset.records import ExportImage, ReviewedImage, category_lookup
-from maskclip_core.dataset.reviews import review_rows, write_reviewed
+from maskclip_core.dataset.reviews import retraction_row, review_rows, write_reviewed
 from maskclip_core.dataset.rle import label_map_from_masks
 from maskclip_core.dataset.schema import REVIEW_TOOLS
 from maskclip_core.interchange.coco import COCO_CONTRIBUTOR
-from maskclip_core.interchange.label_studio import blame, import_label_studio, short_repr
+from maskclip_core.interchange.label_studio import blame, import_label_studio, iter_label_studio_reviews, short_repr
 from maskclip_core.interchange.polygons import polygons_to_mask
 from maskclip_core.storage.fs import read_bytes, read_json
 
@@ -215,10 +215,8 @@ def import_reviews(
         what = "a list of tasks or one task object" if fmt == "label-studio" else "an object (COCO instances)"
         raise ValueError(f"{review_url} is not a {fmt} review file: its JSON is a {type(doc).__name__}, not {what}")
     ours = {image.image_id: image for image in known_images(dataset)}
-    reviewed = _parse_reviews(doc, fmt, categories, ours, strict)
-    if not reviewed:  # e.g. our own tasks.json (predictions only) or an export made before anyone submitted
-        what = "annotated task" if fmt == "label-studio" else "image with annotations"
-        raise ValueError(f"{review_url} holds no {what}: nothing to import (export again after the review)")
+    skipped_tasks: list[tuple[int | None, str]] = []
+    reviewed = _parse_reviews(doc, fmt, categories, ours, strict, skipped_tasks)
     import_id = hashlib.sha256(fmt.encode() + b"\x1f" + raw).hexdigest()[:32]
     written = store_reviews(
         dataset_url,
@@ -230,13 +228,23 @@ def import_reviews(
         imported_at=imported_at,
         storage_options=storage_options,
         known=ours,
+        nothing=f"{review_url} holds no {'annotated task' if fmt == 'label-studio' else 'image with annotations'}",
     )
     return {
         "import_id": import_id,
         "format": fmt,
         "source": review_url,
         **{k: v for k, v in written.items() if k != "import_id"},
+        **skipped_summary(written["skipped"], skipped_tasks),
     }
+
+
+def skipped_summary(skipped: list[int], skipped_tasks: Sequence[tuple[int | None, str]]) -> dict[str, Any]:
+    """The summary's ``skipped`` image ids (reviews of images not ours, tasks left out), and the tasks left out
+    (``skipped_tasks`` count, the first reasons)."""
+    ids = sorted({*skipped, *(i for i, _ in skipped_tasks if i is not None)})
+    reasons = [reason for _, reason in skipped_tasks[:10]]
+    return {"skipped": ids, "skipped_tasks": len(skipped_tasks), "skipped_reasons": reasons}
 
 
 def store_reviews(
@@ -250,21 +258,33 @@ def store_reviews(
     imported_at: dt.datetime | None = None,
     storage_options: Mapping[str, Any] | None = None,
     known: Mapping[int, ExportImage] | None = None,
+    retract: Iterable[int] = (),
+    nothing: str | None = None,
 ) -> dict[str, Any]:
     """Write reviewed label maps as one ``reviewed`` part named after ``import_id`` (same id: same part).
 
     Of several reviews of one image the latest counts; reviews of images the dataset does not hold raise, or
     with ``strict=False`` are skipped and listed. ``known``: the dataset's images by id, when the caller has them.
+    ``retract``: images whose review was withdrawn in the tool (``reviews.retraction_row``). ``nothing``: raise
+    with this text when there is no review at all. Reviews are kept as compressed rows, not label maps.
     """
     if known is None:
         known = {image.image_id: image for image in known_images(LabelDataset(dataset_url, storage_options))}
-    latest, skipped = _latest_of_ours(reviewed, known, strict, dataset_url)
     when = imported_at or dt.datetime.now(dt.UTC)
-    rows = [
-        row
-        for review in latest.values()
-        for row in review_rows(review, known[review.image_id], tool, import_id, when, source_uri)
-    ]
+    latest: dict[int, tuple[str, list[dict[str, Any]]]] = {}
+    skipped: list[int] = []
+    for review in reviewed:
+        image = _image_of(review, known, strict, dataset_url, skipped)
+        if image is not None and (review.image_id not in latest or review.reviewed_at >= latest[review.image_id][0]):
+            latest[review.image_id] = (
+                review.reviewed_at,
+                review_rows(review, image, tool, import_id, when, source_uri),
+            )
+    if not latest and nothing is not None:  # e.g. our own tasks.json (predictions only), or no one submitted yet
+        raise ValueError(f"{nothing}: nothing to import (export again after the review)")
+    rows = [row for _, image_rows in latest.values() for row in image_rows]
+    withdrawn = sorted({i for i in retract if i in known and i not in latest})
+    rows += [retraction_row(known[i], tool, import_id, when, source_uri) for i in withdrawn]
     url = write_reviewed(dataset_url, rows, storage_options)
     return {
         "import_id": import_id,
@@ -272,14 +292,20 @@ def store_reviews(
         "images": len(latest),
         "regions": sum(r["category_id"] is not None for r in rows),
         "skipped": skipped,
+        **({"retracted": withdrawn} if withdrawn else {}),
     }
 
 
 def _parse_reviews(
-    doc: Any, fmt: str, categories: Sequence[Mapping[str, Any]], ours: Mapping[int, ExportImage], strict: bool
-) -> list[ReviewedImage]:
-    if fmt == "label-studio":
-        return import_label_studio(doc, categories)
+    doc: Any,
+    fmt: str,
+    categories: Sequence[Mapping[str, Any]],
+    ours: Mapping[int, ExportImage],
+    strict: bool,
+    skipped: list[tuple[int | None, str]],
+) -> Iterable[ReviewedImage]:
+    if fmt == "label-studio":  # matched to our images (and their sizes) before a mask is decoded
+        return iter_label_studio_reviews(doc, categories, images=ours, strict=strict, skipped=skipped)
     ids = set()
     for i, image in enumerate(doc.get("images", []) if isinstance(doc.get("images", []), list) else []):
         with blame(_entry_name("COCO image", image, i)):
@@ -291,24 +317,19 @@ def _parse_reviews(
     return import_coco_reviews(doc, categories, images=matchable, strict=strict)
 
 
-def _latest_of_ours(
-    reviewed: Iterable[ReviewedImage], ours: Mapping[int, ExportImage], strict: bool, dataset_url: str
-) -> tuple[dict[int, ReviewedImage], list[int]]:
-    """The latest review per image of the dataset (a task exported twice: its latest review counts), and the
-    ids skipped as not ours (``strict=False``; otherwise they raise)."""
-    latest: dict[int, ReviewedImage] = {}
-    skipped: list[int] = []
-    for review in reviewed:
-        image = ours.get(review.image_id)
-        if image is None or (review.sha256 and review.sha256 != image.sha256):
-            if strict:
-                why = "is not in the dataset" if image is None else "has a different sha256 in the dataset"
-                raise ValueError(f"reviewed image {review.image_id} {why} ({dataset_url})")
-            skipped.append(review.image_id)
-            continue
-        if review.label_map.shape != (image.height, image.width):
-            size = (image.height, image.width)
-            raise ValueError(f"review of image {review.image_id} is {review.label_map.shape}, the image is {size}")
-        if review.image_id not in latest or review.reviewed_at >= latest[review.image_id].reviewed_at:
-            latest[review.image_id] = review
-    return latest, skipped
+def _image_of(
+    review: ReviewedImage, ours: Mapping[int, ExportImage], strict: bool, dataset_url: str, skipped: list[int]
+) -> ExportImage | None:
+    """The dataset's image a review belongs to; None (listed in ``skipped``) for one not ours with ``strict=False``,
+    which raises otherwise."""
+    image = ours.get(review.image_id)
+    if image is None or (review.sha256 and review.sha256 != image.sha256):
+        if strict:
+            why = "is not in the dataset" if image is None else "has a different sha256 in the dataset"
+            raise ValueError(f"reviewed image {review.image_id} {why} ({dataset_url})")
+        skipped.append(review.image_id)
+        return None
+    if review.label_map.shape != (image.height, image.width):
+        size = (image.height, image.width)
+        raise ValueError(f"review of image {review.image_id} is {review.label_map.shape}, the image is {size}")
+    return image
