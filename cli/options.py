@@ -129,6 +129,12 @@ def add_teacher_options(parser: argparse.ArgumentParser, classes_default: str | 
     field_option(g, "--attention", INFERENCE, "attention", choices=ATTENTION_MODES)
     field_option(g, "--proxy", LABELER_CONFIG, "proxy")
     field_option(g, "--proxy-weights", LABELER_CONFIG, "proxy_weights")
+    field_option(g, "--sam", LABELER_CONFIG, "sam")
+    field_option(g, "--sam-weights", LABELER_CONFIG, "sam_weights")
+    field_option(g, "--sam-cos-fac", LABELER_CONFIG, "sam_cos_fac", type=float)
+    field_flag(
+        g, "--no-sam-refine-neg-cos", LABELER_CONFIG, "sam_refine_neg_cos", help="Trident: 0.6 for a negative threshold"
+    )
     field_flag(g, "--pamr", INFERENCE, "pamr")
     field_option(g, "--pamr-iterations", INFERENCE, "pamr_iterations", type=int)
     field_option(g, "--pamr-dilations", INFERENCE, "pamr_dilations", type=int, nargs="+", metavar="PX")

@@ -16,7 +16,10 @@ from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, load_clip
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, templates_for
 from maskclip_core.teacher.proxy import ProxyBundle, cached_proxy
+from maskclip_core.teacher.sam import cached_sam
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
+from maskclip_core.teacher.trident import TRIDENT_COS_FAC
+from maskclip_core.teacher.trident_labeler import TridentLabeler
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import DensePredictor, ImageInput, InferenceConfig
 from maskclip_core.types import SegmentationResult
@@ -42,6 +45,18 @@ class LabelerConfig(BaseModel):
     proxy_weights: str = Field(
         "pretrained", description="Proxy weights: 'pretrained' (timm's hub), a local weights file, or 'none'"
     )
+    sam: str | None = Field(
+        None,
+        description="Trident: SAM's image encoder (vit_b, vit_l, vit_h or a timm samvit_* name) whose attention "
+        "aggregates the proxy's windows over the whole image; needs a proxy (Trident's: vit_base_patch16_224.dino)",
+    )
+    sam_weights: str = Field(
+        "pretrained", description="SAM weights: 'pretrained' (timm's hub), a local file (sam_vit_b_01ec64.pth), 'none'"
+    )
+    sam_cos_fac: float = Field(
+        TRIDENT_COS_FAC, gt=0, description="Trident: keep SAM's attention where its values' cosine > this x their mean"
+    )
+    sam_refine_neg_cos: bool = Field(True, description="Trident: keep a negative threshold (off: it becomes 0.6)")
 
     @model_validator(mode="after")
     def _proxy_replaces_attention(self) -> LabelerConfig:
@@ -49,6 +64,15 @@ class LabelerConfig(BaseModel):
             raise ValueError(
                 f"a proxy encoder replaces the last block's attention; attention={self.inference.attention!r} "
                 "cannot be combined with it (leave attention at 'maskclip')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _trident_needs_a_proxy(self) -> LabelerConfig:
+        if self.sam is not None and self.proxy is None:
+            raise ValueError(
+                "Trident (sam) aggregates a proxy encoder's windows: set proxy too "
+                "(Trident's: vit_base_patch16_224.dino)"
             )
         return self
 
@@ -84,13 +108,25 @@ class MaskCLIPLabeler:
     @classmethod
     def from_config(
         cls, config: LabelerConfig, *, device: str | torch.device | None = None, text_cache_dir: str | None = None
-    ) -> MaskCLIPLabeler:
+    ) -> MaskCLIPLabeler | TridentLabeler:
         bundle = load_clip(config.model, config.pretrained, device=device, seed=config.seed)
         proxy = None
         if config.proxy is not None:
             if not bundle.is_vit:
                 raise ValueError(f"ProxyCLIP needs a ViT CLIP; {config.model} is a ResNet")
             proxy = cached_proxy(config.proxy, config.proxy_weights, device=bundle.device, seed=config.seed)
+        if config.sam is not None:
+            return TridentLabeler(
+                bundle,
+                proxy,
+                cached_sam(config.sam, config.sam_weights, device=bundle.device, seed=config.seed),
+                config.vocabulary(),
+                config.inference,
+                cos_fac=config.sam_cos_fac,
+                refine_neg_cos=config.sam_refine_neg_cos,
+                templates=templates_for(config.templates),
+                text_cache=TextClassifierCache(text_cache_dir) if text_cache_dir else None,
+            )
         return cls(
             bundle,
             config.vocabulary(),

@@ -3,7 +3,7 @@
 Its windows, proxy temperature and logit scale come from the labeler's ``InferenceConfig`` (``crop``,
 ``stride``, ``short_side``, ``max_long_side``, ``logit_scale``, ``proxy_beta``, ``proxy_gamma``, ``precision``);
 the refinements of the sliding-window protocol (key smoothing, prompt denoising, PAMR) are not part of Trident
-and do not run. ``TridentConfig`` holds what is Trident's own: SAM and its affinity's threshold.
+and do not run. Trident's own settings are SAM (the encoder, its weights) and the affinity's threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from maskclip_core.teacher.clip_loader import ClipBundle
 from maskclip_core.teacher.fast_paths import LOW_PRECISION
@@ -60,21 +59,6 @@ TRIDENT_INFERENCE = {
 TRIDENT_PROXY = "vit_base_patch16_224.dino"
 
 
-class TridentConfig(BaseModel):
-    """Trident's own settings (hashed into the labeling configuration with the rest of ``LabelerConfig``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    sam: str = Field("vit_b", description="SAM image encoder: vit_b, vit_l, vit_h or a timm samvit_* name")
-    sam_weights: str = Field(
-        "pretrained", description="SAM weights: 'pretrained' (timm's hub), a local file (sam_vit_b_01ec64.pth), 'none'"
-    )
-    cos_fac: float = Field(TRIDENT_COS_FAC, gt=0, description="SAM affinity: keep pairs above cos_fac x mean cosine")
-    refine_neg_cos: bool = Field(
-        True, description="SAM affinity: keep a negative threshold (off: a negative threshold becomes 0.6)"
-    )
-
-
 class TridentLabeler:
     """Dense labels from Trident; the same ``label`` / ``config`` as ``MaskCLIPLabeler``."""
 
@@ -85,8 +69,9 @@ class TridentLabeler:
         sam: SamBundle,
         vocabulary: Vocabulary,
         inference: InferenceConfig | None = None,
-        trident: TridentConfig | None = None,
         *,
+        cos_fac: float = TRIDENT_COS_FAC,
+        refine_neg_cos: bool = True,
         templates: Sequence[str] = MASKCLIP_TEMPLATES,
         text_cache: TextClassifierCache | None = None,
     ) -> None:
@@ -96,7 +81,9 @@ class TridentLabeler:
         self.inference = (inference or InferenceConfig(**TRIDENT_INFERENCE)).resolved(bundle.device)
         if self.inference.precision == "int8":
             raise ValueError("Trident runs in fp32, bf16 or fp16; precision 'int8' is not available for it")
-        self.trident = trident or TridentConfig()
+        if cos_fac <= 0:
+            raise ValueError(f"Trident's cos_fac must be positive, got {cos_fac}")
+        self.cos_fac, self.refine_neg_cos = float(cos_fac), bool(refine_neg_cos)
         self.templates = tuple(templates)
         self._text_cache = text_cache or default_text_cache()
         self.device = torch.device(bundle.device)
@@ -136,9 +123,7 @@ class TridentLabeler:
         valid = (max(1, h // p), max(1, w // p))  # a sliver of an image still gets one SAM cell
         cfg = self.inference
         with self._autocast():
-            affinity = sam_affinity(
-                sam_last_attention(self.sam, pixels), valid, self.trident.cos_fac, self.trident.refine_neg_cos
-            )
+            affinity = sam_affinity(sam_last_attention(self.sam, pixels), valid, self.cos_fac, self.refine_neg_cos)
             return trident_features(
                 self.bundle.model,
                 self.proxy,
@@ -186,7 +171,7 @@ class TridentLabeler:
             "inference": {**{name: getattr(cfg, name) for name in used}, "precision": cfg.precision},
             "proxy": {"model": self.proxy.name, "weights": self.proxy.weights_id},
             "sam": {"model": self.sam.name, "weights": self.sam.weights_id},
-            "trident": self.trident.model_dump(mode="json", exclude={"sam", "sam_weights"}),
+            "trident": {"cos_fac": self.cos_fac, "refine_neg_cos": self.refine_neg_cos},
         }
 
 

@@ -3,6 +3,8 @@ arithmetic (support/trident_reference.py, from YuHengsss/Trident), with random C
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -13,10 +15,11 @@ from support.trident_reference import get_sam_feat, get_sam_sim, preprocess_imag
 from support.vit_reference import max_rel_error
 
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError, load_clip
+from maskclip_core.teacher.labeler import LabelerConfig, MaskCLIPLabeler, cached_labeler
 from maskclip_core.teacher.proxy import ProxyBundle
 from maskclip_core.teacher.sam import load_sam, sam_last_attention, sam_pixels
 from maskclip_core.teacher.trident import canvas_shape, sam_affinity, trident_features
-from maskclip_core.teacher.trident_labeler import TridentConfig, TridentLabeler
+from maskclip_core.teacher.trident_labeler import TridentLabeler
 from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import InferenceConfig
 
@@ -142,7 +145,7 @@ def test_labeler_labels_at_the_original_size_and_names_its_parts(clip):
     proxy, sam = _proxy("vit_small_patch16_224.dino", 6), _sam(seed=6)
     vocabulary = Vocabulary.parse("red, green; grass, blue", None)
     inference = InferenceConfig(short_side=96, crop=64, stride=48, logit_scale=40.0, precision="fp32")
-    labeler = TridentLabeler(clip, proxy, sam, vocabulary, inference, TridentConfig(sam_weights="none"))
+    labeler = TridentLabeler(clip, proxy, sam, vocabulary, inference)
     images = [scene(90, 130, seed=7), scene(60, 60, seed=8)]
     results = labeler.label(images)
     for image, result in zip(images, results, strict=True):
@@ -154,7 +157,7 @@ def test_labeler_labels_at_the_original_size_and_names_its_parts(clip):
         "random-seed6/" + str(sorted(SMALL_SAM.items()))
     )
     assert config["inference"]["crop"] == 64 and config["trident"] == {"cos_fac": 1.2, "refine_neg_cos": True}
-    other = TridentLabeler(clip, proxy, sam, vocabulary, inference, TridentConfig(cos_fac=2.0))
+    other = TridentLabeler(clip, proxy, sam, vocabulary, inference, cos_fac=2.0)
     assert other.config() != config
     assert max_rel_error(other.features(images[0]), labeler.features(images[0])) > 1e-3
 
@@ -179,3 +182,56 @@ def test_sam_weights_from_a_local_sam_checkpoint(tmp_path):
     for (k, a), b in zip(source.encoder.state_dict().items(), loaded.encoder.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
     assert loaded.weights_id != source.weights_id
+
+
+# Trident chosen where a labeler is chosen: LabelerConfig (the Prefect forms' teacher settings), the CLI options.
+# timm's samvit_base_patch16_224 is SAM ViT-B at a 224-pixel input (no absolute positions): fast with random weights.
+TRIDENT_CONFIG = {
+    "model": "maskclip-tiny-ViT",
+    "pretrained": "none",
+    "classes": "red, green, blue",
+    "proxy": "vit_small_patch16_224.dino",
+    "proxy_weights": "none",
+    "sam": "samvit_base_patch16_224",
+    "sam_weights": "none",
+    "inference": InferenceConfig(short_side=96, crop=64, stride=48, precision="fp32"),
+}
+
+
+def test_labeler_config_selects_trident_and_hashes_its_settings():
+    from maskclip_core.labeling.config_hash import labeling_config_hash
+    from maskclip_core.labeling.filter import FilterConfig
+    from maskclip_core.labeling.registry import LabelerParameters, load_labeler
+
+    labeler = load_labeler(LabelerParameters.maskclip(LabelerConfig(**TRIDENT_CONFIG), device="cpu"))
+    assert isinstance(labeler, TridentLabeler)
+    [result] = labeler.label([scene(70, 100, seed=10)])
+    assert result.labels.shape == (70, 100)
+    hashes = {
+        labeling_config_hash(cached_labeler(LabelerConfig(**{**TRIDENT_CONFIG, **change})).config(), FilterConfig())
+        for change in ({}, {"sam_cos_fac": 2.0}, {"sam_refine_neg_cos": False}, {"sam": None})
+    }
+    assert len(hashes) == 4
+    with pytest.raises(ValueError, match="set proxy too"):
+        LabelerConfig(**{**TRIDENT_CONFIG, "proxy": None})
+
+
+def test_cli_segment_with_trident_options(tmp_path):
+    from PIL import Image
+
+    from cli.main import main
+
+    photo = tmp_path / "a.png"
+    Image.fromarray(scene(60, 90, seed=11)).save(photo)
+    args = ["segment", str(photo), "--classes", "red, green, blue", "--out", str(tmp_path / "out")]
+    args += ["--model", "maskclip-tiny-ViT", "--pretrained", "none", "--short-side", "96", "--crop", "64"]
+    args += ["--stride", "48", "--precision", "fp32", "--proxy", "vit_small_patch16_224.dino", "--proxy-weights"]
+    args += ["none", "--sam", "samvit_base_patch16_224", "--sam-weights", "none", "--sam-cos-fac", "1.5"]
+    assert main([*args, "--no-sam-refine-neg-cos"]) == 0
+    summary = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert summary["images"][0]["status"] == "labeled"
+    assert summary["labeler"]["labeler"] == "trident"
+    assert summary["labeler"]["trident"] == {"cos_fac": 1.5, "refine_neg_cos": False}
+    config = LabelerConfig(**{**TRIDENT_CONFIG, "sam_cos_fac": 1.5, "sam_refine_neg_cos": False})
+    [expected] = MaskCLIPLabeler.from_config(config).label([np.asarray(Image.open(photo))])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a_labels.png")), expected.labels)
