@@ -139,7 +139,7 @@ def push(
         "project_created": created,
         **summary,
         "images": len(images),
-        "duplicates_removed": removed,
+        "duplicates_removed": summary["duplicates_removed"] + removed,
         "duplicates_annotated": kept,
         "other_projects": others,
     }
@@ -165,7 +165,7 @@ def _fill_project(
         client, images, local_folders, options["document_root"]
     )  # before any task: a root the server does not use stops
     storages += _s3_storages(client, project.id, buckets, storage_options)
-    _reconcile(client, project.id)  # duplicates left by earlier pushes go before predictions are compared
+    removed, _ = _reconcile(client, project.id)  # duplicates left by earlier pushes go before predictions are compared
     existing = _tasks_by_image(client, project.id, options["model_version"])
     created_tasks = updated = 0
     pending: list[dict[str, Any]] = []
@@ -185,6 +185,7 @@ def _fill_project(
         "tasks_created": created_tasks,
         "tasks_updated": updated,
         "tasks_unchanged": len(images) - created_tasks - updated,
+        "duplicates_removed": removed,
     }
 
 
