@@ -1,16 +1,21 @@
 """Hostile review files through ``maskclip import``: each is refused in one line naming what is wrong, nothing
-is written, and nothing the file names is ever fetched (issue 21, item 6 and the wrong-JSON-types bullet)."""
+is written, and nothing the file names is ever fetched (issue 21, item 6 and the wrong-JSON-types bullet); the
+work a file can cause is bounded by the dataset's image sizes, and its strings are stored cut (issue 21)."""
 
 from __future__ import annotations
 
 import http.server
 import json
 import threading
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.review_store import Built, build_store, fails, run
+
+from maskclip_core.dataset.reviews import MAX_STORED_CHARS, read_reviewed
+from maskclip_core.interchange.label_studio import import_label_studio
 
 
 @pytest.fixture
@@ -248,3 +253,67 @@ def test_deeply_nested_json_is_one_line(built, tmp_path, capsys):
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
     refused(capsys, built, "label-studio", str(path))
+
+
+# --- bounded work: tasks are matched and their declared sizes checked before anything is decoded ----------
+
+
+def peak_mib(work: Any) -> float:
+    """Peak Python + numpy memory (MiB) while ``work()`` runs."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def huge(task: dict[str, Any], height: int = 30_000, width: int = 30_000) -> dict[str, Any]:
+    """The task declaring a huge image (a 0.9 GB label map) in its data and its regions."""
+    task["data"].update(height=height, width=width)
+    for region in task["annotations"][0]["result"]:
+        region.update(original_height=height, original_width=width)
+    return task
+
+
+def test_a_declared_size_that_is_not_the_image_is_refused_before_decoding(built, tmp_path, capsys):
+    review = write(tmp_path / "r.json", [huge(polygon_task(built, GOOD_POINTS))])
+    errors: list[str] = []
+    peak = peak_mib(lambda: errors.append(refused(capsys, built, "label-studio", review)))
+    assert "declares 30000x30000" in errors[0] and "is 32x48" in errors[0]
+    assert peak < 64, f"{peak:.0f} MiB"
+
+
+def test_tasks_of_unknown_images_are_skipped_before_decoding(built, tmp_path, capsys):
+    strangers = [
+        huge(_set(polygon_task(built, GOOD_POINTS, task_id=100 + i), "data.image_id", str(10**9 + i)))
+        for i in range(50)
+    ]
+    review = write(tmp_path / "r.json", [polygon_task(built, GOOD_POINTS), *strangers])
+    summaries: list[dict[str, Any]] = []
+    peak = peak_mib(
+        lambda: summaries.append(
+            run(capsys, "import", "label-studio", review, "--dataset", built.store.url, "--skip-unknown")
+        )
+    )
+    assert (summaries[0]["images"], summaries[0]["skipped_tasks"]) == (1, 50)
+    assert peak < 64, f"{peak:.0f} MiB"
+
+
+def test_a_brush_rle_declaring_more_values_than_the_image_is_refused(built, tmp_path, capsys):
+    rle = [255, 255, 255, 255, *([0] * 20)]  # 2**32 - 1 values in its header, for a 32 x 48 image
+    err = refused(capsys, built, "label-studio", write(tmp_path / "r.json", [brush_task(built, rle)]))
+    assert "task 41" in err and "declares 4294967295 values" in err
+
+
+def test_without_the_dataset_a_task_may_declare_a_bounded_size(built):
+    with pytest.raises(ValueError, match="declares 100000x100000, not 1 to 80000000 pixels"):
+        import_label_studio([huge(polygon_task(built, GOOD_POINTS), 100_000, 100_000)], [{"id": 1, "name": "cat"}])
+
+
+def test_huge_reviewer_strings_are_stored_cut(built, tmp_path, capsys):
+    task = polygon_task(built, GOOD_POINTS)
+    task["annotations"][0].update(completed_by="r" * 10_000_000, updated_at="2025-" + "9" * 10_000_000)
+    run(capsys, "import", "label-studio", write(tmp_path / "r.json", [task]), "--dataset", built.store.url)
+    [row] = read_reviewed(built.store.url).to_pylist()
+    assert row["reviewer"] == "r" * MAX_STORED_CHARS and len(row["reviewed_at"]) == MAX_STORED_CHARS
