@@ -102,9 +102,10 @@ def label_dataset(
     Args:
         source: fsspec URL of the images: a local folder, ``s3://bucket/prefix``, ``memory://...``.
         dataset: fsspec URL of the Parquet dataset (images / annotations / categories).
-        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn");
+            needed by the MaskCLIP teacher (the default labeler), left empty for a student (its checkpoint's).
         labeler: the MaskCLIP teacher's ``config`` (model, weights, inference; default ViT-B-16, OpenAI
-            weights), or a student ``checkpoint``.
+            weights; the classes are ``classes``), or a student ``checkpoint``.
         filters: confidence-filter thresholds, with per-class overrides.
         options: listing filters, batch size, parallelism (thread pool or Dask), retries, thumbnails.
         force: relabel images already labeled under the same configuration.

@@ -83,7 +83,7 @@ class ExportStepParameters(BaseModel):
 def pseudo_label_and_train(
     source: str,
     dataset: str,
-    classes: str | None = None,
+    classes: str,
     labeler: LabelerParameters | None = None,
     filters: FilterConfig = FilterConfig(),  # noqa: B008 - pydantic defaults show in the deployment form
     options: LabelingRunParameters = LabelingRunParameters(),  # noqa: B008
@@ -96,9 +96,9 @@ def pseudo_label_and_train(
     Args:
         source: fsspec URL of the images.
         dataset: fsspec URL of the teacher's Parquet dataset (checkpoints and metrics go there too).
-        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn").
-        labeler: the teacher (``labeler="maskclip"``; its ``LabelerConfig``, default ViT-B-16 with OpenAI
-            weights).
+        classes: the classes to label, comma separated, synonyms after ';' ("car, road, grass; lawn"); they
+            replace a Python caller's ``labeler.config.classes``.
+        labeler: the teacher (``labeler="maskclip"``; its settings, default ViT-B-16 with OpenAI weights).
         filters: the confidence filter of the teacher's labels, the self-training rounds and the relabeling.
         options: how the labeling runs are carried out (batches, parallelism, retries, storage options).
         training: the student, its schedule, data options, ground truth, run options.

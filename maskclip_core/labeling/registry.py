@@ -12,7 +12,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from maskclip_core.dataset.schema import LABELERS, LabelerKind
 from maskclip_core.device import resolve_device
@@ -27,8 +28,8 @@ class StudentUnavailableError(RuntimeError):
 
 
 def _load_teacher(spec: LabelerParameters, device: str | None) -> Labeler:
-    if spec.config is None:
-        raise ValueError("labeler='maskclip' needs classes: pass `classes` or `labeler.config.classes`")
+    if not isinstance(spec.config, LabelerConfig):
+        raise ValueError("labeler='maskclip' needs classes: pass `classes` (e.g. 'car, road, tree stump')")
     return cached_labeler(spec.config, device=device)
 
 
@@ -55,6 +56,17 @@ if set(LABELER_KINDS) != set(LABELERS):  # the dataset's labeler columns hold th
     raise ImportError(f"labeler kinds {LABELER_KINDS} differ from the dataset's {LABELERS}")
 
 
+# The teacher's settings as a deployment's form and JSON parameters give them: every LabelerConfig field but
+# `classes`, which the flows' own `classes` parameter supplies (one Classes field, not two). Built from
+# LabelerConfig's fields so the two never drift; `with_classes` turns it into a LabelerConfig.
+TeacherSettings = create_model(
+    "TeacherSettings",
+    __config__=ConfigDict(frozen=True, extra="forbid"),
+    __doc__="The MaskCLIP teacher's model, weights and inference settings (the classes are the flow's `classes`).",
+    **{name: (f.annotation, f) for name, f in LabelerConfig.model_fields.items() if name != "classes"},
+)
+
+
 class LabelerParameters(BaseModel):
     """Which labeler produces the labels: the MaskCLIP teacher, or a MaskCLIP+ student checkpoint."""
 
@@ -63,10 +75,11 @@ class LabelerParameters(BaseModel):
     labeler: LabelerKind = Field(
         "maskclip", description="'maskclip' (the teacher, configured by `config`) or 'student' (`checkpoint`)"
     )
-    config: LabelerConfig | None = Field(
+    # Python callers may pass a complete LabelerConfig (classes included); the form offers TeacherSettings only.
+    config: TeacherSettings | SkipJsonSchema[LabelerConfig] | None = Field(  # type: ignore[valid-type]
         None,
         description="The MaskCLIP teacher's model, weights and inference settings (labeler='maskclip'); "
-        "default: ViT-B-16 with OpenAI weights and the flow's `classes`",
+        "default: ViT-B-16 with OpenAI weights. The classes are the flow's `classes`",
     )
     checkpoint: str | None = Field(
         None, description="Student weights file or checkpoint directory URL (labeler='student'; newest round)"
@@ -122,10 +135,11 @@ class LabelerParameters(BaseModel):
             return self
         if classes is not None and not classes.strip():
             raise ValueError("`classes` is empty: name the classes, comma separated (synonyms after ';')")
-        if self.config is None:
+        if not isinstance(self.config, LabelerConfig):  # no settings, or settings without classes
             if not classes:
                 raise ValueError("name the classes: `classes` (e.g. 'car, road, tree stump')")
-            return self.model_copy(update={"config": LabelerConfig(classes=classes)})
+            settings = self.config.model_dump() if self.config is not None else {}
+            return self.model_copy(update={"config": LabelerConfig(**settings, classes=classes)})
         if classes and classes != self.config.classes:
             return self.model_copy(update={"config": self.config.model_copy(update={"classes": classes})})
         return self

@@ -109,7 +109,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = pseudo_label_and_train(
         str(src),
         out,
-        None,  # classes: the spec's own
+        TINY_SPEC.config.classes,  # the one classes parameter (the spec's own here)
         TINY_SPEC,
         KEEP_ALL,
         FAST,
@@ -244,7 +244,14 @@ def test_parent_run_links_a_failed_sub_run_and_the_training_loss_is_in_the_run_l
         ground_truth=GroundTruthParameters(url=str(tmp_path / "missing.json")),
     )
     state = pseudo_label_and_train(
-        str(pipeline["src"]), pipeline["out"], None, TINY_SPEC, KEEP_ALL, FAST, training, return_state=True
+        str(pipeline["src"]),
+        pipeline["out"],
+        TINY_SPEC.config.classes,
+        TINY_SPEC,
+        KEEP_ALL,
+        FAST,
+        training,
+        return_state=True,
     )
     assert state.is_failed()
     [links] = [a for a in _artifacts_of([state.state_details.flow_run_id]) if a.key == "pseudo-label-and-train-steps"]
@@ -279,7 +286,7 @@ def test_pipeline_on_s3_relabels_into_the_same_output(s3_server, tmp_path: Path)
         return pseudo_label_and_train(
             f"s3://{bucket}/photos",
             out,
-            None,
+            TINY_SPEC.config.classes,
             TINY_SPEC,
             KEEP_ALL,
             options,
@@ -481,9 +488,9 @@ def test_deployments_in_prefect_yaml() -> None:
 
     root = Path(__file__).resolve().parents[2]
     config = yaml.safe_load((root / "prefect.yaml").read_text())
-    names = {(d["entrypoint"].rsplit(":", 1)[-1], d["name"]) for d in config["deployments"]}
+    names = {(d["entrypoint"].rsplit(".", 1)[-1], d["name"]) for d in config["deployments"]}
     assert {("label_dataset", "nightly"), ("label_dataset", "new-dataset")} <= names  # kept
-    assert {("pseudo_label_and_train", "on-demand"), ("train_student", "on-demand")} <= names
+    assert {("pseudo_label_and_train", "teacher-to-student"), ("train_student", "student-from-dataset")} <= names
     expected = {
         "pseudo-label-and-train": {
             "TrainingStepParameters",
@@ -501,7 +508,7 @@ def test_deployments_in_prefect_yaml() -> None:
         },
     }
     for d in config["deployments"]:
-        flow = load_flow_from_entrypoint(str(root / d["entrypoint"]))
+        flow = load_flow_from_entrypoint(d["entrypoint"])  # a module path (flows.<module>.<flow>)
         if flow.name in expected:
             # The UI's Run form: the pydantic models with their fields and bounds.
             assert expected[flow.name] <= set(parameter_schema(flow.fn).definitions), flow.name

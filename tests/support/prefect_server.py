@@ -6,15 +6,20 @@ uvicorn and everything it started; subprocesses reach it through :meth:`PrefectS
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STARTUP_TIMEOUT_S = 240.0  # first start migrates the database; the test machines are busy
 
@@ -51,13 +56,7 @@ class PrefectServer:
         return env
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        _stop_group(self.process)
 
 
 def start_prefect_server(home: Path) -> PrefectServer:
@@ -107,3 +106,80 @@ def run_prefect(
         text=True,
         timeout=timeout,
     )
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group ``process`` leads, SIGKILL it if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@contextmanager
+def process_worker(server: PrefectServer, pool: str, cwd: Path | str, log: Path, **env: str) -> Iterator[None]:
+    """``prefect worker start --pool POOL`` against ``server`` (its own process group), stopped on exit."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--prefetch-seconds", "5"],
+            cwd=cwd,
+            env=server.env(**env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield
+    finally:
+        _stop_group(process)
+
+
+def api(server: PrefectServer, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+    """One JSON call to the server's REST API (POST when there is a body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{server.api_url}{path}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method=method or ("POST" if data is not None else "GET"),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            payload = r.read()
+    except urllib.error.HTTPError as e:  # the server says why (e.g. parameters the deployment's schema refuses)
+        raise AssertionError(f"{method or 'POST'} {path}: {e.code} {e.read().decode(errors='replace')}") from e
+    return json.loads(payload) if payload else None
+
+
+def deployment_id(server: PrefectServer, name: str) -> str:
+    """The id of deployment ``flow-name/deployment-name``."""
+    return str(api(server, f"/deployments/name/{name}")["id"])
+
+
+def run_deployment(server: PrefectServer, name: str, parameters: dict[str, Any]) -> str:
+    """Create a flow run of deployment ``name`` with ``parameters``; returns its id (a worker picks it up)."""
+    run = api(server, f"/deployments/{deployment_id(server, name)}/create_flow_run", {"parameters": parameters})
+    return str(run["id"])
+
+
+def wait_for_final_state(server: PrefectServer, flow_run_id: str, timeout: float = 300) -> dict[str, Any]:
+    """The flow run once its state is final (Completed, Failed, Crashed, Cancelled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api(server, f"/flow_runs/{flow_run_id}")
+        if run["state"]["type"] in FINAL_STATES or time.monotonic() > deadline:
+            return run
+        time.sleep(1.0)
+
+
+def run_logs(server: PrefectServer, flow_run_id: str) -> list[dict[str, Any]]:
+    """Every log line of a flow run (and of its tasks), oldest first."""
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    return api(server, "/logs/filter", body)
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
