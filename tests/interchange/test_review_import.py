@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from support.coco_sample import SAMPLE, load_sample, require_sample
+from support.review_store import build_store, run, write_image
 
 from maskclip_core.evaluation.reviewed import evaluate_against_reviewed, pseudo_label_maps
 from maskclip_core.interchange import (
@@ -340,3 +341,27 @@ def test_evaluate_fully_annotated_scores_unannotated_pixels_as_no_class():
     # cat: tp 1, fp 1 (on no class) -> 1/2; grass: tp 1, fp 2 -> 1/3; right: 3 px of 6 (no class at [1, 2])
     assert full["per_class_iou"] == {"cat": pytest.approx(1 / 2), "grass": pytest.approx(1 / 3)}
     assert full["miou"] == pytest.approx((1 / 2 + 1 / 3) / 2) and full["pixel_accuracy"] == pytest.approx(3 / 6)
+
+
+def test_a_duplicate_content_photo_reviewed_under_its_alias_id_is_scored(tmp_path, capsys):
+    """Two files with identical bytes: the export gives the later one an alias id; its review is scored, not
+    listed as missing (issue 20)."""
+    source = tmp_path / "src"
+    write_image(source / "a" / "img.png", seed=1)
+    (source / "a" / "twin.png").write_bytes((source / "a" / "img.png").read_bytes())
+    files = [["a/img.png", "a/twin.png", "b/img.png"]]
+    built = build_store(str(tmp_path / "ds"), source, batches=files, predict_as="a/img.png")
+    out = ["--out", str(tmp_path / "ls"), "--document-root", str(tmp_path)]
+    export = run(capsys, "export", "label-studio", "--dataset", built.store.url, *out)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert export["images"] == 3 and len({t["data"]["image_id"] for t in tasks}) == 3  # the twin under an alias
+    [twin] = [t for t in tasks if t["data"]["file_name"] == "a/twin.png"]
+    assert int(twin["data"]["image_id"]) != built.ids["a/twin.png"]  # the alias, not the content's id
+    twin["annotations"] = [  # the reviewer accepts the prediction of the twin only
+        {"id": 1, "result": twin.pop("predictions")[0]["result"], "updated_at": "2025-03-01T10:00:00Z"}
+    ]
+    (tmp_path / "reviewed.json").write_text(json.dumps([twin]))
+    run(capsys, "import", "label-studio", str(tmp_path / "reviewed.json"), "--dataset", built.store.url)
+    report = run(capsys, "evaluate", "--dataset", built.store.url, "--json")
+    assert (report["images"], report["reviewed_images"], report["missing"]) == (1, 1, [])
+    assert report["pixel_accuracy"] == 1.0
