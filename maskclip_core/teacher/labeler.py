@@ -54,7 +54,7 @@ class LabelerConfig(BaseModel):
         "pretrained", description="SAM weights: 'pretrained' (timm's hub), a local file (sam_vit_b_01ec64.pth), 'none'"
     )
     sam_cos_fac: float = Field(
-        TRIDENT_COS_FAC, gt=0, description="Trident: keep SAM's attention where its values' cosine > this x their mean"
+        TRIDENT_COS_FAC, ge=0, description="Trident: keep SAM's attention where its values' cosine > this x their mean"
     )
     sam_refine_neg_cos: bool = Field(True, description="Trident: keep a negative threshold (off: it becomes 0.6)")
 

@@ -81,8 +81,8 @@ class TridentLabeler:
         self.inference = (inference or InferenceConfig(**TRIDENT_INFERENCE)).resolved(bundle.device)
         if self.inference.precision == "int8":
             raise ValueError("Trident runs in fp32, bf16 or fp16; precision 'int8' is not available for it")
-        if cos_fac <= 0:
-            raise ValueError(f"Trident's cos_fac must be positive, got {cos_fac}")
+        if cos_fac < 0:
+            raise ValueError(f"Trident's cos_fac must not be negative, got {cos_fac}")
         self.cos_fac, self.refine_neg_cos = float(cos_fac), bool(refine_neg_cos)
         self.templates = tuple(templates)
         self._text_cache = text_cache or default_text_cache()
