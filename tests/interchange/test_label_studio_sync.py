@@ -248,3 +248,30 @@ def test_the_server_from_the_environment(tmp_path, capsys, monkeypatch) -> None:
     assert "pass --label-studio URL or set LABEL_STUDIO_URL" in fails(capsys, *base)
     monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
     assert "cannot reach Label Studio at http://127.0.0.1:9" in fails(capsys, *base)
+
+
+def test_pull_pages_retry_a_transient_5xx() -> None:
+    """A 503 on a page of annotated tasks is retried; pull reads the page when the server answers again."""
+    import httpx
+
+    from maskclip_core.interchange.label_studio_client import connect
+    from maskclip_core.interchange.label_studio_sync import _annotated_tasks
+
+    answers = {"tasks": [503]}
+    pages: list[str] = []
+    annotation = {"id": 9, "result": [], "completed_by": 1, "updated_at": "2025-03-01T10:00:00Z"}
+    task = {"id": 5, "data": {"image_id": "42"}, "annotations": [annotation]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/whoami"):
+            return httpx.Response(200, json={"id": 1, "email": USER})
+        pages.append(request.url.params.get("page", "1"))
+        if answers["tasks"]:
+            return httpx.Response(answers["tasks"].pop(), json={"detail": "busy"})
+        found = [task] if request.url.params.get("page", "1") == "1" else []
+        return httpx.Response(200, json={"tasks": found, "total": 1, "total_annotations": 1, "total_predictions": 0})
+
+    client = connect("http://ls.invalid", "k", httpx_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    [merged] = _annotated_tasks(client, 1, {1: USER})
+    assert pages[:2] == ["1", "1"]  # the 503, then the same page again
+    assert merged["task_ids"] == [5] and merged["annotations"][0]["completed_by"] == {"id": 1, "email": USER}
