@@ -211,7 +211,11 @@ def _select_rows(
     uris = current.column("uri")
     if len(pc.unique(uris)) != len(uris):
         configs = sorted(set(current.column("config_hash").to_pylist()))
-        raise ValueError(f"images have current labelings under several configs {configs}: pass config_hash")
+        newest = current.sort_by([("created_at", "descending")])["config_hash"][0].as_py()
+        raise ValueError(
+            f"images have current labelings under several configs {configs}: pass --config-hash "
+            f"(config_hash); the newest labeling is {newest}"
+        )
     return current
 
 

@@ -6,6 +6,7 @@ images in a folder of their own below the server's document root.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from pathlib import Path
@@ -275,3 +276,23 @@ def test_pull_pages_retry_a_transient_5xx() -> None:
     [merged] = _annotated_tasks(client, 1, {1: USER})
     assert pages[:2] == ["1", "1"]  # the 503, then the same page again
     assert merged["task_ids"] == [5] and merged["annotations"][0]["completed_by"] == {"id": 1, "email": USER}
+
+
+def test_after_relabeling_push_and_evaluate_name_the_flag_and_the_newest_labeling(tmp_path, capsys) -> None:
+    dataset = str(tmp_path / "ds")
+    first = build_store(dataset, tmp_path / "root" / "pics")
+    later = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    build_store(dataset, tmp_path / "root" / "pics", config="cfg-b", labeled_at=later)
+    err = fails(
+        capsys, "review", "push", "--label-studio", "http://127.0.0.1:9", "--api-key", "k", "--dataset", dataset
+    )
+    assert "pass --config-hash" in err and "the newest labeling is cfg-b" in err and len(err.strip().splitlines()) == 1
+    task = {
+        "id": 1,
+        "data": {"image_id": str(first.ids["a/img.png"]), "height": 32, "width": 48},
+        "annotations": [{"id": 1, "result": [], "completed_by": 1, "updated_at": "2025-07-01T00:00:00Z"}],
+    }
+    (tmp_path / "r.json").write_text(json.dumps([task]))
+    run(capsys, "import", "label-studio", str(tmp_path / "r.json"), "--dataset", dataset)
+    err = fails(capsys, "evaluate", "--dataset", dataset)
+    assert "pass --config-hash" in err and "the newest labeling is cfg-b" in err

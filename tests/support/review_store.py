@@ -88,15 +88,15 @@ def build_store(
     *,
     batches: list[list[str]] | None = None,
     predict_as: str | None = None,
+    labeled_at: dt.datetime = dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
 ) -> Built:
-    """A dataset of ``batches`` of files (default: the four above, in two batches), each labeled as
-    :func:`prediction` says for its name, or for ``predict_as`` when given."""
+    """A dataset of ``batches`` of files (default: the four above, in two batches), each labeled (at
+    ``labeled_at``) as :func:`prediction` says for its name, or for ``predict_as`` when given."""
     store = LabelDataset(output_url, storage_options)
     built = Built(store=store, source=source)
     built.category_ids = store.ensure_categories(CLASSES)
     category_ids = [built.category_ids[n] for n in NAMES]
     batches = batches or [["a/img.png", "b/img.png"], ["b/c/other.png", "d.png"]]
-    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     for b, names in enumerate(batches):
         rows, anns = [], []
         for name in names:
@@ -128,7 +128,7 @@ def build_store(
                     "labeling_id": labeling_id,
                     "labeler": "student" if student else "maskclip",
                     "round": int(student),
-                    "created_at": t0,
+                    "created_at": labeled_at,
                 }
             )
             built.ids[name] = image_id
