@@ -10,11 +10,12 @@ import json
 from typing import Any
 
 from cli.actions import HelpFormatter, json_object, readable_validation_errors
-from cli.fields import field_option, field_values, literal
+from cli.fields import field_flag, field_option, field_values, literal
 from cli.options import (
     ATTENTION_MODES,
     BENCHMARK,
     INFERENCE,
+    LABELER_CONFIG,
     METHODS,
     SUITES,
     TEMPLATE_SETS,
@@ -32,9 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Scores a labeler on the validation splits of the eight training-free segmentation "
         "benchmarks, stored as mmsegmentation prepares them, under the protocol of the chosen method's paper "
         "(image size, sliding windows, temperature, background threshold, class names). Prints a table (stderr) "
-        "and the JSON report (stdout): mIoU per suite, the eight-suite average, images/s.",
+        "and the JSON report (stdout): mIoU per suite, the eight-suite average, images/s. Every suite's layout and "
+        "image count (the official val split's) are checked before the first image; failed or missing images "
+        "fail the run (exit 1, no average) unless --allow-incomplete.",
         epilog="Example: maskclip benchmark --suite all --root data/ --method naclip  "
-        "(data/ holds VOCdevkit/VOC2012, VOCdevkit/VOC2010, coco_stuff164k, cityscapes, ade/ADEChallengeData2016)",
+        "(data/ holds VOCdevkit/VOC2012, VOCdevkit/VOC2010, coco_stuff164k, cityscapes, ade/ADEChallengeData2016). "
+        "A smoke run without weights: --model maskclip-tiny-ViT --pretrained none --limit 2 (tiny random-weight "
+        "test models: maskclip-tiny-ViT, maskclip-tiny-RN).",
     )
     p.add_argument(
         "--suite",
@@ -53,16 +58,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("run")
     field_option(g, "--limit", BENCHMARK, "limit", type=int)
-    g.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here (atomically)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="also write the JSON report here (atomically), rewritten after each suite: finished suites survive",
+    )
+    field_flag(g, "--allow-incomplete", BENCHMARK, "allow_incomplete")
+    field_option(g, "--save-predictions", BENCHMARK, "save_predictions", metavar="DIR")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
 
     g = p.add_argument_group("labeler and protocol")
     field_option(g, "--method", BENCHMARK, "method", choices=METHODS, help="whose protocol and attention")
-    field_option(g, "--model", BENCHMARK, "model")
+    field_option(
+        g,
+        "--model",
+        BENCHMARK,
+        "model",
+        help="open_clip model name (ViT-B-16, RN50, ...); maskclip-tiny-ViT and maskclip-tiny-RN are tiny "
+        "test architectures for smoke runs with --pretrained none",
+    )
     field_option(g, "--pretrained", BENCHMARK, "pretrained")
     field_option(g, "--seed", BENCHMARK, "seed", type=int)
     field_option(g, "--templates", BENCHMARK, "templates", choices=TEMPLATE_SETS)
     field_option(g, "--checkpoint", BENCHMARK, "checkpoint")
+    field_option(g, "--proxy", LABELER_CONFIG, "proxy", show_default=False)
+    field_option(g, "--proxy-weights", LABELER_CONFIG, "proxy_weights")
+    field_option(g, "--sam-weights", LABELER_CONFIG, "sam_weights")
     add_device_option(g)
 
     g = p.add_argument_group("overrides of the method's protocol (every suite)")
@@ -106,6 +128,9 @@ def request_from_args(args: argparse.Namespace) -> Any:
     data_root, suite_roots = parse_roots(args.root, suites)
     fields = field_values(args, BENCHMARK)
     inference = {**fields.pop("inference", {}), **field_values(args, INFERENCE)}
+    proxy = field_values(args, LABELER_CONFIG)  # --proxy, --proxy-weights: as `segment` takes them
+    if proxy:
+        fields["labeler_options"] = {**fields.get("labeler_options", {}), **proxy}
     if args.whole:
         inference["mode"] = "whole"
     elif args.crop is not None or args.stride is not None:
@@ -131,14 +156,23 @@ def print_table(report: Any, console: Any) -> None:
     for column, justify in (("suite", "left"), ("mIoU", "right"), ("images", "right"), ("failed", "right")):
         table.add_column(column, justify=justify)
     table.add_column("images/s", justify="right")
-    for row in report.table_rows():
+    rows = report.table_rows()
+    for i, row in enumerate(rows):
         miou = "n/a" if row["mIoU"] is None else f"{row['mIoU']:.2f}"
+        if i == len(rows) - 1 and report.failed:
+            miou = "failed"
         speed = "n/a" if row["images/s"] is None else f"{row['images/s']:.2f}"
         table.add_row(row["suite"], miou, str(row["images"]), str(row["failed"]), speed)
     console.print(table)
     for result in report.results:
         for failure in result.failures[:3]:
-            console.print(f"[red]{result.suite}: {failure}[/red]")
+            console.print(f"[red]{result.suite}: {failure}[/red]", markup=False, style="red")
+    if report.failed:
+        bad = sum(r.failed + int(r.split.get("missing", 0)) for r in report.results)
+        console.print(
+            f"run failed: {bad} images failed or missing, no average (--allow-incomplete scores the rest)",
+            style="red",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from maskclip_core.benchmark.scoring import run_benchmark
+    from maskclip_core.benchmark.scoring import report_of, run_benchmark
     from maskclip_core.storage.fs import atomic_write_bytes
 
     console = Console(stderr=True)
@@ -160,17 +194,34 @@ def run(args: argparse.Namespace) -> int:
         disable=args.quiet,
     )
     bars: dict[str, Any] = {}
+    latest = [report_of(request, [])]  # the report so far: what is printed and kept if a later suite fails
 
     def on_progress(suite: str, done: int, total: int) -> None:
         if suite not in bars:
             bars[suite] = progress.add_task(suite, total=total)
         progress.update(bars[suite], completed=done)
 
-    with progress:
-        report = run_benchmark(request, progress=on_progress)
+    def notify(line: str) -> None:
+        if not args.quiet:
+            progress.console.print(line, markup=False, highlight=False)
+
+    def write(report: Any) -> str:
+        text = json.dumps(report.to_dict(), indent=2)
+        if args.out:
+            atomic_write_bytes(args.out, (text + "\n").encode())
+        return text
+
+    def on_suite(report: Any) -> None:
+        latest[0] = report
+        write(report)
+
+    try:
+        with progress:
+            report = run_benchmark(request, progress=on_progress, notify=notify, on_suite=on_suite)
+    except Exception:
+        if latest[0].results:  # finished suites are printed and kept (--out) before the error is reported
+            print(json.dumps(latest[0].to_dict(), indent=2))
+        raise
     print_table(report, console)
-    text = json.dumps(report.to_dict(), indent=2)
-    if args.out:
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    print(text)
-    return 0 if all(r.images > 0 for r in report.results) else 1
+    print(write(report))
+    return 1 if report.failed else 0

@@ -1,10 +1,13 @@
 """The ``benchmark`` flow: ``maskclip benchmark`` as a Prefect flow (a deployment runs it on demand).
 
 One ``benchmark-suite`` task per suite, in order (each loads the model for its suite's vocabulary; one at a
-time keeps one model in memory and the accelerator to itself). A suite that cannot run (a missing dataset
-folder, a method this version lacks) is reported in the table and fails the run at the end, after the other
-suites have been scored. The result is the JSON report of ``maskclip benchmark``; the table artifact
-``benchmark-miou`` holds mIoU per suite, the average, images and images/s.
+time keeps one model in memory and the accelerator to itself). Every suite's layout, image count and the
+method's configuration are checked before the first task (``preflight``): a missing dataset folder, a
+half-extracted split or a method this version lacks fails the run at once, naming every problem. A suite that
+fails while it runs is reported in the table and fails the run at the end, after the other suites have been
+scored; so do failed or missing images unless ``allow_incomplete``. The result is the JSON report of
+``maskclip benchmark``; the table artifact ``benchmark-miou`` holds mIoU per suite, the average, images and
+images/s.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from maskclip_core.benchmark.protocols import get_method
-from maskclip_core.benchmark.scoring import BenchmarkParameters, report_of
+from maskclip_core.benchmark.scoring import BenchmarkParameters, preflight, report_of
 from tasks.benchmark import benchmark_suite_task
 
 TABLE_ARTIFACT_KEY = "benchmark-miou"
@@ -42,9 +45,7 @@ def benchmark(request: BenchmarkParameters) -> dict[str, Any]:
     eight-suite average when all eight ran in full, images/s)."""
     logger = get_run_logger()
     method = get_method(request.method)
-    if method.labeler == "maskclip":
-        for suite in request.suites:  # every configuration checked before the first model loads
-            request.labeler_config(suite)
+    preflight(request)  # every suite's configuration and split, before the first model loads
     states = {suite: benchmark_suite_task(request, suite, return_state=True) for suite in request.suites}
     results, errors = [], {}
     for suite, state in states.items():
@@ -67,4 +68,11 @@ def benchmark(request: BenchmarkParameters) -> dict[str, Any]:
     data = {**report.to_dict(), "errors": errors}
     if errors:
         raise BenchmarkIncomplete(f"{len(errors)} of {len(request.suites)} suites failed: {errors}", data)
+    if report.failed:
+        bad = {r.suite: r.failed + int(r.split.get("missing", 0)) for r in report.results}
+        raise BenchmarkIncomplete(
+            f"images failed or missing {bad}: no average (allow_incomplete scores the rest); first failures: "
+            f"{[f for r in report.results for f in r.failures[:2]]}",
+            data,
+        )
     return data

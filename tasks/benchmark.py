@@ -22,6 +22,5 @@ def benchmark_suite_task(request: BenchmarkParameters, suite: str) -> SuiteResul
         if done == total or done % every == 0:
             logger.info("%s: %d / %d images", name, done, total)
 
-    result = benchmark_suite(request, suite, progress=progress)
-    logger.info("%s: mIoU %.2f over %d images (%d failed)", suite, result.miou, result.images, result.failed)
-    return result
+    # Status lines (model loading and text encoding, the suite's mIoU) go to the run's log as they happen.
+    return benchmark_suite(request, suite, progress=progress, notify=logger.info)

@@ -8,7 +8,8 @@ import math
 import time
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,17 @@ from maskclip_core.benchmark.suites import (
     SUITE_NAMES,
     BenchmarkSuite,
     NameSet,
+    SplitCheck,
+    check_split,
     expected_class_names,
     get_suite,
-    list_samples,
     load_image,
     load_label_map,
+    save_prediction,
     to_ground_truth_ids,
 )
 from maskclip_core.segmentation_metrics import SegmentationMetrics
-from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED, is_vit_architecture
 from maskclip_core.teacher.labeler import LabelerConfig
 from maskclip_core.teacher.prompts import TemplateSetName
 from maskclip_core.teacher.window_predictor import InferenceConfig
@@ -72,6 +75,14 @@ class BenchmarkParameters(BaseModel):
     labeler_options: dict[str, Any] = Field(default_factory=dict, description="Other LabelerConfig fields")
     names: NameSet | None = Field(None, description="Class-name table (default: the method's)")
     prob_threshold: float | None = Field(None, ge=0, le=1, description="Background threshold (default: method's)")
+    allow_incomplete: bool = Field(
+        False,
+        description="Score what can be read: images that fail or are missing, and splits smaller than the "
+        "official ones, are reported instead of failing the run (no eight-suite average then)",
+    )
+    save_predictions: str | None = Field(
+        None, description="Folder for each image's predicted ground-truth ids: DIR/<suite>/<image stem>.png"
+    )
 
     @field_validator("suites")
     @classmethod
@@ -135,10 +146,18 @@ class BenchmarkParameters(BaseModel):
             **self.labeler_options,
         }
         try:
-            return LabelerConfig(**fields, inference=InferenceConfig(**inference))
+            config = LabelerConfig(**fields, inference=InferenceConfig(**inference))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"method {self.method!r} on {suite}: {problems}") from None
+        needs_vit = [f"attention {config.inference.attention!r}"] if config.inference.attention != "maskclip" else []
+        needs_vit += [f"proxy {config.proxy!r}"] if config.proxy is not None else []
+        if needs_vit and not is_vit_architecture(self.model):
+            raise ValueError(
+                f"method {self.method!r} needs a ViT CLIP ({', '.join(needs_vit)}); {self.model} is a ResNet: "
+                "choose a ViT (--model ViT-B-16) or --method maskclip"
+            )
+        return config
 
 
 # --- labelers ----------------------------------------------------------------------------------------------
@@ -197,6 +216,13 @@ class SuiteResult:
     labeling_seconds: float
     seconds: float
     settings: dict[str, Any]
+    split: dict[str, Any] = field(default_factory=dict)  # SplitCheck.to_dict(): the official split's count
+    predictions: str | None = None  # folder of the saved predictions
+
+    @property
+    def complete(self) -> bool:
+        """Every image of the split scored (the first ``limit`` under a limit)."""
+        return self.failed == 0 and bool(self.split.get("complete", True)) and self.images > 0
 
     @property
     def images_per_second(self) -> float:
@@ -213,6 +239,9 @@ class SuiteResult:
             "images_per_second": _finite(self.images_per_second, 3),
             "labeling_seconds": round(self.labeling_seconds, 3),
             "seconds": round(self.seconds, 3),
+            "complete": self.complete,
+            "split": self.split,
+            "predictions": self.predictions,
             "settings": self.settings,
             "per_class_iou": self.per_class_iou,
         }
@@ -224,23 +253,40 @@ def _finite(value: float, digits: int = 2) -> float | None:
 
 @dataclass
 class BenchmarkReport:
-    """All suites of a run; ``eight_suite_average`` only when the eight standard suites all ran."""
+    """All suites of a run; ``eight_suite_average`` only when the eight standard suites all ran, whole.
+
+    A run with failed or missing images, or a split smaller than the official one, has ``failed`` set and no
+    average unless ``allow_incomplete``; even then the eight-suite average (the papers' number) needs all.
+    """
 
     method: str
     model: str
     pretrained: str
     results: list[SuiteResult]
     limit: int | None = None
+    allow_incomplete: bool = False
+    predictions: str | None = None
+    pending: list[str] = field(default_factory=list)  # suites not scored (yet): a report written mid-run
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending and all(r.complete for r in self.results)
+
+    @property
+    def failed(self) -> bool:
+        """Images failed or were missing and the user did not allow it, or a suite scored nothing."""
+        return any(r.images == 0 for r in self.results) or (not self.complete and not self.allow_incomplete)
 
     @property
     def average(self) -> float:
         values = [r.miou for r in self.results if math.isfinite(r.miou)]
-        return float(np.mean(values)) if values and len(values) == len(self.results) else float("nan")
+        whole = values and len(values) == len(self.results) and not self.failed
+        return float(np.mean(values)) if whole else float("nan")
 
     @property
     def eight_suite_average(self) -> float | None:
-        complete = {r.suite for r in self.results} == set(SUITE_NAMES) and self.limit is None
-        return self.average if complete and math.isfinite(self.average) else None
+        every = {r.suite for r in self.results} == set(SUITE_NAMES) and self.limit is None and self.complete
+        return self.average if every and math.isfinite(self.average) else None
 
     @property
     def images_per_second(self) -> float:
@@ -254,6 +300,15 @@ class BenchmarkReport:
             "model": self.model,
             "pretrained": self.pretrained,
             "limit": self.limit,
+            "limit_note": f"the first {self.limit} images of each split, not the official splits: no split "
+            "counts checked, no eight-suite average"
+            if self.limit
+            else None,
+            "complete": self.complete,
+            "failed": self.failed,
+            "allow_incomplete": self.allow_incomplete,
+            "pending": self.pending,
+            "predictions": self.predictions,
             "suites": {r.suite: r.to_dict() for r in self.results},
             "miou": {r.suite: _finite(r.miou) for r in self.results},
             "average": _finite(self.average),
@@ -290,6 +345,7 @@ class BenchmarkReport:
 # --- running -----------------------------------------------------------------------------------------------
 
 Progress = Callable[[str, int, int], None]  # (suite, images done, images in the suite)
+Notify = Callable[[str], None]  # one status line (model loading, a suite done)
 
 
 def score_suite(
@@ -300,23 +356,27 @@ def score_suite(
     *,
     limit: int | None = None,
     progress: Progress | None = None,
+    split: SplitCheck | None = None,
+    predictions: str | Path | None = None,
 ) -> SuiteResult:
-    """Label every sample of ``suite`` one image at a time and accumulate one confusion matrix.
+    """Label every sample of ``split`` (default: :func:`check_split` of ``root``) one image at a time and
+    accumulate one confusion matrix.
 
-    An image or label map that cannot be read, or an image the labeler fails on, is counted in ``failed``
-    with its reason and left out of the score; the suite goes on. Layout problems (no such folder, label
-    maps missing) raise: a silently smaller split would give a wrong number.
+    An image or label map that cannot be read, or an image the labeler fails on, is counted in ``failed`` with
+    its reason and left out of the score; the suite goes on (whether that fails the run is the report's call).
+    ``predictions``: a folder; each scored image's ground-truth ids go to ``<folder>/<suite>/<image stem>.png``.
     """
     expected = expected_class_names(suite, settings.names)
     if tuple(labeler.class_names) != expected:
         raise ValueError(f"{suite.name}: labeler classes {tuple(labeler.class_names)[:4]}... are not the suite's")
-    samples = list_samples(suite, root, limit)
+    split = split if split is not None else check_split(suite, root, limit)
+    out = Path(predictions) / suite.name if predictions is not None else None
     metrics = SegmentationMetrics(suite.num_classes, suite.class_names)
-    failures: list[str] = []
+    failures = [f"{name}: missing" for name in split.missing[:MAX_FAILURES_LISTED]]
     failed = scored = 0
     labeling = 0.0
     start = time.perf_counter()
-    for i, sample in enumerate(samples):
+    for i, sample in enumerate(split.samples):
         try:
             target = load_label_map(sample.label, suite)
             image = load_image(sample.image, target.shape)
@@ -327,13 +387,15 @@ def score_suite(
             labeling += time.perf_counter() - t0
             pred = to_ground_truth_ids(suite, result.labels, result.confidence, settings.prob_threshold)
             metrics.update(pred, target)
+            if out is not None:
+                save_prediction(out / f"{sample.image.stem}.png", pred)
             scored += 1
         except Exception as exc:  # one bad file must not cost the suite: recorded, not scored
             failed += 1
             if len(failures) < MAX_FAILURES_LISTED:
                 failures.append(f"{sample.name}: {type(exc).__name__}: {exc}")
         if progress is not None:
-            progress(suite.name, i + 1, len(samples))
+            progress(suite.name, i + 1, len(split.samples))
     summary = metrics.summary()
     iou = {name: None if v is None else round(100 * v, 2) for name, v in summary["per_class_iou"].items()}
     return SuiteResult(
@@ -347,7 +409,35 @@ def score_suite(
         labeling_seconds=labeling,
         seconds=time.perf_counter() - start,
         settings={**asdict(settings), "root": str(root)},
+        split=split.to_dict(),
+        predictions=str(out) if out is not None else None,
     )
+
+
+def preflight(request: BenchmarkParameters) -> dict[str, SplitCheck]:
+    """Every requested suite checked before the first model loads or image is read: the method's configuration
+    (a ViT-only method with a ResNet, an option this version lacks), each dataset's layout and, unless
+    ``allow_incomplete``, its split against the official one. All problems are raised together, one line."""
+    checks: dict[str, SplitCheck] = {}
+    problems: list[str] = []
+    hint = ""
+    maskclip = get_method(request.method).labeler == "maskclip"
+    if maskclip:
+        request.labeler_config(request.suites[0])  # a method problem is the same on every suite: said once
+    for suite in request.suites:
+        try:
+            if maskclip:
+                request.labeler_config(suite)
+            check = checks[suite] = check_split(get_suite(suite), request.root(suite), request.limit)
+        except (ValueError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        if not request.allow_incomplete and check.problem() is not None:
+            problems.append(check.problem() or "")
+            hint = " (--allow-incomplete scores the images that are there)"
+    if problems:
+        raise FileNotFoundError(f"nothing was scored: {' | '.join(problems)}{hint}")
+    return checks
 
 
 def benchmark_suite(
@@ -356,12 +446,34 @@ def benchmark_suite(
     *,
     labeler_factory: LabelerFactory = build_labeler,
     progress: Progress | None = None,
+    notify: Notify | None = None,
+    split: SplitCheck | None = None,
 ) -> SuiteResult:
     """One suite of ``request``: its labeler built, its split scored, the labeler released."""
+    say = notify or (lambda line: None)
+    settings = request.settings(suite)
+    split = split if split is not None else check_split(get_suite(suite), request.root(suite), request.limit)
+    classes = len(expected_class_names(get_suite(suite), settings.names))
+    say(f"{suite}: loading {request.model} ({request.pretrained}) and encoding {classes} classes' prompts")
+    start = time.perf_counter()
     labeler = labeler_factory(request, suite)
-    return score_suite(
-        get_suite(suite), request.root(suite), labeler, request.settings(suite), limit=request.limit, progress=progress
+    say(f"{suite}: ready in {time.perf_counter() - start:.1f} s; labeling {len(split.samples)} images")
+    result = score_suite(
+        get_suite(suite),
+        request.root(suite),
+        labeler,
+        settings,
+        limit=request.limit,
+        progress=progress,
+        split=split,
+        predictions=request.save_predictions,
     )
+    say(
+        f"{suite}: mIoU {result.miou:.2f} over {result.images} images"
+        + (f", {result.failed} failed" if result.failed else "")
+        + (f", {result.split['missing']} missing" if result.split.get("missing") else "")
+    )
+    return result
 
 
 def run_benchmark(
@@ -369,16 +481,34 @@ def run_benchmark(
     *,
     labeler_factory: LabelerFactory = build_labeler,
     progress: Progress | None = None,
+    notify: Notify | None = None,
+    on_suite: Callable[[BenchmarkReport], None] | None = None,
 ) -> BenchmarkReport:
-    """Every suite of ``request`` in order. Configurations are all checked before the first image is read."""
-    if get_method(request.method).labeler == "maskclip":
-        for suite in request.suites:
-            request.labeler_config(suite)
-    results = [
-        benchmark_suite(request, suite, labeler_factory=labeler_factory, progress=progress) for suite in request.suites
-    ]
+    """Every suite of ``request`` in order, after :func:`preflight`. ``on_suite`` gets the report so far after
+    each suite (finished suites survive a later one's crash)."""
+    checks = preflight(request)
+    results: list[SuiteResult] = []
+    for suite in request.suites:
+        results.append(
+            benchmark_suite(
+                request, suite, labeler_factory=labeler_factory, progress=progress, notify=notify, split=checks[suite]
+            )
+        )
+        if on_suite is not None:
+            on_suite(report_of(request, results))
     return report_of(request, results)
 
 
 def report_of(request: BenchmarkParameters, results: Sequence[SuiteResult]) -> BenchmarkReport:
-    return BenchmarkReport(request.method, request.model, request.pretrained, list(results), request.limit)
+    """The report of ``results``; the request's suites without a result are ``pending``."""
+    done = {r.suite for r in results}
+    return BenchmarkReport(
+        request.method,
+        request.model,
+        request.pretrained,
+        list(results),
+        request.limit,
+        allow_incomplete=request.allow_incomplete,
+        predictions=request.save_predictions,
+        pending=[s for s in request.suites if s not in done],
+    )

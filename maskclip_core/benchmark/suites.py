@@ -164,6 +164,7 @@ class BenchmarkSuite:
     proxyclip_classes: tuple[tuple[str, ...], ...] | None = None
     proxyclip_background: tuple[str, ...] | None = None
     other_folders: tuple[str, ...] = ()  # other usual folder names under a data root
+    official_images: int = 0  # images of the official validation split (a half-extracted folder has fewer)
 
     @property
     def has_background(self) -> bool:
@@ -208,37 +209,45 @@ SUITES: dict[str, BenchmarkSuite] = {
             "voc21", "PASCAL VOC 2012 val, 20 classes + background", "VOCdevkit/VOC2012", "JPEGImages",
             "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt", False, VOC, VOC_BACKGROUND,
             VOC_PROXYCLIP,
+            official_images=1449,
         ),
         BenchmarkSuite(
             "voc20", "PASCAL VOC 2012 val, 20 classes (background ignored)", "VOCdevkit/VOC2012", "JPEGImages",
             "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt", True, VOC, None, VOC_PROXYCLIP,
+            official_images=1449,
         ),
         BenchmarkSuite(
             "context60", "PASCAL Context val, 59 classes + background", "VOCdevkit/VOC2010", "JPEGImages",
             "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt", False, CONTEXT59,
             CONTEXT_BACKGROUND,
+            official_images=5105,
         ),
         BenchmarkSuite(
             "context59", "PASCAL Context val, 59 classes (background ignored)", "VOCdevkit/VOC2010", "JPEGImages",
             "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt", True, CONTEXT59,
+            official_images=5105,
         ),
         BenchmarkSuite(
             "coco-object", "COCO-Object val2017, 80 things + background", "coco_stuff164k", "images/val2017",
             "annotations/val2017", ".jpg", "_instanceTrainIds.png", None, False, COCO_OBJECT, VOC_BACKGROUND,
             COCO_OBJECT_PROXYCLIP, COCO_OBJECT_BACKGROUND_PROXYCLIP,
             ("coco_object",),  # NACLIP's README converts into a folder of its own
+            official_images=5000,
         ),
         BenchmarkSuite(
             "coco-stuff", "COCO-Stuff164k val2017, 171 classes", "coco_stuff164k", "images/val2017",
             "annotations/val2017", ".jpg", "_labelTrainIds.png", None, False, COCO_STUFF,
+            official_images=5000,
         ),
         BenchmarkSuite(
             "cityscapes", "Cityscapes val, 19 classes", "cityscapes", "leftImg8bit/val", "gtFine/val",
             "_leftImg8bit.png", "_gtFine_labelTrainIds.png", None, False, CITYSCAPES,
+            official_images=500,
         ),
         BenchmarkSuite(
             "ade20k", "ADE20K val, 150 classes", "ade/ADEChallengeData2016", "images/validation",
             "annotations/validation", ".jpg", ".png", None, True, ADE20K,
+            official_images=2000,
         ),
     )
 }  # fmt: skip
@@ -277,9 +286,62 @@ def dataset_dir(suite: BenchmarkSuite, root: str | Path) -> Path:
     )
 
 
-def list_samples(suite: BenchmarkSuite, root: str | Path, limit: int | None = None) -> list[Sample]:
+MISSING_LISTED = 20
+
+
+@dataclass(frozen=True)
+class SplitCheck:
+    """What a suite's folder holds against its official validation split, read before any image is labeled.
+
+    ``listed`` counts the split's images before any limit (the split file's lines; else the images found);
+    ``missing`` names the entries, within the limit, whose image or label map is absent. A ``limit`` run scores
+    the first images only, so the count is not compared then.
+    """
+
+    suite: BenchmarkSuite
+    folder: Path
+    samples: tuple[Sample, ...]  # the samples to score: image and label map present, within the limit
+    listed: int
+    missing: tuple[str, ...]
+    limit: int | None = None
+
+    @property
+    def count_checked(self) -> bool:
+        return self.limit is None
+
+    @property
+    def complete(self) -> bool:
+        """The official split, whole (or, under a limit, its first images, all present)."""
+        return not self.missing and (not self.count_checked or self.listed == self.suite.official_images)
+
+    def problem(self) -> str | None:
+        """One line saying what is wrong with the split, or None."""
+        parts = []
+        if self.count_checked and self.listed != self.suite.official_images:
+            source = self.suite.split_file or f"{self.suite.image_dir}/"
+            parts.append(
+                f"{self.listed} images in {self.folder / source}, the official val split has "
+                f"{self.suite.official_images} (half extracted?)"
+            )
+        if self.missing:
+            parts.append(f"{len(self.missing)} of {len(self.samples) + len(self.missing)} missing: {self.missing[0]}")
+        return f"{self.suite.name}: {'; '.join(parts)}" if parts else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "official_images": self.suite.official_images,
+            "listed_images": self.listed,
+            "count_checked": self.count_checked,
+            "missing": len(self.missing),
+            "missing_examples": list(self.missing[:MISSING_LISTED]),
+            "complete": self.complete,
+        }
+
+
+def check_split(suite: BenchmarkSuite, root: str | Path, limit: int | None = None) -> SplitCheck:
     """The suite's validation samples in a stable order (the split file's, else sorted paths), at most
-    ``limit``. A split entry or image without its label map is a clear error, not a silently smaller set."""
+    ``limit``, checked against the official split: its size, and every image and label map present. Layout
+    errors (no such folder, no split file, no images at all) raise."""
     base = dataset_dir(suite, root)
     images, labels = base / suite.image_dir, base / suite.label_dir
     if suite.split_file is not None:
@@ -290,17 +352,30 @@ def list_samples(suite: BenchmarkSuite, root: str | Path, limit: int | None = No
     else:
         found = sorted(p.relative_to(images).as_posix() for p in images.rglob(f"*{suite.image_suffix}"))
         names = [n[: -len(suite.image_suffix)] for n in found]
-    if limit is not None:
-        names = names[:limit]
     if not names:
         raise FileNotFoundError(f"{suite.name}: no *{suite.image_suffix} images in {images}")
-    samples = [Sample(n, images / f"{n}{suite.image_suffix}", labels / f"{n}{suite.label_suffix}") for n in names]
-    missing = [s for s in samples if not s.label.is_file()]
-    if missing:
+    listed = len(names)
+    samples, missing = [], []
+    for n in names[:limit] if limit is not None else names:
+        sample = Sample(n, images / f"{n}{suite.image_suffix}", labels / f"{n}{suite.label_suffix}")
+        absent = [path for path in (sample.image, sample.label) if not path.is_file()]
+        if absent:
+            missing.append(f"{n} (no {absent[0]})")
+        else:
+            samples.append(sample)
+    return SplitCheck(suite, base, tuple(samples), listed, tuple(missing), limit)
+
+
+def list_samples(suite: BenchmarkSuite, root: str | Path, limit: int | None = None) -> list[Sample]:
+    """The suite's samples (see :func:`check_split`); an entry whose image or label map is absent is a clear
+    error, not a silently smaller set. The split's size is not compared here."""
+    check = check_split(suite, root, limit)
+    if check.missing:
+        n = len(check.samples) + len(check.missing)
         raise FileNotFoundError(
-            f"{suite.name}: {len(missing)} of {len(samples)} label maps missing, e.g. {missing[0].label}"
+            f"{suite.name}: {len(check.missing)} of {n} images or label maps missing, e.g. {check.missing[0]}"
         )
-    return samples
+    return list(check.samples)
 
 
 def load_label_map(path: str | Path, suite: BenchmarkSuite) -> np.ndarray:
@@ -316,7 +391,30 @@ def load_label_map(path: str | Path, suite: BenchmarkSuite) -> np.ndarray:
         # 0 -> 255 (ignore), k -> k - 1, 255 stays 255 (uint8 wrap-around does it: 0 - 1 = 255).
         labels = labels - np.uint8(1)
         labels[labels == 254] = IGNORE_INDEX
+    # Other values mean the file is not the suite's conversion (raw COCO ids, Cityscapes labelIds instead of
+    # trainIds...). mmseg would drop them from the ground truth and count the predictions there as false
+    # positives, silently; the file is refused instead, with the values named.
+    stray = np.unique(labels[(labels >= suite.num_classes) & (labels != IGNORE_INDEX)])
+    if stray.size:
+        shown = ", ".join(map(str, stray[:8].tolist())) + (", ..." if stray.size > 8 else "")
+        raise ValueError(
+            f"{Path(path).name}: label values {shown} are outside the suite's ids 0..{suite.num_classes - 1} and "
+            f"{IGNORE_INDEX} (ignore){' after reduce_zero_label' if suite.reduce_zero_label else ''}: not the "
+            f"{suite.label_suffix} conversion mmsegmentation's dataset guide describes"
+        )
     return labels
+
+
+def save_prediction(path: Path, ids: np.ndarray) -> None:
+    """Ground-truth ids [H, W] as a single-channel 8-bit PNG at ``path``, written atomically."""
+    import io
+
+    from maskclip_core.storage.fs import atomic_write_bytes
+
+    data = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8)).save(data, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(str(path), data.getvalue())
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:

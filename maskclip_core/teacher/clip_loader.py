@@ -104,6 +104,13 @@ def weights_identity(model_name: str, pretrained: str | None, seed: int = 0) -> 
     return f"{model_name}/{pretrained}"
 
 
+def is_vit_architecture(model_name: str) -> bool:
+    """Whether an open_clip architecture's image encoder is a ViT (read from its config: no model is built).
+    An unknown name counts as a ViT here; :func:`load_clip` names the problem."""
+    vision = (open_clip.get_model_config(normalise_model_name(model_name)) or {}).get("vision_cfg") or {}
+    return not isinstance(vision.get("layers"), (list, tuple))  # ModifiedResNets list their stages' depths
+
+
 def _unsupported_reason(config: dict[str, Any]) -> str | None:
     """Why an open_clip architecture cannot give per-patch CLIP embeddings (None: it can), read from its
     config so that no model is built to find out."""

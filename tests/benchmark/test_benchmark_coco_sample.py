@@ -71,9 +71,15 @@ def test_real_layout_with_an_oracle_scores_100(coco_root: Path, suite_name: str)
     else:
         assert (gt == 255).any() and (gt < 80).any() and ((gt >= 80) & (gt < 171)).any()  # ignore, things, stuff
     request = BenchmarkParameters(suites=[suite_name], data_root=str(coco_root))
+    # 6 of val2017's 5000 photos: what a half-extracted folder looks like, refused before the first image ...
+    with pytest.raises(FileNotFoundError, match=f"{suite_name}: 6 images in .* the official val split has 5000"):
+        run_benchmark(request, labeler_factory=lambda r, s: OracleLabeler(s, coco_root))
+    # ... and scored when the user allows it, the split's shortfall in the report.
+    request = request.model_copy(update={"allow_incomplete": True})
     report = run_benchmark(request, labeler_factory=lambda r, s: OracleLabeler(s, coco_root))
     assert report.results[0].images == 6 and report.results[0].failed == 0
     assert report.results[0].miou == pytest.approx(100.0)
+    assert report.results[0].split["listed_images"] == 6 and not report.complete
 
 
 def test_tiny_random_maskclip_runs_end_to_end(coco_root: Path) -> None:

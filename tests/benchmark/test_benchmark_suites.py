@@ -4,6 +4,7 @@ every suite is computed by hand below, including ignore values, reduce_zero_labe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,13 @@ PLAIN = 100 * (4 / 7 + 6 / 10 + 0) / 3
 THRESHOLDED = 100 * (5 / 7 + 6 / 9 + 0) / 3
 
 
+@pytest.fixture(autouse=True)
+def _two_image_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixtures' two images are each suite's whole split here (the real ones have 500 to 5105)."""
+    for name, suite in SUITES.items():
+        monkeypatch.setitem(SUITES, name, replace(suite, official_images=2))
+
+
 def _build(tmp_path: Path, suite_name: str) -> tuple[Path, PlantedLabeler]:
     suite = get_suite(suite_name)
     a, b, c, sa, sb, sc, ignore, name = SCENARIOS[suite_name]
@@ -72,12 +80,24 @@ def _build(tmp_path: Path, suite_name: str) -> tuple[Path, PlantedLabeler]:
 @pytest.mark.parametrize("suite_name", SUITE_NAMES)
 def test_planted_predictions_give_the_hand_computed_miou(tmp_path: Path, suite_name: str) -> None:
     data_root, labeler = _build(tmp_path, suite_name)
+    out = tmp_path / "predictions"
     report = run_benchmark(
-        BenchmarkParameters(suites=[suite_name], data_root=str(data_root), method="maskclip"),
+        BenchmarkParameters(
+            suites=[suite_name], data_root=str(data_root), method="maskclip", save_predictions=str(out)
+        ),
         labeler_factory=lambda request, suite: labeler,
     )
     [result] = report.results
-    expected = THRESHOLDED if get_suite(suite_name).has_background else PLAIN
+    suite = get_suite(suite_name)
+    expected = THRESHOLDED if suite.has_background else PLAIN
+    # The saved prediction: ground-truth ids of the suite's label space (reduce_zero_label applied), the
+    # background rule applied; named after the image's stem.
+    a, b, c = (suite.class_names.index(n) for n in SCENARIOS[suite_name][:3])
+    first = [[a, a, a, b], [a, a, b, b], [b, a if suite.has_background else b, b, b], [c, c, c, c]]
+    stem = Path(SCENARIOS[suite_name][-1]).name + suite.image_suffix.removesuffix(".png").removesuffix(".jpg")
+    with Image.open(out / suite_name / f"{stem}.png") as saved:
+        assert saved.mode == "L" and np.asarray(saved).tolist() == first
+    assert report.to_dict()["predictions"] == str(out) and result.predictions == str(out / suite_name)
     assert result.images == 2 and result.failed == 0, result.failures
     assert result.miou == pytest.approx(expected, abs=1e-9)
     a, b, c = SCENARIOS[suite_name][:3]
@@ -134,7 +154,7 @@ def test_one_data_root_holds_the_suites_in_their_mmseg_folders(tmp_path: Path) -
     coco = get_suite("coco-object")
     write_sample(tmp_path / "coco_object", coco, "000000000139", np.array([[0, 1]]))
     assert dataset_dir(coco, tmp_path) == tmp_path / "coco_object"  # NACLIP's README's folder works too
-    request = BenchmarkParameters(suites=["ade20k"], data_root=str(tmp_path))
+    request = BenchmarkParameters(suites=["ade20k"], data_root=str(tmp_path), allow_incomplete=True)
     report = run_benchmark(request, labeler_factory=lambda r, s: labelers[s])
     assert report.results[0].miou == pytest.approx(100.0)
 
@@ -149,6 +169,19 @@ def test_reduce_zero_label_and_palette_label_maps(tmp_path: Path) -> None:
         assert im.mode == "P"  # as VOC ships them: read as indices, never as colours
     assert load_label_map(tmp_path / voc.label_dir / "y.png", voc).tolist() == [[0, 15, 255, 20]]
     assert load_label_map(tmp_path / voc.label_dir / "y.png", get_suite("voc20")).tolist() == [[255, 14, 255, 19]]
+
+
+def test_label_values_outside_the_suites_ids_refuse_the_file(tmp_path: Path) -> None:
+    # Values no class has (other than 255) mean another conversion: mmseg would drop them from the truth and
+    # count the predictions there as false positives without a word; the file is refused, its values named.
+    voc = get_suite("voc21")
+    write_sample(tmp_path, voc, "z", np.array([[0, 15, 255, 21, 30]]))
+    with pytest.raises(ValueError, match=r"z.png: label values 21, 30 are outside the suite's ids 0..20 and 255"):
+        load_label_map(tmp_path / voc.label_dir / "z.png", voc)
+    ade = get_suite("ade20k")
+    write_sample(tmp_path, ade, "w", np.array([[0, 150, 151]]))
+    with pytest.raises(ValueError, match=r"label values 150 are outside .*0..149 and 255 .*after reduce_zero_label"):
+        load_label_map(tmp_path / ade.label_dir / "w.png", ade)
 
 
 def test_background_is_the_labelers_last_class_and_ground_truth_zero() -> None:
@@ -212,7 +245,7 @@ def test_layout_errors_are_clear(tmp_path: Path) -> None:
     suite = get_suite("ade20k")
     write_sample(tmp_path, suite, "a", np.array([[1]]))
     (tmp_path / suite.label_dir / "a.png").unlink()
-    with pytest.raises(FileNotFoundError, match="1 of 1 label maps missing"):
+    with pytest.raises(FileNotFoundError, match="1 of 1 images or label maps missing"):
         list_samples(suite, tmp_path)
     with pytest.raises(ValueError, match="unknown benchmark suite 'voc'"):
         parse_suites("voc21,voc")
@@ -221,18 +254,24 @@ def test_layout_errors_are_clear(tmp_path: Path) -> None:
         BenchmarkParameters(suites=["voc21"])
 
 
-def test_an_unreadable_image_is_counted_and_the_suite_goes_on(tmp_path: Path) -> None:
+def test_an_unreadable_image_is_counted_and_the_suite_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_root, labeler = _build(tmp_path, "cityscapes")
     suite = get_suite("cityscapes")
     bad = data_root / suite.folder / suite.image_dir / "frankfurt" / "frankfurt_000000_000000_leftImg8bit.png"
     bad.write_bytes(b"not a png")
     label = bad.parents[3] / suite.label_dir / "frankfurt" / "frankfurt_000000_000000_gtFine_labelTrainIds.png"
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(label)
-    report = run_benchmark(
-        BenchmarkParameters(suites=["cityscapes"], data_root=str(data_root)), labeler_factory=lambda r, s: labeler
-    )
+    request = BenchmarkParameters(suites=["cityscapes"], data_root=str(data_root))
+    with pytest.raises(FileNotFoundError, match="cityscapes: 3 images in .* the official val split has 2"):
+        run_benchmark(request, labeler_factory=lambda r, s: labeler)  # checked before the first image
+    monkeypatch.setitem(SUITES, "cityscapes", replace(suite, official_images=3))
+    report = run_benchmark(request, labeler_factory=lambda r, s: labeler)
     [result] = report.results
     assert result.images == 2 and result.failed == 1
     assert "frankfurt_000000_000000" in result.failures[0]
     assert result.miou == pytest.approx(PLAIN, abs=1e-9)
     assert math.isfinite(report.to_dict()["images_per_second"])
+    # A failed image fails the run: no average, unless the request allows it.
+    assert report.failed and report.to_dict()["average"] is None
+    allowed = run_benchmark(request.model_copy(update={"allow_incomplete": True}), labeler_factory=lambda r, s: labeler)
+    assert not allowed.failed and allowed.to_dict()["average"] == round(PLAIN, 2) and not allowed.complete
