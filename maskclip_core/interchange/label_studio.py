@@ -183,29 +183,10 @@ def export_label_studio(
 def import_label_studio(
     tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any] | str,
     categories: Sequence[Mapping[str, Any]],
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    images: Mapping[int, ExportImage] | None = None,
-    strict: bool = True,
-    skipped: list[tuple[int | None, str]] | None = None,
+    **options: Any,
 ) -> list[ReviewedImage]:
-    """Reviewed label maps from a Label Studio export in its JSON or JSON-MIN format (parsed, or the URL).
-
-    Per task the chosen annotation is the ground-truth one if any, else the latest (updated_at /
-    created_at, then list order); cancelled annotations and tasks without annotations are skipped.
-    Brush and polygon regions are painted in result order (later regions win where they overlap); other
-    result types (choices, text) carry no mask and are ignored. A file that is neither format raises.
-    ``images`` (the dataset's, by id) bounds the work: tasks are matched to them before any mask is decoded,
-    and a task's declared size must be its image's; without them a task may declare at most
-    ``MAX_REVIEW_PIXELS``. A task of an image not in ``images``, without an ``image_id`` (e.g. one created by
-    a storage's Sync) or using a label that is not a category raises, or with ``strict=False`` is left out
-    and described in ``skipped`` as (image id or None, the problem).
-    """
-    return list(
-        iter_label_studio_reviews(
-            tasks, categories, storage_options=storage_options, images=images, strict=strict, skipped=skipped
-        )
-    )
+    """Every reviewed label map of ``iter_label_studio_reviews`` (``options`` as there), as a list."""
+    return list(iter_label_studio_reviews(tasks, categories, **options))
 
 
 def iter_label_studio_reviews(
@@ -217,7 +198,19 @@ def iter_label_studio_reviews(
     strict: bool = True,
     skipped: list[tuple[int | None, str]] | None = None,
 ) -> Iterator[ReviewedImage]:
-    """``import_label_studio`` one task at a time: one label map in memory at once."""
+    """Reviewed label maps from a Label Studio export in its JSON or JSON-MIN format (parsed, or the URL), one
+    task at a time (one label map in memory at once).
+
+    Per task the chosen annotation is the ground-truth one if any, else the latest (updated_at /
+    created_at, then list order); cancelled annotations and tasks without annotations are skipped.
+    Brush and polygon regions are painted in result order (later regions win where they overlap); other
+    result types (choices, text) carry no mask and are ignored. A file that is neither format raises.
+    ``images`` (the dataset's, by id) bounds the work: tasks are matched to them before any mask is decoded,
+    and a task's declared size must be its image's; without them a task may declare at most
+    ``MAX_REVIEW_PIXELS``. A task of an image not in ``images``, without an ``image_id`` (e.g. one created by
+    a storage's Sync) or using a label that is not a category raises, or with ``strict=False`` is left out
+    and described in ``skipped`` as (image id or None, the problem).
+    """
     if isinstance(tasks, str):
         tasks = read_json(tasks, storage_options)
     tasks = [tasks] if isinstance(tasks, Mapping) else list(tasks)  # a one-task export is a bare object

@@ -270,6 +270,8 @@ def test_a_server_with_another_document_root_is_one_line(label_studio_server, sm
         *["--document-root", str(tmp_path / "root")],
     )
     assert "HTTP 400" in err and "LOCAL_FILES_DOCUMENT_ROOT" in err and len(err.strip().splitlines()) == 1, err
+    projects = label_studio_server.client().projects.list(title="maskclip wrong root")
+    assert [p.id for p in projects if p.title == "maskclip wrong root"] == []  # the failed first push removed it
 
 
 # --- no server needed -------------------------------------------------------------------------------------
