@@ -218,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress:
             report = run_benchmark(request, progress=on_progress, notify=notify, on_suite=on_suite)
-    except Exception:
-        if latest[0].results:  # finished suites are printed and kept (--out) before the error is reported
+    except BaseException:  # an error or Ctrl-C: finished suites are printed (and kept in --out) first
+        if latest[0].results:
             print(json.dumps(latest[0].to_dict(), indent=2))
         raise
     print_table(report, console)
