@@ -93,7 +93,7 @@ REVIEWED_SCHEMA = pa.schema(
         pa.field("height", pa.int32(), nullable=False),
         pa.field("category_id", pa.int32()),  # null: reviewed, nothing annotated
         pa.field("segmentation", SEGMENTATION_TYPE),  # compressed RLE, {"counts": str, "size": [h, w]}
-        pa.field("area", pa.int64(), nullable=False),
+        pa.field("area", pa.int64(), nullable=False),  # -1: the review was withdrawn (reviews.RETRACTED_AREA)
         pa.field("tool", pa.string(), nullable=False),  # label-studio | coco
         pa.field("reviewer", pa.string()),
         pa.field("reviewed_at", pa.string()),  # as the tool wrote it
