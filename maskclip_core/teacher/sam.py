@@ -153,13 +153,17 @@ class SamLastAttention:
     rel_w: torch.Tensor | None  # [heads, gh, gw, gw]
     grid: tuple[int, int]
 
-    def attention(self, head: int) -> torch.Tensor:
-        """Softmax attention [N, N] of one head, over all keys (padding included, as in SAM)."""
-        logits = self.q[head] @ self.k[head].T
+    def attention(self, head: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax attention [R, N] of one head's query ``rows`` (all N by default) over all keys (padding
+        included, as in SAM)."""
+        q = self.q[head] if rows is None else self.q[head][rows]
+        logits = q @ self.k[head].T
         if self.rel_h is not None:
             gh, gw = self.grid
-            bias = self.rel_h[head][:, :, :, None] + self.rel_w[head][:, :, None, :]
-            logits = logits + bias.reshape(gh * gw, gh * gw)
+            rel_h, rel_w = self.rel_h[head].reshape(gh * gw, gh), self.rel_w[head].reshape(gh * gw, gw)
+            if rows is not None:
+                rel_h, rel_w = rel_h[rows], rel_w[rows]
+            logits = logits + (rel_h[:, :, None] + rel_w[:, None, :]).reshape(len(q), gh * gw)
         return logits.softmax(dim=-1)
 
 

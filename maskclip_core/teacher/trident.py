@@ -140,15 +140,16 @@ def sam_affinity(
     idx = idx.reshape(-1)
     v = F.normalize(attention.v[:, idx].float(), dim=-1)  # [heads, M, d]
     heads = v.shape[0]
-    # Threshold per query: mean over heads and keys of the values' cosine similarity, times cos_fac.
-    mean_sim = sum((v[h] @ v[h].T).mean(dim=-1) for h in range(heads)) / heads
+    # Threshold per query: mean over heads and keys of the values' cosine similarity, times cos_fac (a mean
+    # over keys of dot products is the dot product with the keys' mean: no M x M matrix for it).
+    mean_sim = torch.einsum("hmd,hd->m", v, v.mean(dim=1)) / heads
     threshold = cos_fac * mean_sim
     if not refine_neg_cos:
         threshold = torch.where(threshold < 0, NEGATIVE_THRESHOLD_FALLBACK, threshold)
     threshold = threshold.clamp(max=MAX_SAM_THRESHOLD)[:, None]
     total = torch.zeros(len(idx), len(idx), device=v.device)
     for h in range(heads):
-        kept = attention.attention(h)[idx][:, idx].float()
+        kept = attention.attention(h, idx)[:, idx].float()
         total += torch.where(v[h] @ v[h].T > threshold, kept, torch.zeros((), device=v.device))
     total /= heads
     return total / total.sum(dim=-1, keepdim=True)
