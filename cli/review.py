@@ -107,8 +107,9 @@ def _register_review(subparsers: argparse._SubParsersAction) -> None:
         help="push pseudo-labels to a Label Studio server for review, pull the reviews back",
         description="Review on a live Label Studio server. push: create or update the dataset's project (labeling "
         "config from its categories, image storage, one task per image with the pseudo-labels as prediction); "
-        "pushing again adds new images and replaces changed predictions, never duplicates a task. pull: read "
-        "the project's annotations into the dataset's reviewed table (then `maskclip evaluate`).",
+        "pushing again adds new images and replaces changed predictions, and every push removes duplicate "
+        "unannotated tasks (two pushes at once). pull: read the project's annotations, a page at a time, into the "
+        "dataset's reviewed table (then `maskclip evaluate`); deleted annotations are retracted.",
         formatter_class=HelpFormatter,
     )
     actions = p.add_subparsers(dest="review_action", metavar="ACTION", required=True)
@@ -142,12 +143,18 @@ def _register_review(subparsers: argparse._SubParsersAction) -> None:
     pull = actions.add_parser(
         "pull",
         help="read the project's annotations into the dataset's reviewed table",
-        description="The chosen annotation of each task is its ground-truth one, else the latest; "
-        "pulling unchanged annotations again changes nothing.",
+        description="The chosen annotation of each image is its ground-truth one, else the latest, over all of "
+        "the image's tasks; images whose annotations were deleted are retracted; pulling unchanged annotations "
+        "again changes nothing.",
         formatter_class=HelpFormatter,
     )
     _add_server_options(pull, "the Parquet dataset the reviews belong to")
-    pull.add_argument("--skip-unknown", action="store_true", help="skip tasks of images the dataset does not hold")
+    pull.add_argument(
+        "--skip-unknown",
+        action="store_true",
+        help="skip (and count) tasks pull cannot read: images the dataset does not hold, labels that are not "
+        "categories, tasks without our image_id (e.g. made by a storage Sync)",
+    )
     pull.set_defaults(func=_cmd_review_pull)
 
 
