@@ -235,3 +235,18 @@ def test_cli_segment_with_trident_options(tmp_path):
     config = LabelerConfig(**{**TRIDENT_CONFIG, "sam_cos_fac": 1.5, "sam_refine_neg_cos": False})
     [expected] = MaskCLIPLabeler.from_config(config).label([np.asarray(Image.open(photo))])
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a_labels.png")), expected.labels)
+
+
+def test_trident_equals_reference_base_architectures():
+    """The reference's architectures with random weights: ViT-B/16 CLIP, DINO ViT-B/16, SAM ViT-B (12 blocks,
+    14 x 14 windows padded on a 16 x 16 grid; input 256 instead of 1024 to stay fast)."""
+    clip = load_clip("ViT-B-16", "none", device="cpu", seed=32)
+    torch.manual_seed(12)
+    dino = timm.create_model("vit_base_patch16_224.dino", pretrained=False, num_classes=0, dynamic_img_size=True)
+    proxy = ProxyBundle.from_model(dino, "vit_base_patch16_224.dino", "random")
+    sam = load_sam("vit_b", "none", seed=13, img_size=256)
+    gen = torch.Generator().manual_seed(13)
+    for block in sam.encoder.blocks:
+        block.attn.rel_pos_h.copy_(torch.randn(block.attn.rel_pos_h.shape, generator=gen) * 0.1)
+        block.attn.rel_pos_w.copy_(torch.randn(block.attn.rel_pos_w.shape, generator=gen) * 0.1)
+    _check(clip, proxy, sam, (300, 420), crop=336, stride=224)
