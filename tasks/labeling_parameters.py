@@ -66,6 +66,14 @@ class LabelingRunParameters(BaseModel):
         description="A complete listing that misses more than this share of the dataset's files from the source "
         "marks nothing gone and fails the run (an unmounted folder, a wrong prefix); 1 accepts any deletion",
     )
+    max_failed_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A run in which more than this share of the images it tried failed (missing, unreadable, "
+        "undecodable) ends Failed, so alerting on Failed runs sees a vanished or broken source; any failed image "
+        "is logged at warning level. 1 never fails for failed images",
+    )
     source_storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (default: AWS environment / profile)"
     )

@@ -23,7 +23,7 @@ from maskclip_core.labeling.filter import FilterConfig
 from maskclip_core.labeling.registry import LabelerParameters, labeler_categories, labeler_round, load_labeler
 from maskclip_core.labeling.report import RunSummary
 from maskclip_core.labeling.run_records import BatchOutcome, FailedBatch, LabelingPlan, PlannedBatch
-from maskclip_core.storage.fs import SourceFile
+from maskclip_core.storage.fs import SourceFile, require_source
 from tasks.labeling import (
     BatchSetup,
     T,
@@ -87,6 +87,7 @@ class LabelingRun:
     retries: int
     retry_delay_s: float
     source_listing: SourceListing
+    max_failed_fraction: float = 1.0  # past it the run fails (LabelingRunParameters.max_failed_fraction)
 
     def with_retries(self, t: T) -> T:
         return with_retries(t, self.retries, self.retry_delay_s)
@@ -112,6 +113,7 @@ def start_run(
     def retried(t: T) -> T:
         return with_retries(t, options.retries, options.retry_delay_seconds)
 
+    require_source(source, options.source_storage_options)  # a missing source: refused before anything is written
     storage = (dataset, options.dataset_storage_options)
     device = "cpu" if options.uses_dask else None
     default_precision = labeler.precision_is_default()
@@ -154,7 +156,24 @@ def start_run(
     listing = SourceListing(
         source, options.extensions, options.glob, options.source_storage_options, options.max_gone_fraction
     )
-    return LabelingRun(setup, known, summary, options.retries, options.retry_delay_seconds, listing)
+    return LabelingRun(
+        setup, known, summary, options.retries, options.retry_delay_seconds, listing, options.max_failed_fraction
+    )
+
+
+def check_failed_images(summary: RunSummary, max_failed_fraction: float) -> None:
+    """Log failed images at warning level; past ``max_failed_fraction`` of the images tried, fail the run (a
+    source that vanished mid-run leaves every image "missing": not a success for whoever alerts on states)."""
+    note = summary.failed_images_note()
+    if note is None:
+        return
+    logger = get_run_logger()
+    if summary.failed_share() > max_failed_fraction:
+        message = f"{note}: more than options.max_failed_fraction={max_failed_fraction:g} (is the source still there?)"
+        logger.error("%s", message)
+        summary.stop(message)
+    else:
+        logger.warning("%s; the next run retries them", note)
 
 
 def batch_done(batch: PlannedBatch, future: PrefectFuture[BatchOutcome]) -> BatchOutcome | FailedBatch:
@@ -202,6 +221,7 @@ def finish_run(run: LabelingRun) -> None:
             summary.stop(str(e))
         except Exception as e:  # noqa: BLE001 - the labels are written; the next complete run marks them
             logger.warning("files that left %s could not be marked gone: %s", listing.source, e)
+    check_failed_images(summary, run.max_failed_fraction)
     if summary.labeled or summary.rejected:
         try:
             run.with_retries(compact_index)(*storage)

@@ -94,6 +94,22 @@ class RunSummary:
         """Images of finished batches (done or failed)."""
         return self.stats.seen + self.failed_batch_images
 
+    def failed_images_note(self) -> str | None:
+        """``"N of M images failed (reason: n, ...)"`` for the images the run tried to label, or None if none
+        failed. M is what the run read or tried to (known files skipped unread do not count)."""
+        if not self.failed:
+            return None
+        reasons = {
+            **self.stats.failed,
+            **({"batch_failed": self.failed_batch_images} if self.failed_batch_images else {}),
+        }
+        detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items()))
+        return f"{self.failed} of {self.processed_images} images failed ({detail})"
+
+    def failed_share(self) -> float:
+        """Failed images over the images the run tried (0 when it tried none)."""
+        return self.failed / self.processed_images if self.processed_images else 0.0
+
     @property
     def ok(self) -> bool:
         return self.failed_batch_count == 0 and self.error is None

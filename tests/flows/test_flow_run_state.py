@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
 
 import flows.label_dataset as flow_module
-from flows.label_dataset import LabelingRunParameters, label_dataset, progress_listener
+from flows.label_dataset import LabelingIncomplete, LabelingRunParameters, label_dataset, progress_listener
 from maskclip_core.dataset.label_dataset import LabelDataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -149,3 +150,57 @@ def run_artifacts(run_id: str) -> dict[str, Any]:
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)]))
         )
     return {a.key: a for a in artifacts}
+
+
+def listing_then_vanish(monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    """The source lists completely, then loses all but ``keep`` files before any batch reads them."""
+    real = flow_module.iter_source_files
+
+    def listing(url: str, **kwargs: Any):
+        files = list(real(url, **kwargs))
+        for f in files[keep:]:
+            Path(f.uri.removeprefix("file://")).unlink(missing_ok=True)
+        yield from files
+
+    monkeypatch.setattr(flow_module, "iter_source_files", listing)
+
+
+def test_a_source_that_vanished_mid_run_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Most listed images missing when read: the run ends Failed with an error-level line, not green."""
+    src, out = tmp_path / "src", str(tmp_path / "ds")
+    write_images(src, 6, seed=3)
+    listing_then_vanish(monkeypatch, keep=1)
+    with caplog.at_level(logging.WARNING):
+        state = label_dataset(
+            str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True
+        )
+    assert state.is_failed()
+    with pytest.raises(LabelingIncomplete, match=r"5 of 6 images failed \(missing: 5\).*max_failed_fraction=0.5"):
+        state.result()
+    assert any(r.levelno == logging.ERROR and "5 of 6 images failed" in r.getMessage() for r in caplog.records)
+    report = next((Path(out) / "reports").glob("*.md")).read_text()
+    assert "FAILED: 5 of 6 images failed" in report
+    assert LabelDataset(out).images().num_rows == 6  # the one labeled image and five failed rows (retried next run)
+
+
+def test_a_few_failed_images_under_the_threshold_warn_and_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, out = tmp_path / "src", str(tmp_path / "ds")
+    write_images(src, 4, seed=4)
+    listing_then_vanish(monkeypatch, keep=3)
+    with caplog.at_level(logging.WARNING):
+        state = label_dataset(
+            str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True
+        )
+    assert state.is_completed() and state.result()["failed"] == 1
+    warned = [r for r in caplog.records if "1 of 4 images failed (missing: 1)" in r.getMessage()]
+    assert warned and warned[0].levelno == logging.WARNING
+    # the threshold is the user's: 1 accepts any share of failed images
+    write_images(src, 4, seed=5)
+    listing_then_vanish(monkeypatch, keep=0)
+    options = ONE_PER_BATCH.model_copy(update={"max_failed_fraction": 1.0})
+    state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=options, return_state=True)
+    assert state.is_completed()
