@@ -165,8 +165,7 @@ def _fill_project(
         client, images, local_folders, options["document_root"]
     )  # before any task: a root the server does not use stops
     storages += _s3_storages(client, project.id, buckets, storage_options)
-    removed, _ = _reconcile(client, project.id)  # duplicates left by earlier pushes go before predictions are compared
-    existing = _tasks_by_image(client, project.id, options["model_version"])
+    existing, removed = _tasks_by_image(client, project.id, options["model_version"])
     created_tasks = updated = 0
     pending: list[dict[str, Any]] = []
     for i, image in enumerate(images):
@@ -336,21 +335,25 @@ class _ServerTask:
     predictions: tuple[tuple[int, str, float | None], ...]  # ours: (id, digest of the result, score)
 
 
-def _tasks_by_image(client: Any, project_id: int, model_version: str) -> dict[int, _ServerTask]:
-    """The project's tasks by our image id (the first task of an image, if it was imported twice by hand)."""
-    out: dict[int, _ServerTask] = {}
+def _tasks_by_image(client: Any, project_id: int, model_version: str) -> tuple[dict[int, _ServerTask], int]:
+    """The project's tasks by our image id, and how many duplicate tasks were deleted on the way (duplicates
+    left by earlier pushes go before predictions are compared: ``_remove_duplicates``, one listing for both)."""
+    tasks: dict[int, _ServerTask] = {}
+    groups: dict[str, list[tuple[int, bool]]] = {}
     # resolve_uri=False: the data as imported (s3:// URIs), not the URLs the labeling UI loads
     for task in client.tasks.list(project=project_id, fields="all", page_size=500, resolve_uri=False):
         image_id = (task.data or {}).get("image_id")
-        if image_id is None or not str(image_id).isdigit() or int(image_id) in out:
+        if image_id is None or not str(image_id).isdigit():
             continue
+        groups.setdefault(str(image_id), []).append((int(task.id), bool(task.total_annotations)))
         ours = tuple(
             (int(_field(p, "id")), _digest(_field(p, "result")), _field(p, "score"))
             for p in task.predictions or []
             if _field(p, "model_version") == model_version
         )
-        out[int(image_id)] = _ServerTask(id=int(task.id), data=dict(task.data), predictions=ours)
-    return out
+        tasks[int(task.id)] = _ServerTask(id=int(task.id), data=dict(task.data), predictions=ours)
+    removed, kept, _ = _remove_duplicates(client, groups)
+    return {int(image_id): tasks[task_id] for image_id, task_id in kept.items()}, removed
 
 
 def _update_task(client: Any, task: _ServerTask, wanted: Mapping[str, Any], model_version: str) -> int:
@@ -371,28 +374,39 @@ def _update_task(client: Any, task: _ServerTask, wanted: Mapping[str, Any], mode
 
 
 def _reconcile(client: Any, project_id: int) -> tuple[int, dict[str, list[int]]]:
-    """One task per image: of several tasks of an image (two pushes at the same moment, a retried import), keep
-    the annotated ones, else the oldest, and delete the other unannotated copies. Returns (tasks deleted,
-    {image id: task ids} of images annotated in several tasks, which are left for people to merge)."""
-    by_image: dict[str, list[tuple[int, bool]]] = {}
+    """``_remove_duplicates`` over a light listing of the project (ids, data, annotation counts): what every
+    push does last, since another push may have imported the same images meanwhile."""
+    groups: dict[str, list[tuple[int, bool]]] = {}
     listing = client.tasks.list(project=project_id, include="id,data,total_annotations", page_size=1000)
     for task in listing:
         image_id = (task.data or {}).get("image_id")
         if image_id is not None:
-            by_image.setdefault(str(image_id), []).append((int(task.id), bool(task.total_annotations)))
+            groups.setdefault(str(image_id), []).append((int(task.id), bool(task.total_annotations)))
+    removed, _, annotated_twice = _remove_duplicates(client, groups)
+    return removed, annotated_twice
+
+
+def _remove_duplicates(
+    client: Any, groups: Mapping[str, Sequence[tuple[int, bool]]]
+) -> tuple[int, dict[str, int], dict[str, list[int]]]:
+    """One task per image: of several tasks of an image (two pushes at the same moment, a retried import), keep
+    the annotated ones, else the oldest, and delete the other unannotated copies; every push decides the same
+    way, so two pushes doing this at once agree. ``groups``: image id -> [(task id, annotated)]. Returns (tasks
+    deleted, image id -> the task kept (the oldest kept), image id -> task ids of images annotated in several
+    tasks, left for people to merge)."""
     removed = 0
+    kept: dict[str, int] = {}
     annotated_twice: dict[str, list[int]] = {}
-    for image_id, tasks in sorted(by_image.items()):
-        if len(tasks) < 2:
-            continue
+    for image_id, tasks in sorted(groups.items()):
         annotated = sorted(t for t, has in tasks if has)
         keep = set(annotated) or {min(t for t, _ in tasks)}
         for task_id, _ in tasks:
             if task_id not in keep:
                 removed += _delete_task(client, task_id)
+        kept[image_id] = min(keep)
         if len(annotated) > 1:
             annotated_twice[image_id] = annotated
-    return removed, annotated_twice
+    return removed, kept, annotated_twice
 
 
 def _delete_task(client: Any, task_id: int) -> int:
