@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +189,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     params = label_parameters(args)
+    from maskclip_core.storage.fs import require_source
+
+    require_source(args.source, params["options"].source_storage_options)  # before a Prefect server starts
     if params["labeler"].config is not None:
         warn_if_random(params["labeler"].config.pretrained)
 
@@ -196,7 +202,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     progress, on_event, final = _progress_bar(console)
-    with owned_prefect_api(), progress, progress_listener(on_event):
+    with owned_prefect_api(), progress, progress_listener(on_event), _run_errors_off_console(args.verbose):
         state = label_dataset(**params, return_state=True)
     if state.is_completed():
         result = state.result()
@@ -213,6 +219,28 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     return 0 if state.is_completed() else 1
+
+
+class _NoRunErrors(logging.Filter):
+    """Drops Prefect's error records (the engine's traceback of the exception, "Finished in state Failed"): the
+    command ends with that exception as one line, and the Prefect API (UI) keeps the records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
+
+
+@contextlib.contextmanager
+def _run_errors_off_console(verbose: bool) -> Iterator[None]:
+    """Without ``--verbose``, the console handlers (on the root logger) skip Prefect's error records."""
+    handlers = [] if verbose else list(logging.getLogger().handlers)
+    quiet = _NoRunErrors()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _progress_bar(console: Any) -> tuple[Any, Any, dict[str, Any]]:

@@ -7,6 +7,11 @@ lease means creating the next generation with :func:`create_exclusive` (a local 
 its expiry from a background thread every ``ttl / 3``; a run killed with SIGKILL stops renewing and its lease
 expires after ``ttl`` (at once for a run on this machine whose process is gone). ``force`` takes the lease
 even from a live holder (which notices at its next renewal).
+
+A refused run writes nothing: the dataset's format is read before the lease file is created (a dataset newer
+than this package is refused with nothing added), and a lease taken on a dataset that held nothing is removed
+with the folders it created when the run releases it without having written anything (a run that failed on a
+missing source or checkpoint leaves no empty ``_lease/`` behind).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
+
+from maskclip_core.dataset.manifest import dataset_format
 from maskclip_core.storage.exclusive import create_exclusive
 from maskclip_core.storage.fs import atomic_write_bytes, join_url, resolve
 
@@ -43,11 +51,19 @@ class DatasetLocationError(ValueError):
 class Lease:
     """A held lease; :meth:`release` it (or use it as a context manager). Renews itself until released."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None, generation: int, record: dict) -> None:
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None,
+        generation: int,
+        record: dict,
+        created: list[str] | None = None,
+    ) -> None:
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.generation = generation
         self.record = record
+        self.created = created  # the dataset held nothing: local folders the lease created (innermost first)
         self.lost = False  # a newer generation exists: another run forced the lease away
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name="maskclip-lease", daemon=True)
@@ -71,6 +87,10 @@ class Lease:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         if self.lost or _generations(self.url, self.storage_options)[-1:] != [self.generation]:
+            return
+        if self.created is not None and _remove_if_unused(
+            self.url, self.generation, self.created, self.storage_options
+        ):
             return
         self.record["released"] = True
         _write(self.url, self.generation, self.record, self.storage_options)
@@ -99,9 +119,15 @@ def acquire_lease(
 ) -> Lease:
     """Take the lease on the dataset at ``url`` for ``owner`` (a run id), waiting up to ``wait_s`` seconds.
 
-    Raises :class:`LeaseHeld` (one line: who holds it, until when, what to do) when it stays held, and
-    :class:`DatasetLocationError` when ``url`` cannot be a dataset folder.
+    Raises :class:`LeaseHeld` (one line: who holds it, until when, what to do) when it stays held,
+    :class:`DatasetLocationError` when ``url`` cannot be a dataset folder, and ``DatasetFormatError`` for a
+    dataset of a format this package cannot write, before creating anything.
     """
+    try:
+        dataset_format(url, storage_options)  # refuses a newer (or mixed) format before a lease file is written
+    except NotADirectoryError as e:
+        raise DatasetLocationError(f"{url}: cannot hold a dataset ({e.strerror or e})") from e
+    new_folders = _new_dataset_folders(url, storage_options)
     deadline = time.monotonic() + wait_s
     while True:
         generations = _generations(url, storage_options)
@@ -125,7 +151,7 @@ def acquire_lease(
                 raise DatasetLocationError(f"{url}: cannot hold a dataset ({e.strerror or e})") from e
             if created:
                 _prune(url, generations, storage_options)
-                return Lease(url, storage_options, current + 1, record)
+                return Lease(url, storage_options, current + 1, record, new_folders)
             continue  # another run took this generation first: look again
         if time.monotonic() >= deadline:
             raise LeaseHeld(
@@ -134,6 +160,47 @@ def acquire_lease(
                 "or take it over with --force-lease"
             )
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+
+
+def _new_dataset_folders(url: str, storage_options: Mapping[str, Any] | None) -> list[str] | None:
+    """None when the dataset holds something; else the local folders a write would create, innermost first
+    (none on object stores), so a run that writes nothing can take them away again."""
+    fs, root = resolve(url, storage_options)
+    try:
+        if fs.ls(root, detail=False):
+            return None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    if not isinstance(fs, LocalFileSystem):
+        return []  # object stores have no folders
+    created = []
+    current = os.path.abspath(root)
+    while not os.path.exists(current):
+        created.append(current)
+        current = os.path.dirname(current)
+    return created
+
+
+def _remove_if_unused(url: str, generation: int, created: list[str], storage_options: Mapping[str, Any] | None) -> bool:
+    """Delete this run's lease file and the folders it created when the dataset holds nothing else; whether it
+    did. Only what is provably this run's goes: another run's newer lease file keeps ``_lease/`` in place."""
+    fs, root = resolve(url, storage_options)
+    fs.invalidate_cache(root)
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if names != [LEASE_DIR]:
+        return False  # the run wrote something: the lease stays as a record, released
+    fs.rm_file(resolve(_generation_url(url, generation), storage_options)[1])
+    if not isinstance(fs, LocalFileSystem):
+        return True
+    for folder in [os.path.join(os.path.abspath(root), LEASE_DIR), *created]:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (another run's lease, someone's file) or gone: leave it and all above it
+            break
+    return True
 
 
 def _free(record: dict) -> bool:

@@ -113,6 +113,15 @@ def iter_source_files(
             yield SourceFile(uri=to_uri(fs, path), size=size, version=version)
 
 
+def require_source(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise ``FileNotFoundError`` naming ``url`` when it is neither a file nor a folder (prefix) with files, so a
+    run checks its source before it writes anything (a listing would find out only after the run started)."""
+    fs, root = resolve(url, storage_options)
+    fs.invalidate_cache(root)
+    if not fs.exists(root.rstrip("/") or root):
+        raise FileNotFoundError(f"source {url}: no such file or folder")
+
+
 # Each lister yields (path without protocol, size, version) for the visible files under ``root``, or for
 # ``root`` itself when it is a file.
 
