@@ -196,7 +196,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _label_studio_target(args: argparse.Namespace) -> Any:
-    from maskclip_core.interchange.label_studio_sync import LabelStudioTarget
+    from maskclip_core.interchange.label_studio_client import LabelStudioTarget
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV, "")
     url = args.label_studio or os.environ.get(URL_ENV, "")
@@ -238,7 +238,7 @@ def _report_selection(summary: dict[str, Any], empty: str) -> int:
 
 
 def _cmd_review_pull(args: argparse.Namespace) -> int:
-    from maskclip_core.interchange.label_studio_sync import pull
+    from maskclip_core.interchange.label_studio_pull import pull
 
     summary = pull(
         _label_studio_target(args), args.dataset, strict=not args.skip_unknown, storage_options=args.storage_options

@@ -7,7 +7,8 @@ Modules:
 - ``coco``: COCO instances JSON out, any COCO file in as label maps
 - ``label_studio``: Label Studio tasks with pre-annotations, its labeling config, and its reviews back
 - ``label_studio_rle``: Label Studio's brush RLE codec
-- ``label_studio_sync``: push to / pull from a live Label Studio server (``maskclip review push|pull``)
+- ``label_studio_sync``: push to a live Label Studio server (``maskclip review push``; ``pull`` re-exported)
+- ``label_studio_pull``: a Label Studio project's reviews into the reviewed table (``maskclip review pull``)
 - ``label_studio_client``: the SDK connection to a Label Studio server, its errors as one line
 - ``label_studio_project``: which Label Studio project holds a dataset, and its labeling config
 - ``cvat``: CVAT's COCO 1.0 and Segmentation mask 1.1 zips

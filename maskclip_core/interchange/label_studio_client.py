@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +19,15 @@ MAX_RETRIES = 4  # a transient 5xx (a restarting server, a busy worker) is retri
 
 class LabelStudioError(ValueError):
     """A problem the user fixes (server unreachable, key refused, images Label Studio cannot serve)."""
+
+
+@dataclass(frozen=True)
+class LabelStudioTarget:
+    """Where to push / pull: the server, the key, and the project (title or id; default from the dataset)."""
+
+    url: str
+    api_key: str
+    project: str | None = None
 
 
 @contextmanager
@@ -73,6 +83,16 @@ def is_missing(exc: BaseException) -> bool:
     return getattr(exc, "status_code", None) == 404
 
 
+def sdk_field(record: Any, name: str) -> Any:
+    """A field of an SDK model or of a plain dict (task listings return predictions and annotations as either)."""
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling of a JSON value (sorted keys, no spaces): what digests of server content hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _detail(body: Any) -> str:
     """The server's reason in one line: its ``detail`` plus any field errors (e.g. a storage path it refused)."""
     if not isinstance(body, Mapping):
@@ -83,5 +103,5 @@ def _detail(body: Any) -> str:
         parts += [f"{field}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for field, v in errors.items()]
     elif errors:
         parts.append(str(errors))
-    text = "; ".join(parts) if parts else json.dumps(dict(body), sort_keys=True, default=str)
+    text = "; ".join(parts) if parts else canonical_json(dict(body))
     return " ".join(text.split())[:500]

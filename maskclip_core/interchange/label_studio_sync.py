@@ -1,4 +1,5 @@
-"""A dataset's pseudo-labels into a live Label Studio project, and its reviews back: ``maskclip review push|pull``.
+"""A dataset's pseudo-labels into a live Label Studio project: ``maskclip review push`` (``review pull`` is
+``label_studio_pull``; both are importable from here).
 
 Push finds or creates the dataset's project (``label_studio_project``), gives it the storage Label Studio needs
 to show the images (Local Files storage for local images, S3 storage with presigned URLs for ``s3://`` ones),
@@ -9,17 +10,11 @@ has no unique key, so two pushes at the same moment may both import an image: ev
 the project, keeping one task per image (an annotated one if any) and deleting the unannotated copies; copies
 that are both annotated are kept and reported. Storages are never synced by push (a Sync creates tasks without
 our ``image_id``; pull skips those with ``--skip-unknown``).
-
-Pull pages through the project's annotated tasks (no whole-project export) into the dataset's ``reviewed``
-table through the same import as ``maskclip import label-studio``: several tasks of one image count as one
-(ground truth, else the latest annotation), and images reviewed from this project before whose annotations
-are gone are retracted. Pulling unchanged annotations again rewrites the same part.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,14 +24,17 @@ import fsspec
 import pyarrow.compute as pc
 
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.reader import known_images, select_images
+from maskclip_core.dataset.reader import select_images
 from maskclip_core.dataset.records import ExportImage
 from maskclip_core.dataset.reviews import read_reviewed
-from maskclip_core.interchange.label_studio import image_url, iter_label_studio_reviews, label_studio_task
+from maskclip_core.interchange.label_studio import image_url, label_studio_task
 from maskclip_core.interchange.label_studio_client import (
     LabelStudioError,
+    LabelStudioTarget,
+    canonical_json,
     connect,
     is_missing,
+    sdk_field,
     served_status,
     server_errors,
 )
@@ -47,34 +45,13 @@ from maskclip_core.interchange.label_studio_project import (
     project_config,
     same_config,
 )
-from maskclip_core.interchange.review_import import skipped_summary, store_reviews
+from maskclip_core.interchange.label_studio_pull import pull
 
 __all__ = ["LabelStudioError", "LabelStudioTarget", "connect", "default_project_title", "pull", "push"]
 
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 IMPORT_CHUNK = 100  # tasks per import request: small requests, and a failed push resumes where it stopped
-PAGE_SIZE = 100  # tasks per page when pull reads annotations
 STORAGE_TITLE = "maskclip images"
-# Only tasks with an annotation.
-ANNOTATED = json.dumps(
-    {
-        "filters": {
-            "conjunction": "and",
-            "items": [
-                {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
-            ],
-        }
-    }
-)
-
-
-@dataclass(frozen=True)
-class LabelStudioTarget:
-    """Where to push / pull: the server, the key, and the project (title or id; default from the dataset)."""
-
-    url: str
-    api_key: str
-    project: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- push
@@ -347,9 +324,9 @@ def _tasks_by_image(client: Any, project_id: int, model_version: str) -> tuple[d
             continue
         groups.setdefault(str(image_id), []).append((int(task.id), bool(task.total_annotations)))
         ours = tuple(
-            (int(_field(p, "id")), _digest(_field(p, "result")), _field(p, "score"))
+            (int(sdk_field(p, "id")), _digest(sdk_field(p, "result")), sdk_field(p, "score"))
             for p in task.predictions or []
-            if _field(p, "model_version") == model_version
+            if sdk_field(p, "model_version") == model_version
         )
         tasks[int(task.id)] = _ServerTask(id=int(task.id), data=dict(task.data), predictions=ours)
     removed, kept, _ = _remove_duplicates(client, groups)
@@ -420,106 +397,6 @@ def _delete_task(client: Any, task_id: int) -> int:
     return 1
 
 
-# ----------------------------------------------------------------------------------------------- pull
-
-
-def pull(
-    target: LabelStudioTarget,
-    dataset: str,
-    *,
-    strict: bool = True,
-    storage_options: Mapping[str, Any] | None = None,
-    client: Any = None,
-) -> dict[str, Any]:
-    """Read the project's annotations into ``dataset``'s reviewed table; returns what was written.
-
-    Tasks are read a page at a time, annotated ones only. Per image the chosen
-    annotation is the one ``import_label_studio`` chooses (ground truth, else latest) over all of the image's
-    tasks; images annotated in several tasks are listed. Tasks of images the dataset does not hold, without an
-    ``image_id`` (made by a storage Sync) or using a label that is not a category raise, or with
-    ``strict=False`` are skipped and counted. Images reviewed from this project before whose annotations were
-    all deleted are retracted (no longer reviewed, no longer scored). The reviewer is the annotator's email.
-    """
-    store = LabelDataset(dataset, storage_options)
-    categories = store.categories()
-    if not categories:
-        raise ValueError(f"{dataset} holds no categories: nothing was labeled there")
-    client = client or connect(target.url, target.api_key)
-    base = target.url.rstrip("/")
-    with server_errors(base):
-        project, _, others = find_project(client, target.project, dataset)
-        emails = {int(user.id): user.email for user in client.users.list() if user.email}
-        tasks = _annotated_tasks(client, project.id, emails)
-    source = f"{base}/projects/{project.id}"
-    known = {image.image_id: image for image in known_images(store)}
-    previous = read_reviewed(dataset, storage_options, include_retracted=True)
-    from_here = pc.and_(pc.equal(previous["tool"], "label-studio"), pc.equal(previous["source_uri"], source))
-    present = {int(t["data"]["image_id"]) for t in tasks if str(t["data"].get("image_id", "")).isdigit()}
-    retract = sorted(set(previous.filter(from_here)["image_id"].to_pylist()) - present)
-    # The import id hashes what the reviews say (and what they withdraw), not the server's volatile fields:
-    # an unchanged pull rewrites the same part.
-    digest = hashlib.sha256(b"label-studio\x1f" + _canonical([tasks, retract]).encode()).hexdigest()[:32]
-    skipped_tasks: list[tuple[int | None, str]] = []
-    reviews = iter_label_studio_reviews(tasks, categories, images=known, strict=strict, skipped=skipped_tasks)
-    written = store_reviews(
-        dataset,
-        reviews,
-        tool="label-studio",
-        import_id=digest,
-        source_uri=source,
-        strict=strict,
-        storage_options=storage_options,
-        known=known,
-        retract=retract,
-    )
-    several = {k: v for k, v in _task_ids_by_image(tasks).items() if len(v) > 1}
-    return {
-        "project": project.id,
-        "title": project.title,
-        "source": source,
-        "annotated_tasks": sum(len(t["task_ids"]) for t in tasks),
-        **written,
-        **skipped_summary(written["skipped"], skipped_tasks),
-        "images_in_several_tasks": several,
-        "other_projects": others,
-    }
-
-
-def _annotated_tasks(client: Any, project_id: int, emails: Mapping[int, str]) -> list[dict[str, Any]]:
-    """The project's annotated tasks, a page at a time, merged per image (``task_ids`` lists the tasks), sorted
-    by their first task id; each annotation's ``completed_by`` becomes ``{"id", "email"}``."""
-    merged: dict[str, dict[str, Any]] = {}
-    # Label Studio's task list has no way to leave the predictions out (``include`` strips the annotations to
-    # their ids), so a page carries them too: pages stay small instead.
-    pages = client.tasks.list(project=project_id, fields="all", query=ANNOTATED, page_size=PAGE_SIZE, resolve_uri=False)
-    for task in pages:
-        fields = _review_fields(task, emails)
-        if not fields["annotations"]:
-            continue
-        image_id = fields["data"].get("image_id")
-        key = f"image {image_id}" if image_id is not None else f"task {fields['id']}"
-        entry = merged.setdefault(key, {**fields, "annotations": [], "task_ids": []})
-        entry["annotations"] += fields["annotations"]
-        entry["task_ids"].append(fields["id"])
-    return sorted(merged.values(), key=lambda t: min(t["task_ids"]))
-
-
-def _task_ids_by_image(tasks: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
-    return {str(t["data"].get("image_id")): list(t["task_ids"]) for t in tasks if "image_id" in t["data"]}
-
-
-def _review_fields(task: Any, emails: Mapping[int, str]) -> dict[str, Any]:
-    """What ``import_label_studio`` reads of a listed task."""
-    keep = ("id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
-    annotations = []
-    for annotation in _field(task, "annotations") or []:
-        fields = {k: _field(annotation, k) for k in keep}
-        who = _field(annotation, "completed_by")
-        fields["completed_by"] = {"id": who, "email": emails.get(who)} if isinstance(who, int) else who
-        annotations.append(fields)
-    return {"id": int(_field(task, "id")), "data": dict(_field(task, "data") or {}), "annotations": annotations}
-
-
 # -------------------------------------------------------------------------------------------- helpers
 
 
@@ -528,14 +405,5 @@ def _within(folder: str, storage_path: str) -> bool:
     return folder == storage_path or folder.startswith(storage_path.rstrip(os.sep) + os.sep)
 
 
-def _field(record: Any, name: str) -> Any:
-    """A field of an SDK model or of a plain dict (task listings return predictions as either)."""
-    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def _digest(value: Any) -> str:
-    return hashlib.sha256(_canonical(value).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()

@@ -256,7 +256,7 @@ def test_pull_pages_retry_a_transient_5xx() -> None:
     import httpx
 
     from maskclip_core.interchange.label_studio_client import connect
-    from maskclip_core.interchange.label_studio_sync import _annotated_tasks
+    from maskclip_core.interchange.label_studio_pull import _annotated_tasks
 
     answers = {"tasks": [503]}
     pages: list[str] = []
