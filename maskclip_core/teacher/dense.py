@@ -29,6 +29,11 @@ from open_clip.transformer import VisionTransformer
 # NACLIP's Gaussian standard deviation in patches: the reference's default, used by all its benchmark configs.
 NACLIP_GAUSSIAN_STD = 5.0
 
+# How positional embeddings reach another patch grid: "size" interpolates bicubically to exactly that grid;
+# "scale_factor" as SCLIP, NACLIP, ClearCLIP, ProxyCLIP and DINO's torch-hub models do, bicubic with
+# ``scale_factor=(g + 0.1) / N`` used as given (source coordinates (i + 0.5) N / (g + 0.1) - 0.5, not N / g).
+PositionResize = Literal["size", "scale_factor"]
+
 
 def _visual(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "visual", model)
@@ -59,44 +64,60 @@ _POS_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.Tensor]
 _POS_CACHE_SIZE = 32
 
 
-def resized_positional_embedding(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:
-    """Positional embedding [1 + gh*gw, W] for a patch grid; the patch part resized bicubically."""
+def resized_positional_embedding(
+    visual: VisionTransformer, grid: tuple[int, int], how: PositionResize = "size"
+) -> torch.Tensor:
+    """Positional embedding [1 + gh*gw, W] for a patch grid; the patch part resized bicubically (``how``)."""
     pos = visual.positional_embedding
     native = tuple(int(g) for g in visual.grid_size)
     grid = (int(grid[0]), int(grid[1]))
     if grid == native:
         return pos
     if torch.is_grad_enabled():
-        return _resize_positional_embedding(pos, native, grid)
+        return _resize_positional_embedding(pos, native, grid, how)
     cache = _POS_CACHE.setdefault(visual, {})
     # Inference tensors (a model built under inference_mode) keep no version counter.
     version = None if pos.is_inference() else pos._version
-    key = (grid, pos.device, pos.dtype, pos.data_ptr(), version)
+    key = (grid, how, pos.device, pos.dtype, pos.data_ptr(), version)
     hit = cache.get(key)
     if hit is None:
         if len(cache) >= _POS_CACHE_SIZE:
             cache.clear()
-        hit = cache[key] = _resize_positional_embedding(pos, native, grid)
+        hit = cache[key] = _resize_positional_embedding(pos, native, grid, how)
     return hit
 
 
-def _resize_positional_embedding(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    cls_pos, patch_pos = pos[:1], pos[1:]
+def resize_patch_positions(
+    patch_pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], how: PositionResize = "size"
+) -> torch.Tensor:
+    """Patch positional embeddings [native_h * native_w, W] -> [gh * gw, W], bicubic (see :data:`PositionResize`)."""
     width = patch_pos.shape[-1]
-    patch_pos = patch_pos.reshape(1, native[0], native[1], width).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
-    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)
-    return torch.cat([cls_pos, patch_pos], dim=0)
+    x = patch_pos.reshape(1, native[0], native[1], width).permute(0, 3, 1, 2).float()
+    if how == "size":
+        x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
+    else:
+        scale = ((grid[0] + 0.1) / native[0], (grid[1] + 0.1) / native[1])
+        x = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False)
+    return x.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)
 
 
-def _vit_embed(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Patch + class tokens with positional embeddings and ln_pre -> [B, 1 + gh*gw, W] (batch first)."""
+def _resize_positional_embedding(
+    pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], how: PositionResize
+) -> torch.Tensor:
+    return torch.cat([pos[:1], resize_patch_positions(pos[1:], native, grid, how)], dim=0)
+
+
+def _vit_embed(
+    visual: VisionTransformer, pixels: torch.Tensor, how: PositionResize = "size"
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch + class tokens with positional embeddings and ln_pre -> [B, 1 + gh*gw, W] (batch first). Pixels
+    past the last whole patch are left out (the patch convolution floors)."""
     x = visual.conv1(pixels.to(_dtype(visual)))
     B, W, gh, gw = x.shape
     x = x.reshape(B, W, gh * gw).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, W).expand(B, 1, W)
     x = torch.cat([cls, x], dim=1)
-    x = x + resized_positional_embedding(visual, (gh, gw)).to(x.dtype)
+    x = x + resized_positional_embedding(visual, (gh, gw), how).to(x.dtype)
     x = visual.patch_dropout(x)
     return visual.ln_pre(x), (gh, gw)
 
@@ -288,15 +309,19 @@ def _to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return tokens.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()
 
 
-def last_block_input(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def last_block_input(
+    visual: VisionTransformer, pixels: torch.Tensor, position_resize: PositionResize = "size"
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Tokens entering the last block [B, 1 + gh*gw, W] (class token first) and the patch grid (gh, gw)."""
-    x, grid = _vit_embed(visual, pixels)
+    x, grid = _vit_embed(visual, pixels, position_resize)
     return _run_blocks(visual, x, visual.transformer.resblocks[:-1]), grid
 
 
-def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _vit_dense(
+    visual: VisionTransformer, pixels: torch.Tensor, mode: str, position_resize: PositionResize
+) -> tuple[torch.Tensor, torch.Tensor]:
     last_block = last_block_for(mode)
-    x, grid = _vit_embed(visual, pixels)
+    x, grid = _vit_embed(visual, pixels, position_resize)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual, x, blocks[:-1])
     x, keys = last_block(blocks[-1], x, grid)
@@ -326,7 +351,11 @@ def _resnet_dense(visual: ModifiedResNet, pixels: torch.Tensor, mode: str) -> tu
 
 
 def dense_features(
-    model: torch.nn.Module, pixels: torch.Tensor, mode: AttentionMode = "maskclip"
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    mode: AttentionMode = "maskclip",
+    *,
+    position_resize: PositionResize = "size",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch CLIP embeddings and last-block keys.
 
@@ -334,11 +363,12 @@ def dense_features(
     [B, 3, H, W] with H, W multiples of the patch size (ViT) or 32 (ResNet). Returns ``features``
     [B, D, h, w] (projected to the joint space, not normalised) and ``keys`` [B, C, h, w]. The encoder is
     evaluated with inference semantics whatever its mode (see :func:`inference_semantics`).
+    ``position_resize``: how a ViT's positional embeddings reach the patch grid (:data:`PositionResize`).
     """
     visual = _visual(model)
     with inference_semantics(visual):
         if isinstance(visual, VisionTransformer):
-            return _vit_dense(visual, pixels, mode)
+            return _vit_dense(visual, pixels, mode, position_resize)
         if isinstance(visual, ModifiedResNet):
             return _resnet_dense(visual, pixels, mode)
     raise TypeError(f"unsupported image encoder {type(visual).__name__}")

@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError, is_random, weights_identity
-from maskclip_core.teacher.dense import _visual, inference_semantics, last_block_input
+from maskclip_core.teacher.dense import (
+    PositionResize,
+    _visual,
+    inference_semantics,
+    last_block_input,
+    resize_patch_positions,
+)
 
 # Short names for the reference's proxies (its torch-hub names) -> timm names with their pretrained tags.
 PROXY_ALIASES = {
@@ -139,15 +145,42 @@ def padding_multiple(clip_stride: int, proxy: ProxyBundle) -> int:
     return math.lcm(int(clip_stride), proxy.patch_size)
 
 
-def proxy_patch_features(proxy: ProxyBundle, pixels: torch.Tensor) -> torch.Tensor:
+def proxy_patch_features(
+    proxy: ProxyBundle, pixels: torch.Tensor, position_resize: PositionResize = "size"
+) -> torch.Tensor:
     """The proxy's final normalised patch tokens [B, C, H/p, W/p] (prefix tokens: class, registers, dropped);
-    ``pixels`` normalised with the proxy's mean and std, H and W multiples of its patch size."""
+    ``pixels`` normalised with the proxy's mean and std, H and W multiples of its patch size.
+    ``position_resize="size"`` is timm's own resize; ``"scale_factor"`` the torch-hub DINO models' (see
+    :data:`~maskclip_core.teacher.dense.PositionResize`)."""
     model = proxy.model
-    tokens = model.forward_features(pixels.to(model.patch_embed.proj.weight.dtype))
+    pixels = pixels.to(model.patch_embed.proj.weight.dtype)
+    if position_resize == "size":
+        tokens = model.forward_features(pixels)
+    else:
+        tokens = _forward_features_rescaled_positions(model, pixels)
     tokens = tokens[:, getattr(model, "num_prefix_tokens", 1) :]
     B, _, C = tokens.shape
     gh, gw = pixels.shape[-2] // proxy.patch_size, pixels.shape[-1] // proxy.patch_size
     return tokens.reshape(B, gh, gw, C).permute(0, 3, 1, 2)
+
+
+def _forward_features_rescaled_positions(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """timm's ``VisionTransformer.forward_features`` with the positional embeddings resized the torch-hub way."""
+    x = model.patch_embed(pixels)  # [B, h, w, C]: dynamic_img_size keeps the grid
+    B, h, w, C = x.shape
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    pos = model.pos_embed[0]
+    native = tuple(int(g) for g in model.patch_embed.grid_size)
+    if (h, w) != native:
+        pos = torch.cat([pos[:prefix], resize_patch_positions(pos[prefix:], native, (h, w), "scale_factor")])
+    x = x.reshape(B, h * w, C)
+    tokens = [t.expand(B, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+    if model.no_embed_class:
+        x = torch.cat([*tokens, x + pos[None].to(x.dtype)], dim=1)
+    else:
+        x = torch.cat([*tokens, x], dim=1) + pos[None].to(x.dtype)
+    x = model.norm_pre(model.patch_drop(model.pos_drop(x)))
+    return model.norm(model.blocks(x))
 
 
 def renormalise(
@@ -187,6 +220,7 @@ def proxy_dense_features(
     *,
     beta: float = PROXY_BETA,
     gamma: float = PROXY_GAMMA,
+    position_resize: PositionResize = "size",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ProxyCLIP's dense CLIP features [B, D, H, W] and the proxy's patch features [B, C, H, W] (the keys for
     key smoothing) on the proxy's patch grid.
@@ -204,8 +238,9 @@ def proxy_dense_features(
     low = dtype in (torch.bfloat16, torch.float16) and pixels.device.type == "cpu"
     with inference_semantics(visual), inference_semantics(proxy.model):
         with torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext():
-            guide = proxy_patch_features(proxy, renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std)))
-        x, grid = last_block_input(visual, pixels)
+            normalised = renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std))
+            guide = proxy_patch_features(proxy, normalised, position_resize)
+        x, grid = last_block_input(visual, pixels, position_resize)
         # Only the value rows of the input projection: CLIP's q and k play no part.
         width = x.shape[-1]
         bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None

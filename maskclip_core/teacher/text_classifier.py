@@ -50,14 +50,24 @@ class TextClassifier:
 
         Features are L2-normalised here; a class with synonyms scores the max over its queries.
         """
+        return self.class_max(self.query_cosine(features), dim=1)
+
+    def query_cosine(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of [B, D, h, w] features (L2-normalised here) with every query -> [B, Q, h, w]."""
         feats = F.normalize(features.float(), dim=1)
-        sims = torch.einsum("bdhw,qd->bqhw", feats, self.embeddings.float())
+        return torch.einsum("bdhw,qd->bqhw", feats, self.embeddings.float())
+
+    def class_max(self, values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Per-query values (queries along ``dim``) -> each class's max over its queries."""
         if self.one_query_per_class:
-            return sims
-        B, _, h, w = sims.shape
-        out = sims.new_full((B, self.num_classes, h, w), float("-inf"))
-        index = self.query_to_class.view(1, -1, 1, 1).expand_as(sims)
-        return out.scatter_reduce(1, index, sims, reduce="amax", include_self=True)
+            return values
+        shape = [1] * values.dim()
+        shape[dim] = -1
+        index = self.query_to_class.view(shape).expand_as(values)
+        out_shape = list(values.shape)
+        out_shape[dim] = self.num_classes
+        out = values.new_full(out_shape, float("-inf"))
+        return out.scatter_reduce(dim, index, values, reduce="amax", include_self=True)
 
 
 def _encode_text_truncated(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
@@ -158,7 +168,8 @@ class TextClassifierCache:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a corrupt cache entry is rebuilt, never fatal
             return None
-        return TextClassifier(data["embeddings"], data["query_to_class"], vocabulary.names)
+        embeddings = share_repeated_queries(data["embeddings"], [q for q, _ in vocabulary.queries()])
+        return TextClassifier(embeddings, data["query_to_class"], vocabulary.names)
 
     def _store(self, key: str, classifier: TextClassifier) -> None:
         path = self._path(key)
@@ -187,6 +198,18 @@ def build_text_classifier(
 ) -> TextClassifier:
     """Encode every query of the vocabulary with the template ensemble."""
     pairs = vocabulary.queries()
-    embeddings = template_ensemble(bundle, [q for q, _ in pairs], templates)
+    texts = [q for q, _ in pairs]
+    embeddings = share_repeated_queries(template_ensemble(bundle, texts, templates), texts)
     query_to_class = torch.tensor([i for _, i in pairs], dtype=torch.long)
     return TextClassifier(embeddings, query_to_class, vocabulary.names)
+
+
+def share_repeated_queries(embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """A query text asked for twice (COCO-Object's ``bed``: a background word and a class) gets its first
+    embedding both times: encoded in other batches the two differ in the last bits, which would decide a tie
+    that the references leave exact (and give to the first class)."""
+    first = {t: i for i, t in reversed(list(enumerate(texts)))}
+    rows = [first[t] for t in texts]
+    if rows == list(range(len(texts))):
+        return embeddings
+    return embeddings[rows]

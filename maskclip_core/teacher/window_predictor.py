@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.profiler import record_function
 
-from maskclip_core.teacher.dense import AttentionMode, dense_features, describe_attention_modes
+from maskclip_core.teacher.dense import AttentionMode, PositionResize, dense_features, describe_attention_modes
 from maskclip_core.teacher.fast_paths import (
     LOW_PRECISION,
     PRECISION_HELP,
@@ -31,6 +31,7 @@ from maskclip_core.teacher.pamr import pamr
 from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, padding_multiple, proxy_dense_features
 from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep, suppress_classes
 from maskclip_core.teacher.text_classifier import TextClassifier
+from maskclip_core.teacher.vocabulary import BACKGROUND
 from maskclip_core.types import SegmentationResult, label_dtype
 
 
@@ -61,6 +62,43 @@ class InferenceConfig(BaseModel):
     pamr_dilations: tuple[int, ...] = Field((8, 16), min_length=1, description="PAMR neighbourhood dilations (px)")
     proxy_beta: float = Field(PROXY_BETA, description="ProxyCLIP: similarities below beta x their mean are dropped")
     proxy_gamma: float = Field(PROXY_GAMMA, gt=0, description="ProxyCLIP: temperature of the proxy attention")
+    # The reference segmentors' conventions (SCLIP, NACLIP, ClearCLIP, ProxyCLIP; the benchmark protocols set
+    # them). Each default is this project's labeling convention; a default is left out of the config hash.
+    merge: Literal["probabilities", "logits"] = Field(
+        "probabilities",
+        description="Windows: 'probabilities' (a softmax per window on its patch grid, probabilities averaged); "
+        "'logits' (the references: raw logits resized and averaged, resized to the original size, one softmax "
+        "there; PAMR then runs once on the whole image at that size)",
+    )
+    class_scores: Literal["class_softmax", "query_share"] = Field(
+        "class_softmax",
+        description="A class with several queries (synonyms, background words): 'class_softmax' (softmax over "
+        "each class's best query logit) or 'query_share' (the references: softmax over all queries, then the "
+        "best query's share; needs merge='logits')",
+    )
+    background_wins_ties: bool = Field(
+        False, description="An exact tie with the background class goes to it (the references' index 0)"
+    )
+    area_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="SCLIP's area_thd: foreground classes winning at most this share of the foreground pixels "
+        "are removed and their pixels go to the next class (needs merge='logits')",
+    )
+    position_resize: PositionResize = Field(
+        "size", description="Positional embeddings: 'size' (bicubic to the grid) or 'scale_factor' (the references')"
+    )
+    resize: Literal["antialias", "opencv"] = Field(
+        "antialias",
+        description="Image resize: 'antialias' (bilinear with antialiasing) or 'opencv' (mmsegmentation's: OpenCV "
+        "bilinear on uint8, no antialiasing, sizes rounded half up)",
+    )
+    partial_patches: Literal["pad", "floor"] = Field(
+        "pad",
+        description="A window side that is no multiple of the patch size: 'pad' (bottom/right, the padded patches "
+        "cut off) or 'floor' (the references: the patch grid floors and its logits are stretched over the window)",
+    )
 
     @model_validator(mode="after")
     def _stride_fits(self) -> InferenceConfig:
@@ -68,6 +106,10 @@ class InferenceConfig(BaseModel):
             raise ValueError("sliding-window stride larger than the crop would skip pixels")
         if any(d < 1 for d in self.pamr_dilations):
             raise ValueError(f"PAMR dilations must be positive pixel distances, got {self.pamr_dilations}")
+        if self.merge == "logits" and (self.key_smoothing or self.prompt_denoising):
+            raise ValueError("merge='logits' (the references' window merging) has no key smoothing / prompt denoising")
+        if self.merge != "logits" and (self.class_scores == "query_share" or self.area_threshold is not None):
+            raise ValueError("class_scores='query_share' and area_threshold need merge='logits'")
         return self
 
     @model_validator(mode="before")
@@ -99,15 +141,41 @@ class InferenceConfig(BaseModel):
         if not proxy:
             data.pop("proxy_beta")
             data.pop("proxy_gamma")
+        for name in _REFERENCE_CONVENTIONS:  # at their defaults they name the labels of before they existed
+            if getattr(self, name) == InferenceConfig.model_fields[name].default:
+                data.pop(name)
         return data
 
 
-def resized_shape(height: int, width: int, short_side: int | None, max_long_side: int) -> tuple[int, int]:
-    """Keep the aspect ratio: short side to ``short_side`` unless the long side would pass its cap."""
+_REFERENCE_CONVENTIONS = (
+    "merge",
+    "class_scores",
+    "background_wins_ties",
+    "area_threshold",
+    "position_resize",
+    "resize",
+    "partial_patches",
+)
+
+
+def resized_shape(
+    height: int, width: int, short_side: int | None, max_long_side: int, *, half_up: bool = False
+) -> tuple[int, int]:
+    """Keep the aspect ratio: short side to ``short_side`` unless the long side would pass its cap. Sizes are
+    rounded to even (Python's round) or, ``half_up``, as mmcv's ``rescale_size`` does (``int(x + 0.5)``)."""
     if short_side is None:
         return height, width
     scale = min(short_side / min(height, width), max_long_side / max(height, width))
+    if half_up:
+        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def opencv_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """mmsegmentation's ``Resize``: OpenCV bilinear on the uint8 image (no antialiasing), uint8 out."""
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -228,6 +296,8 @@ class DensePredictor:
             self.encoder = model
         self._autocast = autocast_dtype(precision, self.device, is_vit=is_vit)
         self._label_dtype = getattr(torch, label_dtype(classifier.num_classes).name)
+        names = classifier.class_names
+        self._background = names.index(BACKGROUND) if BACKGROUND in names else None
 
     # -- steps ---------------------------------------------------------------------------------------
     def _upload(self, images: Sequence[ImageInput]) -> list[ImageInput]:
@@ -260,22 +330,43 @@ class DensePredictor:
     def _prepare(self, image: ImageInput) -> torch.Tensor:
         if self.device.type == "cuda" and not isinstance(image, torch.Tensor):
             (image,) = self._upload([image])  # callers outside predict (benchmarks) hand arrays one by one
+        cfg = self.config
+        if cfg.resize == "opencv":
+            return self._prepare_opencv(image)
         if isinstance(image, torch.Tensor):
             x = image.to(self.device).float().div_(255.0)
         else:
             x = to_tensor(image)
-        size = resized_shape(x.shape[1], x.shape[2], self.config.short_side, self.config.max_long_side)
+        size = resized_shape(x.shape[1], x.shape[2], cfg.short_side, cfg.max_long_side)
         if size != tuple(x.shape[1:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return (x - self.mean) / self.std
+
+    def _prepare_opencv(self, image: ImageInput) -> torch.Tensor:
+        """mmsegmentation's resize (on the host: OpenCV's uint8 arithmetic is what the references see)."""
+        array = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) else image
+        cfg = self.config
+        size = resized_shape(array.shape[0], array.shape[1], cfg.short_side, cfg.max_long_side, half_up=True)
+        if size != tuple(array.shape[:2]):
+            array = opencv_resize(array, size)
+        x = to_tensor(array).to(self.device)
         return (x - self.mean) / self.std
 
     def _windows(self, index: int, height: int, width: int) -> list[_Window]:
         cfg = self.config
         boxes = [(0, height, 0, width)] if cfg.mode == "whole" else window_boxes(height, width, cfg.crop, cfg.stride)
-        return [
-            _Window(index, b, (math.ceil((b[1] - b[0]) / self.stride), math.ceil((b[3] - b[2]) / self.stride)))
-            for b in boxes
-        ]
+        # "pad": padded to whole patches; "floor": the pixels past the last whole patch (of both encoders,
+        # with a proxy) are not encoded.
+        windows = [_Window(index, b, (self._cells(b[1] - b[0]), self._cells(b[3] - b[2]))) for b in boxes]
+        if any(min(w.grid) < 1 for w in windows):
+            raise ValueError(f"image of {height} x {width} pixels is smaller than one patch ({self.pad_multiple} px)")
+        return windows
+
+    def _cells(self, pixels: int) -> int:
+        """Output cells along a window side of ``pixels``."""
+        if self.config.partial_patches == "pad":
+            return math.ceil(pixels / self.stride)
+        return pixels // self.pad_multiple * self.pad_multiple // self.stride
 
     def _encode(self, pixels: list[torch.Tensor], windows: list[_Window]) -> None:
         """Dense logits (and keys) of every window, batched by padded shape."""
@@ -283,11 +374,15 @@ class DensePredictor:
         for win in windows:
             y0, y1, x0, x1 = win.box
             crop = pixels[win.image][:, y0:y1, x0:x1]
-            m = self.pad_multiple
-            ph, pw = math.ceil((y1 - y0) / m) * m, math.ceil((x1 - x0) / m) * m
-            # Pad bottom/right with 0, the normalised mean colour; padded patches are cut off afterwards.
-            crop = F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1]))
-            groups[(ph, pw)].append((win, crop))
+            if self.config.partial_patches == "floor":
+                gh, gw = win.grid
+                crop = crop[:, : gh * self.stride, : gw * self.stride]
+            else:
+                m = self.pad_multiple
+                ph, pw = math.ceil((y1 - y0) / m) * m, math.ceil((x1 - x0) / m) * m
+                # Pad bottom/right with 0, the normalised mean colour; padded patches are cut off afterwards.
+                crop = F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1]))
+            groups[tuple(crop.shape[1:])].append((win, crop))
         cfg = self.config
         dense = self._dense_function()
         dtype, autocast = self._autocast or torch.float16, self._autocast is not None
@@ -297,7 +392,10 @@ class DensePredictor:
                 batch = torch.stack([c for _, c in chunk])
                 with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=autocast):
                     features, keys = dense(batch)
-                logits = self.classifier.cosine(features.float()) * cfg.logit_scale
+                if cfg.class_scores == "query_share":
+                    logits = self.classifier.query_cosine(features.float()) * cfg.logit_scale
+                else:
+                    logits = self.classifier.cosine(features.float()) * cfg.logit_scale
                 for i, (win, _) in enumerate(chunk):
                     gh, gw = win.grid
                     win.logits = logits[i, :, :gh, :gw]
@@ -308,15 +406,21 @@ class DensePredictor:
             return self._dense
         cfg = self.config
         proxy = None if self.proxy is None else id(self.proxy.model)
-        key = (cfg.attention, proxy, self._normalisation, cfg.proxy_beta, cfg.proxy_gamma)
+        key = (cfg.attention, proxy, self._normalisation, cfg.proxy_beta, cfg.proxy_gamma, cfg.position_resize)
         return compiled(self.encoder, key, lambda: self._dense)
 
     def _dense(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         if self.proxy is None:
-            return dense_features(self.encoder, batch, cfg.attention)
+            return dense_features(self.encoder, batch, cfg.attention, position_resize=cfg.position_resize)
         return proxy_dense_features(
-            self.encoder, batch, self.proxy, self._normalisation, beta=cfg.proxy_beta, gamma=cfg.proxy_gamma
+            self.encoder,
+            batch,
+            self.proxy,
+            self._normalisation,
+            beta=cfg.proxy_beta,
+            gamma=cfg.proxy_gamma,
+            position_resize=cfg.position_resize,
         )
 
     def _refine_windows(self, windows: list[_Window], num_images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -361,12 +465,8 @@ class DensePredictor:
         canvas = torch.zeros((K, *size), device=self.device)
         count = torch.zeros((1, *size), device=self.device)
         for win in windows:
-            gh, gw = win.grid
             y0, y1, x0, x1 = win.box
-            up = F.interpolate(
-                win.probs[None], size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False
-            )
-            up = up[:, :, : y1 - y0, : x1 - x0]
+            up = self._window_to_pixels(win, win.probs)
             if cfg.pamr:
                 crop = pixels[None, :, y0:y1, x0:x1]
                 up = pamr(crop, up, iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)
@@ -374,6 +474,65 @@ class DensePredictor:
             count[:, y0:y1, x0:x1] += 1
             win.probs = None
         return canvas.div_(count)  # in place: one K x H x W buffer fewer
+
+    def _window_to_pixels(self, win: _Window, values: torch.Tensor) -> torch.Tensor:
+        """A window's [K, gh, gw] values bilinearly upsampled to its pixels -> [1, K, h, w]: the padded grid's
+        pixels cut to the window ("pad"), or the floored grid stretched over the whole window ("floor")."""
+        y0, y1, x0, x1 = win.box
+        if self.config.partial_patches == "floor":
+            return F.interpolate(values[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+        gh, gw = win.grid
+        up = F.interpolate(
+            values[None], size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False
+        )
+        return up[:, :, : y1 - y0, : x1 - x0]
+
+    def _merge_logits(
+        self, pixels: torch.Tensor, windows: list[_Window], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The references' merging: each window's raw logits upsampled to its pixels and averaged where windows
+        overlap, the average resized to the original ``size``, PAMR (when on) on the resized image brought
+        back to that size, one softmax (over queries with ``query_share``, whose best query per class then
+        scores the class), the area filter, the argmax. -> (labels, confidence, per-class max probability)."""
+        cfg = self.config
+        canvas = torch.zeros((windows[0].logits.shape[0], *pixels.shape[1:]), device=self.device)
+        count = torch.zeros((1, *pixels.shape[1:]), device=self.device)
+        for win in windows:
+            y0, y1, x0, x1 = win.box
+            canvas[:, y0:y1, x0:x1] += self._window_to_pixels(win, win.logits)[0]
+            count[:, y0:y1, x0:x1] += 1
+            win.logits = win.keys = None
+        logits = F.interpolate(canvas.div_(count)[None], size=size, mode="bilinear", align_corners=False)
+        del canvas
+        if cfg.pamr:
+            image = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)
+            logits = pamr(image, logits, iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)
+        probs = torch.softmax(logits[0], dim=0)
+        if cfg.class_scores == "query_share":
+            probs = self.classifier.class_max(probs)
+        labels = self._argmax(probs)
+        if cfg.area_threshold is not None:
+            probs = self._drop_small_classes(probs, labels, cfg.area_threshold)
+            labels = self._argmax(probs)
+        return labels.to(self._label_dtype), probs.amax(dim=0), probs.amax(dim=(1, 2))
+
+    def _argmax(self, probs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel argmax of [K, H, W]; with ``background_wins_ties`` an exact tie goes to the background."""
+        b = self._background
+        if not self.config.background_wins_ties or b is None:
+            return probs.argmax(dim=0)
+        order = torch.tensor([b, *(i for i in range(probs.shape[0]) if i != b)], device=probs.device)
+        return order[probs.index_select(0, order).argmax(dim=0)]
+
+    def _drop_small_classes(self, probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+        """SCLIP's ``area_thd``: a foreground class that wins at most ``threshold`` of the foreground pixels
+        gets probability 0 everywhere (its pixels go to their next class)."""
+        area = torch.bincount(labels.flatten(), minlength=probs.shape[0]).to(probs.dtype)
+        foreground = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+        if self._background is not None:
+            foreground[self._background] = False
+        small = foreground & ~(area > threshold * area[foreground].sum())
+        return probs.masked_fill(small[:, None, None], 0.0)
 
     # -- entry point ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -386,6 +545,8 @@ class DensePredictor:
             per_image = [self._windows(i, p.shape[1], p.shape[2]) for i, p in enumerate(pixels)]
         with record_function("maskclip.encode"):
             self._encode(pixels, [w for ws in per_image for w in ws])
+        if self.config.merge == "logits":
+            return self._results_of_merged_logits(sizes, pixels, per_image)
         with record_function("maskclip.refine"):
             class_max, keep = self._refine_windows([w for ws in per_image for w in ws], len(images))
             # One transfer for the whole batch instead of two per image.
@@ -405,6 +566,29 @@ class DensePredictor:
                 confidence=conf,
                 class_scores=class_max_np[i].copy(),
                 dropped=dropped[i].copy(),
+                class_names=self.classifier.class_names,
+            )
+            for i, (labels, conf) in enumerate(host)
+        ]
+
+    def _results_of_merged_logits(
+        self, sizes: list[tuple[int, int]], pixels: list[torch.Tensor], per_image: list[list[_Window]]
+    ) -> list[SegmentationResult]:
+        maps, class_max = [], []
+        with record_function("maskclip.stitch"):
+            for size, px, windows in zip(sizes, pixels, per_image, strict=True):
+                labels, conf, best = self._merge_logits(px, windows, size)
+                maps.append((labels, conf.float()))
+                class_max.append(best)
+        with record_function("maskclip.to_host"):
+            host = _to_host(maps)
+            scores = torch.stack(class_max).cpu().numpy()
+        return [
+            SegmentationResult(
+                labels=labels,
+                confidence=conf,
+                class_scores=scores[i].copy(),
+                dropped=np.zeros(scores.shape[1], dtype=bool),
                 class_names=self.classifier.class_names,
             )
             for i, (labels, conf) in enumerate(host)

@@ -32,6 +32,21 @@ def test_default_configuration_hash_has_no_new_keys():
     assert not {k for k in identity if k.startswith(("pamr", "proxy"))}
     on = InferenceConfig(pamr=True, pamr_iterations=3).resolved("cpu").identity(proxy=True)
     assert on["pamr_iterations"] == 3 and on["pamr_dilations"] == [8, 16] and on["proxy_gamma"] == 3.0
+    # The references' conventions (issue 22) name labels only where they change them.
+    conventions = {"merge", "class_scores", "background_wins_ties", "area_threshold", "position_resize", "resize"}
+    assert not conventions & set(identity) and "partial_patches" not in identity
+    reference = {"merge": "logits", "key_smoothing": False, "prompt_denoising": False, "resize": "opencv"}
+    named = InferenceConfig(**reference).resolved("cpu").identity()
+    assert (named["merge"], named["resize"]) == ("logits", "opencv") and "class_scores" not in named
+
+
+def test_reference_conventions_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="need merge='logits'"):
+        InferenceConfig(class_scores="query_share")
+    with pytest.raises(ValueError, match="need merge='logits'"):
+        InferenceConfig(area_threshold=0.1)
+    with pytest.raises(ValueError, match="no key smoothing / prompt denoising"):
+        InferenceConfig(merge="logits")
 
 
 def test_proxy_cannot_be_combined_with_another_attention():

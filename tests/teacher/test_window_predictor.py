@@ -135,7 +135,7 @@ class _PlantedEncoder:
     def __init__(self, features: torch.Tensor, keys: torch.Tensor | None = None):
         self.features, self.keys = features, keys if keys is not None else torch.randn_like(features)
 
-    def __call__(self, model, pixels, mode="maskclip"):
+    def __call__(self, model, pixels, mode="maskclip", *, position_resize="size"):
         B = pixels.shape[0]
         return self.features.expand(B, -1, -1, -1), self.keys.expand(B, -1, -1, -1)
 
@@ -163,6 +163,44 @@ def test_planted_features_give_back_the_planted_label_map(monkeypatch):
     # orthonormal embeddings: the planted class has cosine 1, others 0 -> softmax(100 * cos) is ~one-hot;
     # at a patch centre bilinear upsampling takes (15.5/16)^2 of its own patch
     assert result.confidence[8::16, 8::16].min() > (15.5 / 16) ** 2 - 1e-3
+
+
+REFERENCE = {"merge": "logits", "key_smoothing": False, "prompt_denoising": False, "partial_patches": "floor"}
+
+
+def test_query_share_scores_a_class_by_its_best_query_among_all(monkeypatch):
+    """The references' softmax over all queries: a patch on one of grass's two queries gives grass that query's
+    share (not the softmax over class maxima), and ties with a background that asks the same word go to it."""
+    names = ["cat", "grass", "background"]
+    # rows: cat, grass, lawn (grass), sky (background), lawn again (background): rows 2 and 4 are the same query
+    basis = _orthonormal_classifier(names + ["lawn", "sky"]).embeddings
+    clf = TextClassifier(basis[[0, 1, 2, 3, 2]], torch.tensor([0, 1, 1, 2, 2]), tuple(names))
+    features = torch.zeros(1, 16, 2, 2)
+    features[0, :, 0, 0], features[0, :, 0, 1] = clf.embeddings[1], clf.embeddings[2]  # grass; lawn (tie)
+    features[0, :, 1, :] = clf.embeddings[0][:, None]  # cat
+    monkeypatch.setattr(inference, "dense_features", _PlantedEncoder(features))
+    config = {**REFERENCE, "logit_scale": 3.0, "class_scores": "query_share"}
+    ours = _predictor(clf, **config, background_wins_ties=True).predict([_image(32, 32)])[0]
+    one_hot = torch.softmax(torch.tensor([3.0, 0, 0, 0, 0]), 0)[0].item()  # 5 queries, one at cosine 1
+    assert ours.labels[4, 4] == 1 and ours.confidence[4, 4] == pytest.approx(one_hot, abs=1e-6)
+    tie = torch.softmax(torch.tensor([3.0, 3.0, 0, 0, 0]), 0)[0].item()  # lawn twice: one share each
+    assert ours.labels[4, 28] == 2 and ours.confidence[4, 28] == pytest.approx(tie, abs=1e-6)
+    assert _predictor(clf, **config).predict([_image(32, 32)])[0].labels[4, 28] == 1  # first index wins
+    assert (ours.labels[20:, :] == 0).all()
+
+
+def test_area_threshold_hands_a_small_class_to_the_next_one(monkeypatch):
+    """SCLIP's area_thd: a foreground class on at most 10 % of the foreground pixels is removed."""
+    names = ["cat", "dog", "background"]
+    clf = _orthonormal_classifier(names)
+    features = (0.6 * clf.embeddings[0] + 0.2 * clf.embeddings[1])[:, None, None].repeat(1, 10, 10)
+    features[:, 0, 0] = clf.embeddings[1] + 0.2 * clf.embeddings[0]  # one dog patch of 100, cat second there
+    monkeypatch.setattr(inference, "dense_features", _PlantedEncoder(features[None]))
+    config = {**REFERENCE, "class_scores": "query_share", "logit_scale": 20.0}
+    kept = _predictor(clf, **config).predict([_image(160, 160)])[0]
+    assert kept.labels[0, 0] == 1
+    dropped = _predictor(clf, **config, area_threshold=0.1).predict([_image(160, 160)])[0]
+    assert (dropped.labels == 0).all() and dropped.confidence[0, 0] < kept.confidence[0, 0]
 
 
 def test_prompt_denoising_drops_a_class_at_max_probability_04_keeps_06(monkeypatch):
