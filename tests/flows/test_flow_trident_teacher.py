@@ -1,0 +1,79 @@
+"""Trident as the teacher of a MaskCLIP+ student: the pseudo-label-and-train flow labels with Trident (random
+CLIP, DINO and SAM) and trains a student on its labeling, with its CLIP's text embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.tiny_labeler import KEEP_ALL, TINY, block_image
+
+from flows.label_dataset import LabelingRunParameters
+from flows.pseudo_label_and_train import (
+    ExportStepParameters,
+    RelabelStepParameters,
+    TrainingStepParameters,
+    pseudo_label_and_train,
+)
+from maskclip_core.dataset.labelings import read_labeling_record
+from maskclip_core.labeling.registry import LabelerParameters
+from maskclip_core.student import load_checkpoint
+from maskclip_core.training.parameters import ScheduleParameters, StudentParameters, TrainingRunParameters
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
+
+# The tiny teacher with Trident's parts: a small DINO (16-pixel patches) and SAM ViT-B at a 224-pixel input.
+TRIDENT = TINY.model_copy(
+    update={
+        "proxy": "vit_small_patch16_224.dino",
+        "proxy_weights": "none",
+        "sam": "samvit_base_patch16_224",
+        "sam_weights": "none",
+    }
+)
+SCHEDULE = ScheduleParameters(
+    iterations=4,
+    rounds=1,
+    pseudo_fraction=0.5,
+    batch_size=2,
+    crop_size=32,
+    scale_range=(0.75, 1.25),
+    base_short_side=None,
+    relabel_short_side=None,
+    eval_short_side=None,
+    inference_batch_size=4,
+    log_every=0,
+)
+STUDENT = StudentParameters(
+    backbone="mobilenet_v3_large", output_stride=16, head_channels=16, temperature=5.0, backbone_weights="none"
+)
+
+
+def test_pseudo_label_and_train_with_trident_as_the_teacher(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(block_image(rng)).save(src / f"img_{i}.png")
+    result = pseudo_label_and_train(
+        str(src),
+        out,
+        TRIDENT.classes,
+        LabelerParameters.maskclip(TRIDENT, device="cpu"),
+        KEEP_ALL,
+        LabelingRunParameters(batch_size=4, retries=0, thumbnails=0),
+        TrainingStepParameters(student=STUDENT, schedule=SCHEDULE, options=TrainingRunParameters(device="cpu")),
+        RelabelStepParameters(dataset=str(tmp_path / "relabeled"), device="cpu"),
+        ExportStepParameters(),
+    )
+    teacher, trained = result["teacher"], result["training"]
+    assert teacher["labeled"] == 4
+    record = read_labeling_record(out, teacher["config_hash"])
+    assert record["labeler_config"]["labeler"] == "trident"
+    assert record["labeler_config"]["sam"]["model"] == "samvit_base_patch16_224"
+    assert trained["config_hash"] == teacher["config_hash"] and trained["complete"]
+    checkpoint = load_checkpoint(trained["checkpoint"])
+    assert checkpoint.config.embed_dim == 64 and checkpoint.vocabulary.class_names == ("red", "green", "blue")
+    assert result["relabel"]["labeled"] == 4
