@@ -6,7 +6,8 @@ lease means creating the next generation with :func:`create_exclusive` (a local 
 ``If-None-Match: *``), so of two runs that find the lease free at once exactly one gets it. The holder renews
 its expiry from a background thread every ``ttl / 3``; a run killed with SIGKILL stops renewing and its lease
 expires after ``ttl`` (at once for a run on this machine whose process is gone). ``force`` takes the lease
-even from a live holder (which notices at its next renewal).
+even from a live holder, which stops writing at its next write: every batch checks that the newest lease
+generation is still its run's (:func:`check_holder`, the fencing token) before it labels and before it writes.
 
 A refused run writes nothing: the dataset's format is read before the lease file is created (a dataset newer
 than this package is refused with nothing added), and a lease taken on a dataset that held nothing is removed
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 class LeaseHeld(ValueError):
     """Another live run holds the dataset's lease (a ValueError: the CLI prints it as one line)."""
+
+
+class LeaseLost(RuntimeError):
+    """Another run took this run's lease (``--force-lease``): this run must not write into the dataset any more."""
 
 
 class DatasetLocationError(ValueError):
@@ -160,6 +165,23 @@ def acquire_lease(
                 "or take it over with --force-lease"
             )
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+
+
+def check_holder(url: str, storage_options: Mapping[str, Any] | None, owner: str) -> None:
+    """Raise :class:`LeaseLost` when the dataset's newest lease generation is another run's: a run displaced by
+    ``--force-lease`` stops at its next write. One listing of ``_lease/`` and one small read.
+
+    A dataset without lease files is written by no labeling run (the API, tests): nothing to check.
+    """
+    generations = _generations(url, storage_options)
+    if not generations:
+        return
+    record = _read(url, generations[-1], storage_options)
+    if record is not None and record.get("owner") != owner:
+        raise LeaseLost(
+            f"run {owner} lost the lease on {url} to run {record.get('owner')} on {record.get('host')} "
+            "(--force-lease): it stops writing"
+        )
 
 
 def _new_dataset_folders(url: str, storage_options: Mapping[str, Any] | None) -> list[str] | None:

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from maskclip_core.dataset.digests import DIGEST_BYTES, DigestSet, DigestSetBuilder
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
+from maskclip_core.dataset.lease import check_holder
 from maskclip_core.dataset.schema import GONE
 from maskclip_core.storage.fs import resolve, to_uri
 
@@ -100,6 +101,7 @@ def mark_gone(
         )
         rows.append(gone)
     if rows:
+        check_holder(dataset.url, dataset.storage_options, run_id)  # a run displaced by --force-lease writes nothing
         dataset.write_batch(rows, [], part_name=f"gone-{run_id}")
     return sorted({r["uri"] for r in rows})
 
