@@ -20,11 +20,12 @@ Deviations from the reference, and why:
   whole row and yield NaN.
 - Canvas: images whose sides are already multiples of the patch size but smaller than a crop are enlarged to
   the crop like the others (the reference returns them unchanged and then fails to splice the padded windows).
-- SAM sees the image as given to the labeler; the reference first resizes the image file to multiples of 16
-  with OpenCV (at most 15 pixels each way, before SAM's own resize to 1024). Cityscapes' special case (two
-  halves through SAM) is not reproduced: every image takes one pass.
-- Positional embeddings of CLIP are resized to the window's grid as every labeler here does (bicubic to the
-  size; the reference scales by (g + 0.1) / 14) and DINO's by timm's resampling.
+- Cityscapes' special case (two halves of the image through SAM, each with its own affinity) is not
+  reproduced: every image takes one pass.
+- The reference's resizes (mmseg's OpenCV resize of the image, OpenCV to multiples of 16 before SAM) and its
+  positional embeddings (scaled by (g + 0.1) / N) are the labeler's ``resize="opencv"`` and
+  ``position_resize="scale_factor"`` (the benchmark row's); by default the image is resized with
+  antialiasing, SAM sees it as given, and positions are resized to the grid, as every labeler here does.
 - Labels: a class with synonyms scores its best query (the project's text classifier) before the softmax;
   the probabilities, not the cosines, are upsampled to the image (row bands, bounded memory).
 """
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from maskclip_core.teacher.dense import _visual, inference_semantics, last_block_input
+from maskclip_core.teacher.dense import PositionResize, _visual, inference_semantics, last_block_input
 from maskclip_core.teacher.proxy import ProxyBundle, proxy_patch_features, renormalise
 from maskclip_core.teacher.sam import SamLastAttention
 from maskclip_core.teacher.window_predictor import window_boxes
@@ -80,7 +81,11 @@ def shared_mean_attention(sim: torch.Tensor, mean: torch.Tensor | float, beta: f
 
 
 def window_values(
-    model: torch.nn.Module, pixels: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    weights: torch.Tensor,
+    grid: tuple[int, int],
+    position_resize: PositionResize = "size",
 ) -> torch.Tensor:
     """``out_proj(A @ V)`` [N, W, gh, gw] for windows ``pixels`` [N, 3, c, c] (CLIP-normalised), with
     proxy attention ``weights`` [N, M, M] over the proxy's grid ``grid`` (M = gh * gw)."""
@@ -88,7 +93,7 @@ def window_values(
     block = visual.transformer.resblocks[-1]
     attn = block.attn
     with inference_semantics(visual):
-        x, clip_grid = last_block_input(visual, pixels)
+        x, clip_grid = last_block_input(visual, pixels, position_resize)
         width = x.shape[-1]
         bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
         v = F.linear(block.ln_1(x[:, 1:]), attn.in_proj_weight[2 * width :], bias)  # CLIP's q and k unused
@@ -168,11 +173,13 @@ def trident_features(
     beta: float = TRIDENT_BETA,
     gamma: float = TRIDENT_GAMMA,
     window_batch: int = 8,
+    position_resize: PositionResize = "size",
 ) -> torch.Tensor:
     """Trident's dense CLIP features [D, vh, vw] on SAM's valid grid ``valid`` for one image.
 
     ``canvas`` [3, H, W] is the CLIP-normalised image at :func:`canvas_shape`; ``affinity`` [vh*vw, vh*vw]
-    comes from :func:`sam_affinity`."""
+    comes from :func:`sam_affinity`; ``position_resize`` is how CLIP's and DINO's positional embeddings reach
+    the window's grid (``scale_factor``: the reference's)."""
     visual = _visual(model)
     clip_patch = int(visual.patch_size[0])
     H, W = canvas.shape[-2:]
@@ -182,7 +189,9 @@ def trident_features(
     target = (proxy.mean, proxy.std)
     with inference_semantics(proxy.model):
         guides = [
-            proxy_patch_features(proxy, renormalise(canvas[None, :, y0:y1, x0:x1], clip_normalisation, target))
+            proxy_patch_features(
+                proxy, renormalise(canvas[None, :, y0:y1, x0:x1], clip_normalisation, target), position_resize
+            )
             for y0, y1, x0, x1 in boxes
         ]
     grid = tuple(guides[0].shape[-2:])
@@ -193,7 +202,7 @@ def trident_features(
         chunk = boxes[start : start + window_batch]
         pixels = torch.stack([canvas[:, y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
         weights = shared_mean_attention(sims[start : start + len(chunk)], mean, beta, gamma)
-        values.append(window_values(model, pixels, weights, grid).float())
+        values.append(window_values(model, pixels, weights, grid, position_resize).float())
     cell = splice_cell(clip_patch, crop, grid[0])
     spliced = splice(torch.cat(values), boxes, cell, (H, W))
     spliced = F.interpolate(spliced[None], size=valid, mode="bilinear", align_corners=False)[0]

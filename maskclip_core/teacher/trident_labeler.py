@@ -40,6 +40,7 @@ from maskclip_core.teacher.vocabulary import Vocabulary
 from maskclip_core.teacher.window_predictor import (
     ImageInput,
     InferenceConfig,
+    opencv_resize,
     resized_shape,
     to_tensor,
     upsample_argmax,
@@ -55,6 +56,9 @@ TRIDENT_INFERENCE = {
     "proxy_beta": TRIDENT_BETA,
     "proxy_gamma": TRIDENT_GAMMA,
 }
+# The InferenceConfig settings Trident honours besides its windows, at their defaults: the image resize and the
+# positional embeddings' resize (the reference's: "opencv", "scale_factor").
+TRIDENT_DEFAULT_CONVENTIONS = {"resize": "antialias", "position_resize": "size"}
 # The reference's proxy (torch hub dino_vitb16) as a timm name with its tag.
 TRIDENT_PROXY = "vit_base_patch16_224.dino"
 
@@ -104,9 +108,13 @@ class TridentLabeler:
 
     def clip_canvas(self, image: np.ndarray) -> torch.Tensor:
         """The CLIP-normalised image [3, H, W] the windows are cut from: resized by the inference config's
-        short side (antialiased, as the sliding-window protocol does), then to :func:`canvas_shape`."""
+        short side (antialiased; mmseg's OpenCV resize with ``resize="opencv"``), then to :func:`canvas_shape`."""
+        cfg = self.inference
+        opencv = cfg.resize == "opencv"
+        size = resized_shape(image.shape[0], image.shape[1], cfg.short_side, cfg.max_long_side, half_up=opencv)
+        if opencv and size != image.shape[:2]:
+            image = opencv_resize(image, size)
         x = to_tensor(image).to(self.device)
-        size = resized_shape(x.shape[1], x.shape[2], self.inference.short_side, self.inference.max_long_side)
         if size != tuple(x.shape[1:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         mean, std = (torch.tensor(v, device=self.device).view(3, 1, 1) for v in self._normalisation)
@@ -118,8 +126,11 @@ class TridentLabeler:
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """Trident's dense CLIP features [D, vh, vw] on SAM's grid of the image (RGB uint8 [H, W, 3])."""
-        pixels, (h, w) = sam_pixels(image, self.sam.input_size, self.device)
         p = self.sam.patch_size
+        for_sam = image
+        if self.inference.resize == "opencv":  # the reference reads the file with OpenCV, sides up to whole patches
+            for_sam = opencv_resize(image, (-(-image.shape[0] // p) * p, -(-image.shape[1] // p) * p))
+        pixels, (h, w) = sam_pixels(for_sam, self.sam.input_size, self.device)
         valid = (max(1, h // p), max(1, w // p))  # a sliver of an image still gets one SAM cell
         cfg = self.inference
         with self._autocast():
@@ -136,6 +147,7 @@ class TridentLabeler:
                 beta=cfg.proxy_beta,
                 gamma=cfg.proxy_gamma,
                 window_batch=cfg.window_batch,
+                position_resize=cfg.position_resize,
             ).float()
 
     @torch.inference_mode()
@@ -162,13 +174,15 @@ class TridentLabeler:
     def config(self) -> dict[str, Any]:
         cfg = self.inference
         used = ("short_side", "max_long_side", "crop", "stride", "logit_scale", "proxy_beta", "proxy_gamma")
+        # The reference's conventions, named only when on (the defaults' hashes stay as they were).
+        conventions = {k: getattr(cfg, k) for k, v in TRIDENT_DEFAULT_CONVENTIONS.items() if getattr(cfg, k) != v}
         return {
             "labeler": "trident",
             "model": self.bundle.model_name,
             "weights": self.bundle.weights_id,
             "vocabulary": json.loads(self.vocabulary.to_json()),
             "templates": hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:16],
-            "inference": {**{name: getattr(cfg, name) for name in used}, "precision": cfg.precision},
+            "inference": {**{name: getattr(cfg, name) for name in used}, **conventions, "precision": cfg.precision},
             "proxy": {"model": self.proxy.name, "weights": self.proxy.weights_id},
             "sam": {"model": self.sam.name, "weights": self.sam.weights_id},
             "trident": {"cos_fac": self.cos_fac, "refine_neg_cos": self.refine_neg_cos},

@@ -9,12 +9,14 @@ included) the tests' random weights never get there, so the formula is kept as w
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from support.vit_reference import layer_norm, out_proj, project, split_qkv, until_last_block
+from support.vit_reference import _standard_block, layer_norm, out_proj, project, split_qkv, until_last_block
 
 SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
 SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
@@ -124,6 +126,55 @@ def get_sam_sim(sam_v, sam_attn, cos_fac, heads, refine_neg_cos=True):
     return similarity.unsqueeze(0).repeat(1, heads, 1, 1)
 
 
+def _scaled_positions(pos, gh, gw):
+    """open_clip's / DINO's ``interpolate_pos_encoding`` in the reference: bicubic with
+    ``scale_factor=((g + 0.1) / N)`` used as given."""
+    n = int(math.isqrt(pos.shape[0]))
+    grid = pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((gh + 0.1) / n, (gw + 0.1) / n), mode="bicubic")
+    assert grid.shape[-2:] == (gh, gw)
+    return grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)
+
+
+def clip_until_last_block_scaled(model, pixels):
+    """``until_last_block`` with the reference's scaled positional embeddings."""
+    sd = model.state_dict()
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    quick = type(blocks[0].mlp.gelu).__name__ == "QuickGELU"
+    heads = blocks[0].attn.num_heads
+    patch = visual.patch_size[0]
+    B, _, H, W = pixels.shape
+    gh, gw = H // patch, W // patch
+    w = sd["visual.conv1.weight"]
+    x = F.unfold(pixels, kernel_size=patch, stride=patch).transpose(1, 2) @ w.reshape(w.shape[0], -1).T
+    x = torch.cat([sd["visual.class_embedding"].expand(B, 1, -1), x], 1)
+    pos = sd["visual.positional_embedding"]
+    if (gh, gw) != tuple(visual.grid_size):
+        pos = torch.cat([pos[:1], _scaled_positions(pos[1:], gh, gw)])
+    x = layer_norm(x + pos, sd, "visual.ln_pre")
+    for i in range(len(blocks) - 1):
+        x = _standard_block(sd, f"visual.transformer.resblocks.{i}", x, heads, quick)
+    return sd, x, (gh, gw), f"visual.transformer.resblocks.{len(blocks) - 1}", heads
+
+
+def dino_features_scaled(dino, pixels):
+    """DINO's torch-hub ``get_intermediate_layers(x)[0]`` (prepare_tokens with scaled positions, the blocks,
+    the final norm) on a timm DINO's weights: [B, 1 + N, C]."""
+    p = dino.patch_embed.patch_size[0]
+    proj = dino.patch_embed.proj
+    x = F.conv2d(pixels, proj.weight, proj.bias, stride=p).flatten(2).transpose(1, 2)
+    x = torch.cat([dino.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    pos = dino.pos_embed[0]
+    gh, gw = pixels.shape[-2] // p, pixels.shape[-1] // p
+    if (gh, gw) != tuple(dino.patch_embed.grid_size):
+        pos = torch.cat([pos[:1], _scaled_positions(pos[1:], gh, gw)])
+    x = x + pos
+    for blk in dino.blocks:
+        x = blk(x)
+    return dino.norm(x)
+
+
 def reference_trident(
     clip,
     dino,
@@ -139,6 +190,7 @@ def reference_trident(
     gamma=3.0,
     cos_fac=1.2,
     refine_neg_cos=True,
+    scaled_positions=False,
 ):
     """Trident's features [D, vh, vw] (before the text classifier): ``src_img`` [1, 3, h, w] is the
     CLIP-normalised image, ``image`` the RGB uint8 array SAM reads, ``dino`` a timm ViT with its
@@ -153,13 +205,16 @@ def reference_trident(
     imnet_mean, imnet_std = (torch.tensor(v).view(1, 3, 1, 1) for v in dino_norm)
     imgs_norm = (img_batch * std + mean - imnet_mean) / imnet_std
     vfm_p = dino.patch_embed.patch_size[0]
-    feat = dino.get_intermediate_layers(imgs_norm, n=1, norm=True)[0]
+    if scaled_positions:
+        feat = dino_features_scaled(dino, imgs_norm)[:, 1:]
+    else:
+        feat = dino.get_intermediate_layers(imgs_norm, n=1, norm=True)[0]
     nb = feat.shape[0]
     vfm_h, vfm_w = imgs_norm.shape[-2] // vfm_p, imgs_norm.shape[-1] // vfm_p
     ex_feats = feat.reshape(nb, vfm_h, vfm_w, -1).permute(0, 3, 1, 2)
 
     # custom_attn
-    sd, x, grid, last, heads = until_last_block(clip, img_batch)
+    sd, x, grid, last, heads = (clip_until_last_block_scaled if scaled_positions else until_last_block)(clip, img_batch)
     _, _, v = split_qkv(sd, last, layer_norm(x[:, 1:], sd, f"{last}.ln_1"))
     bsz, _, embed = v.shape
     head_dim = embed // heads

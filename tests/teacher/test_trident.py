@@ -67,7 +67,7 @@ def _normalised(bundle, image: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _ours(bundle, proxy, sam, image, *, crop, stride, cos_fac=1.2, refine_neg_cos=True):
+def _ours(bundle, proxy, sam, image, *, crop, stride, cos_fac=1.2, refine_neg_cos=True, scaled_positions=False):
     src = _normalised(bundle, image)
     size = canvas_shape(image.shape[0], image.shape[1], bundle.stride, crop)
     canvas = F.interpolate(src, size=size, mode="bilinear", align_corners=False) if size != image.shape[:2] else src
@@ -75,7 +75,10 @@ def _ours(bundle, proxy, sam, image, *, crop, stride, cos_fac=1.2, refine_neg_co
     valid = (h // sam.patch_size, w // sam.patch_size)
     affinity = sam_affinity(sam_last_attention(sam, pixels), valid, cos_fac, refine_neg_cos)
     norm = (bundle.mean, bundle.std)
-    return trident_features(bundle.model, proxy, canvas[0], affinity, valid, norm, crop=crop, stride=stride)
+    how = "scale_factor" if scaled_positions else "size"
+    return trident_features(
+        bundle.model, proxy, canvas[0], affinity, valid, norm, crop=crop, stride=stride, position_resize=how
+    )
 
 
 def _check(bundle, proxy, sam, shape, *, crop, stride, seed=0, **kw):
@@ -104,6 +107,14 @@ def _check(bundle, proxy, sam, shape, *, crop, stride, seed=0, **kw):
 def test_trident_equals_reference_at_base_crop(clip, shape):
     """The reference's crop 336 / stride 224 and DINO with 16-pixel patches; square and not, both ways."""
     _check(clip, _proxy("vit_small_patch16_224.dino", 1), _sam(), shape, crop=336, stride=224)
+
+
+def test_trident_equals_reference_with_its_scaled_positional_embeddings(clip):
+    """position_resize='scale_factor' (the benchmark row's): CLIP's and DINO's positions as the reference's
+    open_clip and torch-hub DINO resize them."""
+    proxy, sam = _proxy("vit_small_patch16_224.dino", 14), _sam(seed=14)
+    scaled = _check(clip, proxy, sam, (300, 420), crop=336, stride=224, scaled_positions=True)
+    assert max_rel_error(scaled, _ours(clip, proxy, sam, scene(300, 420, seed=0), crop=336, stride=224)) > 1e-3
 
 
 def test_trident_equals_reference_many_windows_finer_proxy_and_options(clip):
@@ -160,6 +171,14 @@ def test_labeler_labels_at_the_original_size_and_names_its_parts(clip):
     other = TridentLabeler(clip, proxy, sam, vocabulary, inference, cos_fac=2.0)
     assert other.config() != config
     assert max_rel_error(other.features(images[0]), labeler.features(images[0])) > 1e-3
+    assert "resize" not in config["inference"] and "position_resize" not in config["inference"]
+    # The reference's resizes (the benchmark row's): named in the config, and they change the features.
+    reference_like = inference.model_copy(update={"resize": "opencv", "position_resize": "scale_factor"})
+    conventions = TridentLabeler(clip, proxy, sam, vocabulary, reference_like)
+    assert conventions.config()["inference"]["resize"] == "opencv"
+    assert conventions.config()["inference"]["position_resize"] == "scale_factor"
+    assert conventions.label(images)[0].labels.shape == images[0].shape[:2]
+    assert max_rel_error(conventions.features(images[0]), labeler.features(images[0])) > 1e-3
 
 
 def test_sam_weights_errors_are_one_line(tmp_path):
