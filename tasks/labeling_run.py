@@ -12,11 +12,12 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.runtime import deployment
 
 from maskclip_core.dataset.digests import DigestSet
 from maskclip_core.dataset.label_dataset import LabelDataset
 from maskclip_core.dataset.labelings import labeling_record
-from maskclip_core.dataset.lease import Lease, acquire_lease
+from maskclip_core.dataset.lease import Lease, LeaseHeld, acquire_lease
 from maskclip_core.dataset.source_sync import ListedUris, SourceVanished
 from maskclip_core.labeling.config_hash import labeling_config_hash, recorded_precision
 from maskclip_core.labeling.filter import FilterConfig
@@ -59,18 +60,34 @@ class SourceListing:
             yield f
 
 
+# The lease's messages name the CLI's flags; a deployment's user sets these parameters instead.
+DEPLOYMENT_PARAMETERS = {"--lease-wait SECONDS": "options.lease_wait_s", "--force-lease": "options.force_lease"}
+
+
+def in_deployment_terms(message: str) -> str:
+    """``message`` with the CLI's lease flags replaced by the deployment parameters that set the same."""
+    for flag, parameter in DEPLOYMENT_PARAMETERS.items():
+        message = message.replace(flag, parameter)
+    return message
+
+
 @contextlib.contextmanager
 def dataset_lease(dataset: str, options: LabelingRunParameters, run_id: str) -> Iterator[Lease]:
     """The dataset's lease for this run (one writing run at a time; it expires if this process is killed),
     released when the run ends however it ends."""
-    lease = acquire_lease(
-        dataset,
-        options.dataset_storage_options,
-        owner=run_id,
-        ttl_s=options.lease_ttl_s,
-        wait_s=options.lease_wait_s,
-        force=options.force_lease,
-    )
+    try:
+        lease = acquire_lease(
+            dataset,
+            options.dataset_storage_options,
+            owner=run_id,
+            ttl_s=options.lease_ttl_s,
+            wait_s=options.lease_wait_s,
+            force=options.force_lease,
+        )
+    except LeaseHeld as e:
+        if deployment.get_id() is None:
+            raise  # the CLI (whose flags the message names) or a Python caller
+        raise LeaseHeld(in_deployment_terms(str(e))) from None
     try:
         yield lease
     finally:

@@ -60,21 +60,27 @@ def _cell(text: str) -> str:
 
 
 def sub_runs_markdown(title: str, runs: Sequence[SubRun]) -> str:
-    """The parent's artifact: a table of steps, each linking its sub-run and the sub-run's artifacts."""
-    lines = [f"# {title}", "", "| step | sub-run | state | artifacts |", "| --- | --- | --- | --- |"]
+    """The parent's artifact: a table of steps linking each sub-run, then each step's artifacts as a list.
+
+    The artifacts are listed under the table, not in a column of it: a row with a few links grew wider than
+    the UI's artifact page, which cut the table off at its right edge."""
+    lines = [f"# {title}", "", "| step | sub-run | state | artifacts |", "| --- | --- | --- | ---: |"]
     for run in runs:
-        links = [
-            f"[{_cell(a.key or a.description or str(a.artifact_id))}]({artifact_url(a.artifact_id)})"
-            + (f" ({a.type})" if a.type else "")
-            for a in run.artifacts
-        ]
         name = _cell(run.name or str(run.flow_run_id))
         lines.append(
-            f"| {_cell(run.step)} | [{name}]({flow_run_url(run.flow_run_id)}) | {run.state} | "
-            f"{', '.join(links) or 'none'} |"
+            f"| {_cell(run.step)} | [{name}]({flow_run_url(run.flow_run_id)}) | {run.state} | {len(run.artifacts)} |"
         )
     if not runs:
         lines.append("| (no step started) | | | |")
+    for run in runs:
+        if run.artifacts:
+            lines += ["", f"## {_cell(run.step)}", ""]
+            lines += [
+                f"- [{_cell(a.key or str(a.artifact_id))}]({artifact_url(a.artifact_id)})"
+                + (f" ({a.type})" if a.type else "")
+                + (f": {_cell(a.description)}" if a.description else "")
+                for a in run.artifacts
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -204,3 +204,33 @@ def test_a_few_failed_images_under_the_threshold_warn_and_complete(
     options = ONE_PER_BATCH.model_copy(update={"max_failed_fraction": 1.0})
     state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=options, return_state=True)
     assert state.is_completed()
+
+
+def test_a_held_lease_names_the_deployment_parameters_in_a_deployment_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's user sets --lease-wait / --force-lease; a deployment's user sets options.lease_wait_s / force_lease."""
+    import prefect.runtime.deployment as runtime_deployment
+
+    from maskclip_core.dataset.lease import acquire_lease
+
+    src, out = tmp_path / "src", str(tmp_path / "ds")
+    write_images(src, 1, seed=6)
+    holder = acquire_lease(out, {}, owner="another-run", ttl_s=600, wait_s=0)
+
+    def refusal() -> str:
+        state = label_dataset(
+            str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True
+        )
+        assert state.is_failed()
+        return str(state.result(raise_on_failure=False))
+
+    try:
+        assert "--force-lease" in refusal()  # a direct call: the command's wording
+        monkeypatch.setattr(runtime_deployment, "get_id", lambda: "a-deployment-id")
+        message = refusal()
+    finally:
+        holder.release()
+    assert "in use by run another-run" in message
+    assert "options.lease_wait_s" in message and "options.force_lease" in message
+    assert "--force-lease" not in message and "--lease-wait" not in message

@@ -210,12 +210,15 @@ def test_parent_run_links_its_sub_runs_and_their_artifacts(pipeline: dict[str, A
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == steps
     child_artifacts = _artifacts_of([run.id for _, run in children])
     assert {"label-dataset-report", "train-student-report", "export-summary"} <= {a.key for a in child_artifacts}
-    for row, (_, run) in zip(rows, children, strict=True):
+    sections = links.data.split("\n## ")[1:]  # each step's artifacts, listed under the table (kept narrow)
+    assert [section.splitlines()[0] for section in sections] == steps
+    for row, section, (_, run) in zip(rows, sections, children, strict=True):
         assert f"[{run.name}](" in row and f"/runs/flow-run/{run.id})" in row and "| Completed |" in row
         mine = [a for a in child_artifacts if a.flow_run_id == run.id]
-        assert mine, row
-        for artifact in mine:  # each of the sub-run's artifacts, in its row, linked by id
-            assert f"/artifacts/artifact/{artifact.id})" in row, (artifact.key, row)
+        assert mine and row.endswith(f"| {len(mine)} |"), row
+        for artifact in mine:  # each of the sub-run's artifacts, in its step's list, linked by id
+            assert f"/artifacts/artifact/{artifact.id})" in section, (artifact.key, section)
+    assert max(len(row) for row in rows) < 200, rows  # no row wider than a page
 
 
 def test_parent_run_links_a_failed_sub_run_and_the_training_loss_is_in_the_run_logs(
