@@ -107,6 +107,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     field_option(g, "--lease-wait", LABELING_RUN, "lease_wait_s", type=float)
     field_flag(g, "--force-lease", LABELING_RUN, "force_lease")
     field_option(g, "--max-gone-fraction", LABELING_RUN, "max_gone_fraction", type=float)
+    field_option(g, "--max-failed-fraction", LABELING_RUN, "max_failed_fraction", type=float)
     g.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
     add_verbose_option(g)
 
