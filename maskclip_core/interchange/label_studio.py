@@ -235,7 +235,7 @@ def _task_review(
 ) -> ReviewedImage | None:
     """One task's reviewed label map; everything is checked before a mask is allocated."""
     name = f"task {short_repr(task.get('id'))}"
-    annotation = _chosen_annotation(task.get("annotations") or [])
+    annotation = chosen_annotation(task.get("annotations") or [])
     if annotation is None:
         return None
     data = task.get("data") or {}
@@ -373,7 +373,9 @@ def _is_regions(value: Any) -> bool:
     )
 
 
-def _chosen_annotation(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def chosen_annotation(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The annotation that counts: not cancelled; the ground-truth one, else the latest, else the last listed.
+    Choosing from [the choice so far, *more] gives the choice over all of them."""
     live = [(i, a) for i, a in enumerate(annotations) if not a.get("was_cancelled")]
     if not live:
         return None
