@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--classes", type=int, default=3, help="regions per annotation (one per class)")
     parser.add_argument("--compare-export", action="store_true", help="also time the whole-project export")
-    parser.add_argument("--keep", action="store_true", help="keep the project")
+    parser.add_argument("--keep", action="store_true", help="keep the project (to time pulls again with --project)")
+    parser.add_argument("--project", type=int, help="a project this script filled and kept: pull it again")
     args = parser.parse_args()
     if not args.label_studio or not args.api_key:
         parser.error("pass --label-studio and --api-key (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
@@ -60,15 +61,19 @@ def main() -> None:
         names = [f"class{k}" for k in range(args.classes)]
         images = _dataset(dataset, names, args.tasks, args.height, args.width)
         config = labeling_config(LabelDataset(dataset).categories())
-        project = client.projects.create(
-            title=f"bench pull {args.tasks} {os.getpid()}",
-            description=DESCRIPTION_PREFIX + dataset_key(dataset),
-            label_config=config,
-        )
+        if args.project is None:
+            project = client.projects.create(
+                title=f"bench pull {args.tasks} {os.getpid()}",
+                description=DESCRIPTION_PREFIX + dataset_key(dataset),
+                label_config=config,
+            )
+        else:
+            project = client.projects.get(args.project)
+        report = {}
         try:
             started = time.perf_counter()
             regions = _regions(names, args.height, args.width)
-            for i in range(0, len(images), CHUNK):
+            for i in range(0, len(images) if args.project is None else 0, CHUNK):
                 chunk = [_task(image_id, regions, args.height, args.width) for image_id in images[i : i + CHUNK]]
                 client.projects.import_tasks(project.id, request=chunk)
             import_s = time.perf_counter() - started
@@ -77,6 +82,7 @@ def main() -> None:
             summary = pull(LabelStudioTarget(args.label_studio, args.api_key, str(project.id)), dataset, client=client)
             pull_s = time.perf_counter() - started
             report = {
+                "project": project.id,
                 "tasks": args.tasks,
                 "image": f"{args.height}x{args.width}",
                 "regions_per_task": args.classes,
@@ -88,12 +94,21 @@ def main() -> None:
                 "peak_rss_mib_after_pull": round(_peak_rss_mib()),
                 "reviewed_part_mib": round(Path(summary["url"]).stat().st_size / 2**20, 2),
             }
+            print(json.dumps(report), file=sys.stderr, flush=True)  # kept if the export below runs long
             if args.compare_export:
                 report.update(_time_export(client, project.id))
         finally:
             if not args.keep:
-                client.projects.delete(project.id)
+                _delete(client, project.id)
     print(json.dumps(report, indent=2))
+
+
+def _delete(client, project_id: int) -> None:  # noqa: ANN001 - label_studio_sdk's client
+    """Delete the project; a large one may take longer than a request waits (the server still finishes)."""
+    try:
+        client.projects.delete(project_id, request_options={"timeout_in_seconds": 600})
+    except Exception as exc:  # noqa: BLE001 - the measurement is done; say what is left
+        print(f"project {project_id} not deleted: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
 
 
 def _dataset(url: str, names: list[str], count: int, height: int, width: int) -> list[int]:
