@@ -7,17 +7,29 @@ temperature (``logit_scale``), the probability below which a pixel is called bac
 background class (``prob_thd``), and which class-name table it queries. Scores are mIoU over the whole split
 (one confusion matrix per suite, classes absent from both prediction and ground truth left out), in percent.
 
-Where we differ from the reference evaluations (all small; stated so nobody mistakes them for bugs):
+Each method row computes what its reference segmentor computes (issue 22; ``tests/benchmark/
+test_reference_segmentors.py`` checks the label maps against a rewrite of each reference's arithmetic): the
+rows set :data:`REFERENCE_ARITHMETIC` (``InferenceConfig`` fields whose defaults stay this project's labeling
+conventions) and the references' 80 ImageNet templates. What each reference difference became:
 
-- Our labeler averages window *probabilities* where windows overlap; the references average cosine logits and
-  take one softmax afterwards. With synonyms, our probability of a class is the softmax over classes of the
-  best query's logit; theirs is the best query's share of the softmax over all queries (same argmax; our
-  probability is never lower, so a ``prob_thd`` calls background slightly less often).
-- Templates: ours add MaskCLIP's 5 scene templates to the 80 ImageNet templates the references use.
-- Resizing is bilinear with antialiasing (mmseg: OpenCV bilinear without), windows are padded bottom/right to
-  the patch size (ProxyCLIP pads centred to 56 px).
-- SCLIP's VOC21 ``area_thd`` (classes under 10 % of the predicted foreground are removed and their pixels go to
-  the next class) needs the full probability maps, which our ``Labeler`` contract does not return: not applied.
+1. one softmax over *all* queries, a class scored by its best query's share (``class_scores="query_share"``);
+2. ClearCLIP's background is the single word ``background`` (name set ``clearclip``);
+3. SCLIP's VOC21 ``area_thd=0.1`` (``area_threshold``);
+4. PAMR (``naclip-pamr``) once on the whole image at its original size, on the averaged logits (``merge``);
+5. a tie with the background goes to the background, the references' class 0 (``background_wins_ties``);
+6. positional embeddings resized with ``scale_factor=(g + 0.1) / N`` for CLIP and the proxy (``position_resize``);
+7. open_clip's 80 ImageNet templates (template set ``imagenet``);
+8. mmsegmentation's resize: OpenCV bilinear on uint8, no antialiasing, sizes rounded half up (``resize``);
+9. MaskCLIP's rows follow the successors' tables (SCLIP's configs and arithmetic, MaskCLIP's own last block):
+   its own repository configures four of the eight suites;
+10. raw window logits averaged, resized to the original size, one softmax there (``merge="logits"``);
+
+and a patch grid that floors, its logits stretched over the window, where a side is no multiple of the patch
+size (``partial_patches="floor"``: NACLIP's whole images). Where we still differ: ClearCLIP and ProxyCLIP pad a
+window smaller than the crop centred (to 16 / 56 pixels) where ours floors; no image of the eight validation
+splits gives such a window (their short side is resized to at least the crop). ClearCLIP's repository commits
+``model_type='vanilla'`` in its base config; the row runs its ``'ClearCLIP'`` mode, the paper's q-q attention.
+``maskclip-kspd`` and ``student`` keep our window merging (key smoothing needs per-window probabilities).
 """
 
 from __future__ import annotations
@@ -42,10 +54,19 @@ class SuiteSettings:
     logit_scale: float
     prob_threshold: float
     names: NameSet
+    area_threshold: float | None = None  # SCLIP's area_thd (InferenceConfig.area_threshold)
+    sam_cos_fac: float | None = None  # Trident's cos_fac (LabelerConfig.sam_cos_fac)
+    sam_refine_neg_cos: bool | None = None  # Trident's refine_neg_cos (LabelerConfig.sam_refine_neg_cos)
 
     def inference_fields(self) -> dict[str, Any]:
         window = {"mode": "whole"} if self.crop is None else {"mode": "slide", "crop": self.crop, "stride": self.stride}
-        return {"short_side": self.short_side, "max_long_side": 2048, "logit_scale": self.logit_scale, **window}
+        area = {} if self.area_threshold is None else {"area_threshold": self.area_threshold}
+        return {"short_side": self.short_side, "max_long_side": 2048, "logit_scale": self.logit_scale, **window, **area}
+
+    def labeler_fields(self) -> dict[str, Any]:
+        """The LabelerConfig fields a suite sets (Trident's SAM threshold)."""
+        sam = {"sam_cos_fac": self.sam_cos_fac, "sam_refine_neg_cos": self.sam_refine_neg_cos}
+        return {k: v for k, v in sam.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,21 @@ class MethodProtocol:
 
 
 NO_REFINEMENTS = {"key_smoothing": False, "prompt_denoising": False}
+# The reference segmentors' arithmetic (SCLIP's clip_segmentor.py and its descendants), as InferenceConfig settings:
+# raw window logits averaged and resized to the original size before one softmax over all queries, a class
+# scored by its best query's share, ties to background (their class 0), mmseg's OpenCV resize, positional
+# embeddings resized by scale factor, patch grids that floor (no padding).
+REFERENCE_ARITHMETIC = {
+    **NO_REFINEMENTS,
+    "merge": "logits",
+    "class_scores": "query_share",
+    "background_wins_ties": True,
+    "resize": "opencv",
+    "position_resize": "scale_factor",
+    "partial_patches": "floor",
+}
+# ... and their prompts: open_clip's 80 ImageNet templates.
+REFERENCE_TEMPLATES = {"templates": "imagenet"}
 
 # Each repository's evaluation configs: its defaults and its per-suite overrides. SCLIP's are also where the
 # successors' tables evaluate MaskCLIP (and NACLIP starts from them): background at prob < 0.1.
@@ -81,7 +117,7 @@ _SCLIP_DEFAULTS = SuiteSettings(336, 224, 112, 40.0, 0.0, "sclip")
 CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
     "sclip": (_SCLIP_DEFAULTS, _SCLIP_SUITES),
     "clearclip": (
-        SuiteSettings(448, 448, 224, 50.0, 0.0, "proxyclip"),
+        SuiteSettings(448, 448, 224, 50.0, 0.0, "clearclip"),
         {
             "voc21": {"prob_threshold": 0.5},
             "context60": {"prob_threshold": 0.15},
@@ -109,10 +145,26 @@ CONFIGS: dict[str, tuple[SuiteSettings, dict[str, dict[str, Any]]]] = {
             "cityscapes": {"short_side": 448, "crop": 224},
         },
     ),
+    # YuHengsss/Trident configs/base_config.py (336 windows, stride 224, Trident's logit scale 40 and prob_thd 0)
+    # and cfg_*.py: each suite's Resize scale, prob_thd, VOC20's stride 112 and cos_fac 0, Cityscapes' cos_fac 3,
+    # refine_neg_cos off on Cityscapes and ADE20K. Its cls_*.txt of the eight suites are ProxyCLIP's, byte for byte.
+    "trident": (
+        SuiteSettings(336, 336, 224, 40.0, 0.0, "proxyclip"),
+        {
+            "voc21": {"short_side": 448, "prob_threshold": 0.2},
+            "voc20": {"stride": 112, "sam_cos_fac": 0.0},
+            "context60": {"short_side": 576, "prob_threshold": 0.15},
+            "context59": {"short_side": 576},
+            "coco-object": {"short_side": 448, "prob_threshold": 0.25},
+            "coco-stuff": {"short_side": 448},
+            "cityscapes": {"short_side": 688, "sam_cos_fac": 3.0, "sam_refine_neg_cos": False},
+            "ade20k": {"short_side": 576, "sam_refine_neg_cos": False},
+        },
+    ),
 }
-# SCLIP's own temperatures where they differ from its shared configs.
-_SCLIP_LOGIT_SCALES = {
-    "voc21": {"logit_scale": 65.0},
+# SCLIP's own temperatures where they differ from its shared configs, and its VOC21 area_thd.
+_SCLIP_OWN = {
+    "voc21": {"logit_scale": 65.0, "area_threshold": 0.1},
     "context60": {"logit_scale": 50.0},
     "coco-object": {"logit_scale": 50.0},
 }
@@ -154,62 +206,85 @@ def method(
 
 
 _PROTOCOLS = (
+    # Item 9 of issue 22: chongzhou96/MaskCLIP's own configs cover four of the eight suites (VOC20, Context59,
+    # COCO-Stuff, ADE20K; no background suites, no Cityscapes), so the row follows the successors' tables, which
+    # evaluate MaskCLIP in SCLIP's framework: SCLIP's configs and arithmetic, MaskCLIP's own last block.
     method(
         "maskclip",
         title="MaskCLIP (Zhou et al., ECCV 2022), no key smoothing / prompt denoising",
         configs="sclip",
-        source="SCLIP's configs, where the successors' tables evaluate MaskCLIP",
-        inference={"attention": "maskclip", **NO_REFINEMENTS},
+        source="the successors' tables: SCLIP's configs and segmentor arithmetic with MaskCLIP's last block "
+        "(chongzhou96/MaskCLIP's own configs cover 4 of the 8 suites)",
+        inference={"attention": "maskclip", **REFERENCE_ARITHMETIC},
+        labeler_options=REFERENCE_TEMPLATES,
         published_average=30.3,
     ),
     method(
         "maskclip-kspd",
         title="MaskCLIP with key smoothing and prompt denoising",
         configs="sclip",
-        source="SCLIP's configs; MaskCLIP's refinements on",
+        source="SCLIP's configs; MaskCLIP's refinements on (our window merging: they need per-window probabilities)",
         inference={"attention": "maskclip", "key_smoothing": True, "prompt_denoising": True},
     ),
     method(
         "sclip",
         title="SCLIP (Wang et al., ECCV 2024)",
         configs="sclip",
-        source="wangf3014/SCLIP configs/cfg_*.py (area_thd on VOC21 not applied)",
-        inference={"attention": "sclip", **NO_REFINEMENTS},
+        source="wangf3014/SCLIP clip_segmentor.py and configs/cfg_*.py (VOC21: logit scale 65, area_thd 0.1)",
+        inference={"attention": "sclip", **REFERENCE_ARITHMETIC},
+        labeler_options=REFERENCE_TEMPLATES,
         published_average=38.2,
-        per_suite=_SCLIP_LOGIT_SCALES,
+        per_suite=_SCLIP_OWN,
     ),
     method(
         "clearclip",
         title="ClearCLIP (Lan et al., ECCV 2024)",
         configs="clearclip",
-        source="mc-lan/ClearCLIP configs/cfg_*.py and segmentor defaults (448 windows, stride 224, logit scale 50)",
-        inference={"attention": "clearclip", **NO_REFINEMENTS},
+        source="mc-lan/ClearCLIP clearclip_segmentor.py and configs/cfg_*.py (448 windows, stride 224, logit scale "
+        "50, background the one word 'background'; its model_type 'ClearCLIP', the paper's q-q attention)",
+        inference={"attention": "clearclip", **REFERENCE_ARITHMETIC},
+        labeler_options=REFERENCE_TEMPLATES,
         published_average=38.1,
     ),
     method(
         "naclip",
         title="NACLIP (Hajimiri et al., WACV 2025), without PAMR",
         configs="naclip",
-        source="sinahmr/NACLIP configs/cfg_*.py and segmentor defaults (VOC whole image, PAMR off)",
-        inference={"attention": "naclip", **NO_REFINEMENTS},
+        source="sinahmr/NACLIP naclip.py and configs/cfg_*.py (VOC whole image, PAMR off)",
+        inference={"attention": "naclip", **REFERENCE_ARITHMETIC},
+        labeler_options=REFERENCE_TEMPLATES,
         published_average=39.4,
     ),
     method(
         "naclip-pamr",
         title="NACLIP with PAMR (10 iterations, dilations 8 and 16), its repository's default",
         configs="naclip",
-        source="sinahmr/NACLIP as above, PAMR on (ours refines each window before stitching; NACLIP the whole image)",
-        inference={"attention": "naclip", **NO_REFINEMENTS, "pamr": True, "pamr_iterations": 10},
+        source="sinahmr/NACLIP as above, PAMR on: once on the whole image at its original size, on the averaged logits",
+        inference={"attention": "naclip", **REFERENCE_ARITHMETIC, "pamr": True, "pamr_iterations": 10},
+        labeler_options=REFERENCE_TEMPLATES,
     ),
     # The proxy's attention replaces the last block's, so the attention mode stays at CLIP's value path.
     method(
         "proxyclip",
         title="ProxyCLIP (Lan et al., ECCV 2024), DINO ViT-B/8 proxy",
         configs="proxyclip",
-        source="mc-lan/ProxyCLIP configs/cfg_*.py and segmentor defaults (336 windows, stride 112, beta 1.2, gamma 3)",
-        inference={"attention": "maskclip", **NO_REFINEMENTS},
+        source="mc-lan/ProxyCLIP proxyclip_segmentor.py and configs/cfg_*.py (336 windows, stride 112, beta 1.2, "
+        "gamma 3)",
+        inference={"attention": "maskclip", **REFERENCE_ARITHMETIC},
         published_average=42.3,
-        labeler_options={"proxy": "dino_vitb8"},
+        labeler_options={"proxy": "dino_vitb8", **REFERENCE_TEMPLATES},
+    ),
+    # Trident's windows, splicing and SAM aggregation are its own labeler (teacher/trident.py); its base config
+    # leaves SAM's mask-decoder refinement off.
+    method(
+        "trident",
+        title="Trident (Shi et al., ICCV 2025): CLIP ViT-B/16, DINO ViT-B/16 proxy, SAM ViT-B affinity",
+        configs="trident",
+        source="YuHengsss/Trident trident.py and configs/cfg_*.py (336 windows, stride 224, beta 1.2, gamma 3, "
+        "cos_fac 1.2, sam_refinement off)",
+        inference={"attention": "maskclip", **NO_REFINEMENTS, "resize": "opencv", "position_resize": "scale_factor"},
+        published_average=45.8,
+        labeler_options={"proxy": "vit_base_patch16_224.dino", "sam": "vit_b", **REFERENCE_TEMPLATES},
     ),
     method(
         "student",

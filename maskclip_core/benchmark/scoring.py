@@ -67,7 +67,7 @@ class BenchmarkParameters(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="open_clip model name")
     pretrained: str = Field(DEFAULT_PRETRAINED, description="open_clip tag, a local checkpoint path, or 'none'")
     seed: int = Field(0, description="Seed of random weights (pretrained='none')")
-    templates: TemplateSetName = Field("maskclip", description="Prompt template set (teacher.prompts TEMPLATE_SETS)")
+    templates: TemplateSetName | None = Field(None, description="Prompt template set (default: the method's)")
     checkpoint: str | None = Field(None, description="Student weights file / checkpoint directory (method student)")
     device: str | None = Field(None, description="cpu, cuda, cuda:1; default: CUDA when present")
     limit: int | None = Field(None, ge=1, description="At most this many images per suite (quick looks)")
@@ -140,9 +140,10 @@ class BenchmarkParameters(BaseModel):
             "model": self.model,
             "pretrained": self.pretrained,
             "seed": self.seed,
-            "templates": self.templates,
             **get_suite(suite).vocabulary_fields(settings.names),
+            **settings.labeler_fields(),
             **method.labeler_options,
+            **({"templates": self.templates} if self.templates else {}),
             **self.labeler_options,
         }
         try:
@@ -190,7 +191,7 @@ def _student_labeler(request: BenchmarkParameters, suite: str) -> Labeler:
     labeler = StudentLabeler.from_checkpoint(request.checkpoint, device=request.device, short_side=settings.short_side)
     vocabulary = Vocabulary.parse(**get_suite(suite).vocabulary_fields(settings.names))
     clip = ClipParameters(
-        model=request.model, pretrained=request.pretrained, seed=request.seed, templates=request.templates
+        model=request.model, pretrained=request.pretrained, seed=request.seed, templates=request.templates or "maskclip"
     )
     embeddings, classes = text_embeddings(clip, vocabulary, device=request.device)
     labeler.set_vocabulary(embeddings, classes)

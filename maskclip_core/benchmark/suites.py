@@ -9,7 +9,8 @@ Layouts follow mmsegmentation's dataset preparation guide (``data/VOCdevkit/VOC2
 Class tables are the successors' query lists (their ``configs/cls_*.txt``): one row per ground-truth class,
 synonyms after ``;``. Two variants exist where the repositories differ: ``sclip`` (SCLIP, NACLIP, and the
 MaskCLIP rows of their tables) and ``proxyclip`` (ClearCLIP, ProxyCLIP: plain ``person`` / ``tvmonitor`` and, for
-COCO-Object, a shorter background list). Background (VOC21, Context60, COCO-Object) is ground-truth id 0; it is
+COCO-Object, a shorter background list); ``clearclip`` is ``proxyclip`` with background queried by the single word
+"background" everywhere (ClearCLIP's files). Background (VOC21, Context60, COCO-Object) is ground-truth id 0; it is
 queried by a list of scene words (VOC21, COCO-Object) or by the word "background" (Context60), and it is our
 vocabulary's ``background`` class, which the labeler puts last (see :func:`label_lookup`).
 """
@@ -26,8 +27,8 @@ from PIL import Image
 
 from maskclip_core.types import IGNORE_INDEX
 
-NameSet = Literal["sclip", "proxyclip"]
-NAME_SETS: tuple[str, ...] = ("sclip", "proxyclip")
+NameSet = Literal["sclip", "proxyclip", "clearclip"]
+NAME_SETS: tuple[str, ...] = ("sclip", "proxyclip", "clearclip")
 
 
 def _table(text: str) -> tuple[tuple[str, ...], ...]:
@@ -191,6 +192,8 @@ class BenchmarkSuite:
             raise ValueError(f"unknown class-name set {names!r}; known: {', '.join(NAME_SETS)}")
         if names == "proxyclip":
             return self.proxyclip_classes or self.classes, self.proxyclip_background or self.background
+        if names == "clearclip":  # ProxyCLIP's tables; background is the one word "background" (its cls_*.txt)
+            return self.proxyclip_classes or self.classes, CONTEXT_BACKGROUND if self.has_background else None
         return self.classes, self.background
 
     def vocabulary_fields(self, names: NameSet = "sclip") -> dict[str, str | None]:

@@ -32,6 +32,7 @@ SINGLE_TEMPLATE: tuple[str, ...] = ("a photo of a {}.",)
 # from its keys; a new set is one entry here.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "maskclip": MASKCLIP_TEMPLATES,
+    "imagenet": IMAGENET_TEMPLATES,  # the successors' (SCLIP, NACLIP, ClearCLIP, ProxyCLIP) benchmark prompts
     "single": SINGLE_TEMPLATE,
 }
 TemplateSetName = Literal[tuple(TEMPLATE_SETS)]  # type: ignore[valid-type]

@@ -210,7 +210,7 @@ def test_protocols_resolve_per_suite() -> None:
     assert not config.inference.key_smoothing and not config.inference.prompt_denoising
     assert config.inference.max_long_side == 2048 and config.inference.logit_scale == 40
     clear = BenchmarkParameters(suites=["voc21"], data_root="/data", method="clearclip")
-    assert clear.settings("voc21").prob_threshold == 0.5 and clear.settings("voc21").names == "proxyclip"
+    assert clear.settings("voc21").prob_threshold == 0.5 and clear.settings("voc21").names == "clearclip"
     assert clear.labeler_config("voc21").inference.crop == 448
     sclip = BenchmarkParameters(suites=["voc21"], data_root="/data", method="sclip", inference={"crop": 336})
     assert sclip.labeler_config("voc21").inference.logit_scale == 65

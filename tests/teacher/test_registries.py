@@ -55,7 +55,7 @@ def test_literals_are_the_registry_keys():
     modes = ("maskclip", "clearclip", "sclip", "naclip")
     assert typing.get_args(dense.AttentionMode) == tuple(dense.ATTENTION_MODES) == modes
     assert _enum(InferenceConfig, "attention") == list(dense.ATTENTION_MODES)
-    assert typing.get_args(TemplateSetName) == tuple(TEMPLATE_SETS) == ("maskclip", "single")
+    assert typing.get_args(TemplateSetName) == tuple(TEMPLATE_SETS) == ("maskclip", "imagenet", "single")
     assert _enum(LabelerConfig, "templates") == _enum(ClipParameters, "templates") == list(TEMPLATE_SETS)
     assert typing.get_args(BackboneName) == tuple(BACKBONES)
     assert set(BACKBONES) == {"resnet18", "resnet50", "resnet101", "mobilenet_v3_large"}
