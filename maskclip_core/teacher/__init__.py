@@ -14,6 +14,7 @@ Modules:
 - ``refine``: key smoothing and prompt denoising
 - ``pamr``: pixel-adaptive mask refinement
 - ``fast_paths``: precision (bf16 / fp16 autocast, int8) and ``torch.compile`` paths
+- ``global_block``: OV-Stitcher's global final block: the windows' last-block input stitched over the whole image
 - ``window_predictor``: resize, sliding windows, stitching (``DensePredictor``, ``InferenceConfig``)
 - ``labeler``: the ``MaskCLIPLabeler`` facade and its ``LabelerConfig``
 """

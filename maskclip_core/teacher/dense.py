@@ -320,11 +320,17 @@ def last_block_input(
 def _vit_dense(
     visual: VisionTransformer, pixels: torch.Tensor, mode: str, position_resize: PositionResize
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    last_block = last_block_for(mode)
-    x, grid = _vit_embed(visual, pixels, position_resize)
-    blocks = visual.transformer.resblocks
-    x = _run_blocks(visual, x, blocks[:-1])
-    x, keys = last_block(blocks[-1], x, grid)
+    last_block_for(mode)  # an unknown mode fails before any work
+    x, grid = last_block_input(visual, pixels, position_resize)
+    return last_block_output(visual, x, grid, mode)
+
+
+def last_block_output(
+    visual: VisionTransformer, x: torch.Tensor, grid: tuple[int, int], mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last block of ``mode`` on its input tokens [B, 1 + gh*gw, W], then ln_post and the projection:
+    features [B, D, gh, gw] and keys [B, C, gh, gw] (as :func:`dense_features`)."""
+    x, keys = last_block_for(mode)(visual.transformer.resblocks[-1], x, grid)
     x = visual.ln_post(x.to(visual.ln_post.weight.dtype))  # a low-precision copy's last block may end in bf16
     if visual.proj is not None:
         x = x.to(visual.proj.dtype) @ visual.proj

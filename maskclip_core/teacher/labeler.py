@@ -76,6 +76,15 @@ class LabelerConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _global_block_is_not_tridents(self) -> LabelerConfig:
+        if self.sam is not None and self.inference.global_block:
+            raise ValueError(
+                "Trident (sam) aggregates its windows over the whole image with SAM's attention; global_block "
+                "composes with the attention modes and ProxyCLIP only"
+            )
+        return self
+
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.parse(self.classes, self.background)
 

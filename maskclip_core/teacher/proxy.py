@@ -229,32 +229,63 @@ def proxy_dense_features(
     multiples of both encoders' patch sizes (:func:`padding_multiple`).
     """
     visual = _visual(model)
+    with inference_semantics(visual), inference_semantics(proxy.model):
+        x, grid, guide = proxy_block_inputs(visual, pixels, proxy, clip_normalisation, position_resize)
+        return proxy_last_block(visual, x, grid, guide, beta, gamma), guide
+
+
+def _low_precision_cpu(visual: torch.nn.Module, device: torch.device) -> torch.dtype | None:
+    """A low-precision copy of CLIP (fast_paths.low_precision_copy, bf16 / fp16 on the CPU): its dtype, in which
+    the proxy runs under autocast (timm's blocks are batch-first with fused attention, so autocast pays there)
+    and so do the proxy attention's two big matmuls; None otherwise."""
+    dtype = visual.transformer.resblocks[-1].attn.in_proj_weight.dtype
+    return dtype if dtype in (torch.bfloat16, torch.float16) and device.type == "cpu" else None
+
+
+def proxy_block_inputs(
+    visual: torch.nn.Module,
+    pixels: torch.Tensor,
+    proxy: ProxyBundle,
+    clip_normalisation: tuple[Sequence[float], Sequence[float]],
+    position_resize: PositionResize = "size",
+) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+    """What ProxyCLIP's last block reads: CLIP's tokens entering its last block [B, 1 + gh*gw, W] and their
+    patch grid, and the proxy's patch features [B, C, H, W] (see :func:`proxy_dense_features`)."""
+    low = _low_precision_cpu(visual, pixels.device)
+    with torch.autocast("cpu", dtype=low) if low else contextlib.nullcontext():
+        normalised = renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std))
+        guide = proxy_patch_features(proxy, normalised, position_resize)
+    x, grid = last_block_input(visual, pixels, position_resize)
+    return x, grid, guide
+
+
+def proxy_last_block(
+    visual: torch.nn.Module,
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    guide: torch.Tensor,
+    beta: float = PROXY_BETA,
+    gamma: float = PROXY_GAMMA,
+) -> torch.Tensor:
+    """ProxyCLIP's last block: CLIP's values of ``x`` (on ``grid``) resized to the proxy's grid, mixed by the
+    proxy attention of ``guide``, out_proj, ln_post, proj -> features [B, D, H, W] on the proxy's grid."""
     block = visual.transformer.resblocks[-1]
     attn = block.attn
-    # A low-precision copy of CLIP (fast_paths.low_precision_copy, bf16 / fp16 on the CPU): the proxy runs
-    # under autocast in the same dtype (timm's blocks are batch-first with fused attention, so autocast pays
-    # there) and so do the proxy attention's two big matmuls.
     dtype = attn.in_proj_weight.dtype
-    low = dtype in (torch.bfloat16, torch.float16) and pixels.device.type == "cpu"
-    with inference_semantics(visual), inference_semantics(proxy.model):
-        with torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext():
-            normalised = renormalise(pixels, clip_normalisation, (proxy.mean, proxy.std))
-            guide = proxy_patch_features(proxy, normalised, position_resize)
-        x, grid = last_block_input(visual, pixels, position_resize)
-        # Only the value rows of the input projection: CLIP's q and k play no part.
-        width = x.shape[-1]
-        bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-        v = F.linear(block.ln_1(x).to(dtype), attn.in_proj_weight[2 * width :], bias)
-        size = tuple(guide.shape[-2:])
-        v = _resized_patch_tokens(v, grid, size)
-        weights = proxy_attention(guide, beta, gamma, dtype=dtype if low else None).to(v.dtype)
-        out = block.ls_1(attn.out_proj(weights @ v))  # no residual, no FFN
-        out = visual.ln_post(out.to(visual.ln_post.weight.dtype))
-        if visual.proj is not None:
-            out = out.to(visual.proj.dtype) @ visual.proj
-        B, M, D = out.shape
-        features = out.transpose(1, 2).reshape(B, D, *size)
-    return features, guide
+    low = _low_precision_cpu(visual, x.device)
+    # Only the value rows of the input projection: CLIP's q and k play no part.
+    width = x.shape[-1]
+    bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+    v = F.linear(block.ln_1(x).to(dtype), attn.in_proj_weight[2 * width :], bias)
+    size = tuple(guide.shape[-2:])
+    v = _resized_patch_tokens(v, grid, size)
+    weights = proxy_attention(guide, beta, gamma, dtype=low).to(v.dtype)
+    out = block.ls_1(attn.out_proj(weights @ v))  # no residual, no FFN
+    out = visual.ln_post(out.to(visual.ln_post.weight.dtype))
+    if visual.proj is not None:
+        out = out.to(visual.proj.dtype) @ visual.proj
+    B, M, D = out.shape
+    return out.transpose(1, 2).reshape(B, D, *size)
 
 
 def _resized_patch_tokens(t: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -27,6 +27,7 @@ from maskclip_core.teacher.fast_paths import (
     resolve_precision,
     uses_low_precision_copy,
 )
+from maskclip_core.teacher.global_block import GLOBAL_BLOCK_MAX_TOKENS, GLOBAL_BLOCK_NEEDS_VIT, global_dense_features
 from maskclip_core.teacher.pamr import pamr
 from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, padding_multiple, proxy_dense_features
 from maskclip_core.teacher.refine import key_smoothing, prompt_denoising_keep, suppress_classes
@@ -100,6 +101,18 @@ class InferenceConfig(BaseModel):
         "cut off) or 'floor' (the references: the patch grid floors and its logits are stretched over the window)",
     )
 
+    global_block: bool = Field(
+        False,
+        description="OV-Stitcher's global final block: the windows' tokens entering the last block stitched into "
+        "one image grid (overlaps averaged) and the last block (any attention mode, or ProxyCLIP's) run over it, "
+        "so every patch attends to the whole image (teacher/global_block.py)",
+    )
+    global_block_max_tokens: int = Field(
+        GLOBAL_BLOCK_MAX_TOKENS,
+        ge=1,
+        description="global_block: an image with more patch tokens than this is refused (recorded as failed)",
+    )
+
     @model_validator(mode="after")
     def _stride_fits(self) -> InferenceConfig:
         if self.mode == "slide" and self.stride > self.crop:
@@ -132,7 +145,9 @@ class InferenceConfig(BaseModel):
         the options of refinements that are off (adding an option never changes existing hashes)."""
         if self.precision == "auto":
             raise ValueError("the precision is resolved for a device before it names a labeling (resolved())")
-        data = self.model_dump(mode="json", exclude={"window_batch", "compile"})
+        data = self.model_dump(mode="json", exclude={"window_batch", "compile", "global_block_max_tokens"})
+        if not self.global_block:
+            data.pop("global_block")  # off: the hashes of before the option existed
         if self.precision == "fp32":
             data.pop("precision")  # the default: hashes from before the option existed stay valid
         if not self.pamr:
@@ -295,6 +310,8 @@ class DensePredictor:
         else:
             self.encoder = model
         self._autocast = autocast_dtype(precision, self.device, is_vit=is_vit)
+        if self.config.global_block and not is_vit:
+            raise ValueError(GLOBAL_BLOCK_NEEDS_VIT)
         self._label_dtype = getattr(torch, label_dtype(classifier.num_classes).name)
         names = classifier.class_names
         self._background = names.index(BACKGROUND) if BACKGROUND in names else None
@@ -382,16 +399,20 @@ class DensePredictor:
                 ph, pw = math.ceil((y1 - y0) / m) * m, math.ceil((x1 - x0) / m) * m
                 # Pad bottom/right with 0, the normalised mean colour; padded patches are cut off afterwards.
                 crop = F.pad(crop, (0, pw - crop.shape[2], 0, ph - crop.shape[1]))
-            groups[tuple(crop.shape[1:])].append((win, crop))
+            # The global block runs over one image's windows at once (its last block sees all of them).
+            groups[(win.image, *crop.shape[1:]) if self.config.global_block else tuple(crop.shape[1:])].append(
+                (win, crop)
+            )
         cfg = self.config
         dense = self._dense_function()
         dtype, autocast = self._autocast or torch.float16, self._autocast is not None
         for items in groups.values():
-            for start in range(0, len(items), cfg.window_batch):
-                chunk = items[start : start + cfg.window_batch]
+            step = len(items) if cfg.global_block else cfg.window_batch
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
                 batch = torch.stack([c for _, c in chunk])
                 with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=autocast):
-                    features, keys = dense(batch)
+                    features, keys = self._dense_global(batch, chunk) if cfg.global_block else dense(batch)
                 if cfg.class_scores == "query_share":
                     logits = self.classifier.query_cosine(features.float()) * cfg.logit_scale
                 else:
@@ -408,6 +429,22 @@ class DensePredictor:
         proxy = None if self.proxy is None else id(self.proxy.model)
         key = (cfg.attention, proxy, self._normalisation, cfg.proxy_beta, cfg.proxy_gamma, cfg.position_resize)
         return compiled(self.encoder, key, lambda: self._dense)
+
+    def _dense_global(self, batch: torch.Tensor, chunk: list[tuple[_Window, torch.Tensor]]):
+        cfg = self.config
+        return global_dense_features(
+            self.encoder,
+            batch,
+            [win.box for win, _ in chunk],
+            mode=cfg.attention,
+            position_resize=cfg.position_resize,
+            window_batch=cfg.window_batch,
+            max_tokens=cfg.global_block_max_tokens,
+            proxy=self.proxy,
+            clip_normalisation=self._normalisation,
+            beta=cfg.proxy_beta,
+            gamma=cfg.proxy_gamma,
+        )
 
     def _dense(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
