@@ -54,9 +54,9 @@ def pull(
 ) -> dict[str, Any]:
     """Read the project's annotations into ``dataset``'s reviewed table; returns what was written.
 
-    Tasks are read a page at a time, annotated ones only. Per image the chosen
-    annotation is the one ``import_label_studio`` chooses (ground truth, else latest) over all of the image's
-    tasks; images annotated in several tasks are listed. Tasks of images the dataset does not hold, without an
+    Tasks are read a page at a time, annotated ones only. Per image the chosen annotation is the one
+    ``import_label_studio`` chooses (ground truth, else latest) over all of the image's tasks; images annotated
+    in several tasks are listed. Tasks of images the dataset does not hold, without an
     ``image_id`` (made by a storage Sync) or using a label that is not a category raise, or with
     ``strict=False`` are skipped and counted. Images reviewed from this project before whose annotations were
     all deleted are retracted (no longer reviewed, no longer scored). The reviewer is the annotator's email.
