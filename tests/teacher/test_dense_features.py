@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support.vit_reference import layer_norm as _ln
+from support.vit_reference import max_rel_error
 from support.vit_reference import split_qkv as _split
 from support.vit_reference import tokens as _tokens
 
@@ -140,6 +141,20 @@ def test_clearclip_and_sclip_last_blocks(tiny_vit):
     h = h + _mlp(sd, last, _ln(h, sd, f"{last}.ln_2"), quick)
     sclip = (_ln(h, sd, "visual.ln_post") @ sd["visual.proj"])[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     torch.testing.assert_close(dense_features(tiny_vit, pixels, "sclip")[0], sclip, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["sclip", "naclip", "clearclip"])
+def test_scale_factor_positions_give_the_reference_segmentors_features(tiny_vit, mode):
+    """position_resize='scale_factor' at a 336 x 448 input equals the references' forward (positional embeddings
+    through their ``interpolate_pos_encoding``, rewritten in support.reference_segmentors); 'size' does not."""
+    from support.reference_segmentors import clip_dense
+
+    pixels = torch.randn(1, 3, 336, 448, generator=torch.Generator().manual_seed(3))
+    expected, grid = clip_dense(tiny_vit, mode, pixels)
+    expected = expected.transpose(1, 2).reshape(1, -1, *grid)
+    features, _ = dense_features(tiny_vit, pixels, mode, position_resize="scale_factor")
+    assert max_rel_error(features, expected) <= 1e-5
+    assert max_rel_error(dense_features(tiny_vit, pixels, mode)[0], expected) > 1e-4
 
 
 def test_unknown_mode_is_rejected(tiny_vit, rn50):

@@ -135,3 +135,16 @@ def test_output_depends_on_proxy_weights_not_on_clip_queries_and_keys(tiny_clip)
     # ...while the values do matter (the test would notice a path that ignores CLIP altogether).
     attn.in_proj_weight[2 * width :].normal_(std=0.1, generator=torch.Generator().manual_seed(9))
     assert max_rel_error(run(clip, proxy)[0], base_features) > 1e-2
+
+
+def test_scale_factor_positions_are_the_hub_models(tiny_clip):
+    """position_resize='scale_factor' resizes DINO's positional embeddings as its torch-hub model does
+    (``interpolate_pos_encoding``, rewritten in support.reference_segmentors); timm's own resize differs."""
+    from support.reference_segmentors import dino_features
+
+    name, arch = SMALL_PROXIES["dino"]
+    proxy = _proxy(name, seed=7, **arch)
+    x = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(8))
+    expected = dino_features(proxy.model, x)
+    assert max_rel_error(proxy_patch_features(proxy, x, "scale_factor"), expected) <= 1e-5
+    assert max_rel_error(proxy_patch_features(proxy, x), expected) > 1e-3
