@@ -25,3 +25,20 @@ def test_own_overrides_merge_over_the_configs_per_setting() -> None:
     for name in ("naclip", "naclip-pamr"):
         assert METHODS[name].defaults == defaults and dict(METHODS[name].per_suite) == per_suite
     assert METHODS["naclip-pamr"].inference == {**METHODS["naclip"].inference, "pamr": True, "pamr_iterations": 10}
+
+
+def test_reference_rows_set_the_references_arithmetic() -> None:
+    """Issue 22: each method row runs its reference's conventions; labeling defaults stay ours."""
+    from maskclip_core.benchmark.protocols import REFERENCE_ARITHMETIC
+    from maskclip_core.benchmark.scoring import BenchmarkParameters
+
+    for name in ("maskclip", "sclip", "clearclip", "naclip", "naclip-pamr", "proxyclip"):
+        config = BenchmarkParameters(suites=["voc21"], data_root="/data", method=name).labeler_config("voc21")
+        assert {k: getattr(config.inference, k) for k in REFERENCE_ARITHMETIC} == REFERENCE_ARITHMETIC, name
+        assert config.templates == "imagenet"
+        assert config.inference.area_threshold == (0.1 if name == "sclip" else None)
+    request = BenchmarkParameters(suites=["coco-object"], data_root="/data", method="clearclip", templates="single")
+    clear = request.labeler_config("coco-object")
+    assert clear.background == "background" and clear.templates == "single"  # the request's templates win
+    kspd = BenchmarkParameters(suites=["voc21"], data_root="/data", method="maskclip-kspd").labeler_config("voc21")
+    assert kspd.inference.merge == "probabilities" and kspd.templates == "maskclip"
