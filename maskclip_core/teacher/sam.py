@@ -10,7 +10,6 @@ can take the softmax one head at a time (12 heads x 4096^2 tokens would be 800 M
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError, is_random, weights_identity
 
 # The reference's model types (segment_anything's registry names) -> timm names with their pretrained tags.
@@ -108,18 +108,13 @@ def load_sam(
     return SamBundle(encoder=encoder.to(device), name=timm_name, weights_id=identity)
 
 
-_SAMS: dict[tuple, SamBundle] = {}
-_SAMS_LOCK = threading.Lock()
+_SAMS: ProcessCache[SamBundle] = ProcessCache()
 
 
 def cached_sam(name: str, weights: str, *, device: str | torch.device, seed: int = 0) -> SamBundle:
     """One SAM encoder per (name, weights, device, seed) per process, shared by every labeler using it."""
     key = (resolve_sam_name(name), weights, str(device), seed)
-    with _SAMS_LOCK:
-        hit = _SAMS.get(key)
-        if hit is None:
-            hit = _SAMS[key] = load_sam(name, weights, device=device, seed=seed)
-        return hit
+    return _SAMS.get(key, lambda: load_sam(name, weights, device=device, seed=seed))
 
 
 def resized_for_sam(height: int, width: int, input_size: int) -> tuple[int, int]:
