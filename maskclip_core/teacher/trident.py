@@ -28,6 +28,10 @@ Deviations from the reference, and why:
   antialiasing, SAM sees it as given, and positions are resized to the grid, as every labeler here does.
 - Labels: a class with synonyms scores its best query (the project's text classifier) before the softmax;
   the probabilities, not the cosines, are upsampled to the image (row bands, bounded memory).
+- Precision: the labeler's (fp32, or bf16 / fp16 autocast); the reference runs CLIP, DINO and SAM's encoder in
+  fp16 on a GPU.
+- Not implemented: the optional refinement by SAM's prompt encoder and mask decoder (``sam_refinement``,
+  ``coarse_thresh``, ``sam_iou_thresh``, ``minimal_area``), off in every configuration of the reference.
 """
 
 from __future__ import annotations
