@@ -78,14 +78,29 @@ def scan_current(
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Record batches of the rows under ``config_hash`` with a mask of those that are current and done.
 
-    Two streaming passes: the first finds the newest row of each uri (:func:`newest_mask`), the second yields
-    the batches again with the mask.
+    Two streaming passes over one listing: the first finds the newest row of each uri (:func:`newest_mask`),
+    the second yields the batches again with the mask. A part that a compaction merged away meanwhile (its
+    merged part written first) makes the scan start again once over a fresh listing: batches may then repeat,
+    which the callers, building sets, do not mind.
     """
-    newest = newest_mask(scan_config(parts, config_hash, []))
+    for attempt in (1, 2):
+        files = parts.part_files("images")
+        try:
+            yield from _scan_current(parts, config_hash, columns, files)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+
+
+def _scan_current(
+    parts: DatasetParts, config_hash: str, columns: list[str], files: list[tuple[str, int]]
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    newest = newest_mask(scan_config(parts, config_hash, [], files=files))
     if newest.size == 0:
         return
     offset = 0
-    for batch in scan_config(parts, config_hash, columns):
+    for batch in scan_config(parts, config_hash, columns, files=files):
         n = batch.num_rows
         status = batch.column("status")
         done = pc.is_in(status, value_set=pa.array(list(DONE_STATUSES))).to_numpy(zero_copy_only=False)
@@ -93,9 +108,12 @@ def scan_current(
         offset += n
 
 
-def scan_config(parts: DatasetParts, config_hash: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def scan_config(
+    parts: DatasetParts, config_hash: str, columns: list[str], *, files: list[tuple[str, int]] | None = None
+) -> Iterator[pa.RecordBatch]:
     """Record batches of ``columns`` (with uri, status, created_at, labeling_id) of the rows under
-    ``config_hash``, in the same order on every call while the parts do not change.
+    ``config_hash`` in ``files`` (default: a fresh listing of the images parts), in the same order on every
+    call over the same files.
 
     Part file by part file, never one pyarrow dataset over all of them: a dataset keeps state for each
     fragment it scanned (~50 KB, measured), and the flow writes one images part per batch, so a million
@@ -103,7 +121,7 @@ def scan_config(parts: DatasetParts, config_hash: str, columns: list[str]) -> It
     once within a byte budget (object-store latency overlaps); large (compacted) parts are streamed in
     record batches, one part at a time. Memory is bounded by the budget, not by the table.
     """
-    files = parts.part_files("images")
+    files = parts.part_files("images") if files is None else files
     if not files:
         return
     read_columns = list(dict.fromkeys([*columns, "uri", "status", "created_at", "labeling_id"]))

@@ -128,9 +128,20 @@ class DatasetParts:
 
     def read_table(self, table: str, filter: pc.Expression | None = None) -> pa.Table:
         """The rows of one table with today's column names (``filter`` names stored columns: only renamed ones
-        differ)."""
-        dataset = self.table_dataset(table)
-        if dataset is None:
-            return TABLES[table].empty_table()
-        with reading_part(self.url, f"{table}/"):
-            return self.current_names(dataset.to_table(filter=filter), table)
+        differ).
+
+        A part that vanishes between the listing and the read was merged by a compaction that wrote its merged
+        part first (``dataset.compaction``): the read is done again once over a fresh listing, which holds the
+        merged part, so a reader sees the old parts or the new ones, never a missing one.
+        """
+        for attempt in (1, 2):
+            try:
+                dataset = self.table_dataset(table)  # checks each part's footer: reads them too
+                if dataset is None:
+                    return TABLES[table].empty_table()
+                with reading_part(self.url, f"{table}/"):
+                    return self.current_names(dataset.to_table(filter=filter), table)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")

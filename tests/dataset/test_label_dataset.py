@@ -363,9 +363,9 @@ def test_known_sha256_reads_three_columns_by_part(local_store: LabelDataset, mon
     calls: list[list[str]] = []
     real_scan = known_index.scan_config
 
-    def spy(dataset_parts: parts_module.DatasetParts, config_hash: str, columns: list[str]):
+    def spy(dataset_parts: parts_module.DatasetParts, config_hash: str, columns: list[str], **kwargs):
         calls.append(list(columns))
-        for batch in real_scan(dataset_parts, config_hash, columns):
+        for batch in real_scan(dataset_parts, config_hash, columns, **kwargs):
             # The few columns that pick the current row of a uri, plus the one asked for.
             assert sorted(batch.schema.names) == sorted({"uri", "status", "created_at", "labeling_id", *columns})
             assert batch.num_rows <= known_index._SCAN_BATCH_ROWS
