@@ -80,11 +80,13 @@ class RunProgress:
 def publish_summary(summary: RunSummary, storage_options: Mapping[str, Any] | None = None) -> None:
     """The end-of-run table artifact and markdown report (both rendered by ``RunSummary``).
 
-    The report artifact shows the overlays inline: a browser cannot open the dataset's local paths or s3:// URLs.
+    The report artifact shows the overlays inline: a browser cannot open the dataset's local paths or s3:// URLs;
+    its description puts the first ones on its card in the run's Artifacts tab.
     """
     try:
-        markdown = summary.markdown(image_sources=thumbnail_sources(summary.thumbnails, storage_options))
+        sources = thumbnail_sources(summary.thumbnails, storage_options)
+        markdown = summary.markdown(image_sources=sources)
         create_table_artifact(table=summary.table_rows(), key=SUMMARY_ARTIFACT_KEY, description=summary.headline())
-        create_markdown_artifact(markdown, key=REPORT_ARTIFACT_KEY, description="Labeling run report")
+        create_markdown_artifact(markdown, key=REPORT_ARTIFACT_KEY, description=summary.card_line(sources))
     except Exception as e:  # noqa: BLE001 - the run's data is written already
         get_run_logger().warning("summary artifacts could not be created: %s", e)

@@ -278,6 +278,17 @@ class RunSummary:
                 lines.append("")
         return "\n".join(lines).rstrip() + "\n"
 
+    def card_line(self, image_sources: Mapping[str, str], max_thumbnails: int = 3) -> str:
+        """One markdown line for the report artifact's description, which Prefect's Artifacts tab shows on the
+        artifact's card (its first line only): the status and the first thumbnails, so they show without
+        opening the report."""
+        images = [
+            f"![{t['uri'].rsplit('/', 1)[-1]}]({image_sources[t['url']]})"
+            for t in self.thumbnails
+            if t["url"] in image_sources
+        ][:max_thumbnails]
+        return " ".join([f"Labeling run report: {self.status}", *images])
+
     def _relative_to_reports(self, url: str) -> str:
         """``../thumbnails/<run>/x.jpg`` for a thumbnail under the dataset (the report is in ``reports/``)."""
         root = self.dataset.rstrip("/") + "/"

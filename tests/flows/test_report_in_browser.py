@@ -35,11 +35,19 @@ READY_JS = """(() => {
   const imgs = [...document.images].filter(i => i.src.startsWith('data:image/jpeg'));
   return md && imgs.length >= 3 && imgs.every(i => i.complete);
 })()"""
+# The Artifacts tab of the run's page, once the report's card has painted its thumbnails.
+CARD_READY_JS = """(() => {
+  const tab = [...document.querySelectorAll('body *')]
+    .find(e => e.children.length === 0 && e.textContent.trim() === 'Artifacts');
+  if (tab && !window.artifactsTabOpened) { window.artifactsTabOpened = true; tab.click(); }
+  const imgs = [...document.querySelectorAll('.artifact-card img')].filter(i => i.src.startsWith('data:image/jpeg'));
+  return imgs.length >= 3 && imgs.every(i => i.complete);
+})()"""
 REPORT_JS = """[...document.images].filter(i => !i.src.startsWith('data:image/svg'))
   .map(i => ({src: i.src.slice(0, 40), naturalWidth: i.naturalWidth, complete: i.complete}))"""
 
 
-def _report_artifact_id(server: PrefectServer) -> str:
+def _report_artifact(server: PrefectServer) -> dict:
     request = urllib.request.Request(
         f"{server.api_url}/artifacts/filter",
         data=json.dumps({"artifacts": {"key": {"any_": ["label-dataset-report"]}}}).encode(),
@@ -47,7 +55,7 @@ def _report_artifact_id(server: PrefectServer) -> str:
     )
     with urllib.request.urlopen(request, timeout=30) as r:
         [artifact] = json.loads(r.read())
-    return str(artifact["id"])
+    return artifact
 
 
 def test_report_thumbnails_load_in_the_prefect_ui(prefect_server: PrefectServer, tmp_path: Path) -> None:
@@ -73,12 +81,21 @@ def test_report_thumbnails_load_in_the_prefect_ui(prefect_server: PrefectServer,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    page = f"{prefect_server.url}/artifacts/artifact/{_report_artifact_id(prefect_server)}"
+    artifact = _report_artifact(prefect_server)
+    page = f"{prefect_server.url}/artifacts/artifact/{artifact['id']}"
     shot = tmp_path / "report-artifact.png"
     images = screenshot_when(page, READY_JS, shot, report_js=REPORT_JS, timeout_s=120)
     print(f"screenshot of {page}: {shot}")
     thumbnails = [i for i in images if i["src"].startswith("data:image/jpeg")]
-    assert len(thumbnails) == 3, images
+    assert len(thumbnails) == 6, images  # the report's three, and the description's line above it
     assert all(i["complete"] and i["naturalWidth"] > 0 for i in thumbnails), images
     assert not any("/thumbnails/" in i["src"] for i in images)  # no local path left for the browser to miss
     assert shot.stat().st_size > 10_000
+
+    # The run's Artifacts tab: the report's card shows the thumbnails too (its description's first line).
+    tab = f"{prefect_server.url}/runs/flow-run/{artifact['flow_run_id']}"
+    shot = tmp_path / "run-artifacts-tab.png"
+    images = screenshot_when(tab, CARD_READY_JS, shot, report_js=REPORT_JS, timeout_s=120)
+    print(f"screenshot of {tab}: {shot}")
+    on_card = [i for i in images if i["src"].startswith("data:image/jpeg")]
+    assert len(on_card) == 3 and all(i["complete"] and i["naturalWidth"] > 0 for i in on_card), images
