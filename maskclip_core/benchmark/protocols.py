@@ -297,7 +297,21 @@ _PROTOCOLS = (
 )
 
 
-METHODS: dict[str, MethodProtocol] = {p.name: p for p in _PROTOCOLS}
+# The global final block (teacher/global_block.py, OV-Stitcher's idea) on each method whose last block it runs
+# over the whole image: the method's own protocol with global_block on (no published figure: not OV-Stitcher).
+_GLOBAL_BLOCK = tuple(
+    replace(
+        p,
+        name=f"{p.name}-global",
+        title=f"{p.title}, with a global final block",
+        inference={**p.inference, "global_block": True},
+        published_average=None,
+    )
+    for p in _PROTOCOLS
+    if p.name in ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
+)
+
+METHODS: dict[str, MethodProtocol] = {p.name: p for p in (*_PROTOCOLS, *_GLOBAL_BLOCK)}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 

@@ -53,7 +53,7 @@ from maskclip_core.teacher.dense import (
 )
 from maskclip_core.teacher.proxy import PROXY_BETA, PROXY_GAMMA, ProxyBundle, proxy_block_inputs, proxy_last_block
 
-# 8192 tokens: a 1448 x 1448 image at 16-pixel patches; one head's fp32 attention matrix is then 256 MiB.
+# 8192 tokens: a 1440 x 1440 image at 16-pixel patches; one head's fp32 attention matrix is then 256 MiB.
 GLOBAL_BLOCK_MAX_TOKENS = 8192
 GLOBAL_BLOCK_NEEDS_VIT = "the global final block (global_block) stitches a ViT's tokens; this encoder is a ResNet"
 

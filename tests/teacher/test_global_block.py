@@ -156,3 +156,14 @@ def test_the_cli_fills_the_option():
     add_teacher_options(parser)
     args = parser.parse_args(["--classes", "cat", "--global-block", "--global-block-max-tokens", "500"])
     assert field_values(args, INFERENCE) == {"global_block": True, "global_block_max_tokens": 500}
+
+
+def test_benchmark_methods_with_the_global_block():
+    """``maskclip benchmark --method naclip-global`` etc.: the method's own protocol, the global block on."""
+    from maskclip_core.benchmark.protocols import METHODS
+
+    for base in ("maskclip", "sclip", "clearclip", "naclip", "proxyclip"):
+        row, own = METHODS[f"{base}-global"], METHODS[base]
+        assert row.inference == {**own.inference, "global_block": True}
+        assert (row.per_suite, row.defaults, row.labeler_options) == (own.per_suite, own.defaults, own.labeler_options)
+        assert row.published_average is None
