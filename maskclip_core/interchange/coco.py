@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from pycocotools.coco import COCO
 
 from maskclip_core.dataset.label_dataset import LabelDataset
-from maskclip_core.dataset.reader import relative_file_name
+from maskclip_core.dataset.reader import iter_export_images, relative_file_name
 from maskclip_core.dataset.rle import annotations_to_label_map
 from maskclip_core.storage.fs import atomic_write_bytes, read_bytes
 
@@ -39,12 +39,17 @@ def build_coco_dict(
     uri relative to ``file_name_root`` when it lies below it, else the uri's base name; ``coco_url`` is
     the full uri. One image labeled under several configs would appear twice: pass ``config_hash`` then.
     """
-    if isinstance(source, LabelDataset):
-        images = source.images(config_hash=config_hash, statuses=["labeled"])
-        if image_ids is not None:
-            images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(list(image_ids), pa.int64())))
-        annotations = source.annotations_for_labelings(images["labeling_id"], image_ids)
-        categories = source.categories()
+    if isinstance(source, LabelDataset):  # the exports' reader, as `maskclip export coco`: twins get alias ids
+        exported = sorted(iter_export_images(source, config_hash=config_hash, image_ids=image_ids), key=lambda i: i.uri)
+        return coco_dict(
+            [
+                coco_image(i.image_id, i.uri, relative_file_name(i.uri, file_name_root), i.width, i.height)
+                for i in exported
+            ],
+            [coco_annotation(a) for i in exported for a in i.annotations],
+            source.categories(),
+            info,
+        )
     else:
         images, annotations, categories = source
         images = images.filter(pc.equal(images["status"], "labeled"))
