@@ -203,7 +203,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     progress, on_event, final = _progress_bar(console)
-    with owned_prefect_api(), progress, progress_listener(on_event), _run_errors_off_console(args.verbose):
+    with owned_prefect_api(), progress, progress_listener(on_event), run_errors_off_console(args.verbose):
         state = label_dataset(**params, return_state=True)
     if state.is_completed():
         result = state.result()
@@ -231,7 +231,7 @@ class _NoRunErrors(logging.Filter):
 
 
 @contextlib.contextmanager
-def _run_errors_off_console(verbose: bool) -> Iterator[None]:
+def run_errors_off_console(verbose: bool) -> Iterator[None]:
     """Without ``--verbose``, the console handlers (on the root logger) skip Prefect's error records."""
     handlers = [] if verbose else list(logging.getLogger().handlers)
     quiet = _NoRunErrors()

@@ -205,10 +205,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from cli.label import run_errors_off_console
     from cli.server import owned_prefect_api
     from flows.train_student import train_student
 
-    with owned_prefect_api():
+    with owned_prefect_api(), run_errors_off_console(args.verbose):
         result = train_student(**params)  # offline weights errors name their fix; cli.main prints them
     print_result(result, Console(stderr=True))
     if args.json:

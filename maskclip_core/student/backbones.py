@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import urllib.error
 from collections import OrderedDict
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Literal
 import fsspec
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torchvision import models
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
@@ -91,11 +93,23 @@ def backbone_spec(name: str) -> BackboneEntry:
 
 
 def _read_state_dict(url: str, storage_options: dict | None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file; a file that is not what its name says, or that pickles Python objects
+    beyond tensors (loading it could run code), is refused in one line (a ``ValueError``) without running it."""
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
         data = f.read()
     if url.endswith(".safetensors"):
-        return safetensors.torch.load(data)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        try:
+            return safetensors.torch.load(data)
+        except SafetensorError as e:  # e.g. a pickle renamed .safetensors
+            raise ValueError(f"backbone weights {url}: refused: not a safetensors file ({e})") from e
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(
+            f"backbone weights {url}: refused: the file pickles Python objects, not only tensors, and loading "
+            f"it could run code ({reason})"
+        ) from e
     for key in ("state_dict", "model"):  # common wrappers around a state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -16,6 +16,7 @@ import open_clip
 import torch
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
+from safetensors import SafetensorError
 
 from maskclip_core.device import resolve_device
 from maskclip_core.teacher.hub import hub_downloads
@@ -239,6 +240,10 @@ def load_clip(
         raise WeightsUnavailableError(
             f"--pretrained {pretrained_arg}: refused: the file pickles Python objects, not only tensors, "
             f"and loading it could run code ({reason[:160]})"
+        ) from exc
+    except SafetensorError as exc:  # a .safetensors name on another format (a pickle renamed): never unpickled
+        raise WeightsUnavailableError(
+            f"--pretrained {pretrained_arg}: refused: not a safetensors file ({exc})"
         ) from exc
     except (RuntimeError, OSError, FileNotFoundError) as exc:
         if pretrained_arg is None:
