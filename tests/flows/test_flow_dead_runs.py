@@ -3,7 +3,6 @@ sets the dead run and its sub-runs Crashed once their heartbeats stop."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -11,27 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from support.block_photos import write_block_photos
 from support.flow_kill_script import KILLED_EXIT_CODE
 from support.prefect_server import PrefectServer, api, run_prefect
-from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
+from support.tiny_labeler import KEEP_ALL, TINY_SPEC
 
 REPO = Path(__file__).resolve().parents[2]
 AUTOMATION = REPO / "automations" / "crash-silent-runs.yaml"
 HEARTBEAT_S = 30  # Prefect's shortest heartbeat period
 WITHIN_S = 40  # the shipped 600 s, shortened for the test (still over one heartbeat period)
-
-
-def _write_photos(folder: Path, n: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(11)
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(block_image(rng)).save(buf, "PNG")
-        (folder / f"photo_{i}.png").write_bytes(buf.getvalue())
 
 
 def _runs_in_state(server: PrefectServer, state: str) -> dict[str, dict[str, Any]]:
@@ -58,7 +47,7 @@ def test_a_killed_run_and_its_sub_run_end_crashed(
     prefect_server: PrefectServer, crash_silent_runs: None, tmp_path: Path
 ) -> None:
     source, dataset = tmp_path / "photos", tmp_path / "labels"
-    _write_photos(source, 4)
+    write_block_photos(source, 4, seed=11)
     running_before = set(_runs_in_state(prefect_server, "RUNNING"))
     params = {
         "labeler": TINY_SPEC.model_dump(mode="json"),

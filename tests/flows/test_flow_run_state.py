@@ -4,17 +4,15 @@ Prefect's public API, a failed run that says so, progress that ends at 100 %."""
 from __future__ import annotations
 
 import gc
-import io
 import logging
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
-from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
+from support.block_photos import write_block_photos
+from support.tiny_labeler import KEEP_ALL, TINY_SPEC
 
 import flows.label_dataset as flow_module
 from flows.label_dataset import LabelingIncomplete, LabelingRunParameters, label_dataset, progress_listener
@@ -23,15 +21,6 @@ from maskclip_core.dataset.label_dataset import LabelDataset
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 ONE_PER_BATCH = LabelingRunParameters(batch_size=1, retries=0, thumbnails=0, concurrency=2)
-
-
-def write_images(folder: Path, n: int, seed: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(block_image(rng)).save(buf, "PNG")
-        (folder / f"img_{seed}_{i:03d}.png").write_bytes(buf.getvalue())
 
 
 def prefect_objects_alive() -> dict[str, int]:
@@ -60,7 +49,7 @@ def retained_after_run(tmp_path: Path, n_images: int, chunk_batches: int) -> dic
     Counted in the progress listener, which runs in the flow as each batch finishes (inside its chunk's run).
     """
     src = tmp_path / f"src-{n_images}-{uuid.uuid4().hex[:6]}"
-    write_images(src, n_images)
+    write_block_photos(src, n_images)
     peak: dict[str, int] = {}
 
     def on_event(event: str, summary: Any) -> None:
@@ -101,7 +90,7 @@ def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "src"
-    write_images(src, 5, seed=1)
+    write_block_photos(src, 5, seed=1)
     real = flow_module.iter_source_files
 
     def listing_that_breaks(url: str, **kwargs: Any):
@@ -132,7 +121,7 @@ def test_failed_listing_fails_the_run_and_its_report_and_progress_say_so(
 
 def test_a_run_with_nothing_new_ends_at_100_percent_saying_nothing_new(tmp_path: Path) -> None:
     src, out = tmp_path / "src", str(tmp_path / "ds")
-    write_images(src, 3, seed=2)
+    write_block_photos(src, 3, seed=2)
     label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH)
     state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True)
     assert state.is_completed() and state.result()["skipped"] == 3
@@ -165,17 +154,22 @@ def listing_then_vanish(monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
     monkeypatch.setattr(flow_module, "iter_source_files", listing)
 
 
+def label_vanishing_source(
+    src: Path, out: str, monkeypatch: pytest.MonkeyPatch, keep: int, options: LabelingRunParameters = ONE_PER_BATCH
+) -> Any:
+    """The final state of a run over ``src`` whose files but ``keep`` vanish after the listing."""
+    listing_then_vanish(monkeypatch, keep)
+    return label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=options, return_state=True)
+
+
 def test_a_source_that_vanished_mid_run_fails_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Most listed images missing when read: the run ends Failed with an error-level line, not green."""
     src, out = tmp_path / "src", str(tmp_path / "ds")
-    write_images(src, 6, seed=3)
-    listing_then_vanish(monkeypatch, keep=1)
+    write_block_photos(src, 6, seed=3)
     with caplog.at_level(logging.WARNING):
-        state = label_dataset(
-            str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True
-        )
+        state = label_vanishing_source(src, out, monkeypatch, keep=1)
     assert state.is_failed()
     with pytest.raises(LabelingIncomplete, match=r"5 of 6 images failed \(missing: 5\).*max_failed_fraction=0.5"):
         state.result()
@@ -189,21 +183,16 @@ def test_a_few_failed_images_under_the_threshold_warn_and_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     src, out = tmp_path / "src", str(tmp_path / "ds")
-    write_images(src, 4, seed=4)
-    listing_then_vanish(monkeypatch, keep=3)
+    write_block_photos(src, 4, seed=4)
     with caplog.at_level(logging.WARNING):
-        state = label_dataset(
-            str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=ONE_PER_BATCH, return_state=True
-        )
+        state = label_vanishing_source(src, out, monkeypatch, keep=3)
     assert state.is_completed() and state.result()["failed"] == 1
     warned = [r for r in caplog.records if "1 of 4 images failed (missing: 1)" in r.getMessage()]
     assert warned and warned[0].levelno == logging.WARNING
     # the threshold is the user's: 1 accepts any share of failed images
-    write_images(src, 4, seed=5)
-    listing_then_vanish(monkeypatch, keep=0)
+    write_block_photos(src, 4, seed=5)
     options = ONE_PER_BATCH.model_copy(update={"max_failed_fraction": 1.0})
-    state = label_dataset(str(src), out, labeler=TINY_SPEC, filters=KEEP_ALL, options=options, return_state=True)
-    assert state.is_completed()
+    assert label_vanishing_source(src, out, monkeypatch, keep=0, options=options).is_completed()
 
 
 def test_a_held_lease_names_the_deployment_parameters_in_a_deployment_run(
@@ -215,7 +204,7 @@ def test_a_held_lease_names_the_deployment_parameters_in_a_deployment_run(
     from maskclip_core.dataset.lease import acquire_lease
 
     src, out = tmp_path / "src", str(tmp_path / "ds")
-    write_images(src, 1, seed=6)
+    write_block_photos(src, 1, seed=6)
     holder = acquire_lease(out, {}, owner="another-run", ttl_s=600, wait_s=0)
 
     def refusal() -> str:

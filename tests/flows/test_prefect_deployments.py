@@ -3,18 +3,16 @@ Run form's field order (the flows' parameter schemas), and deployment runs picke
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 from prefect.utilities.callables import parameter_schema
 from pydantic import ValidationError
+from support.block_photos import write_block_photos
 from support.dask_processes import dask_cluster
 from support.prefect_server import (
     PrefectServer,
@@ -25,7 +23,7 @@ from support.prefect_server import (
     run_prefect,
     wait_for_final_state,
 )
-from support.tiny_labeler import KEEP_ALL, TINY_SPEC, block_image
+from support.tiny_labeler import KEEP_ALL, TINY_SPEC
 
 from flows.label_dataset import label_dataset
 from flows.pseudo_label_and_train import pseudo_label_and_train
@@ -143,15 +141,6 @@ def test_deploy_all_is_non_interactive_and_ships_what_the_readme_says(deployed: 
     assert _form_order(form)[:3] == ["source", "dataset", "classes"]
 
 
-def _write_photos(folder: Path, n: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(7)
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(block_image(rng)).save(buf, "PNG")
-        (folder / f"photo_{i}.png").write_bytes(buf.getvalue())
-
-
 def test_a_deployment_run_labels_on_an_external_dask_cluster(
     prefect_server: PrefectServer, worker: Path, tmp_path: Path
 ) -> None:
@@ -159,7 +148,7 @@ def test_a_deployment_run_labels_on_an_external_dask_cluster(
     flow's module from the installed package; a file-path entrypoint failed every batch with
     ``ModuleNotFoundError: No module named 'label_dataset'``)."""
     source, dataset = tmp_path / "photos", tmp_path / "labels"
-    _write_photos(source, 3)
+    write_block_photos(source, 3, seed=7)
     with dask_cluster(tmp_path / "dask", prefect_server.env(**WORKER_ENV)) as address:
         run_id = run_deployment(
             prefect_server,
