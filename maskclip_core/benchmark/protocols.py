@@ -24,10 +24,9 @@ conventions) and the references' 80 ImageNet templates. What each reference diff
    its own repository configures four of the eight suites;
 10. raw window logits averaged, resized to the original size, one softmax there (``merge="logits"``);
 
-and a patch grid that floors, its logits stretched over the window, where a side is no multiple of the patch
-size (``partial_patches="floor"``: NACLIP's whole images). Where we still differ: ClearCLIP and ProxyCLIP pad a
-window smaller than the crop centred (to 16 / 56 pixels) where ours floors; no image of the eight validation
-splits gives such a window (their short side is resized to at least the crop). ClearCLIP's repository commits
+and a window side that is no multiple of the patch size: SCLIP's and NACLIP's patch grid floors, its logits
+stretched over the side (``partial_patches="floor"``: NACLIP's whole images); ClearCLIP and ProxyCLIP pad it
+centred, to 16 / 56 pixels (``"pad_centred"``, ``pad_to``). ClearCLIP's repository commits
 ``model_type='vanilla'`` in its base config; the row runs its ``'ClearCLIP'`` mode, the paper's q-q attention.
 ``maskclip-kspd`` and ``student`` keep our window merging (key smoothing needs per-window probabilities).
 """
@@ -91,7 +90,8 @@ NO_REFINEMENTS = {"key_smoothing": False, "prompt_denoising": False}
 # The reference segmentors' arithmetic (SCLIP's clip_segmentor.py and its descendants), as InferenceConfig settings:
 # raw window logits averaged and resized to the original size before one softmax over all queries, a class
 # scored by its best query's share, ties to background (their class 0), mmseg's OpenCV resize, positional
-# embeddings resized by scale factor, patch grids that floor (no padding).
+# embeddings resized by scale factor, patch grids that floor (SCLIP, NACLIP; ClearCLIP's and ProxyCLIP's rows pad
+# centred, as they do).
 REFERENCE_ARITHMETIC = {
     **NO_REFINEMENTS,
     "merge": "logits",
@@ -242,7 +242,7 @@ _PROTOCOLS = (
         configs="clearclip",
         source="mc-lan/ClearCLIP clearclip_segmentor.py and configs/cfg_*.py (448 windows, stride 224, logit scale "
         "50, background the one word 'background'; its model_type 'ClearCLIP', the paper's q-q attention)",
-        inference={"attention": "clearclip", **REFERENCE_ARITHMETIC},
+        inference={"attention": "clearclip", **REFERENCE_ARITHMETIC, "partial_patches": "pad_centred"},
         labeler_options=REFERENCE_TEMPLATES,
         published_average=38.1,
     ),
@@ -270,7 +270,7 @@ _PROTOCOLS = (
         configs="proxyclip",
         source="mc-lan/ProxyCLIP proxyclip_segmentor.py and configs/cfg_*.py (336 windows, stride 112, beta 1.2, "
         "gamma 3)",
-        inference={"attention": "maskclip", **REFERENCE_ARITHMETIC},
+        inference={"attention": "maskclip", **REFERENCE_ARITHMETIC, "partial_patches": "pad_centred", "pad_to": 56},
         published_average=42.3,
         labeler_options={"proxy": "dino_vitb8", **REFERENCE_TEMPLATES},
     ),

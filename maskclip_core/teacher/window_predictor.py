@@ -95,10 +95,14 @@ class InferenceConfig(BaseModel):
         description="Image resize: 'antialias' (bilinear with antialiasing) or 'opencv' (mmsegmentation's: OpenCV "
         "bilinear on uint8, no antialiasing, sizes rounded half up)",
     )
-    partial_patches: Literal["pad", "floor"] = Field(
+    partial_patches: Literal["pad", "floor", "pad_centred"] = Field(
         "pad",
         description="A window side that is no multiple of the patch size: 'pad' (bottom/right, the padded patches "
-        "cut off) or 'floor' (the references: the patch grid floors and its logits are stretched over the window)",
+        "cut off), 'floor' (SCLIP, NACLIP: the patch grid floors and its logits are stretched over the window) or "
+        "'pad_centred' (ClearCLIP, ProxyCLIP: padded on both sides, logits resized to the padded window and cut)",
+    )
+    pad_to: int | None = Field(
+        None, ge=1, description="'pad_centred': pad to a multiple of this many pixels (ProxyCLIP: 56; None: the patch)"
     )
 
     global_block: bool = Field(
@@ -123,6 +127,10 @@ class InferenceConfig(BaseModel):
             raise ValueError("merge='logits' (the references' window merging) has no key smoothing / prompt denoising")
         if self.merge != "logits" and (self.class_scores == "query_share" or self.area_threshold is not None):
             raise ValueError("class_scores='query_share' and area_threshold need merge='logits'")
+        if self.pad_to is not None and self.partial_patches != "pad_centred":
+            raise ValueError("pad_to is the multiple of partial_patches='pad_centred'")
+        if self.global_block and self.partial_patches == "pad_centred":
+            raise ValueError("the global block places windows padded at their end: not with 'pad_centred'")
         return self
 
     @model_validator(mode="before")
@@ -170,6 +178,7 @@ _REFERENCE_CONVENTIONS = (
     "position_resize",
     "resize",
     "partial_patches",
+    "pad_to",
 )
 
 
@@ -266,7 +275,8 @@ def upsample_argmax(
 class _Window:
     image: int
     box: tuple[int, int, int, int]  # in resized-image pixels
-    grid: tuple[int, int]  # valid patch rows / columns (padding excluded)
+    grid: tuple[int, int]  # valid patch rows / columns (padding excluded, but for "pad_centred")
+    offset: tuple[int, int] = (0, 0)  # "pad_centred": the padding above and left of the window, in pixels
     logits: torch.Tensor | None = None  # [K, gh, gw]
     keys: torch.Tensor | None = None  # [C, gh, gw]
     probs: torch.Tensor | None = None  # [K, gh, gw], refined
@@ -295,6 +305,10 @@ class DensePredictor:
         self.stride = proxy.patch_size if proxy is not None else int(stride)
         self.pad_multiple = padding_multiple(int(stride), proxy) if proxy is not None else self.stride
         self.config = config or InferenceConfig()
+        if self.config.pad_to is not None:  # ProxyCLIP's 56: whole proxy patches; CLIP's grid floors inside
+            if self.config.pad_to % self.stride:
+                raise ValueError(f"pad_to={self.config.pad_to} is no multiple of the {self.stride}-pixel output cells")
+            self.pad_multiple = self.config.pad_to
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
@@ -374,10 +388,20 @@ class DensePredictor:
         boxes = [(0, height, 0, width)] if cfg.mode == "whole" else window_boxes(height, width, cfg.crop, cfg.stride)
         # "pad": padded to whole patches; "floor": the pixels past the last whole patch (of both encoders,
         # with a proxy) are not encoded.
-        windows = [_Window(index, b, (self._cells(b[1] - b[0]), self._cells(b[3] - b[2]))) for b in boxes]
+        if cfg.partial_patches == "pad_centred":
+            windows = [self._centred_window(index, b) for b in boxes]
+        else:
+            windows = [_Window(index, b, (self._cells(b[1] - b[0]), self._cells(b[3] - b[2]))) for b in boxes]
         if any(min(w.grid) < 1 for w in windows):
             raise ValueError(f"image of {height} x {width} pixels is smaller than one patch ({self.pad_multiple} px)")
         return windows
+
+    def _centred_window(self, index: int, box: tuple[int, int, int, int]) -> _Window:
+        """ClearCLIP's / ProxyCLIP's ``compute_padsize``: padded to the multiple, the odd pixel after."""
+        h, w = box[1] - box[0], box[3] - box[2]
+        m = self.pad_multiple
+        ph, pw = math.ceil(h / m) * m, math.ceil(w / m) * m
+        return _Window(index, box, (ph // self.stride, pw // self.stride), ((ph - h) // 2, (pw - w) // 2))
 
     def _cells(self, pixels: int) -> int:
         """Output cells along a window side of ``pixels``."""
@@ -394,6 +418,10 @@ class DensePredictor:
             if self.config.partial_patches == "floor":
                 gh, gw = win.grid
                 crop = crop[:, : gh * self.stride, : gw * self.stride]
+            elif self.config.partial_patches == "pad_centred":
+                (t, left), (gh, gw) = win.offset, win.grid
+                ph, pw = gh * self.stride, gw * self.stride
+                crop = F.pad(crop, (left, pw - crop.shape[2] - left, t, ph - crop.shape[1] - t))
             else:
                 m = self.pad_multiple
                 ph, pw = math.ceil((y1 - y0) / m) * m, math.ceil((x1 - x0) / m) * m
@@ -518,11 +546,11 @@ class DensePredictor:
         y0, y1, x0, x1 = win.box
         if self.config.partial_patches == "floor":
             return F.interpolate(values[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-        gh, gw = win.grid
+        (gh, gw), (t, left) = win.grid, win.offset
         up = F.interpolate(
             values[None], size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False
         )
-        return up[:, :, : y1 - y0, : x1 - x0]
+        return up[:, :, t : t + y1 - y0, left : left + x1 - x0]
 
     def _merge_logits(
         self, pixels: torch.Tensor, windows: list[_Window], size: tuple[int, int]

@@ -34,7 +34,10 @@ def test_reference_rows_set_the_references_arithmetic() -> None:
 
     for name in ("maskclip", "sclip", "clearclip", "naclip", "naclip-pamr", "proxyclip"):
         config = BenchmarkParameters(suites=["voc21"], data_root="/data", method=name).labeler_config("voc21")
-        assert {k: getattr(config.inference, k) for k in REFERENCE_ARITHMETIC} == REFERENCE_ARITHMETIC, name
+        conventions = {k: getattr(config.inference, k) for k in REFERENCE_ARITHMETIC}
+        centred = name in ("clearclip", "proxyclip")  # they pad windows centred; SCLIP's descendants floor
+        assert conventions == {**REFERENCE_ARITHMETIC, **({"partial_patches": "pad_centred"} if centred else {})}
+        assert config.inference.pad_to == (56 if name == "proxyclip" else None)
         assert config.templates == "imagenet"
         assert config.inference.area_threshold == (0.1 if name == "sclip" else None)
     request = BenchmarkParameters(suites=["coco-object"], data_root="/data", method="clearclip", templates="single")

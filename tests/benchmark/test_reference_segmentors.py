@@ -121,7 +121,7 @@ def _reference_rows(method: str, suite_name: str) -> list[list[str]]:
 _QUERY_FEATURES: dict[tuple[str, ...], torch.Tensor] = {}
 
 
-def _compare(method: str, suite_name: str, data_root: Path, monkeypatch) -> dict:
+def _compare(method: str, suite_name: str, data_root: Path, monkeypatch, short_side: int | None = None) -> dict:
     proxy = _small_dino() if method == "proxyclip" else None
     if proxy is not None:
         monkeypatch.setattr(teacher_labeler, "cached_proxy", lambda *a, **k: proxy)
@@ -133,10 +133,11 @@ def _compare(method: str, suite_name: str, data_root: Path, monkeypatch) -> dict
         pretrained="none",
         seed=3,
         device="cpu",
-        inference={"precision": "fp32"},
+        inference={"precision": "fp32", **({"short_side": short_side} if short_side else {})},
     )
     labeler = build_labeler(request, suite_name)
     short, crop, stride, scale, prob_thd, area_thd = REFERENCE_CONFIGS[method][suite_name]
+    short = short_side or short
     assert request.settings(suite_name).prob_threshold == prob_thd
     setup = ReferenceSetup(
         method="naclip" if method == "naclip-pamr" else method,
@@ -192,3 +193,11 @@ def test_benchmark_path_gives_the_reference_label_map(method, suite_name, data_r
             f.write(json.dumps(record) + "\n")
     assert len(counts["classes"]) >= 3, f"degenerate fixture: classes {sorted(counts['classes'])}"
     assert min(agreement.values()) >= MIN_AGREEMENT, record
+
+
+def test_clearclip_pads_a_window_smaller_than_the_crop_centred(data_root, monkeypatch) -> None:
+    """Short side 200 under ClearCLIP's 448 crop: one window per image, its sides (200 x 267 ...) no multiple of
+    16, padded centred to whole patches and cut back, as its ``compute_padsize``."""
+    counts = _compare("clearclip", "voc20", data_root, monkeypatch, short_side=200)
+    assert len(counts["classes"]) >= 3
+    assert 1 - counts["differ"][0.0] / counts["pixels"] >= MIN_AGREEMENT, counts

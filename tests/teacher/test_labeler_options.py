@@ -47,6 +47,8 @@ def test_reference_conventions_refuse_what_they_cannot_do():
         InferenceConfig(area_threshold=0.1)
     with pytest.raises(ValueError, match="no key smoothing / prompt denoising"):
         InferenceConfig(merge="logits")
+    with pytest.raises(ValueError, match="pad_to is the multiple of partial_patches='pad_centred'"):
+        InferenceConfig(pad_to=56)
 
 
 def test_proxy_cannot_be_combined_with_another_attention():
