@@ -77,9 +77,7 @@ def pull(
     from_here = pc.and_(pc.equal(previous["tool"], "label-studio"), pc.equal(previous["source_uri"], source))
     present = {int(t["data"]["image_id"]) for t in tasks if str(t["data"].get("image_id", "")).isdigit()}
     retract = sorted(set(previous.filter(from_here)["image_id"].to_pylist()) - present)
-    # The import id hashes what the reviews say (and what they withdraw), not the server's volatile fields:
-    # an unchanged pull rewrites the same part.
-    digest = hashlib.sha256(b"label-studio\x1f" + canonical_json([tasks, retract]).encode()).hexdigest()[:32]
+    digest = _import_id(tasks, retract)
     skipped_tasks: list[tuple[int | None, str]] = []
     reviews = iter_label_studio_reviews(tasks, categories, images=known, strict=strict, skipped=skipped_tasks)
     written = store_reviews(
@@ -104,6 +102,16 @@ def pull(
         "images_in_several_tasks": several,
         "other_projects": others,
     }
+
+
+def _import_id(tasks: Iterable[Mapping[str, Any]], retract: Iterable[int]) -> str:
+    """A hash of what the reviews say (and what they withdraw), not of the server's volatile fields: an unchanged
+    pull rewrites the same part. Hashed task by task: one JSON text of a large project would take gigabytes."""
+    digest = hashlib.sha256(b"label-studio\x1f")
+    for task in tasks:
+        digest.update(canonical_json(task).encode())
+    digest.update(canonical_json(list(retract)).encode())
+    return digest.hexdigest()[:32]
 
 
 def _emails(client: Any) -> dict[int, str]:
