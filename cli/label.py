@@ -210,6 +210,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
     else:
         error = state.result(raise_on_failure=False)
         if not isinstance(error, LabelingIncomplete):
+            if final.get("summary") is not None:  # what the run did before it failed; the error follows
+                print_summary(final["summary"], console)
             if isinstance(error, BaseException):
                 raise error
             raise RuntimeError(f"the label-dataset flow ended {state.type.value}: {state.message}")
@@ -223,11 +225,17 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 class _NoRunErrors(logging.Filter):
-    """Drops Prefect's error records (the engine's traceback of the exception, "Finished in state Failed"): the
-    command ends with that exception as one line, and the Prefect API (UI) keeps the records."""
+    """Drops Prefect's error records (the engine's traceback of the exception) and the tracebacks of its warnings:
+    the command ends with that exception as one line, and the Prefect API (UI), whose handler ran first, keeps
+    the records whole."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
+        if not record.name.startswith("prefect"):
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        record.exc_info, record.exc_text = None, None  # the warning's line stays
+        return True
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ Heavy imports (torch, Prefect) happen inside the subcommands; building the parse
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -53,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exit_now()
         return INTERRUPTED
     except Exception as exc:  # a clear message, not a traceback, for the errors users can fix
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:  # read-only or full disk, no permission
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"maskclip: error: cannot write: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
         if isinstance(exc, user_errors()):
             print(f"maskclip: error: {exc}", file=sys.stderr)
             return 2
@@ -60,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+# Storage that refuses writes (a read-only folder or filesystem, a full disk or quota, no permission): the user's
+# to fix, said in one line naming the file.
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def prefect_warnings_only(caplog: pytest.LogCaptureFixture) -> None:
     """What ``maskclip label`` sets in its own process (PREFECT_LOGGING_LEVEL=WARNING), which the harness's
     logging, configured once for the whole session, does not follow."""
-    caplog.set_level(logging.WARNING, logger="prefect")
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        caplog.set_level(logging.WARNING, logger=name)
 
 
 def tree(root: Path) -> list[str]:
