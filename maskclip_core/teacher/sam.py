@@ -150,12 +150,13 @@ class SamLastAttention:
 
     def attention(self, head: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax attention [R, N] of one head's query ``rows`` (all N by default) over all keys (padding
-        included, as in SAM)."""
-        q = self.q[head] if rows is None else self.q[head][rows]
-        logits = q @ self.k[head].T
+        included, as in SAM), in fp32."""
+        q = (self.q[head] if rows is None else self.q[head][rows]).float()
+        logits = q @ self.k[head].float().T
         if self.rel_h is not None:
             gh, gw = self.grid
             rel_h, rel_w = self.rel_h[head].reshape(gh * gw, gh), self.rel_w[head].reshape(gh * gw, gw)
+            rel_h, rel_w = rel_h.float(), rel_w.float()
             if rows is not None:
                 rel_h, rel_w = rel_h[rows], rel_w[rows]
             logits = logits + (rel_h[:, :, None] + rel_w[:, None, :]).reshape(len(q), gh * gw)

@@ -134,7 +134,10 @@ class TridentLabeler:
         valid = (max(1, h // p), max(1, w // p))  # a sliver of an image still gets one SAM cell
         cfg = self.inference
         with self._autocast():
-            affinity = sam_affinity(sam_last_attention(self.sam, pixels), valid, self.cos_fac, self.refine_neg_cos)
+            attention = sam_last_attention(self.sam, pixels)
+        # The affinity in fp32: its threshold is a comparison, which low precision would move pairs across.
+        affinity = sam_affinity(attention, valid, self.cos_fac, self.refine_neg_cos)
+        with self._autocast():
             return trident_features(
                 self.bundle.model,
                 self.proxy,

@@ -179,6 +179,10 @@ def test_labeler_labels_at_the_original_size_and_names_its_parts(clip):
     assert conventions.config()["inference"]["position_resize"] == "scale_factor"
     assert conventions.label(images)[0].labels.shape == images[0].shape[:2]
     assert max_rel_error(conventions.features(images[0]), labeler.features(images[0])) > 1e-3
+    # bf16: the encoders under autocast, the affinity (a thresholded comparison) in fp32; close to fp32.
+    low = TridentLabeler(clip, proxy, sam, vocabulary, inference.model_copy(update={"precision": "bf16"}))
+    assert low.config()["inference"]["precision"] == "bf16"
+    assert max_rel_error(low.features(images[0]), labeler.features(images[0])) < 0.1
 
 
 def test_sam_weights_errors_are_one_line(tmp_path):
