@@ -4,10 +4,11 @@
                                                   [--out cost.json]
 
 Labelers: MaskCLIP without and with key smoothing / prompt denoising, ClearCLIP, SCLIP, NACLIP, ProxyCLIP with
-a DINO ViT-B/8 and a DINOv2 ViT-B/14 (+registers) proxy, PAMR on MaskCLIP and on NACLIP, and two students
-(MobileNetV3 "light" and MaskCLIP+'s ResNet-101 DeepLab-v2). ViT-B/16 CLIP; every model has random weights
-(the cost is that of trained ones). All run the teacher's default protocol: short side 448, 448-pixel windows
-at stride 224, the 20 VOC classes (students: short side 448, whole image).
+a DINO ViT-B/8 and a DINOv2 ViT-B/14 (+registers) proxy, PAMR on MaskCLIP and on NACLIP, Trident (DINO ViT-B/16
+proxy, SAM ViT-B at its 1024-pixel input), and two students (MobileNetV3 "light" and MaskCLIP+'s ResNet-101
+DeepLab-v2). ViT-B/16 CLIP; every model has random weights (the cost is that of trained ones). All run the
+teacher's default protocol: short side 448, 448-pixel windows at stride 224, the 20 VOC classes (students: short
+side 448, whole image; Trident: its own 336-pixel windows at stride 224, on the same short side).
 
 Speed: one process holds every labeler; each photo goes through all of them, in an order rotated photo by
 photo, so drifting machine load spreads over all of them alike and MaskCLIP, the reference, is measured side by
@@ -54,7 +55,9 @@ from maskclip_core.student import StudentLabeler  # noqa: E402
 from maskclip_core.teacher.clip_loader import ClipBundle, load_clip  # noqa: E402
 from maskclip_core.teacher.labeler import MaskCLIPLabeler  # noqa: E402
 from maskclip_core.teacher.proxy import ProxyBundle, load_proxy  # noqa: E402
+from maskclip_core.teacher.sam import SamBundle, load_sam  # noqa: E402
 from maskclip_core.teacher.text_classifier import TextClassifierCache  # noqa: E402
+from maskclip_core.teacher.trident_labeler import TRIDENT_INFERENCE, TRIDENT_PROXY, TridentLabeler  # noqa: E402
 from maskclip_core.teacher.vocabulary import Vocabulary  # noqa: E402
 from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
 from maskclip_core.types import Labeler  # noqa: E402
@@ -65,10 +68,11 @@ PLAIN = {"key_smoothing": False, "prompt_denoising": False}
 
 @dataclass(frozen=True)
 class BenchLabeler:
-    """A teacher (``InferenceConfig`` fields, optionally a ProxyCLIP proxy) or a student variant."""
+    """A teacher (``InferenceConfig`` fields, optionally a ProxyCLIP proxy, with SAM: Trident) or a student."""
 
     inference: dict[str, Any] = field(default_factory=dict)
     proxy: str | None = None
+    sam: str | None = None
     student: str | None = None
     student_precision: str = "fp32"
 
@@ -84,6 +88,8 @@ LABELERS: dict[str, BenchLabeler] = {
     "proxyclip-dinov2-b14-reg": BenchLabeler(PLAIN, proxy="dinov2_vitb14_reg"),
     "maskclip+pamr": BenchLabeler({**PLAIN, "pamr": True}),
     "naclip+pamr": BenchLabeler({**PLAIN, "attention": "naclip", "pamr": True}),
+    "trident": BenchLabeler(TRIDENT_INFERENCE, proxy=TRIDENT_PROXY, sam="vit_b"),
+    "trident-fp32": BenchLabeler({**TRIDENT_INFERENCE, "precision": "fp32"}, proxy=TRIDENT_PROXY, sam="vit_b"),
     "student-light": BenchLabeler(student="light"),
     "student-light-bf16": BenchLabeler(student="light", student_precision="bf16"),
     "student-resnet101-v2": BenchLabeler(student="resnet101_v2"),
@@ -99,6 +105,7 @@ class Models:
         self.text_cache = text_cache
         self._clip: ClipBundle | None = None
         self._proxies: dict[str, ProxyBundle] = {}
+        self._sams: dict[str, SamBundle] = {}
 
     @property
     def clip(self) -> ClipBundle:
@@ -111,6 +118,11 @@ class Models:
             self._proxies[key] = load_proxy(key, "none", device=self.clip.device)
         return self._proxies[key]
 
+    def sam(self, key: str) -> SamBundle:
+        if key not in self._sams:
+            self._sams[key] = load_sam(key, "none", device=self.clip.device)
+        return self._sams[key]
+
     def labeler(self, name: str) -> Labeler:
         spec = LABELERS[name]
         if spec.student is not None:
@@ -119,10 +131,14 @@ class Models:
             return StudentLabeler(model, short_side=448, device=device, precision=spec.student_precision)
         proxy = self.proxy(spec.proxy) if spec.proxy else None
         inference = InferenceConfig(**spec.inference)
+        if spec.sam is not None:
+            sam = self.sam(spec.sam)
+            return TridentLabeler(self.clip, proxy, sam, Vocabulary.parse(VOC), inference, text_cache=self.text_cache)
         return MaskCLIPLabeler(self.clip, Vocabulary.parse(VOC), inference, text_cache=self.text_cache, proxy=proxy)
 
     def description(self) -> dict[str, str]:
-        return {k: f"{p.name} ({p.patch_size}-px patches, random weights)" for k, p in self._proxies.items()}
+        models = {k: f"{p.name} ({p.patch_size}-px patches, random weights)" for k, p in self._proxies.items()}
+        return models | {k: f"{s.name} ({s.input_size}-px input, random weights)" for k, s in self._sams.items()}
 
 
 def _resident_mb() -> float:
