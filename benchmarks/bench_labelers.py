@@ -5,8 +5,9 @@
 
 Labelers: MaskCLIP without and with key smoothing / prompt denoising, ClearCLIP, SCLIP, NACLIP, ProxyCLIP with
 a DINO ViT-B/8 and a DINOv2 ViT-B/14 (+registers) proxy, PAMR on MaskCLIP and on NACLIP, Trident (DINO ViT-B/16
-proxy, SAM ViT-B at its 1024-pixel input), and two students (MobileNetV3 "light" and MaskCLIP+'s ResNet-101
-DeepLab-v2). ViT-B/16 CLIP; every model has random weights (the cost is that of trained ones). All run the
+proxy, SAM ViT-B at its 1024-pixel input), the global final block on the four last blocks and on ProxyCLIP with
+DINOv2 (``+global``), and two students (MobileNetV3 "light" and MaskCLIP+'s ResNet-101 DeepLab-v2). ViT-B/16
+CLIP; every model has random weights (the cost is that of trained ones). All run the
 teacher's default protocol: short side 448, 448-pixel windows at stride 224, the 20 VOC classes (students: short
 side 448, whole image; Trident: its own 336-pixel windows at stride 224, on the same short side).
 
@@ -63,6 +64,7 @@ from maskclip_core.teacher.window_predictor import InferenceConfig  # noqa: E402
 from maskclip_core.types import Labeler  # noqa: E402
 
 REFERENCE = "maskclip"
+ATTENTION = ("maskclip", "clearclip", "sclip", "naclip")
 PLAIN = {"key_smoothing": False, "prompt_denoising": False}
 
 
@@ -90,6 +92,9 @@ LABELERS: dict[str, BenchLabeler] = {
     "naclip+pamr": BenchLabeler({**PLAIN, "attention": "naclip", "pamr": True}),
     "trident": BenchLabeler(TRIDENT_INFERENCE, proxy=TRIDENT_PROXY, sam="vit_b"),
     "trident-fp32": BenchLabeler({**TRIDENT_INFERENCE, "precision": "fp32"}, proxy=TRIDENT_PROXY, sam="vit_b"),
+    # The global final block (teacher/global_block.py) on each last-block variant and on ProxyCLIP (DINOv2 proxy).
+    **{f"{name}+global": BenchLabeler({**PLAIN, "attention": name, "global_block": True}) for name in ATTENTION},
+    "proxyclip-dinov2-b14-reg+global": BenchLabeler({**PLAIN, "global_block": True}, proxy="dinov2_vitb14_reg"),
     "student-light": BenchLabeler(student="light"),
     "student-light-bf16": BenchLabeler(student="light", student_precision="bf16"),
     "student-resnet101-v2": BenchLabeler(student="resnet101_v2"),
