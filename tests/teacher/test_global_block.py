@@ -164,7 +164,11 @@ def test_benchmark_methods_with_the_global_block():
 
     for base in ("maskclip", "sclip", "clearclip", "naclip", "proxyclip"):
         row, own = METHODS[f"{base}-global"], METHODS[base]
-        assert row.inference == {**own.inference, "global_block": True}
+        # Windows padded centred (ClearCLIP's, ProxyCLIP's) are floored: the global block places end-padded ones.
+        centred = own.inference.get("partial_patches") == "pad_centred"
+        kept = {k: v for k, v in own.inference.items() if not (centred and k in ("partial_patches", "pad_to"))}
+        expected = {**kept, "global_block": True, **({"partial_patches": "floor"} if centred else {})}
+        assert row.inference == expected
         assert (row.per_suite, row.defaults, row.labeler_options) == (own.per_suite, own.defaults, own.labeler_options)
         assert row.published_average is None
 
@@ -214,3 +218,13 @@ def test_the_global_block_teaches_a_student(tmp_path):
     record = read_labeling_record(out, result["teacher"]["config_hash"])
     assert record["labeler_config"]["inference"]["global_block"] is True
     assert result["training"]["config_hash"] == result["teacher"]["config_hash"] and result["training"]["complete"]
+
+
+def test_the_prefect_form_offers_the_option():
+    """The labeling deployments' form (LabelerParameters' teacher settings) shows both fields with their bounds."""
+    from maskclip_core.labeling.registry import LabelerParameters
+
+    schema = LabelerParameters.model_json_schema()
+    inference = schema["$defs"]["InferenceConfig"]["properties"]
+    assert inference["global_block"]["default"] is False
+    assert inference["global_block_max_tokens"]["minimum"] == 1
