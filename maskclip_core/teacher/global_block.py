@@ -27,7 +27,12 @@ was read for the stitching), and what was chosen:
   up): windows shifted back to the image edge start off the patch lattice; the authors floor the offset.
   Padded patches past a window's pixels are not stitched.
 - Positional embeddings stay per window (each window's tokens were made with its own grid's embeddings).
+- ProxyCLIP: the proxy runs whole per window and its final features are stitched (the authors also stitch
+  the proxy's last-block q, k, v and run that block over the image); one set of weights for all heads, as in
+  ``proxy.py``.
 - MaskCLIP's last block mixes no tokens, so with it the option only averages the overlaps.
+- Not part of this option: the authors' other branches (a spatial branch from intermediate blocks, region
+  masks from a mask generator, the mode-of-region map correction); it is the global last block alone.
 - ``compile`` does not apply to this path; the first L-1 blocks run ``window_batch`` windows at a time.
 
 Cost and the token budget: the last block's attention is quadratic in the image's patch tokens (every mode
