@@ -49,8 +49,11 @@ def windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, 
     return [(y, min(y + crop, height), x, min(x + crop, width)) for y in starts(height) for x in starts(width)]
 
 
-def _pad_to(crop: torch.Tensor, multiple: int) -> torch.Tensor:
+def _whole_patches(crop: torch.Tensor, multiple: int, floor: bool) -> torch.Tensor:
+    """Padded bottom/right to whole patches, or (``floor``) cut to the whole patches it holds."""
     h, w = crop.shape[-2:]
+    if floor:
+        return crop[:, : h - h % multiple, : w - w % multiple]
     return F.pad(crop, (0, -w % multiple, 0, -h % multiple))
 
 
@@ -134,19 +137,19 @@ def last_block(sd, prefix, x, grid, heads: int, mode: str, quick: bool) -> torch
     raise ValueError(mode)
 
 
-def _window_tokens(clip, image: torch.Tensor, boxes, multiple: int):
+def _window_tokens(clip, image: torch.Tensor, boxes, multiple: int, floor: bool = False):
     """Block-(L-1) tokens of each window [1 + h*w, W] and the window patch grid (all windows share a shape)."""
-    crops = torch.stack([_pad_to(image[:, y0:y1, x0:x1], multiple) for y0, y1, x0, x1 in boxes])
+    crops = torch.stack([_whole_patches(image[:, y0:y1, x0:x1], multiple, floor) for y0, y1, x0, x1 in boxes])
     return (*until_last_block(clip, crops), crops)
 
 
 def global_block_reference(
-    clip, image: torch.Tensor, crop: int, stride: int, mode: str
+    clip, image: torch.Tensor, crop: int, stride: int, mode: str, floor: bool = False
 ) -> tuple[list[tuple[int, int, int, int]], list[torch.Tensor]]:
     """Windows of ``image`` [3, H, W] (normalised) and each window's features [D, h, w] with the global block."""
     patch = clip.visual.patch_size[0]
     boxes = windows(image.shape[1], image.shape[2], crop, stride)
-    sd, x, grid, prefix, heads, _ = _window_tokens(clip, image, boxes, patch)
+    sd, x, grid, prefix, heads, _ = _window_tokens(clip, image, boxes, patch, floor)
     width = x.shape[-1]
     maps = [t[1:].reshape(*grid, width) for t in x]
     patches, image_grid = _stitch(maps, boxes, patch)

@@ -38,12 +38,15 @@ def tiny_clip():
 
 def _ours(clip, image, **kwargs):
     """Our global block on the predictor's windows of ``image``, each padded to whole patches as it pads them."""
-    multiple = kwargs.pop("multiple", 16)
-    boxes = window_boxes(image.shape[1], image.shape[2], CROP, STRIDE)
+    crop_size, stride, floor = kwargs.pop("crop", CROP), kwargs.pop("stride", STRIDE), kwargs.pop("floor", False)
+    boxes = window_boxes(image.shape[1], image.shape[2], crop_size, stride)
     crops = []
     for y0, y1, x0, x1 in boxes:
         crop = image[:, y0:y1, x0:x1]
-        crops.append(F.pad(crop, (0, -crop.shape[2] % multiple, 0, -crop.shape[1] % multiple)))
+        if floor:  # the predictor's partial_patches="floor"
+            crops.append(crop[:, : crop.shape[1] // 16 * 16, : crop.shape[2] // 16 * 16])
+        else:
+            crops.append(F.pad(crop, (0, -crop.shape[2] % 16, 0, -crop.shape[1] % 16)))
     features, _ = global_dense_features(clip, torch.stack(crops), boxes, window_batch=2, **kwargs)
     return boxes, features
 
@@ -62,6 +65,15 @@ def test_global_block_equals_the_equations_for_every_mode(tiny_clip, mode, size)
     image = torch.randn(3, *size, generator=torch.Generator().manual_seed(size[1]))
     boxes, features = _ours(tiny_clip, image, mode=mode)
     ref_boxes, expected = global_block_reference(tiny_clip, image, CROP, STRIDE, mode)
+    _assert_equal_per_window(boxes, features, ref_boxes, expected)
+
+
+@pytest.mark.parametrize("mode", ["sclip", "naclip"])
+def test_global_block_on_floored_windows_equals_the_equations(tiny_clip, mode):
+    """72-pixel windows (4.5 patches) at stride 40, floored to 4 patches, as the benchmark rows encode them."""
+    image = torch.randn(3, 100, 140, generator=torch.Generator().manual_seed(5))
+    boxes, features = _ours(tiny_clip, image, mode=mode, crop=72, stride=40, floor=True)
+    ref_boxes, expected = global_block_reference(tiny_clip, image, 72, 40, mode, floor=True)
     _assert_equal_per_window(boxes, features, ref_boxes, expected)
 
 
