@@ -273,3 +273,14 @@ def test_trident_equals_reference_base_architectures():
         block.attn.rel_pos_h.copy_(torch.randn(block.attn.rel_pos_h.shape, generator=gen) * 0.1)
         block.attn.rel_pos_w.copy_(torch.randn(block.attn.rel_pos_w.shape, generator=gen) * 0.1)
     _check(clip, proxy, sam, (300, 420), crop=336, stride=224)
+
+
+def test_prefect_forms_offer_trident():
+    """The deployments' teacher settings (LabelerConfig's fields but the classes) carry Trident's, and the flows'
+    classes complete them into a Trident LabelerConfig."""
+    from maskclip_core.labeling.registry import LabelerParameters, TeacherSettings
+
+    assert {"sam", "sam_weights", "sam_cos_fac", "sam_refine_neg_cos"} <= set(TeacherSettings.model_fields)
+    settings = {k: v for k, v in TRIDENT_CONFIG.items() if k != "classes"}
+    spec = LabelerParameters(config=TeacherSettings(**settings)).with_classes("cat, dog")
+    assert spec.config.sam == "samvit_base_patch16_224" and spec.config.classes == "cat, dog"
