@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.cli_runner import run_cli
+from test_label_cli_read_only import without_logging_errors
 from test_label_cli_source_edits import CLI_MODEL, png
 
 from maskclip_core.dataset.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
@@ -29,6 +30,7 @@ def tree(root: Path) -> list[str]:
 
 
 def one_error_line(err: str) -> str:
+    err = without_logging_errors(err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len([x for x in lines if x.startswith("maskclip: error")]) == 1, err
     return " ".join(err.split())
