@@ -135,6 +135,7 @@ def add_teacher_options(parser: argparse.ArgumentParser, classes_default: str | 
     field_flag(
         g, "--no-sam-refine-neg-cos", LABELER_CONFIG, "sam_refine_neg_cos", help="Trident: 0.6 for a negative threshold"
     )
+    field_flag(g, "--sam-refinement", LABELER_CONFIG, "sam_refinement")
     field_flag(g, "--global-block", INFERENCE, "global_block")
     field_option(g, "--global-block-max-tokens", INFERENCE, "global_block_max_tokens", type=int)
     field_flag(g, "--pamr", INFERENCE, "pamr")

@@ -10,6 +10,7 @@ Modules:
 - ``proxy``: ProxyCLIP's vision-foundation-model proxy (DINO / DINOv2 through timm)
 - ``sam``: SAM's image encoder through timm (weights, its input, its last block's attention)
 - ``trident``: Trident's arithmetic: CLIP + DINO windows spliced, aggregated by SAM's affinity
+- ``sam_refine``: Trident's optional refinement: the coarse labels as prompts for SAM's mask decoder
 - ``trident_labeler``: the Trident teacher (``TridentLabeler``, ``TridentConfig``)
 - ``refine``: key smoothing and prompt denoising
 - ``pamr``: pixel-adaptive mask refinement

@@ -17,6 +17,13 @@ from maskclip_core.teacher.clip_loader import DEFAULT_MODEL, DEFAULT_PRETRAINED,
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES, TemplateSetName, templates_for
 from maskclip_core.teacher.proxy import ProxyBundle, cached_proxy
 from maskclip_core.teacher.sam import cached_sam
+from maskclip_core.teacher.sam_refine import (
+    TRIDENT_COARSE_THRESH,
+    TRIDENT_MINIMAL_AREA,
+    TRIDENT_SAM_IOU_THRESH,
+    RefinementSettings,
+    load_sam_decoder,
+)
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.trident import TRIDENT_COS_FAC
 from maskclip_core.teacher.trident_labeler import TridentLabeler
@@ -57,6 +64,18 @@ class LabelerConfig(BaseModel):
         TRIDENT_COS_FAC, ge=0, description="Trident: keep SAM's attention where its values' cosine > this x their mean"
     )
     sam_refine_neg_cos: bool = Field(True, description="Trident: keep a negative threshold (off: it becomes 0.6)")
+    sam_refinement: bool = Field(
+        False, description="Trident: refine the labels with SAM's prompt encoder and mask decoder (sam_weights' file)"
+    )
+    coarse_thresh: float = Field(
+        TRIDENT_COARSE_THRESH, ge=0, le=1, description="Trident refinement: prompt where a class's probability > this"
+    )
+    sam_iou_thresh: float = Field(
+        TRIDENT_SAM_IOU_THRESH, description="Trident refinement: keep SAM's masks whose predicted IoU > this"
+    )
+    minimal_area: int = Field(
+        TRIDENT_MINIMAL_AREA, ge=0, description="Trident refinement: smallest region prompted (pixels, image halved)"
+    )
 
     @model_validator(mode="after")
     def _proxy_replaces_attention(self) -> LabelerConfig:
@@ -74,6 +93,12 @@ class LabelerConfig(BaseModel):
                 "Trident (sam) aggregates a proxy encoder's windows: set proxy too "
                 "(Trident's: vit_base_patch16_224.dino)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sam_refinement_is_tridents(self) -> LabelerConfig:
+        if self.sam_refinement and self.sam is None:
+            raise ValueError("sam_refinement refines Trident's labels with SAM's decoder: set sam (and proxy) too")
         return self
 
     @model_validator(mode="after")
@@ -125,14 +150,24 @@ class MaskCLIPLabeler:
                 raise ValueError(f"ProxyCLIP needs a ViT CLIP; {config.model} is a ResNet")
             proxy = cached_proxy(config.proxy, config.proxy_weights, device=bundle.device, seed=config.seed)
         if config.sam is not None:
+            sam = cached_sam(config.sam, config.sam_weights, device=bundle.device, seed=config.seed)
+            refinement = None
+            if config.sam_refinement:
+                refinement = RefinementSettings(
+                    load_sam_decoder(sam, config.sam_weights, seed=config.seed),
+                    config.coarse_thresh,
+                    config.sam_iou_thresh,
+                    config.minimal_area,
+                )
             return TridentLabeler(
                 bundle,
                 proxy,
-                cached_sam(config.sam, config.sam_weights, device=bundle.device, seed=config.seed),
+                sam,
                 config.vocabulary(),
                 config.inference,
                 cos_fac=config.sam_cos_fac,
                 refine_neg_cos=config.sam_refine_neg_cos,
+                refinement=refinement,
                 templates=templates_for(config.templates),
                 text_cache=TextClassifierCache(text_cache_dir) if text_cache_dir else None,
             )

@@ -30,8 +30,8 @@ Deviations from the reference, and why:
   the probabilities, not the cosines, are upsampled to the image (row bands, bounded memory).
 - Precision: the labeler's (fp32, or bf16 / fp16 autocast); the reference runs CLIP, DINO and SAM's encoder in
   fp16 on a GPU.
-- Not implemented: the optional refinement by SAM's prompt encoder and mask decoder (``sam_refinement``,
-  ``coarse_thresh``, ``sam_iou_thresh``, ``minimal_area``), off in every configuration of the reference.
+- The optional refinement by SAM's prompt encoder and mask decoder (``sam_refinement``, ``coarse_thresh``,
+  ``sam_iou_thresh``, ``minimal_area``; off in every configuration of the reference) is ``sam_refine.py``.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from maskclip_core.teacher.fast_paths import LOW_PRECISION
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES
 from maskclip_core.teacher.proxy import ProxyBundle
 from maskclip_core.teacher.sam import SamBundle, sam_last_attention, sam_pixels
+from maskclip_core.teacher.sam_refine import RefinementSettings, sam_image_embedding, sam_refine
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.trident import (
     TRIDENT_BETA,
@@ -76,6 +77,7 @@ class TridentLabeler:
         *,
         cos_fac: float = TRIDENT_COS_FAC,
         refine_neg_cos: bool = True,
+        refinement: RefinementSettings | None = None,
         templates: Sequence[str] = MASKCLIP_TEMPLATES,
         text_cache: TextClassifierCache | None = None,
     ) -> None:
@@ -88,6 +90,7 @@ class TridentLabeler:
         if cos_fac < 0:
             raise ValueError(f"Trident's cos_fac must not be negative, got {cos_fac}")
         self.cos_fac, self.refine_neg_cos = float(cos_fac), bool(refine_neg_cos)
+        self.refinement = refinement
         self.templates = tuple(templates)
         self._text_cache = text_cache or default_text_cache()
         self.device = torch.device(bundle.device)
@@ -124,13 +127,18 @@ class TridentLabeler:
             x = F.interpolate(x[None], size=canvas, mode="bilinear", align_corners=False)[0]
         return x
 
-    def features(self, image: np.ndarray) -> torch.Tensor:
-        """Trident's dense CLIP features [D, vh, vw] on SAM's grid of the image (RGB uint8 [H, W, 3])."""
+    def sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """SAM's input for the image and the (h, w) the image occupies in it (:func:`sam_pixels`)."""
         p = self.sam.patch_size
         for_sam = image
         if self.inference.resize == "opencv":  # the reference reads the file with OpenCV, sides up to whole patches
             for_sam = opencv_resize(image, (-(-image.shape[0] // p) * p, -(-image.shape[1] // p) * p))
-        pixels, (h, w) = sam_pixels(for_sam, self.sam.input_size, self.device)
+        return sam_pixels(for_sam, self.sam.input_size, self.device)
+
+    def features(self, image: np.ndarray) -> torch.Tensor:
+        """Trident's dense CLIP features [D, vh, vw] on SAM's grid of the image (RGB uint8 [H, W, 3])."""
+        p = self.sam.patch_size
+        pixels, (h, w) = self.sam_input(image)
         valid = (max(1, h // p), max(1, w // p))  # a sliver of an image still gets one SAM cell
         cfg = self.inference
         with self._autocast():
@@ -162,7 +170,11 @@ class TridentLabeler:
             array = _as_array(image)
             logits = self.classifier.cosine(self.features(array)[None])[0] * self.inference.logit_scale
             probs = torch.softmax(logits, dim=0)
-            labels, conf = upsample_argmax(probs, array.shape[:2], dtype=dtype)
+            if self.refinement is None:
+                labels, conf = upsample_argmax(probs, array.shape[:2], dtype=dtype)
+            else:
+                labels, conf = self._refined(array, probs)
+                labels = labels.to(dtype)
             results.append(
                 SegmentationResult(
                     labels=labels.cpu().numpy(),
@@ -174,11 +186,31 @@ class TridentLabeler:
             )
         return results
 
+    def _refined(self, image: np.ndarray, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarse probabilities at the image's size, refined by SAM's decoder (:func:`sam_refine`)."""
+        full = F.interpolate(probs[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        pixels, _ = self.sam_input(image)
+        with self._autocast():
+            embedding = sam_image_embedding(self.sam, pixels)
+        r = self.refinement
+        return sam_refine(
+            full,
+            full.argmax(dim=0),
+            embedding,
+            r.decoder,
+            self.sam.input_size,
+            coarse_thresh=r.coarse_thresh,
+            sam_iou_thresh=r.sam_iou_thresh,
+            minimal_area=r.minimal_area,
+        )
+
     def config(self) -> dict[str, Any]:
         cfg = self.inference
         used = ("short_side", "max_long_side", "crop", "stride", "logit_scale", "proxy_beta", "proxy_gamma")
         # The reference's conventions, named only when on (the defaults' hashes stay as they were).
         conventions = {k: getattr(cfg, k) for k, v in TRIDENT_DEFAULT_CONVENTIONS.items() if getattr(cfg, k) != v}
+        # The refinement is named only when on (the coarse labeler's hashes stay as they were).
+        refinement = {} if self.refinement is None else {"sam_refinement": self.refinement.config()}
         return {
             "labeler": "trident",
             "model": self.bundle.model_name,
@@ -189,6 +221,7 @@ class TridentLabeler:
             "proxy": {"model": self.proxy.name, "weights": self.proxy.weights_id},
             "sam": {"model": self.sam.name, "weights": self.sam.weights_id},
             "trident": {"cos_fac": self.cos_fac, "refine_neg_cos": self.refine_neg_cos},
+            **refinement,
         }
 
 

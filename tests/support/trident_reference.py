@@ -258,3 +258,181 @@ def reference_trident(
     out = torch.matmul(weights, dst_v).permute(2, 0, 1, 3).flatten(2)  # M, 1, D
     out = project(sd, out.permute(1, 0, 2))[0]  # ln_post, proj: [M, Dout]
     return out.T.reshape(-1, vh, vw)
+
+
+# --- SAM refinement (seg_utils/utils.py sam_refinement and its helpers, with segment_anything's SamPredictor) ---
+
+
+class _EncoderSize(torch.nn.Module):
+    """Stands in for SAM's image encoder in ``Sam``: the predictor reads only its ``img_size``; the image
+    embedding is set on the predictor directly."""
+
+    def __init__(self, img_size: int):
+        super().__init__()
+        self.img_size = img_size
+
+
+def sam_predictor(prompt_encoder, mask_decoder, img_size, features, original_size):
+    """``SamPredictor`` as after ``set_image``: the given embedding, sizes as ``set_image`` records them."""
+    from segment_anything.modeling import Sam
+    from segment_anything.predictor import SamPredictor
+
+    sam = Sam(_EncoderSize(img_size), prompt_encoder, mask_decoder, pixel_mean=[0, 0, 0], pixel_std=[1, 1, 1])
+    predictor = SamPredictor(sam)
+    predictor.features = features
+    predictor.original_size = tuple(original_size)
+    predictor.input_size = predictor.transform.get_preprocess_shape(original_size[0], original_size[1], img_size)
+    predictor.is_image_set = True
+    return predictor
+
+
+def _masks_to_boxes(masks):
+    boxes = []
+    for m in masks:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        boxes.append(torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float())
+    return torch.stack(boxes)
+
+
+def split_connected_regions(segmentation, seg_logits, split_last=False, minimal_area=0, coarse_thresh=0.0):
+    from skimage import measure
+
+    C, H, W = segmentation.shape
+    regions, boxes, clip_box_score, points = {}, {}, {}, {}
+    for c in range(C):
+        if not split_last and c == C - 1:
+            continue
+        regions[c], points[c], clip_box_score[c], boxes[c] = [], [], [], []
+        class_mask = segmentation[c]
+        class_logit = seg_logits[c]
+        if class_logit.max() < coarse_thresh:
+            continue
+        labeled_mask = measure.label(class_mask, connectivity=2)  # 8-connectivity
+        num_regions = labeled_mask.max()
+        for region_label in range(1, num_regions + 1):
+            region_mask = (labeled_mask == region_label).astype(np.uint8)
+            if region_mask.sum() < minimal_area:
+                continue
+            region_score = class_logit[region_mask.astype(bool)].mean()
+            region_logit = class_logit * torch.tensor(region_mask)
+            max_pos = torch.argmax(region_logit)
+            max_h, max_w = max_pos // class_logit.size(1), max_pos % class_logit.size(1)
+            points[c].append(torch.tensor([max_w, max_h]))
+            regions[c].append(region_mask)
+            clip_box_score[c].append(region_score)
+        if len(regions[c]):
+            regions[c] = torch.from_numpy(np.stack(regions[c]))
+        if isinstance(regions[c], list):
+            boxes[c] = regions[c]
+        else:
+            boxes[c] = _masks_to_boxes(regions[c])
+    return regions, boxes, clip_box_score, points
+
+
+def map_refinement_coarse(refined_masks, refined_logits, coarse_boxes, seg_logits, img_shape):
+    refined_whole_logits = torch.zeros([len(coarse_boxes), img_shape[0], img_shape[1]])
+    cumsum = 0
+    for i in range(len(coarse_boxes)):
+        if isinstance(coarse_boxes[i], list):
+            continue
+        tmp_cls_num = coarse_boxes[i].shape[0]
+        tmp_cls_mask = refined_masks[cumsum : cumsum + tmp_cls_num, 0].sum(dim=0).bool()
+        tmp_cls_logit = (refined_logits[cumsum : cumsum + tmp_cls_num, 0] * seg_logits[i]).max(dim=0)
+        refined_whole_logits[i] = tmp_cls_logit.values * tmp_cls_mask
+        cumsum += tmp_cls_num
+    refined_whole_masks = refined_whole_logits.argmax(0, keepdim=True)
+    return refined_whole_masks, refined_whole_logits
+
+
+def map_failed_regions(refined_masks, refined_logits, failed_regions, seg_logits, segmentation):
+    failed_area = failed_regions.sum(dim=0, keepdim=True) != 0
+    failed_logit = failed_area * seg_logits
+    refined_logits = torch.where(failed_logit > refined_logits, failed_logit, refined_logits)
+    refined_masks = torch.where(
+        failed_logit.max(dim=0, keepdim=True)[0] > refined_logits.max(dim=0, keepdim=True)[0],
+        segmentation,
+        refined_masks,
+    )
+    return refined_masks, refined_logits
+
+
+def sam_refinement(
+    img,
+    segmentations,
+    seg_logits,
+    num_classes,
+    predictor,
+    coarse_thresh=0.0,
+    minimal_area=0,
+    sam_mask_coff=0.005,
+    sam_iou_thresh=0.9,
+):
+    """The reference's ``sam_refinement``: ``img`` an RGB array [H, W, 3], ``segmentations`` [1, H, W] long,
+    ``seg_logits`` [C, H, W] probabilities."""
+    down_ratio = 2
+    dh, dw = seg_logits.shape[-2] // down_ratio, seg_logits.shape[-1] // down_ratio
+    segmentations_down = F.interpolate(segmentations.unsqueeze(0).half(), [dh, dw], mode="nearest").squeeze(0).long()
+    seg_logits_down = F.interpolate(seg_logits.unsqueeze(0), [dh, dw], mode="bilinear", align_corners=False).squeeze(0)
+    if coarse_thresh > 0:
+        segmentations_down[seg_logits_down.max(0, keepdim=True)[0] < coarse_thresh] = num_classes
+        cls_pred = F.one_hot(segmentations_down.squeeze(0).long(), num_classes=num_classes + 1).permute(2, 0, 1).float()
+        split_last = False
+    else:
+        cls_pred = F.one_hot(segmentations_down.squeeze(0).long(), num_classes=num_classes).permute(2, 0, 1).float()
+        split_last = True
+    coarse_regions, coarse_boxes, _, coarse_points = split_connected_regions(
+        cls_pred.numpy(), seg_logits_down, split_last=split_last, minimal_area=minimal_area, coarse_thresh=coarse_thresh
+    )
+    mask_size = predictor.model.prompt_encoder.mask_input_size[0]  # 256 for SAM
+    combined_boxes, cls_wise_masks, cls_wise_scores, cls_wise_logits, failed_regions = [], [], [], [], []
+    predictor.features = predictor.features.float()
+    for i in range(num_classes):
+        tmp_r = coarse_regions.get(i, [])
+        tmp_b = coarse_boxes.get(i, [])
+        tmp_p = coarse_points.get(i, [])
+        if isinstance(tmp_r, list):
+            continue
+        cls_wise_r = seg_logits_down[i].unsqueeze(0)
+        new_h, new_w = predictor.transform.get_preprocess_shape(img.shape[0], img.shape[1], mask_size)
+        cls_wise_r = F.interpolate(cls_wise_r.unsqueeze(0), [new_h, new_w], mode="bilinear", align_corners=False)
+        cls_wise_r = F.pad(cls_wise_r.squeeze(0), (0, mask_size - new_w, 0, mask_size - new_h), value=0)
+        cls_wise_r = torch.where(
+            cls_wise_r > coarse_thresh, sam_mask_coff * cls_wise_r, torch.tensor(0.0).type_as(segmentations)
+        ).float()
+        cls_wise_b = predictor.transform.apply_boxes_torch(tmp_b.type_as(segmentations), [dh, dw]).float()
+        cls_wise_p = torch.stack(tmp_p).type_as(segmentations)
+        cls_wise_p = predictor.transform.apply_coords_torch(cls_wise_p, [dh, dw]).unsqueeze(1)
+        cls_wise_mask, cls_wise_score, cls_wise_logit = predictor.predict_torch(
+            point_coords=cls_wise_p.float(),
+            point_labels=torch.ones([cls_wise_p.shape[0], 1]).float(),
+            boxes=cls_wise_b,
+            mask_input=cls_wise_r,
+            multimask_output=False,
+        )
+        valid_masks = (cls_wise_score > sam_iou_thresh).squeeze(-1)
+        if valid_masks.sum() != tmp_r.shape[0]:
+            failed_regions.append(tmp_r[~valid_masks])
+        if valid_masks.sum() == 0:
+            coarse_boxes[i] = []
+            continue
+        cls_wise_masks.append(cls_wise_mask[valid_masks])
+        cls_wise_scores.append(cls_wise_score[valid_masks])
+        cls_wise_logits.append(cls_wise_logit[valid_masks])
+        combined_boxes.append(tmp_b[valid_masks])
+        coarse_boxes[i] = coarse_boxes[i][valid_masks]
+    if len(combined_boxes) == 0:
+        return segmentations, None, seg_logits, combined_boxes
+    masks, logits = torch.cat(cls_wise_masks, dim=0), torch.cat(cls_wise_logits, dim=0)
+    logits = predictor.model.postprocess_masks(logits, predictor.input_size, predictor.original_size)
+    if logits.shape[-1] != img.shape[1] or logits.shape[-2] != img.shape[0]:
+        logits = F.interpolate(logits, img.shape[:2], mode="bilinear", align_corners=False)
+        masks = logits > predictor.model.mask_threshold
+    refined_masks, refined_logits = map_refinement_coarse(masks, logits.sigmoid(), coarse_boxes, seg_logits, img.shape)
+    refined_masks = torch.where(refined_logits.sum(dim=0, keepdim=True) == 0, segmentations, refined_masks)
+    if len(failed_regions):
+        failed_regions = torch.cat(failed_regions, dim=0)
+        failed_regions = F.interpolate(failed_regions.unsqueeze(0).float(), img.shape[:2], mode="nearest").squeeze(0)
+        refined_masks, refined_logits = map_failed_regions(
+            refined_masks, refined_logits, failed_regions.long(), seg_logits, segmentations
+        )
+    return refined_masks, None, refined_logits, combined_boxes

@@ -239,18 +239,25 @@ def test_labeler_config_selects_trident_and_hashes_its_settings():
         LabelerConfig(**{**TRIDENT_CONFIG, "proxy": None})
 
 
-def test_cli_segment_with_trident_options(tmp_path):
+def trident_segment_args(tmp_path) -> list[str]:
+    """``maskclip segment`` of one 60 x 90 photo in ``tmp_path`` with TRIDENT_CONFIG's options."""
     from PIL import Image
-
-    from cli.main import main
 
     photo = tmp_path / "a.png"
     Image.fromarray(scene(60, 90, seed=11)).save(photo)
     args = ["segment", str(photo), "--classes", "red, green, blue", "--out", str(tmp_path / "out")]
     args += ["--model", "maskclip-tiny-ViT", "--pretrained", "none", "--short-side", "96", "--crop", "64"]
     args += ["--stride", "48", "--precision", "fp32", "--proxy", "vit_small_patch16_224.dino", "--proxy-weights"]
-    args += ["none", "--sam", "samvit_base_patch16_224", "--sam-weights", "none", "--sam-cos-fac", "1.5"]
-    assert main([*args, "--no-sam-refine-neg-cos"]) == 0
+    return [*args, "none", "--sam", "samvit_base_patch16_224", "--sam-weights", "none"]
+
+
+def test_cli_segment_with_trident_options(tmp_path):
+    from PIL import Image
+
+    from cli.main import main
+
+    photo = tmp_path / "a.png"
+    assert main([*trident_segment_args(tmp_path), "--sam-cos-fac", "1.5", "--no-sam-refine-neg-cos"]) == 0
     summary = json.loads((tmp_path / "out" / "segment.json").read_text())
     assert summary["images"][0]["status"] == "labeled"
     assert summary["labeler"]["labeler"] == "trident"
