@@ -192,11 +192,15 @@ def _decode(
     return logits[:, 0], iou[:, 0]
 
 
-def _to_image(logits: torch.Tensor, input_size: int, resized: tuple[int, int], image_size: tuple[int, int]):
-    """Low-resolution mask logits [n, m, m] to the image [n, H, W], as ``Sam.postprocess_masks``."""
+def _to_image(logits: torch.Tensor, input_size: int, seen: tuple[int, int], image_size: tuple[int, int]):
+    """Low-resolution mask logits [n, m, m] to the image [n, H, W]: ``Sam.postprocess_masks`` to the size of
+    the image SAM saw (``seen``), then to the image's if that differs, as the reference does."""
+    resized = resized_for_sam(seen[0], seen[1], input_size)
     x = F.interpolate(logits[None], size=(input_size, input_size), mode="bilinear", align_corners=False)
-    x = x[..., : resized[0], : resized[1]]
-    return F.interpolate(x, size=image_size, mode="bilinear", align_corners=False)[0]
+    x = F.interpolate(x[..., : resized[0], : resized[1]], size=seen, mode="bilinear", align_corners=False)
+    if seen != image_size:
+        x = F.interpolate(x, size=image_size, mode="bilinear", align_corners=False)
+    return x[0]
 
 
 def sam_refine(
@@ -209,9 +213,11 @@ def sam_refine(
     coarse_thresh: float = TRIDENT_COARSE_THRESH,
     sam_iou_thresh: float = TRIDENT_SAM_IOU_THRESH,
     minimal_area: int = TRIDENT_MINIMAL_AREA,
+    sam_image_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refined labels [H, W] and their confidence [H, W] from the coarse probabilities ``probs`` [C, H, W],
-    labels ``labels`` [H, W] and SAM's image ``embedding`` [1, 256, g, g] of the image at ``input_size``."""
+    labels ``labels`` [H, W] and SAM's image ``embedding`` [1, 256, g, g] of the image at ``input_size``;
+    ``sam_image_size`` is the size of the image SAM saw when it was resized first (default (H, W))."""
     C, H, W = probs.shape
     small = (H // REGION_DOWN_RATIO, W // REGION_DOWN_RATIO)
     if min(small) == 0:  # a one-pixel sliver has no regions to prompt with
@@ -219,7 +225,7 @@ def sam_refine(
     labels_small = F.interpolate(labels[None, None].float(), size=small, mode="nearest")[0, 0].long()
     probs_small = F.interpolate(probs[None], size=small, mode="bilinear", align_corners=False)[0]
     regions = class_regions(labels_small, probs_small, coarse_thresh=coarse_thresh, minimal_area=minimal_area)
-    resized = resized_for_sam(H, W, input_size)
+    seen = tuple(sam_image_size or (H, W))
     mask_size = decoder.mask_input_size[0]
     refined = torch.zeros_like(probs)
     for c, prompts in regions.items():
@@ -228,7 +234,7 @@ def sam_refine(
         keep = iou > sam_iou_thresh
         if not keep.any():
             continue
-        up = _to_image(logits[keep], input_size, resized, (H, W))
+        up = _to_image(logits[keep], input_size, seen, (H, W))
         covered = (up > 0).any(dim=0)  # SAM's mask threshold on the logits
         refined[c] = (up.sigmoid() * probs[c]).amax(dim=0) * covered
     score, refined_labels = refined.max(dim=0)

@@ -127,12 +127,18 @@ class TridentLabeler:
             x = F.interpolate(x[None], size=canvas, mode="bilinear", align_corners=False)[0]
         return x
 
+    def sam_image_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The size of the image SAM sees: the reference reads the file with OpenCV and resizes it to whole
+        patches (``resize="opencv"``); by default the image as given."""
+        p = self.sam.patch_size
+        if self.inference.resize == "opencv":
+            return -(-image.shape[0] // p) * p, -(-image.shape[1] // p) * p
+        return image.shape[0], image.shape[1]
+
     def sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """SAM's input for the image and the (h, w) the image occupies in it (:func:`sam_pixels`)."""
-        p = self.sam.patch_size
-        for_sam = image
-        if self.inference.resize == "opencv":  # the reference reads the file with OpenCV, sides up to whole patches
-            for_sam = opencv_resize(image, (-(-image.shape[0] // p) * p, -(-image.shape[1] // p) * p))
+        size = self.sam_image_size(image)
+        for_sam = opencv_resize(image, size) if size != image.shape[:2] else image
         return sam_pixels(for_sam, self.sam.input_size, self.device)
 
     def features(self, image: np.ndarray) -> torch.Tensor:
@@ -202,6 +208,7 @@ class TridentLabeler:
             coarse_thresh=r.coarse_thresh,
             sam_iou_thresh=r.sam_iou_thresh,
             minimal_area=r.minimal_area,
+            sam_image_size=self.sam_image_size(image),
         )
 
     def config(self) -> dict[str, Any]:

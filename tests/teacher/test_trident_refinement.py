@@ -42,18 +42,17 @@ def _coarse(num_classes: int, size: tuple[int, int], seed: int) -> tuple[torch.T
 
 
 @pytest.mark.parametrize(
-    ("size", "coarse_thresh", "minimal_area"), [((64, 64), 0.1, 9), ((60, 90), 0.0, 0), ((90, 50), 0.3, 20)]
+    ("size", "coarse_thresh", "minimal_area", "seen"),
+    [((64, 64), 0.1, 9, None), ((60, 90), 0.0, 0, None), ((90, 50), 0.3, 20, (96, 64))],
 )
-def test_refinement_equals_reference(size, coarse_thresh, minimal_area):
+def test_refinement_equals_reference(size, coarse_thresh, minimal_area, seen):
+    """``seen``: the reference's SAM sees the image resized to whole patches (its predictor's original size)."""
     sam = _sam(seed=4)
     decoder = load_sam_decoder(sam, "none", seed=5)
     embedding = torch.randn(1, SMALL_SAM["neck_chans"], 8, 8, generator=torch.Generator().manual_seed(6))
     probs, labels = _coarse(4, size, seed=sum(size))
-    predictor = sam_predictor(decoder.prompt_encoder, decoder.mask_decoder, sam.input_size, embedding, size)
+    predictor = sam_predictor(decoder.prompt_encoder, decoder.mask_decoder, sam.input_size, embedding, seen or size)
     # Predicted IoUs of random weights: one threshold keeping every mask, one keeping about half.
-    _, _, everything, _ = sam_refinement(
-        torch.zeros(*size, 3), labels[None], probs, 4, predictor, coarse_thresh, minimal_area, sam_iou_thresh=-1e9
-    )
     kept = []
     for iou_thresh in (-1e9, None):
         if iou_thresh is None:  # the median of the regions' predicted IoUs, from a probe through the predictor
@@ -70,6 +69,7 @@ def test_refinement_equals_reference(size, coarse_thresh, minimal_area):
             coarse_thresh=coarse_thresh,
             sam_iou_thresh=iou_thresh,
             minimal_area=minimal_area,
+            sam_image_size=seen,
         )
         torch.testing.assert_close(ours, ref_labels[0], rtol=0, atol=0)
         assert conf.shape == size and (conf > 0).all()
