@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from maskclip_core.dataset.category_claims import resolve_ids
+from maskclip_core.dataset.current_rows import current_rows
 from maskclip_core.dataset.integrity import schema_problem
 from maskclip_core.dataset.label_dataset import LabelDataset, utc_now
 from maskclip_core.dataset.manifest import MANIFEST_NAME, ensure_manifest, missing_manifest
@@ -138,20 +138,30 @@ def _read_part(dataset: LabelDataset, path: str, schema: pa.Schema) -> pa.Table 
     if not data:
         return "zero bytes"
     try:
-        parquet_file = pq.ParquetFile(io.BytesIO(data))
+        # A native buffer: pyarrow's threads decode it without ever calling back into Python, so a read that
+        # fails cannot leave one of them waiting on the interpreter while the process exits (issue 21).
+        parquet_file = pq.ParquetFile(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
         return f"not a readable Parquet file ({_first_line(e)})"
     problem = schema_problem(parquet_file.schema_arrow, schema)
     if problem is not None:
         return problem
     try:
-        table = parquet_file.read().select([n for n in schema.names if n in parquet_file.schema_arrow.names])
+        table = parquet_file.read(columns=[n for n in schema.names if n in parquet_file.schema_arrow.names])
     except (pa.ArrowException, OSError) as e:
         return f"rows cannot be decoded ({_first_line(e)})"
+    table = _with_all_columns(table, schema)
     for f in schema:
         if not f.nullable and table[f.name].null_count:
             return f"{table[f.name].null_count} rows without required {f.name}"
     return table
+
+
+def _with_all_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``'s columns and order, those a part written before them lacks as nulls (as a
+    dataset read of the table shows them)."""
+    columns = [table[f.name] if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, names=schema.names)
 
 
 def _check_annotations_committed(
@@ -216,9 +226,9 @@ def _mark_lost_labelings(dataset: LabelDataset, healthy: dict[str, dict[str, pa.
     for part, table in healthy["images"].items():
         if part.rsplit("/", 1)[-1] in lost_parts:
             sibling_lost.update(table.filter(pc.equal(table["status"], "labeled"))["labeling_id"].to_pylist())
-    current = dataset.images(statuses=["labeled"])
+    current = _current_labeled(healthy["images"].values())
     rows = []
-    for row in current.to_pylist():
+    for row in [] if current is None else current.to_pylist():
         lid = row["labeling_id"]
         lost = lid in sibling_lost or lid in bad_category or (lost_parts and lid not in with_annotations)
         if not lost:
@@ -236,6 +246,17 @@ def _mark_lost_labelings(dataset: LabelDataset, healthy: dict[str, dict[str, pa.
     if rows:
         dataset.write_batch(rows, [], part_name="quarantine-" + utc_now().strftime("%Y%m%dT%H%M%S%f"))
     report.marked_for_relabel = sorted({r["uri"] for r in rows})
+
+
+def _current_labeled(parts: Iterable[pa.Table]) -> pa.Table | None:
+    """The current labeled images rows of the healthy images parts (the bad ones are in quarantine now), from
+    the tables already read: no second read of the dataset, which on an object store would go through pyarrow's
+    fsspec wrapper, whose threads call into Python and, when a read fails, abort the process at exit."""
+    tables = list(parts)
+    if not tables:
+        return None
+    current = current_rows(pa.concat_tables(tables))
+    return current.filter(pc.equal(current["status"], "labeled"))
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,0 +1,103 @@
+"""``dataset check --repair`` never aborts at exit (issue 21: rc 134, ``terminate called without an active
+exception``).
+
+The abort: pyarrow reading a dataset on an object store goes through its fsspec wrapper, so pyarrow's I/O
+threads call into Python. When one background read fails, the scan raises while other reads (or reads of the
+fragments it had queued) still have to enter Python; if the interpreter is exiting by then, those threads are
+killed inside C++ code that cannot unwind: std::terminate. The check must read every part from its own thread
+(bytes fetched by fsspec, decoded from a native buffer), so no pyarrow thread ever calls into Python.
+
+The child process builds a dataset on an fsspec filesystem whose reads from any thread but the main one are
+slow and fail for one part (the failing pattern), damages a part so that repair has work to do, and exits
+through a slow interpreter teardown (a loaded machine). It reports how many reads came from other threads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 6
+
+CHILD = textwrap.dedent(
+    """
+    import io, tempfile, threading, time
+    from pathlib import Path
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from support.review_store import build_store
+    from maskclip_core.dataset.check import check_dataset
+
+    checking = threading.Event()
+    background_reads = []
+
+
+    class PartFile(io.BytesIO):
+        # Reads from pyarrow's threads: counted, slow, and failing for one part.
+        def __init__(self, data, bad):
+            super().__init__(data)
+            self.bad = bad
+
+        def read(self, n=-1):
+            if checking.is_set() and threading.current_thread() is not threading.main_thread():
+                background_reads.append(n)
+                if self.bad:
+                    raise OSError("connection reset")
+                time.sleep(0.3)
+            return super().read(n)
+
+
+    class SlowBackgroundFS(MemoryFileSystem):
+        protocol = "slowbg"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(path.replace("slowbg://", "memory://", 1))
+
+        def _open(self, path, mode="rb", **kwargs):
+            f = super()._open(path, mode, **kwargs)
+            if mode != "rb" or "/images/" not in path:
+                return f
+            return PartFile(f.getvalue(), bad=path.endswith("batch0.parquet"))
+
+
+    class SlowExit:
+        # Module teardown runs this after the interpreter stopped handing the GIL to other threads.
+        def __del__(self):
+            time.sleep(0.5)
+
+
+    slow_exit = SlowExit()
+    fsspec.register_implementation("slowbg", SlowBackgroundFS, clobber=True)
+    build_store("slowbg://ds", Path(tempfile.mkdtemp()), batches=[[f"i{i}.png"] for i in range(8)])
+    SlowBackgroundFS().pipe_file("/ds/images/part-cfg-a-batch7.parquet", b"")  # damaged: repair quarantines it
+    checking.set()
+    try:
+        report = check_dataset("slowbg://ds", repair=True)
+        print("problems", len(report.problems), "quarantined", len(report.quarantined), end=" ")
+    except Exception as e:
+        print("error", type(e).__name__, e, end=" ")
+    print("background reads", len(background_reads))
+    """
+)
+
+
+def _run_child(_: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_check_repair_reads_no_part_from_pyarrow_threads_and_exits_cleanly() -> None:
+    with ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(_run_child, range(RUNS)))
+    for run in runs:
+        assert "terminate called" not in run.stderr, run.stderr[-2000:]
+        assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+        assert run.stdout.strip() == "problems 1 quarantined 1 background reads 0", run.stdout
