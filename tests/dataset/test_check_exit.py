@@ -147,6 +147,24 @@ SCAN_CHILD = textwrap.dedent(
 )
 
 
+# No fault at all: a plain scan of four parts in memory, then exit (10 of 12 runs aborted before the fix).
+PLAIN_CHILD = textwrap.dedent(
+    """
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from maskclip_core.dataset.parquet import open_dataset
+
+    fs = fsspec.filesystem("memory")
+    for i in range(4):
+        with fs.open(f"/plain-exit/t/part-{i}.parquet", "wb") as f:
+            pq.write_table(pa.table({"a": [i]}), f)
+    print("rows", open_dataset(fs, "/plain-exit/t", pa.schema([("a", pa.int64())])).to_table().num_rows)
+    """
+)
+
+
 def _run(child: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", child], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -170,3 +188,10 @@ def test_a_failed_scan_through_the_fsspec_wrapper_exits_with_its_own_status() ->
         assert "terminate called" not in run.stderr, run.stderr[-2000:]
         assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
         assert run.stdout.strip() == "error connection reset", run.stdout
+
+
+def test_a_plain_scan_through_the_fsspec_wrapper_exits_cleanly() -> None:
+    for run in _runs(PLAIN_CHILD, 8):
+        assert "terminate called" not in run.stderr, run.stderr[-2000:]
+        assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+        assert run.stdout.strip() == "rows 4", run.stdout
