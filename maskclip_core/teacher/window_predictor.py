@@ -307,7 +307,12 @@ class DensePredictor:
         self.config = config or InferenceConfig()
         if self.config.pad_to is not None:  # ProxyCLIP's 56: whole proxy patches; CLIP's grid floors inside
             if self.config.pad_to % self.stride:
-                raise ValueError(f"pad_to={self.config.pad_to} is no multiple of the {self.stride}-pixel output cells")
+                # The reference pads to 56 = lcm(8, 14) for its DINO B/8 and DINOv2 /14 proxies.
+                raise ValueError(
+                    f"windows padded to {self.config.pad_to} px (ProxyCLIP's protocol) need a proxy whose patches "
+                    f"divide {self.config.pad_to}; this one's are {self.stride} px: use an 8- or 14-pixel proxy "
+                    f"(dino_vitb8, dinov2_vitb14_reg) as the reference does"
+                )
             self.pad_multiple = self.config.pad_to
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)

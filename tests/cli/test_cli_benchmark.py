@@ -223,11 +223,16 @@ def test_help_names_the_tiny_test_models_and_the_proxy_options(capsys: pytest.Ca
 def test_proxyclip_takes_the_proxy_options_of_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_tiny_data_root(tmp_path / "data")
     argv = ["benchmark", "--suite", "voc21", "--root", str(root), "--method", "proxyclip", "--limit", "1"]
-    proxy = ["--proxy", "vit_tiny_patch16_224.augreg_in21k", "--proxy-weights", "none"]
+    proxy = ["--proxy", "dino_vits8", "--proxy-weights", "none"]
     rc = main([*argv, *proxy, *TINY_ARGS, *SIZE_ARGS, "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert json.loads(captured.out)["suites"]["voc21"]["images"] == 1
+    # The protocol pads windows to 56 px as the reference does: a 16-pixel proxy is refused in one line.
+    proxy = ["--proxy", "vit_tiny_patch16_224.augreg_in21k", "--proxy-weights", "none"]
+    rc = main([*argv, *proxy, *TINY_ARGS, *SIZE_ARGS, "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "16 px" in error and "dino_vitb8" in error, error
 
 
 def _run_offline(tmp_path: Path, *args: str) -> tuple[int, list[tuple[float, str]]]:

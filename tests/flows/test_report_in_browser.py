@@ -48,9 +48,11 @@ REPORT_JS = """[...document.images].filter(i => !i.src.startsWith('data:image/sv
 
 
 def _report_artifact(server: PrefectServer) -> dict:
+    """The newest labeling report: the server is shared with other tests' runs, which leave reports too."""
+    query = {"artifacts": {"key": {"any_": ["label-dataset-report"]}}, "sort": "CREATED_DESC", "limit": 1}
     request = urllib.request.Request(
         f"{server.api_url}/artifacts/filter",
-        data=json.dumps({"artifacts": {"key": {"any_": ["label-dataset-report"]}}}).encode(),
+        data=json.dumps(query).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as r:
