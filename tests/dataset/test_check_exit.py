@@ -1,15 +1,17 @@
-"""``dataset check --repair`` never aborts at exit (issue 21: rc 134, ``terminate called without an active
-exception``).
+"""No read of the dataset aborts the process at exit (issue 21: ``dataset check`` rc 134, ``terminate called
+without an active exception``).
 
-The abort: pyarrow reading a dataset on an object store goes through its fsspec wrapper, so pyarrow's I/O
-threads call into Python. When one background read fails, the scan raises while other reads (or reads of the
-fragments it had queued) still have to enter Python; if the interpreter is exiting by then, those threads are
-killed inside C++ code that cannot unwind: std::terminate. The check must read every part from its own thread
-(bytes fetched by fsspec, decoded from a native buffer), so no pyarrow thread ever calls into Python.
+The abort: pyarrow reading a table on a non-local filesystem goes through its fsspec wrapper, so pyarrow's
+threads call into Python (reads, and releasing the files they opened). A scan returns, failed or not, while some
+of those calls are yet to come; if the interpreter is finalizing by then, the thread is killed inside C++ code
+that cannot unwind: std::terminate. ``dataset check`` reads every part from its own thread (bytes fetched by
+fsspec, decoded from a native buffer), and ``dataset.parquet`` makes the interpreter's exit wait for the calls
+of pyarrow's threads into the wrapper. Each test runs its pattern in several child processes:
 
-The child process builds a dataset on an fsspec filesystem whose reads from any thread but the main one are
-slow and fail for one part (the failing pattern), damages a part so that repair has work to do, and exits
-through a slow interpreter teardown (a loaded machine). It reports how many reads came from other threads.
+- ``dataset check --repair`` on a filesystem whose reads from other threads are slow and fail for one part,
+  with a slow interpreter teardown (a loaded machine): no read may come from pyarrow's threads;
+- a scan whose part fails while the others are released slowly on pyarrow's threads;
+- a plain, fault-free scan of four parts in memory.
 """
 
 from __future__ import annotations
