@@ -34,7 +34,8 @@ def read_categories(parts: DatasetParts) -> list[dict[str, Any]]:
     for path, _ in parts.part_files("categories"):
         part = parts.relative(path)
         with reading_part(parts.url, part):
-            parquet_file = pq.ParquetFile(io.BytesIO(parts.fs.cat_file(path)))
+            # Arrow's own buffer: a Python file object would be read from pyarrow's threads (see parquet.py).
+            parquet_file = pq.ParquetFile(pa.BufferReader(parts.fs.cat_file(path)))
             check_part_schema(parts.url, part, parquet_file.schema_arrow, schema)
             table = parquet_file.read(columns=[n for n in schema.names if n in parquet_file.schema_arrow.names])
         by_part.append((part, parts.current_names(table, "categories").cast(CATEGORIES_SCHEMA).to_pylist()))

@@ -249,7 +249,8 @@ def _holds_wide_id(fs: Any, root: str) -> bool | None:
     for path in _visible_parts(fs, root, "images"):
         try:
             with fs.open(path, "rb") as f:
-                ids = pq.ParquetFile(f).read(columns=["image_id"])["image_id"]
+                # On the calling thread: pyarrow threads calling back into a Python file can abort at exit.
+                ids = pq.ParquetFile(f).read(columns=["image_id"], use_threads=False)["image_id"]
         except (OSError, pa.ArrowException, KeyError):
             continue
         values = [i for i in ids.to_pylist() if i is not None]
