@@ -185,53 +185,6 @@ def test_benchmark_methods_with_the_global_block():
         assert row.published_average is None
 
 
-@pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
-def test_the_global_block_teaches_a_student(tmp_path):
-    """pseudo-label-and-train labels with NACLIP + the global block, records it in the labeling's configuration,
-    and trains a student on that labeling."""
-    from PIL import Image
-    from support.tiny_labeler import KEEP_ALL, TINY, block_image
-
-    from flows.label_dataset import LabelingRunParameters
-    from flows.pseudo_label_and_train import (
-        ExportStepParameters,
-        RelabelStepParameters,
-        TrainingStepParameters,
-        pseudo_label_and_train,
-    )
-    from maskclip_core.dataset.labelings import read_labeling_record
-    from maskclip_core.labeling.registry import LabelerParameters
-    from maskclip_core.training.parameters import ScheduleParameters, StudentParameters, TrainingRunParameters
-
-    teacher = TINY.model_copy(
-        update={"inference": TINY.inference.model_copy(update={"attention": "naclip", "global_block": True})}
-    )
-    src, out = tmp_path / "src", str(tmp_path / "out")
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(block_image(rng)).save(src / f"img_{i}.png")
-    schedule = ScheduleParameters(iterations=2, rounds=1, batch_size=2, crop_size=32, log_every=0)
-    schedule = schedule.model_copy(update=dict.fromkeys(("base_short_side", "relabel_short_side", "eval_short_side")))
-    student = StudentParameters(backbone="mobilenet_v3_large", head_channels=16, backbone_weights="none")
-    with torch.enable_grad():  # the student trains (this module's tests run without gradients)
-        result = pseudo_label_and_train(
-            str(src),
-            out,
-            teacher.classes,
-            LabelerParameters.maskclip(teacher, device="cpu"),
-            KEEP_ALL,
-            LabelingRunParameters(batch_size=4, retries=0, thumbnails=0),
-            TrainingStepParameters(student=student, schedule=schedule, options=TrainingRunParameters(device="cpu")),
-            RelabelStepParameters(dataset=str(tmp_path / "relabeled"), device="cpu"),
-            ExportStepParameters(),
-        )
-    assert result["teacher"]["labeled"] == 4
-    record = read_labeling_record(out, result["teacher"]["config_hash"])
-    assert record["labeler_config"]["inference"]["global_block"] is True
-    assert result["training"]["config_hash"] == result["teacher"]["config_hash"] and result["training"]["complete"]
-
-
 def test_the_prefect_form_offers_the_option():
     """The labeling deployments' form (LabelerParameters' teacher settings) shows both fields with their bounds."""
     from maskclip_core.labeling.registry import LabelerParameters
