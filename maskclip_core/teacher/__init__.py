@@ -3,6 +3,7 @@
 Modules:
 - ``clip_loader``: CLIP through open_clip (model names, pretrained tags, local checkpoints, random weights)
 - ``hub``: a quick probe of the model hub before a download, so an unreachable hub fails in seconds
+- ``timm_weights``: timm encoders (the proxies, SAM) from the hub, a local file or random weights, one-line errors
 - ``prompts``: the registry of prompt-template sets
 - ``vocabulary``: the classes a user names, with synonyms and background queries
 - ``text_classifier``: CLIP text embeddings of the vocabulary as a 1x1 classifier (cached)

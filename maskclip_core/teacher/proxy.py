@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from maskclip_core.teacher.clip_loader import WeightsUnavailableError, is_random, weights_identity
+from maskclip_core.process_cache import ProcessCache
 from maskclip_core.teacher.dense import (
     PositionResize,
     _visual,
@@ -40,6 +38,7 @@ from maskclip_core.teacher.dense import (
     last_block_input,
     resize_patch_positions,
 )
+from maskclip_core.teacher.timm_weights import create_timm_encoder
 
 # Short names for the reference's proxies (its torch-hub names) -> timm names with their pretrained tags.
 PROXY_ALIASES = {
@@ -98,46 +97,26 @@ def load_proxy(
     if not timm.is_model(arch):
         known = ", ".join(sorted(PROXY_ALIASES))
         raise ValueError(f"unknown proxy encoder '{name}': not a timm model (aliases: {known})")
-    kwargs = {"num_classes": 0, "dynamic_img_size": True}
-    if is_random(weights):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = timm.create_model(timm_name, pretrained=False, **kwargs)
-        identity = f"{timm_name}/random-seed{seed}"
-    else:
-        local = weights != "pretrained"
-        if local and not os.path.isfile(weights):
-            raise WeightsUnavailableError(f"proxy weights '{weights}': no such file (or use 'pretrained' / 'none')")
-        from maskclip_core.teacher.hub import hub_downloads
-
-        overlay = {"file": weights} if local else None
-        unreachable = None
-        try:  # a hub download is probed first: an unreachable hub fails at once, not after a minute of retries
-            with contextlib.nullcontext() if local else hub_downloads() as unreachable:
-                model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except (RuntimeError, OSError, ValueError) as exc:  # offline hub, missing tag, unreadable file
-            cause = f"{unreachable}, and they are not in the local hub cache" if unreachable else exc
-            raise WeightsUnavailableError(
-                f"Could not obtain the proxy weights for {timm_name} ({weights}): {cause}. Without access to the "
-                f"model hub pass a local file (--proxy-weights /path/to/weights.pth or .safetensors, from "
-                f"timm's hub or the original DINO/DINOv2 release), or --proxy-weights none for random weights."
-            ) from exc
-        identity = weights_identity(timm_name, weights if local else "pretrained", seed)
+    model, identity = create_timm_encoder(
+        timm_name,
+        weights,
+        seed=seed,
+        role="proxy",
+        flag="--proxy-weights",
+        local_example="/path/to/weights.pth or .safetensors, from timm's hub or the original DINO/DINOv2 release",
+        num_classes=0,
+        dynamic_img_size=True,
+    )
     return ProxyBundle.from_model(model.to(device), timm_name, identity)
 
 
-_PROXIES: dict[tuple, ProxyBundle] = {}
-_PROXIES_LOCK = threading.Lock()
+_PROXIES: ProcessCache[ProxyBundle] = ProcessCache()
 
 
 def cached_proxy(name: str, weights: str, *, device: str | torch.device, seed: int = 0) -> ProxyBundle:
     """One proxy encoder per (name, weights, device, seed) per process, shared by every labeler using it."""
     key = (resolve_proxy_name(name), weights, str(device), seed)
-    with _PROXIES_LOCK:
-        hit = _PROXIES.get(key)
-        if hit is None:
-            hit = _PROXIES[key] = load_proxy(name, weights, device=device, seed=seed)
-        return hit
+    return _PROXIES.get(key, lambda: load_proxy(name, weights, device=device, seed=seed))
 
 
 def padding_multiple(clip_stride: int, proxy: ProxyBundle) -> int:

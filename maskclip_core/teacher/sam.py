@@ -9,7 +9,6 @@ can take the softmax one head at a time (12 heads x 4096^2 tokens would be 800 M
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maskclip_core.process_cache import ProcessCache
-from maskclip_core.teacher.clip_loader import WeightsUnavailableError, is_random, weights_identity
+from maskclip_core.teacher.clip_loader import is_random
+from maskclip_core.teacher.timm_weights import create_timm_encoder
 
 # The reference's model types (segment_anything's registry names) -> timm names with their pretrained tags.
 SAM_ALIASES = {
@@ -82,26 +82,18 @@ def load_sam(
     arch_name = timm_name.split(".", 1)[0]
     if not arch_name.startswith("samvit") or not timm.is_model(arch_name):
         raise ValueError(f"unknown SAM encoder '{name}': use {', '.join(SAM_ALIASES)} or a timm samvit_* name")
-    kwargs = {"num_classes": 0, **arch}
-    if is_random(weights):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            encoder = timm.create_model(timm_name, pretrained=False, **kwargs)
-        identity = f"{timm_name}/random-seed{seed}" + (f"/{sorted(arch.items())}" if arch else "")
-    else:
-        local = weights != "pretrained"
-        if local and not os.path.isfile(weights):
-            raise WeightsUnavailableError(f"SAM weights '{weights}': no such file (or use 'pretrained' / 'none')")
-        overlay = {"file": weights} if local else None
-        try:
-            encoder = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except (RuntimeError, OSError, ValueError) as exc:  # offline hub, missing tag, unreadable file
-            raise WeightsUnavailableError(
-                f"Could not obtain the SAM weights for {timm_name} ({weights}): {exc}. Without access to the model "
-                f"hub pass a local file (--sam-weights /path/to/sam_vit_b_01ec64.pth, or timm's), or --sam-weights "
-                f"none for random weights."
-            ) from exc
-        identity = weights_identity(timm_name, weights if local else "pretrained", seed)
+    encoder, identity = create_timm_encoder(
+        timm_name,
+        weights,
+        seed=seed,
+        role="SAM",
+        flag="--sam-weights",
+        local_example="/path/to/sam_vit_b_01ec64.pth, or timm's",
+        num_classes=0,
+        **arch,
+    )
+    if is_random(weights) and arch:  # a test's small architecture is another random model
+        identity += f"/{sorted(arch.items())}"
     if encoder.blocks[-1].window_size != 0:
         raise ValueError(f"SAM encoder {timm_name}: its last block uses window attention; Trident needs a global one")
     encoder.eval()
