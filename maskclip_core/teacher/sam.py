@@ -139,6 +139,7 @@ class SamLastAttention:
     rel_h: torch.Tensor | None  # [heads, gh, gw, gh]
     rel_w: torch.Tensor | None  # [heads, gh, gw, gw]
     grid: tuple[int, int]
+    block_input: torch.Tensor  # [1, gh, gw, C]: the last block's input, to finish the encoder from (no 2nd pass)
 
     def attention(self, head: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax attention [R, N] of one head's query ``rows`` (all N by default) over all keys (padding
@@ -180,4 +181,4 @@ def sam_last_attention(sam: SamBundle, pixels: torch.Tensor) -> SamLastAttention
         r_q = q.reshape(heads, gh, gw, -1)
         rel_h = torch.einsum("nhwc,hkc->nhwk", r_q, get_rel_pos(gh, gh, attn.rel_pos_h))
         rel_w = torch.einsum("nhwc,wkc->nhwk", r_q, get_rel_pos(gw, gw, attn.rel_pos_w))
-    return SamLastAttention(q * attn.scale, k, v, rel_h, rel_w, (gh, gw))
+    return SamLastAttention(q * attn.scale, k, v, rel_h, rel_w, (gh, gw), x)

@@ -20,8 +20,6 @@ Deviations from the reference, and why:
 - The reference's handling of regions whose mask fails the IoU test (their coarse probabilities merged into
   the returned logits) never changes a label; only the labels and their confidence are produced here, the
   confidence being the refined score where a mask was kept and the coarse probability elsewhere.
-- SAM's image embedding is computed by a second pass of the encoder (the affinity reads the last block
-  before its MLP and the neck); the reference gets both from one pass.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError, is_random
-from maskclip_core.teacher.sam import SamBundle, resized_for_sam
+from maskclip_core.teacher.sam import SamBundle, SamLastAttention, resized_for_sam
 
 # Trident's constructor defaults (trident.py) and its scale of the dense prompt (``sam_mask_coff``).
 TRIDENT_COARSE_THRESH = 0.10
@@ -114,9 +112,11 @@ def load_sam_decoder(sam: SamBundle, weights: str, *, seed: int = 0) -> SamPromp
     return SamPromptDecoder(prompt_encoder.to(device).eval(), mask_decoder.to(device).eval())
 
 
-def sam_image_embedding(sam: SamBundle, pixels: torch.Tensor) -> torch.Tensor:
-    """SAM's image embedding [1, 256, g, g] (encoder and neck) of ``pixels`` from ``sam_pixels``."""
-    return sam.encoder.forward_features(pixels.to(sam.encoder.patch_embed.proj.weight.dtype)).float()
+def sam_image_embedding(sam: SamBundle, attention: SamLastAttention) -> torch.Tensor:
+    """SAM's image embedding [1, 256, g, g]: the encoder finished (last block, neck) from the pass the affinity
+    already made (:func:`sam_last_attention` keeps the last block's input), as the reference's one pass gives."""
+    enc = sam.encoder
+    return enc.neck(enc.blocks[-1](attention.block_input).permute(0, 3, 1, 2)).float()
 
 
 @dataclass

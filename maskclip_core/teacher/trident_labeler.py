@@ -23,7 +23,7 @@ from maskclip_core.teacher.clip_loader import ClipBundle
 from maskclip_core.teacher.fast_paths import LOW_PRECISION
 from maskclip_core.teacher.prompts import MASKCLIP_TEMPLATES
 from maskclip_core.teacher.proxy import ProxyBundle
-from maskclip_core.teacher.sam import SamBundle, sam_last_attention, sam_pixels
+from maskclip_core.teacher.sam import SamBundle, SamLastAttention, sam_last_attention, sam_pixels
 from maskclip_core.teacher.sam_refine import RefinementSettings, sam_image_embedding, sam_refine
 from maskclip_core.teacher.text_classifier import TextClassifierCache, default_text_cache
 from maskclip_core.teacher.trident import (
@@ -143,6 +143,10 @@ class TridentLabeler:
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """Trident's dense CLIP features [D, vh, vw] on SAM's grid of the image (RGB uint8 [H, W, 3])."""
+        return self._features(image)[0]
+
+    def _features(self, image: np.ndarray) -> tuple[torch.Tensor, SamLastAttention]:
+        """The features and SAM's last-block terms they were aggregated with (the refinement reuses them)."""
         p = self.sam.patch_size
         pixels, (h, w) = self.sam_input(image)
         valid = (max(1, h // p), max(1, w // p))  # a sliver of an image still gets one SAM cell
@@ -152,7 +156,7 @@ class TridentLabeler:
         # The affinity in fp32: its threshold is a comparison, which low precision would move pairs across.
         affinity = sam_affinity(attention, valid, self.cos_fac, self.refine_neg_cos)
         with self._autocast():
-            return trident_features(
+            features = trident_features(
                 self.bundle.model,
                 self.proxy,
                 self.clip_canvas(image),
@@ -166,6 +170,7 @@ class TridentLabeler:
                 window_batch=cfg.window_batch,
                 position_resize=cfg.position_resize,
             ).float()
+        return features, attention
 
     @torch.inference_mode()
     def label(self, images: Sequence[ImageInput | Image.Image]) -> list[SegmentationResult]:
@@ -174,12 +179,13 @@ class TridentLabeler:
         dtype = getattr(torch, label_dtype(self.classifier.num_classes).name)
         for image in images:
             array = _as_array(image)
-            logits = self.classifier.cosine(self.features(array)[None])[0] * self.inference.logit_scale
+            features, attention = self._features(array)
+            logits = self.classifier.cosine(features[None])[0] * self.inference.logit_scale
             probs = torch.softmax(logits, dim=0)
             if self.refinement is None:
                 labels, conf = upsample_argmax(probs, array.shape[:2], dtype=dtype)
             else:
-                labels, conf = self._refined(array, probs)
+                labels, conf = self._refined(array, probs, attention)
                 labels = labels.to(dtype)
             results.append(
                 SegmentationResult(
@@ -192,12 +198,13 @@ class TridentLabeler:
             )
         return results
 
-    def _refined(self, image: np.ndarray, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refined(
+        self, image: np.ndarray, probs: torch.Tensor, attention: SamLastAttention
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The coarse probabilities at the image's size, refined by SAM's decoder (:func:`sam_refine`)."""
         full = F.interpolate(probs[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-        pixels, _ = self.sam_input(image)
         with self._autocast():
-            embedding = sam_image_embedding(self.sam, pixels)
+            embedding = sam_image_embedding(self.sam, attention)
         r = self.refinement
         return sam_refine(
             full,

@@ -15,11 +15,13 @@ from test_trident import SMALL_SAM, TRIDENT_CONFIG, _proxy, _sam, trident_segmen
 
 from maskclip_core.teacher.clip_loader import WeightsUnavailableError, load_clip
 from maskclip_core.teacher.labeler import LabelerConfig, cached_labeler
+from maskclip_core.teacher.sam import sam_last_attention, sam_pixels
 from maskclip_core.teacher.sam_refine import (
     RefinementSettings,
     SamPromptDecoder,
     class_regions,
     load_sam_decoder,
+    sam_image_embedding,
     sam_refine,
 )
 from maskclip_core.teacher.trident_labeler import TridentLabeler
@@ -169,3 +171,15 @@ def test_cli_sam_refinement_flag(tmp_path):
     summary = json.loads((tmp_path / "out" / "segment.json").read_text())
     assert summary["images"][0]["status"] == "labeled"
     assert summary["labeler"]["sam_refinement"] == {"coarse_thresh": 0.1, "sam_iou_thresh": 0.9, "minimal_area": 225}
+
+
+def test_the_image_embedding_finishes_the_affinitys_pass():
+    """The refinement's embedding comes from the encoder pass the affinity made (last block and neck run on its
+    kept input): equal to SAM's one full pass, as the reference's predictor computes it."""
+    sam = _sam(seed=7)
+    pixels, _ = sam_pixels(scene(70, 100, seed=11), sam.input_size)
+    with torch.inference_mode():
+        finished = sam_image_embedding(sam, sam_last_attention(sam, pixels))
+        full = sam.encoder.forward_features(pixels)
+    assert finished.shape == full.shape and full.abs().max() > 0
+    torch.testing.assert_close(finished, full, rtol=1e-5, atol=1e-6)
